@@ -1,0 +1,239 @@
+"""Parameters, encode/decode, save/load and bookkeeping shared by every architecture.
+
+    pre   = (x - b_dec) @ W_enc + b_enc      # [B, d_sae]
+    z     = act(pre)                         # [B, d_sae], sparse; act is the architecture's
+    x_hat = z @ W_dec + b_dec                # [B, d_in]
+
+Shapes are written `# [B, d_in]` in comments: B tokens, d_in activation width, d_sae latents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from sae_lab.sae.config import COMMON_FIELDS, ConfigError, SAEConfig
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+# Training-only state: kept in Lightning checkpoints, left out of exported weights.
+TRAINING_BUFFERS = ("tokens_since_fired",)
+
+
+class TrainOutput(NamedTuple):
+    """What one training forward pass gives the LightningModule."""
+
+    loss: Tensor
+    """Scalar to minimise."""
+    x_hat: Tensor
+    """Reconstruction, [B, d_in]."""
+    l0: Tensor
+    """Mean number of active latents per token."""
+    fired: Tensor
+    """[d_sae] bool: latents active on at least one token of the batch."""
+    parts: dict[str, Tensor]
+    """Named pieces for logging: mse, l1, and the architecture's own (sparsity, aux, k, ...)."""
+
+
+class SAE(nn.Module):
+    """Base class; subclasses set `name`, `uses`, and implement `encode` and `training_loss`."""
+
+    name: ClassVar[str]
+    uses: ClassVar[frozenset[str]] = frozenset()
+    """Architecture-specific SAEConfig fields this architecture reads."""
+    default_sparsity_coef: ClassVar[float] = 0.0
+    unit_norm_decoder: ClassVar[bool] = True
+    """Keep W_dec rows at unit norm after each step (False: the norm is in the penalty)."""
+    has_b_enc: ClassVar[bool] = True
+
+    def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if cfg.d_in <= 0:
+            raise ConfigError("sae.d_in must be set (> 0) before building an SAE")
+        check_applies(cfg)
+        self.cfg = cfg
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        d_in, d_sae = cfg.d_in, cfg.latents
+        dtype = getattr(torch, cfg.dtype)
+        W_dec = torch.randn(d_sae, d_in, dtype=torch.float32)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec.to(dtype))  # [d_sae, d_in]
+        self.W_enc = nn.Parameter(W_dec.T.clone().to(dtype))  # [d_in, d_sae]
+        if self.has_b_enc:
+            self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.latents
+
+    # --- the maths every architecture shares -------------------------------------------------
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc  # [B, d_sae]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Sparse codes z, [B, d_sae]."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z @ self.W_dec + self.b_dec  # [B, d_in]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
+        """Loss and its named parts on a batch; `sparsity_scale` in [0, 1] warms lambda up."""
+        raise NotImplementedError
+
+    def extra_metrics(self, step: int) -> dict[str, float]:
+        """Scalars worth logging besides the loss parts (current k, threshold, ...)."""
+        return {}
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """b_dec at the geometric median of a sample (Bricken et al. 2023)."""
+        self.b_dec.copy_(geometric_median(x.to(self.b_dec.dtype)))
+
+    @torch.no_grad()
+    def update_dead(self, fired: Tensor, n_tokens: int) -> None:
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    @property
+    def dead_mask(self) -> Tensor:
+        """[d_sae] bool: latents that fired on none of the last `cfg.dead_tokens` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Drop the part of W_dec's gradient that would change row norms (Bricken et al. 2023)."""
+        if self.unit_norm_decoder and self.W_dec.grad is not None:
+            W, g = self.W_dec, self.W_dec.grad
+            g -= (g * W).sum(dim=1, keepdim=True) * W / W.pow(2).sum(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make the SAE act on raw x when it was trained on x * scale.
+
+        z is unchanged: (s x - b) W = (x - b/s)(s W), and x_hat / s = z (W_dec / s) + b_dec / s.
+        """
+        self.W_enc *= scale
+        self.W_dec /= scale
+        self.b_dec /= scale
+        self._fold_extra(scale)
+
+    def _fold_extra(self, scale: float) -> None:
+        """Architectures with more encoder weights fold them here."""
+
+    # --- save / load ---------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write cfg.json and sae_weights.safetensors atomically (temporary dir, then rename)."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            tensors = {
+                k: v.detach().contiguous().cpu()
+                for k, v in self.state_dict().items()
+                if k not in TRAINING_BUFFERS
+            }
+            save_file(tensors, tmp / WEIGHTS_FILE)
+            cfg = {"sae": self.cfg.to_dict(), "metadata": self.metadata}
+            cfg["sae_lab_version"] = _version()
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Move the finished directory `src` to `target`, replacing what was there."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, target)
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json."""
+    from sae_lab.sae.registry import ARCHITECTURES
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not an sae_lab SAE directory)")
+    raw = json.loads(cfg_path.read_text())
+    cfg = SAEConfig.from_dict(raw["sae"])
+    sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")
+    state = load_file(weights_path)
+    missing, unexpected = sae.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in TRAINING_BUFFERS]
+    if missing or unexpected:
+        raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
+    return sae.to(device)
+
+
+def check_applies(cfg: SAEConfig) -> None:
+    """Error on architecture-specific fields set away from their defaults but not used."""
+    from sae_lab.sae.registry import ARCHITECTURES
+
+    cls = ARCHITECTURES[cfg.architecture]
+    defaults = SAEConfig()
+    for name, value in cfg.to_dict().items():
+        if name in COMMON_FIELDS or name in cls.uses:
+            continue
+        if value != getattr(defaults, name):
+            raise ConfigError(
+                f"sae.{name}={value!r} does not apply to architecture {cfg.architecture!r} "
+                f"(it uses {sorted(cls.uses)})"
+            )
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-8) -> Tensor:
+    """Weiszfeld's algorithm over the rows of x, [N, d] -> [d]."""
+    m = x.mean(dim=0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=1).clamp_min(eps)
+        new = (w[:, None] * x).sum(dim=0) / w.sum()
+        if (new - m).norm() <= 1e-6 * m.norm().clamp_min(1.0):
+            return new
+        m = new
+    return m
+
+
+def _version() -> str:
+    from sae_lab import __version__
+
+    return __version__

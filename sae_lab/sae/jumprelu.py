@@ -1,0 +1,94 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with
+JumpReLU Sparse Autoencoders", arXiv 2407.14435).
+
+    z = pre * H(pre - theta),     theta = exp(log_threshold) > 0
+    L = ||x - x_hat||^2 + lambda * ||z||_0,   ||z||_0 = sum_i H(pre_i - theta_i)
+
+H has no useful gradient, so theta learns through straight-through estimators with a rectangle
+kernel K(u) = 1[|u| < 1/2] of bandwidth eps (section 4, eqs. 11-12):
+    d JumpReLU / d theta = -(theta / eps) K((pre - theta) / eps)
+    d H(pre - theta) / d theta = -(1 / eps) K((pre - theta) / eps)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sae_lab.sae.base import SAE, TrainOutput
+
+
+def _kernel(u: Tensor) -> Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_pre = grad * (pre > theta)
+        grad_theta = -(theta / eps) * _kernel((pre - theta) / eps) * grad
+        return grad_pre, grad_theta.sum(dim=0), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_theta = -(1.0 / eps) * _kernel((pre - theta) / eps) * grad
+        return torch.zeros_like(pre), grad_theta.sum(dim=0), None
+
+
+class JumpReLUSAE(SAE):
+    name = "jumprelu"
+    uses = frozenset({"sparsity_coef", "bandwidth", "threshold_init"})
+    default_sparsity_coef = 0.5
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        init = torch.full((self.d_sae,), math.log(self.cfg.threshold_init), dtype=self.W_enc.dtype)
+        self.log_threshold = nn.Parameter(init)
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold)
+
+    def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
+        pre = self.pre_acts(x)
+        theta = self.threshold
+        z = _JumpReLU.apply(pre, theta, self.cfg.bandwidth)
+        x_hat = self.decode(z)
+        recon = (x_hat - x).pow(2).sum(dim=-1).mean()
+        l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(dim=-1).mean()
+        loss = recon + sparsity_scale * self.cfg.lam * l0
+        active = z.detach() != 0
+        self.update_dead(active.any(dim=0), x.shape[0])
+        parts = {
+            "mse": recon.detach() / self.d_in,
+            "l1": z.detach().abs().sum(dim=-1).mean(),
+            "sparsity": l0.detach(),
+        }
+        return TrainOutput(loss, x_hat, active.sum(dim=-1).float().mean(), active.any(dim=0), parts)
+
+    def extra_metrics(self, step: int) -> dict[str, float]:
+        return {"threshold": float(self.threshold.detach().mean())}
