@@ -1,0 +1,138 @@
+"""SAELens v6 export: layout, tensor names/shapes, and SAELens's equations reproducing sae_lab."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sae_lab.export import export_saelens
+from sae_lab.sae import ARCHITECTURES, SAEConfig
+
+ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
+D_IN, D_SAE = 16, 64
+
+# Exactly the tensors each SAELens v6 inference class has (sae_lens/saes/*_sae.py).
+_LINEAR = {"W_enc": (D_IN, D_SAE), "b_enc": (D_SAE,), "W_dec": (D_SAE, D_IN), "b_dec": (D_IN,)}
+SAELENS_SHAPES = {
+    "standard": _LINEAR,
+    "topk": _LINEAR,
+    "jumprelu": {**_LINEAR, "threshold": (D_SAE,)},
+    "gated": {
+        "W_enc": (D_IN, D_SAE), "W_dec": (D_SAE, D_IN), "b_dec": (D_IN,), "b_gate": (D_SAE,),
+        "r_mag": (D_SAE,), "b_mag": (D_SAE,),
+    },
+}
+
+
+def make_sae(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    kw = {"k": 5} if arch in ("topk", "batchtopk") else {}
+    sae = ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, **kw)).eval()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.4)
+        if arch == "jumprelu":
+            sae.log_threshold.copy_(torch.randn(D_SAE) * 0.5 - 1.0)
+    sae.metadata.update(model="gpt2", layer=3, hook="resid_post", hook_name="transformer.h.3",
+                        ctx_len=128)
+    return sae
+
+
+def saelens_forward(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
+    """SAELens v6 inference, written out from sae_lens/saes/{standard,topk,jumprelu,gated}_sae."""
+    sae_in = x - w["b_dec"] * cfg["apply_b_dec_to_input"]
+    arch = cfg["architecture"]
+    if arch == "gated":
+        active = (sae_in @ w["W_enc"] + w["b_gate"] > 0).float()
+        z = active * torch.relu(sae_in @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
+    else:
+        pre = sae_in @ w["W_enc"] + w["b_enc"]
+        if arch == "standard":
+            z = torch.relu(pre)
+        elif arch == "topk":  # TopK activation: top k of pre, then ReLU on the kept values
+            vals, idx = pre.topk(cfg["k"], dim=-1)
+            z = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        elif arch == "jumprelu":  # ReLU(pre) * 1[pre > threshold], strict
+            z = torch.relu(pre) * (pre > w["threshold"]).float()
+        else:
+            raise AssertionError(arch)
+    return z @ w["W_dec"] + w["b_dec"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exported_tensors_reproduce_reconstructions(arch, tmp_path):
+    sae = make_sae(arch)
+    density = torch.rand(D_SAE)
+    density[0] = 0.0
+    out = export_saelens(sae, tmp_path / "exp", density=density)
+    cfg = json.loads((out / "cfg.json").read_text())
+    w = load_file(out / "sae_weights.safetensors")
+    expected_arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert cfg["architecture"] == expected_arch
+    assert {k: tuple(v.shape) for k, v in w.items()} == SAELENS_SHAPES[expected_arch]
+    assert all(v.dtype == torch.float32 for v in w.values())
+    x = torch.randn(300, D_IN) * 2
+    with torch.no_grad():
+        ours = sae(x)
+    theirs = saelens_forward(cfg, w, x)
+    assert (ours - theirs).abs().max().item() < 1e-5
+    # Non-trivial: some latents fire and some do not.
+    assert 0 < (sae.encode(x) != 0).float().mean() < 1
+    sparsity = load_file(out / "sparsity.safetensors")["sparsity"]
+    assert sparsity.shape == (D_SAE,)
+    assert sparsity[0].item() == pytest.approx(-10.0)
+    assert sparsity[1].item() == pytest.approx(math.log10(density[1].item() + 1e-10), abs=1e-5)
+
+
+def test_cfg_fields(tmp_path):
+    cfg = json.loads((export_saelens(make_sae("topk"), tmp_path / "t") / "cfg.json").read_text())
+    assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["k"] == 5
+    assert cfg["dtype"] == "float32" and cfg["device"] == "cpu"
+    assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
+    assert cfg["rescale_acts_by_decoder_norm"] is False
+    meta = cfg["metadata"]
+    assert meta["model_name"] == "gpt2"
+    assert meta["hook_name"] == "blocks.3.hook_resid_post"
+    assert meta["context_size"] == 128
+    major = int(meta["sae_lens_version"].split(".")[0])
+    assert major >= 6
+    assert not (tmp_path / "t" / "sparsity.safetensors").exists()  # no density given
+
+
+def test_jumprelu_threshold_is_exp_log_threshold(tmp_path):
+    sae = make_sae("jumprelu")
+    w = load_file(export_saelens(sae, tmp_path / "j") / "sae_weights.safetensors")
+    assert torch.allclose(w["threshold"], sae.log_threshold.detach().exp())
+    assert "log_threshold" not in w
+
+
+def test_batchtopk_threshold_repeated(tmp_path):
+    w = load_file(export_saelens(make_sae("batchtopk"), tmp_path / "b") / "sae_weights.safetensors")
+    assert torch.equal(w["threshold"], torch.full((D_SAE,), 0.4))
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    import sae_lab.export as export
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "log10_density", fail)  # dies after the weights are written
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saelens(make_sae("relu"), tmp_path / "x", density=torch.rand(D_SAE))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_replaces_previous(tmp_path):
+    export_saelens(make_sae("relu"), tmp_path / "x", density=torch.rand(D_SAE))
+    export_saelens(make_sae("gated"), tmp_path / "x")
+    cfg = json.loads((tmp_path / "x" / "cfg.json").read_text())
+    assert cfg["architecture"] == "gated"
+    assert not (tmp_path / "x" / "sparsity.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
