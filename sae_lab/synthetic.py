@@ -1,0 +1,66 @@
+"""Activations with a known answer: sparse non-negative combinations of known unit directions.
+
+    x = sum_i a_i f_i + noise,   a_i = m_i * 1[feature i active],   ||f_i|| = 1
+
+Feature i is active with probability p_i proportional to rank^-freq_exponent, scaled so that
+`active` features fire per token on average; magnitudes m_i ~ N(magnitude_mean, magnitude_std)
+clipped at 0. `recovery` scores how well a trained decoder found the true directions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from sae_lab.train.config import SyntheticConfig
+
+
+class SyntheticData(NamedTuple):
+    features: Tensor
+    """[n_features, d] true unit-norm directions."""
+    probs: Tensor
+    """[n_features] firing probability of each feature."""
+
+
+def make_features(cfg: SyntheticConfig) -> SyntheticData:
+    g = torch.Generator().manual_seed(cfg.seed)
+    features = torch.randn(cfg.n_features, cfg.d, generator=g)
+    features /= features.norm(dim=1, keepdim=True)
+    weights = torch.arange(1, cfg.n_features + 1, dtype=torch.float64) ** -cfg.freq_exponent
+    probs = (cfg.active * weights / weights.sum()).clamp(max=1.0).float()
+    return SyntheticData(features, probs)
+
+
+def sample(
+    cfg: SyntheticConfig, data: SyntheticData, n: int, seed: int, chunk: int = 16_384
+) -> Tensor:
+    """n rows [n, d] drawn from the generative model above."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, cfg.d)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        on = torch.rand(m, cfg.n_features, generator=g) < data.probs  # [m, F]
+        mags = torch.randn(m, cfg.n_features, generator=g) * cfg.magnitude_std
+        coeffs = on * (mags + cfg.magnitude_mean).clamp_min(0)
+        x = coeffs @ data.features
+        if cfg.noise_std:
+            x += cfg.noise_std * torch.randn(m, cfg.d, generator=g)
+        out[start : start + m] = x
+    return out
+
+
+class Recovery(NamedTuple):
+    mean_max_cos: float
+    """Mean over true features of the best cosine similarity with any decoder row."""
+    frac_matched: float
+    """Share of true features whose best decoder row has cosine >= `threshold`."""
+
+
+def recovery(W_dec: Tensor, features: Tensor, threshold: float = 0.9) -> Recovery:
+    """Score a decoder [d_sae, d] against the true features [F, d]."""
+    W = W_dec.detach().float()
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    best = (features.float() @ W.T).max(dim=1).values  # [F]
+    return Recovery(best.mean().item(), (best >= threshold).float().mean().item())

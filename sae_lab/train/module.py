@@ -1,0 +1,123 @@
+"""The LightningModule: optimiser, schedules, decoder-norm hooks, input scaling and metrics.
+
+It knows nothing architecture-specific: the SAE's `training_loss` returns the loss and its named
+parts, and this module logs whatever parts there are.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from sae_lab.sae.base import SAE
+from sae_lab.schedules import lr_factor, warmup_factor
+from sae_lab.train.config import TrainConfig
+from sae_lab.train.metrics import ReconStats
+
+
+class NonFiniteBatchError(FloatingPointError):
+    """A batch produced a NaN or inf loss."""
+
+
+class SAEModule(pl.LightningModule):
+    def __init__(self, sae: SAE, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.sae = sae
+        self.cfg = cfg
+        # Inputs are multiplied by input_scale so that E||x||^2 = d_in (1 when not normalising).
+        self.register_buffer("input_scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("skipped_batches", torch.zeros((), dtype=torch.long))
+        self._val: ReconStats | None = None
+
+    @torch.no_grad()
+    def initialise(self, sample: Tensor) -> None:
+        """Input scale and b_dec from a sample of training rows, before the first step."""
+        sample = sample.double()
+        if self.cfg.normalize_activations:
+            mean_sq_norm = sample.pow(2).sum(dim=-1).mean()
+            self.input_scale.fill_((self.sae.d_in / mean_sq_norm).sqrt().item())
+        if self.cfg.init_b_dec:
+            self.sae.init_from_data(sample * self.input_scale)
+
+    def _scaled(self, batch: Tensor) -> Tensor:
+        dtype = self.sae.W_enc.dtype
+        return batch.to(dtype) * self.input_scale.to(dtype)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
+        step = self.global_step
+        x = self._scaled(batch)
+        out = self.sae.training_loss(x, step, warmup_factor(step, self.cfg.sparsity_warmup_steps))
+        if not torch.isfinite(out.loss):
+            culprit = "batch" if not torch.isfinite(batch).all() else "loss"
+            if self.cfg.nan_policy == "error":
+                raise NonFiniteBatchError(
+                    f"step {step}: non-finite {culprit} (NaN or inf); set nan_policy: skip to "
+                    "skip such batches"
+                )
+            self.skipped_batches += 1
+            return None  # Lightning skips the backward pass and the optimiser step
+        if step % self.cfg.log_every_steps == 0:
+            self._log_train(out, step, x)
+        return out.loss
+
+    def _log_train(self, out, step: int, x: Tensor) -> None:
+        metrics = {f"train/{k}": v.float() for k, v in out.parts.items()}
+        metrics["train/loss"] = out.loss.detach().float()
+        metrics["train/l0"] = out.l0.float()
+        with torch.no_grad():
+            var = (x - x.mean(dim=0)).pow(2).sum()
+            metrics["train/fvu"] = (out.x_hat.detach() - x).pow(2).sum() / var
+        metrics["train/dead_frac"] = self.sae.dead_mask.float().mean()
+        metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        metrics["train/skipped_batches"] = self.skipped_batches.float()
+        for k, v in self.sae.extra_metrics(step).items():
+            metrics[f"train/{k}"] = torch.tensor(v)
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("tokens", float((step + 1) * self.cfg.batch_size), on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.sae.remove_parallel_grads()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.sae.normalize_decoder()
+
+    # --- validation: metrics in the raw activation space, over the whole validation set ---------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = ReconStats()
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = self._scaled(batch)
+        z = self.sae.encode(x)
+        x_hat = self.sae.decode(z) / self.input_scale.to(x.dtype)
+        self._val.update(batch.to(x.dtype), x_hat, z)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val is None or self._val.n == 0:
+            return
+        metrics = {f"val/{k}": v for k, v in self._val.compute().items()}
+        metrics["val/dead_frac"] = self.sae.dead_mask.float().mean().item()
+        metrics["tokens"] = float(self.global_step * self.cfg.batch_size)
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+
+    # --- optimiser ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_decay_start)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- the trained SAE, on raw activations -------------------------------------------------
+
+    def export_sae(self) -> SAE:
+        """A CPU copy of the SAE in eval mode with the input scale folded into its weights."""
+        sae = copy.deepcopy(self.sae).cpu().eval()
+        sae.fold_input_scale(float(self.input_scale))
+        sae.metadata["input_scale_folded"] = float(self.input_scale)
+        return sae
