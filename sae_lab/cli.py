@@ -22,7 +22,7 @@ USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, K
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from sae_lab.train.config import reference
 
-    rows = "\n".join(f"  {name} = {default!r}\n      {doc}" for name, _, default, doc in reference())
+    rows = "\n".join(f"  {name} = {dflt!r}\n      {doc}" for name, _, dflt, doc in reference())
     p = sub.add_parser(
         "train",
         help="train one SAE from a YAML config",

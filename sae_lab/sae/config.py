@@ -12,7 +12,9 @@ from typing import Any, Literal
 ARCHITECTURE_NAMES = ("relu", "topk", "batchtopk", "gated", "jumprelu")
 
 # Fields every architecture uses; all other fields belong to some architectures only.
-COMMON_FIELDS = frozenset({"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens"})
+COMMON_FIELDS = frozenset(
+    {"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens"}
+)
 
 
 class ConfigError(ValueError):
