@@ -1,0 +1,237 @@
+"""Each architecture's maths, checked on small shapes."""
+
+import math
+
+import pytest
+import torch
+
+from sae_lab import ARCHITECTURES, SAEConfig, load
+from sae_lab.sae import ConfigError
+
+ARCHS = sorted(ARCHITECTURES)
+
+
+def make(arch: str, d_in: int = 16, d_sae: int = 64, **kw):
+    if arch in ("topk", "batchtopk"):
+        kw.setdefault("k", 4)
+    torch.manual_seed(0)
+    return ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **kw))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_is_decode_of_encode(arch):
+    sae = make(arch).eval()
+    x = torch.randn(32, 16)
+    torch.testing.assert_close(sae(x), sae.decode(sae.encode(x)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_init_unit_norm_decoder_tied_encoder(arch):
+    sae = make(arch)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    assert sae.W_enc.shape == (16, 64) and sae.W_dec.shape == (64, 16)
+    assert sae.b_dec.shape == (16,)
+
+
+def test_b_dec_initialised_at_geometric_median():
+    sae = make("relu")
+    torch.manual_seed(1)
+    x = torch.randn(1000, 16)
+    x[:10] += 100.0  # 1% outliers drag the mean to ~1 but barely move the geometric median
+    sae.init_from_data(x)
+    assert x.mean(dim=0).min() > 0.8
+    assert sae.b_dec.abs().max().item() < 0.2
+
+
+def test_topk_has_exactly_k_nonzeros_per_row():
+    sae = make("topk", k=5)
+    x = torch.randn(64, 16) + 3.0  # positive pre-activations: ReLU removes none of the k
+    z = sae.encode(x)
+    pre = sae.pre_acts(x)
+    assert ((pre > 0).sum(dim=1) >= 5).all()
+    assert ((z != 0).sum(dim=1) == 5).all()
+    out = sae.training_loss(x, step=0)
+    assert out.l0.item() == 5
+
+
+def test_batchtopk_keeps_k_times_batch_in_training_and_threshold_in_eval():
+    sae = make("batchtopk", k=4).train()
+    x = torch.randn(32, 16) + 2.0
+    z = sae.encode(x)
+    assert (z != 0).sum().item() == 4 * 32
+    assert (z != 0).sum(dim=1).unique().numel() > 1  # variable per token, k on average
+    sae.training_loss(x, step=0)
+    theta = sae.threshold.item()
+    assert theta > 0
+    sae.eval()
+    pre = sae.pre_acts(x)
+    z_eval = sae.encode(x)
+    torch.testing.assert_close(z_eval, pre.relu() * (pre > theta))
+
+
+def test_batchtopk_threshold_is_ema_of_smallest_kept():
+    sae = make("batchtopk", k=4, threshold_momentum=0.5).train()
+    x1, x2 = torch.randn(32, 16), torch.randn(32, 16)
+
+    def smallest_kept(x):
+        acts = sae.pre_acts(x).relu().flatten()
+        return acts.topk(4 * 32).values.min().item()
+
+    m1, m2 = smallest_kept(x1), smallest_kept(x2)
+    sae.training_loss(x1, 0)
+    assert sae.threshold.item() == pytest.approx(m1, rel=1e-5)
+    sae.training_loss(x2, 1)
+    assert sae.threshold.item() == pytest.approx(0.5 * m1 + 0.5 * m2, rel=1e-5)
+
+
+def test_jumprelu_threshold_gets_nonzero_gradient():
+    sae = make("jumprelu", bandwidth=0.5, threshold_init=0.3)
+    x = torch.randn(256, 16)
+    out = sae.training_loss(x, step=0)
+    out.loss.backward()
+    g = sae.log_threshold.grad
+    assert g is not None and g.abs().sum() > 0
+    # Latents with no pre-activation inside the kernel window get exactly zero.
+    pre = sae.pre_acts(x).detach()
+    near = ((pre - sae.threshold.detach()).abs() < 0.25).any(dim=0)
+    assert (g[~near] == 0).all() and (g[near] != 0).any()
+
+
+def test_jumprelu_encode_is_pre_times_step():
+    sae = make("jumprelu", threshold_init=0.5)
+    x = torch.randn(32, 16)
+    pre = sae.pre_acts(x)
+    torch.testing.assert_close(sae.encode(x), pre * (pre > 0.5))
+
+
+def test_gated_aux_loss_sends_no_gradient_to_decoder():
+    sae = make("gated")
+    x = torch.randn(64, 16)
+    pi_gate, _ = sae.gate_and_mag(x)
+    x_hat_gate = pi_gate.relu() @ sae.W_dec.detach() + sae.b_dec.detach()
+    aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
+    aux.backward()
+    assert sae.W_dec.grad is None and sae.b_dec.grad is not None  # b_dec: via the encoder input
+    # And the loss the SAE trains on uses exactly this aux term.
+    out = sae.training_loss(x, 0)
+    assert out.parts["aux"].item() == pytest.approx(aux.item(), rel=1e-6)
+
+
+def test_gated_shares_weights_through_r_mag():
+    sae = make("gated")
+    with torch.no_grad():
+        sae.r_mag.fill_(math.log(2.0))
+        sae.b_mag.fill_(0.3)
+    x = torch.randn(8, 16)
+    pi_gate, pi_mag = sae.gate_and_mag(x)
+    torch.testing.assert_close(pi_mag - 0.3, 2 * pi_gate, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        sae.b_gate.fill_(-1e3)  # gate closed everywhere: no latent fires whatever its magnitude
+    assert (sae.encode(x) == 0).all()
+
+
+def test_relu_penalty_is_decoder_norm_weighted_l1():
+    sae = make("relu", sparsity_coef=0.5)
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    x = torch.randn(16, 16)
+    z = sae.encode(x)
+    out = sae.training_loss(x, 0)
+    recon = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    expected = recon + 0.5 * (z * 3.0).sum(-1).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_uses_dead_latents_only(arch):
+    sae = make(arch, k=4, k_aux=8)
+    x = torch.randn(32, 16)
+    assert sae.training_loss(x, 0).parts["aux"].item() == 0  # nobody is dead yet
+    sae.tokens_since_fired.fill_(10**9)  # everybody dead
+    sae.tokens_since_fired[:32] = 0
+    out = sae.training_loss(x, 0)
+    assert out.parts["aux"].item() > 0
+
+
+def test_k_schedule_start_middle_end():
+    from sae_lab.schedules import k_at_step
+
+    assert k_at_step(0, 32, 128, 100, "linear") == 128
+    assert k_at_step(50, 32, 128, 100, "linear") == 80
+    assert k_at_step(100, 32, 128, 100, "linear") == 32
+    assert k_at_step(500, 32, 128, 100, "linear") == 32
+    assert k_at_step(0, 32, 128, 100, "cosine") == 128
+    assert k_at_step(50, 32, 128, 100, "cosine") == 80
+    assert k_at_step(25, 32, 128, 100, "cosine") == round(32 + 96 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert k_at_step(100, 32, 128, 100, "cosine") == 32
+    sae = make("topk", k=4, k_start=16, k_schedule_steps=10)
+    assert sae.current_k(0) == 16 and sae.current_k(10) == 4
+    x = torch.randn(8, 16) + 3
+    assert sae.training_loss(x, 0).l0.item() == 16
+    assert sae.training_loss(x, 10).l0.item() == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip_is_bit_identical(arch, tmp_path):
+    sae = make(arch)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    sae.train()
+    sae.training_loss(torch.randn(32, 16), 0)  # batchtopk: sets its threshold
+    sae.eval()
+    sae.metadata["model"] = "gpt2"
+    sae.save(tmp_path / "sae")
+    loaded = load(tmp_path / "sae").eval()
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    assert loaded.metadata["model"] == "gpt2"
+    x = torch.randn(32, 16)
+    assert torch.equal(loaded(x), sae(x))
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == [
+        "cfg.json", "sae_weights.safetensors"
+    ]
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fold_input_scale_preserves_function(arch):
+    sae = make(arch).eval()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(32, 16)
+    s = 2.5
+    expected = sae(x * s) / s
+    sae.fold_input_scale(s)
+    torch.testing.assert_close(sae(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 32}, "sae.k"),
+        ({"architecture": "topk", "k": 0}, "sae.k"),
+        ({"architecture": "nope"}, "sae.architecture"),
+        ({"architecture": "topk", "k_schedule": "step"}, "sae.k_schedule"),
+        ({"architecture": "jumprelu", "bandwidth": -1.0}, "sae.bandwidth"),
+        ({"architecture": "topk", "dtype": "int8"}, "sae.dtype"),
+        ({"architecture": "topk", "k": 8, "k_start": 4}, "sae.k_start"),
+        ({"architecture": "topk", "expansion_factor": 0}, "sae.expansion_factor"),
+        ({"architecture": "batchtopk", "threshold_momentum": 1.0}, "sae.threshold_momentum"),
+    ],
+)
+def test_sae_config_errors_name_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        SAEConfig(**kw)
+
+
+def test_field_that_does_not_apply_is_an_error():
+    with pytest.raises(ConfigError, match=r"sae\.k=.*does not apply.*relu"):
+        ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=8, k=4))
+    with pytest.raises(ConfigError, match=r"sae\.bandwidth"):
+        ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=8, bandwidth=0.5))
