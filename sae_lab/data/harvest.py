@@ -1,0 +1,302 @@
+"""`sae-lab harvest`: run a Hugging Face model over text and store activations as shards.
+
+    texts -> windows of ctx_len tokens (text.py) -> model forward, hooks at the chosen layers
+    (layers.py) -> rows at kept positions -> one shard set per layer: OUT/layer_{L}/ (shards.py)
+
+One forward pass feeds every requested layer, and stops after the deepest one. Re-running an
+interrupted harvest with the same arguments continues after the last complete shard: the token
+stream is recomputed without the model up to there, so every token is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sae_lab.data import layers as L
+from sae_lab.data.shards import DTYPES, ShardSetWriter
+from sae_lab.data.text import DatasetError, iter_texts, window_batches
+
+SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well (webdataset docs)
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest and where to put it."""
+
+    model: str
+    """Hugging Face model id or local directory."""
+    dataset: str
+    """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
+    out: str
+    """Output directory; each layer goes to OUT/layer_{L}/."""
+    layers: tuple[int, ...] = (0,)
+    """Layer(s) to harvest, 0-based; one forward pass serves all of them."""
+    hook: Literal["resid_post", "mlp_out", "attn_out"] = "resid_post"
+    """Hook point: the block output, or what the MLP / attention adds to the residual stream."""
+    ctx_len: int = 128
+    """Tokens per window, special tokens included."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    max_tokens: int = 0
+    """Stop after storing this many rows per layer (0: the whole dataset)."""
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Dtype of the stored activations."""
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the model runs in."""
+    device: str = "auto"
+    """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
+    shard_rows: int = 0
+    """Rows per shard; 0 picks about 256 MB per shard."""
+    block_rows: int = 4096
+    """Rows per WebDataset sample (>= 1024)."""
+    split: str = "train"
+    """Hub datasets: the split to read."""
+    text_column: str = "text"
+    """Hub, .jsonl and .parquet datasets: the column holding the text."""
+    dataset_name: str | None = None
+    """Hub datasets: the configuration name, if the dataset has several."""
+    revision: str | None = None
+    """Hub models: branch, tag or commit."""
+    tokenizer: str | None = None
+    """Tokenizer id or path, when it is not stored with the model."""
+    keep_special: bool = False
+    """Also store rows for BOS/EOS/PAD/CLS/SEP tokens (excluded by default)."""
+    trust_remote_code: bool = False
+    """Allow model code from the Hub to run (only for models you trust)."""
+    overwrite: bool = False
+    """Delete existing shard sets of these layers instead of resuming them."""
+    progress: bool = True
+    """Show a progress bar with tokens/s and ETA."""
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(x) for x in self.layers)
+        checks = {
+            "layers": (len(self.layers) > 0 and len(set(self.layers)) == len(self.layers)
+                       and all(x >= 0 for x in self.layers), "distinct layers >= 0"),
+            "hook": (self.hook in L.HOOKS, f"one of {list(L.HOOKS)}"),
+            "ctx_len": (self.ctx_len >= 2, ">= 2"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "max_tokens": (self.max_tokens >= 0, ">= 0"),
+            "dtype": (self.dtype in DTYPES, f"one of {list(DTYPES)}"),
+            "model_dtype": (self.model_dtype in DTYPES, f"one of {list(DTYPES)}"),
+            "shard_rows": (self.shard_rows == 0 or self.shard_rows >= self.block_rows,
+                           "0 or >= block_rows"),
+            "block_rows": (self.block_rows >= 1024, ">= 1024"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"harvest: {name}={getattr(self, name)!r} must be {allowed}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
+    """(model in eval mode on device, tokenizer) through transformers' Auto classes."""
+    from transformers import AutoModel, AutoTokenizer
+
+    kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, **kw)
+    # AutoModel (no LM head): the hooks sit in the body; `capture` stops before the head.
+    model = AutoModel.from_pretrained(cfg.model, dtype=DTYPES[cfg.model_dtype], **kw)
+    return model.eval().to(device), tokenizer
+
+
+def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dict[int, Path]:
+    """Harvest (or resume) every layer of `cfg`; returns {layer: shard directory}.
+
+    `model` and `tokenizer` may be passed in (already loaded); otherwise they are loaded from
+    cfg.model.
+    """
+    device = resolve_device(cfg.device)
+    if model is None:
+        model, tokenizer = load_model(cfg, device)
+    for layer in cfg.layers:
+        L.hook_module(model, layer, cfg.hook)  # out-of-range layers fail here, listing the range
+    _check_ctx_len(model, cfg.ctx_len)
+    device = next(model.parameters()).device
+    d_in = _probe_width(model, cfg, device)
+    shard_rows = cfg.shard_rows or _auto_shard_rows(d_in, cfg.dtype, cfg.block_rows)
+    header = _header(cfg, model, tokenizer)
+    out = Path(cfg.out)
+    writers = {}
+    for layer in cfg.layers:
+        directory = out / f"layer_{layer}"
+        if cfg.overwrite and directory.exists():
+            shutil.rmtree(directory)
+        header_l = {**header, "layer": layer, "hook_name": L.hook_name(layer, cfg.hook)}
+        writers[layer] = ShardSetWriter(directory, header_l, cfg.dtype, shard_rows,
+                                        cfg.block_rows)
+    active = {layer: w for layer, w in writers.items() if not w.complete}
+    if not active:
+        _say(cfg, f"{out}: already complete ({writers[cfg.layers[0]].rows} tokens per layer); "
+                  "use --overwrite to harvest again")
+        return {layer: w.dir for layer, w in writers.items()}
+    try:
+        _run(cfg, model, tokenizer, active, device)
+    except BaseException:
+        for w in active.values():
+            w.abort()
+        raise
+    for w in active.values():
+        w.finish()
+    first = writers[cfg.layers[0]]
+    _say(cfg, f"harvested {first.rows} tokens x {len(writers)} layer(s) into {out} "
+              f"({len(first.manifest['shards'])} shards per layer)")
+    return {layer: w.dir for layer, w in writers.items()}
+
+
+@torch.inference_mode()
+def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
+         device: torch.device) -> None:
+    from tqdm.auto import tqdm
+
+    start = min(w.rows for w in writers.values())
+    limit = cfg.max_tokens or None
+    bar = tqdm(total=limit, initial=start, unit="tok", unit_scale=True, dynamic_ncols=True,
+               disable=not cfg.progress, desc="harvest", file=sys.stderr)
+    row = 0  # index of the next row in the corpus-order stream
+    texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
+    for batch in window_batches(texts, tokenizer, cfg.ctx_len, cfg.batch_size,
+                                cfg.keep_special):
+        if limit is not None and row >= limit:
+            break
+        n = batch.n_rows
+        if row + n <= start:  # stored before the interruption: skip without the model
+            row += n
+            continue
+        take = n if limit is None else min(n, limit - row)
+        with L.capture(model, list(writers), cfg.hook) as acts:
+            L.run_to_hooks(model, input_ids=batch.input_ids.to(device))
+        token_ids, doc, pos = (t[:take] for t in batch.rows())
+        keep = batch.keep.to(device)
+        for layer, w in writers.items():
+            rows = acts[layer][keep][:take]  # [take, d_in]
+            w.add(row, _cast(rows, cfg.dtype, layer), token_ids, doc, pos)
+        bar.update(row + take - max(row, start))
+        row += take
+    bar.close()
+    if row == 0:
+        raise DatasetError(f"dataset {cfg.dataset} gave no tokens to store")
+
+
+def _cast(rows: torch.Tensor, dtype: str, layer: int) -> torch.Tensor:
+    if dtype == "float16":
+        peak = rows.abs().max().item() if rows.numel() else 0.0
+        if peak > torch.finfo(torch.float16).max:
+            raise ValueError(f"layer {layer}: activation magnitude {peak:.3g} overflows float16; "
+                             "use --dtype bfloat16 or float32")
+    return rows.to(DTYPES[dtype]).cpu()
+
+
+def _probe_width(model: Any, cfg: HarvestConfig, device: torch.device) -> int:
+    with torch.inference_mode(), L.capture(model, [max(cfg.layers)], cfg.hook) as acts:
+        L.run_to_hooks(model, input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
+    return acts[max(cfg.layers)].shape[-1]
+
+
+def _auto_shard_rows(d_in: int, dtype: str, block_rows: int) -> int:
+    row_bytes = d_in * DTYPES[dtype].itemsize
+    return max(1, round(SHARD_BYTES / row_bytes / block_rows)) * block_rows
+
+
+def _check_ctx_len(model: Any, ctx_len: int) -> None:
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions",
+                                                                         None)
+    if isinstance(limit, int) and ctx_len > limit:
+        raise ValueError(f"ctx_len={ctx_len} exceeds the model's {limit} positions")
+
+
+def _header(cfg: HarvestConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return {
+        "model": cfg.model,
+        "revision": cfg.revision or getattr(config, "_commit_hash", None),
+        "model_family": L.family_name(model),
+        "model_class": type(model).__name__,
+        "n_layers": L.n_layers(model),
+        "tokenizer": cfg.tokenizer or cfg.model,
+        "dataset": {"path": cfg.dataset, "name": cfg.dataset_name, "split": cfg.split,
+                    "text_column": cfg.text_column},
+        "hook": cfg.hook,
+        "ctx_len": cfg.ctx_len,
+        "model_dtype": cfg.model_dtype,
+        "special_tokens": "kept" if cfg.keep_special else "excluded",
+        "vocab_size": getattr(tokenizer, "vocab_size", None),
+    }
+
+
+def _say(cfg: HarvestConfig, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
+    p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
+                              description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from sae_lab.train.config import field_docs
+
+    docs = field_docs(HarvestConfig)
+    required = {"model", "dataset", "out"}
+    for f in fields(HarvestConfig):
+        flag = "--" + {"layers": "layer"}.get(f.name, f.name).replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, "")}
+        if f.name in required:
+            kw["required"] = True
+        elif f.type in ("bool", bool):
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["default"] = f.default
+        else:
+            kw["default"] = f.default
+        if f.name == "layers":
+            kw.update(nargs="+", type=int, default=list(f.default))
+        elif f.type in ("int", int):
+            kw["type"] = int
+        choices = {"hook": L.HOOKS, "dtype": tuple(DTYPES), "model_dtype": tuple(DTYPES)}
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
+        p.add_argument(flag, **kw)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    names = {f.name for f in fields(HarvestConfig)}
+    cfg = HarvestConfig(**{k: v for k, v in vars(args).items() if k in names})
+    harvest(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sae_lab.data.harvest")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_harvest_parser(sub)
+    args = parser.parse_args(["harvest", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
