@@ -25,9 +25,11 @@ every sae_lab architecture does. Input normalisation is already folded into save
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from sae_lab.data.layers import hook_name
 from sae_lab.sae.base import SAE, replace_dir
 
 SAELENS_ARCHITECTURE = {
@@ -50,16 +53,6 @@ SAELENS_VERSION = "6.0.0"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 CONFIG_FILE = "cfg.json"
-
-# sae_lab hook names -> TransformerLens hook names, which SAELens metadata uses.
-_TL_HOOKS = {
-    "resid_post": "hook_resid_post",
-    "resid_pre": "hook_resid_pre",
-    "resid_mid": "hook_resid_mid",
-    "mlp_out": "hook_mlp_out",
-    "attn_out": "hook_attn_out",
-}
-
 
 @torch.no_grad()
 def saelens_tensors(sae: SAE) -> dict[str, Tensor]:
@@ -78,11 +71,12 @@ def saelens_tensors(sae: SAE) -> dict[str, Tensor]:
 
 
 def tl_hook_name(metadata: dict[str, Any]) -> str | None:
-    """TransformerLens-style hook name (blocks.L.hook_resid_post) from sae_lab metadata."""
-    layer, hook = metadata.get("layer"), metadata.get("hook")
-    if layer is not None and hook in _TL_HOOKS:
-        return f"blocks.{int(layer)}.{_TL_HOOKS[hook]}"
-    return metadata.get("hook_name")
+    """TransformerLens-style hook name (blocks.L.hook_resid_post), as SAELens metadata uses."""
+    if metadata.get("hook_name"):
+        return metadata["hook_name"]
+    if metadata.get("layer") is not None and metadata.get("hook"):
+        return hook_name(int(metadata["layer"]), metadata["hook"])
+    return None
 
 
 def saelens_config(
@@ -114,9 +108,8 @@ def saelens_config(
         "prepend_bos": meta.get("prepend_bos", False),
         "sae_lens_version": SAELENS_VERSION,
         "sae_lens_training_version": SAELENS_VERSION,
-        # Where it came from, in sae_lab's own terms (SAELens keeps unknown metadata keys).
+        # Where it came from, in sae_lab's terms (SAELens keeps unknown metadata keys).
         "sae_lab_architecture": sae.cfg.architecture,
-        "sae_lab_hook_name": meta.get("hook_name"),
         "sae_lab_layer": meta.get("layer"),
         "sae_lab_hook": meta.get("hook"),
     }
@@ -153,3 +146,56 @@ def export_saelens(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an SAE in another library's format (SAELens v6)",
+        description="Export an sae_lab SAE directory so the SAE ecosystem can load it: "
+        "--format saelens writes what sae_lens.SAE.load_from_disk(OUT) reads. The feature "
+        "density for sparsity.safetensors comes from --density, else SAE_DIR/eval (written by "
+        "`sae-lab eval --shards`), else --shards.",
+    )
+    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
+    p.add_argument("--format", choices=["saelens"], default="saelens", help="target format")
+    p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--density", help="feature_density.safetensors from `sae-lab eval`")
+    p.add_argument("--shards", help="measure the feature density on these activation shards")
+    p.add_argument("--max-tokens", type=int, help="rows of --shards to measure density on")
+    p.add_argument("--model-name", help="metadata.model_name (default: the SAE's model)")
+    p.add_argument("--hook-name", help="metadata.hook_name (default: blocks.L.hook_H)")
+    p.add_argument("--context-size", type=int, help="metadata.context_size (default: ctx_len)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from safetensors.torch import load_file
+
+    from sae_lab.analysis.lm import load_sae_dir
+    from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
+
+    sae = load_sae_dir(args.sae_dir)
+    density, source = None, None
+    default = Path(args.sae_dir) / "eval" / DENSITY_FILE
+    if args.density or (default.is_file() and not args.shards):
+        path = Path(args.density or default)
+        if not path.is_file():
+            raise FileNotFoundError(f"--density {path}: no such file")
+        density, source = load_file(path)["density"], str(path)
+    elif args.shards:
+        density = evaluate_sae(sae, shard_activations(args.shards, max_tokens=args.max_tokens)
+                               ).density
+        source = args.shards
+    out = export_saelens(sae, args.out, density, args.model_name, args.hook_name,
+                         args.context_size)
+    if source is None:
+        print("note: no feature density known (run `sae-lab eval --shards` first, or pass "
+              "--shards); sparsity.safetensors not written", file=sys.stderr)
+    else:
+        print(f"feature density from {source}")
+    print(f"saved: {out} (SAELens architecture "
+          f"{SAELENS_ARCHITECTURE[sae.cfg.architecture]!r})")

@@ -39,8 +39,7 @@ def make_sae(arch: str, seed: int = 0):
             sae.threshold.fill_(0.4)
         if arch == "jumprelu":
             sae.log_threshold.copy_(torch.randn(D_SAE) * 0.5 - 1.0)
-    sae.metadata.update(model="gpt2", layer=3, hook="resid_post", hook_name="transformer.h.3",
-                        ctx_len=128)
+    sae.metadata.update(model="gpt2", layer=3, hook="resid_post", ctx_len=128)
     return sae
 
 
@@ -103,6 +102,10 @@ def test_cfg_fields(tmp_path):
     major = int(meta["sae_lens_version"].split(".")[0])
     assert major >= 6
     assert not (tmp_path / "t" / "sparsity.safetensors").exists()  # no density given
+    sae = make_sae("relu")
+    sae.metadata["hook_name"] = "blocks.3.hook_mlp_out"  # the manifest's name wins
+    cfg = json.loads((export_saelens(sae, tmp_path / "r", hook_name=None) / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_mlp_out"
 
 
 def test_jumprelu_threshold_is_exp_log_threshold(tmp_path):

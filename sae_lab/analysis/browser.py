@@ -1,0 +1,275 @@
+"""A static feature browser: one self-contained index.html, opened from disk, no server.
+
+The latent records (density, top contexts, promoted tokens) are embedded as JSON; a little
+vanilla JS lists the latents, filters them from a search box (a latent index, or text found in
+its contexts and promoted tokens) and shows one panel per latent. `#latent=5` and `#q=text` in the
+URL select a latent or a search on load. Token text is inserted with textContent only, so
+arbitrary corpus text cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sae_lab.sae.base import replace_dir
+
+INDEX = "index.html"
+
+_CSS = """
+body { font: 14px system-ui, sans-serif; margin: 0; color: #1d232b; }
+header { padding: 10px 16px; background: #f1f4f8; border-bottom: 1px solid #d5dbe3; }
+header h1 { font-size: 17px; margin: 0 0 4px 0; }
+#summary { color: #55606e; margin-bottom: 8px; }
+#search { width: 360px; padding: 5px 8px; font-size: 14px; }
+#count { margin-left: 10px; color: #55606e; }
+main { display: flex; height: calc(100vh - 96px); }
+nav { width: 240px; overflow-y: auto; border-right: 1px solid #d5dbe3; }
+nav button { display: block; width: 100%; text-align: left; border: 0; padding: 4px 12px;
+  background: none; font: 13px ui-monospace, monospace; cursor: pointer; }
+nav button:hover { background: #e8eef6; }
+nav button.selected { background: #cfe0f5; }
+nav button.dead { color: #9aa3ad; }
+section { flex: 1; overflow-y: auto; padding: 12px 20px; }
+.ctx { font: 13px ui-monospace, monospace; white-space: pre-wrap; margin: 3px 0;
+  padding: 3px 6px; background: #fafbfc; border-left: 3px solid #d5dbe3; }
+.ctx .val { color: #55606e; margin-right: 8px; }
+.hot { background: #f7b267; border-radius: 2px; font-weight: bold; }
+.chip { display: inline-block; font: 13px ui-monospace, monospace; white-space: pre;
+  background: #e3f1e6; border-radius: 3px; padding: 1px 5px; margin: 2px; }
+"""
+
+_JS = r"""
+"use strict";
+const data = JSON.parse(document.getElementById("data").textContent);
+const byId = new Map(data.latents.map((l) => [l.id, l]));
+const list = document.getElementById("list");
+const panel = document.getElementById("panel");
+const search = document.getElementById("search");
+const count = document.getElementById("count");
+const show = (t) => t.replace(/\n/g, "\u21b5");
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function fmtDensity(d) {
+  return d > 0 ? (100 * d).toPrecision(3) + "% (log10 " + Math.log10(d).toFixed(2) + ")"
+               : "never fired";
+}
+
+function haystack(l) {
+  if (l._hay === undefined) {
+    const parts = l.contexts.map((c) => c.tokens.join(""));
+    if (l.promoted) parts.push(l.promoted.map((p) => p[0]).join(" "));
+    l._hay = parts.join("\n").toLowerCase();
+  }
+  return l._hay;
+}
+
+function matches(l, q) {
+  if (!q) return true;
+  if (/^\d+$/.test(q)) return l.id === Number(q);
+  return haystack(l).includes(q.toLowerCase());
+}
+
+function renderList(q) {
+  list.replaceChildren();
+  let n = 0;
+  for (const l of data.latents) {
+    if (!matches(l, q)) continue;
+    const pct = l.density > 0 ? (100 * l.density).toPrecision(2) + "%" : "dead";
+    const b = el("button", l.density > 0 ? "" : "dead", "#" + l.id + "  " + pct);
+    b.id = "item-" + l.id;
+    b.dataset.latent = l.id;
+    b.addEventListener("click", () => { location.hash = "latent=" + l.id; });
+    list.appendChild(b);
+    n += 1;
+  }
+  count.textContent = n + " of " + data.latents.length + " latents";
+  list.dataset.shown = String(n);
+}
+
+function renderPanel(id) {
+  const l = byId.get(id);
+  panel.replaceChildren();
+  for (const b of list.querySelectorAll("button.selected")) b.classList.remove("selected");
+  if (!l) { panel.appendChild(el("p", "", "Latent " + id + " is not in this browser.")); return; }
+  const item = document.getElementById("item-" + id);
+  if (item) item.classList.add("selected");
+  panel.dataset.latent = String(id);
+  panel.appendChild(el("h2", "", "Latent " + id));
+  const stats = "Density: " + fmtDensity(l.density) + "   max activation: " + l.max;
+  panel.appendChild(el("p", "", stats));
+  panel.appendChild(el("h3", "", "Top-activating contexts"));
+  if (l.contexts.length === 0) {
+    panel.appendChild(el("p", "", "It never fired on the inspected tokens."));
+  }
+  for (const c of l.contexts) {
+    const row = el("div", "ctx");
+    row.appendChild(el("span", "val", c.value.toFixed(3)));
+    c.tokens.forEach((t, i) => {
+      const s = el("span", i === c.at ? "hot" : "", show(t));
+      if (i === c.at) s.title = "activation " + c.value;
+      row.appendChild(s);
+    });
+    panel.appendChild(row);
+  }
+  if (l.promoted) {
+    panel.appendChild(el("h3", "", "Output tokens it promotes most (W_dec \u00b7 W_U)"));
+    const box = el("div", "promoted");
+    for (const [t, v] of l.promoted) {
+      const c = el("span", "chip", show(t));
+      c.title = String(v);
+      box.appendChild(c);
+    }
+    panel.appendChild(box);
+  }
+}
+
+function fromHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.has("q")) { search.value = h.get("q"); renderList(search.value.trim()); }
+  if (h.has("latent")) renderPanel(Number(h.get("latent")));
+}
+
+document.getElementById("summary").textContent = data.summary;
+search.addEventListener("input", () => renderList(search.value.trim()));
+window.addEventListener("hashchange", fromHash);
+renderList("");
+if (data.latents.length) renderPanel(data.latents[0].id);
+fromHash();
+document.body.dataset.ready = "1";
+"""
+
+# Runs first, so an error anywhere later (even a syntax error) is recorded in the DOM.
+_ERRORS_JS = """
+window.addEventListener("error", (e) => {
+  const root = document.documentElement;
+  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + " | " : "") + e.message;
+});
+"""
+
+
+def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_lab features"
+                ) -> str:
+    """The whole page as one string."""
+    payload = json.dumps({"summary": summary, "latents": latents}, ensure_ascii=False,
+                         separators=(",", ":"))
+    # "</" would end the <script> element early; "<\\/" is the same JSON string.
+    payload = payload.replace("</", "<\\/")
+    esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+        f"<title>{esc}</title>\n<script>{_ERRORS_JS}</script>\n<style>{_CSS}</style>\n</head>\n"
+        "<body>\n<header><h1>" + esc + "</h1><div id=\"summary\"></div>\n"
+        "<input id=\"search\" type=\"search\" "
+        "placeholder=\"latent index, or text in its contexts\"><span id=\"count\"></span>"
+        "</header>\n<main><nav id=\"list\"></nav><section id=\"panel\"></section></main>\n"
+        f"<script id=\"data\" type=\"application/json\">{payload}</script>\n"
+        f"<script>{_JS}</script>\n</body></html>\n"
+    )
+
+
+def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary: str,
+                  title: str = "sae_lab features") -> Path:
+    """Write out/index.html atomically (a temporary directory, then rename over `out`)."""
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (tmp / INDEX).write_text(render_html(latents, summary, title), encoding="utf-8")
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target / INDEX
+
+
+# --- command line: `sae-lab inspect` -----------------------------------------------------------
+
+
+def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="top-activating contexts of each latent, as a static HTML feature browser",
+        description="One pass over activation shards finds each latent's density and top-"
+        "activating contexts (token ids decoded with the model's tokenizer); for causal LMs also "
+        "the output tokens each latent promotes most (W_dec @ W_U). Writes OUT/index.html, "
+        "a self-contained page: open it from disk, no server.",
+    )
+    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
+    p.add_argument("--shards", required=True, help="activation shards (with token ids)")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--model", help="model / tokenizer (default: the SAE's, else the shards')")
+    p.add_argument("--latents", help="which latents to show, e.g. 0-99,512 (default: the first "
+                   "--max-latents)")
+    p.add_argument("--max-latents", type=int, default=1000, help="default number of latents")
+    p.add_argument("--top", type=int, default=10, help="contexts per latent")
+    p.add_argument("--context-left", type=int, default=12, help="tokens before the activating one")
+    p.add_argument("--context-right", type=int, default=4, help="tokens after it")
+    p.add_argument("--top-logits", type=int, default=None,
+                   help="promoted output tokens per latent; default 10 for causal LMs and skipped "
+                   "for others; an explicit N > 0 on a model without an unembedding is an error")
+    p.add_argument("--max-tokens", type=int, help="read at most this many shard rows")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per SAE forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from sae_lab.analysis.contexts import TokenText, latent_records, parse_latents, top_activations
+    from sae_lab.analysis.lm import (
+        load_model,
+        load_sae_dir,
+        load_tokenizer,
+        promoted_tokens,
+        resolve_device,
+        unembedding_for,
+    )
+    from sae_lab.data.shards import iter_blocks, read_manifest
+    from sae_lab.evaluate import check_shards
+
+    device = resolve_device(args.device)
+    sae = load_sae_dir(args.sae_dir, device)
+    manifest = read_manifest(args.shards)
+    for w in check_shards(sae, manifest, args.shards):
+        print(f"warning: {w}", file=sys.stderr)
+    latents = parse_latents(args.latents, sae.d_sae, args.max_latents)
+    name = args.model or sae.metadata.get("model") or manifest.get("model")
+    if not name:
+        raise ValueError("neither the SAE nor the shards name a model; pass --model")
+    tokenizer = load_tokenizer(args.model or manifest.get("tokenizer") or name)
+    promoted = None
+    if args.top_logits != 0:
+        model = load_model(name, device)
+        try:
+            W_U = unembedding_for(model, sae.d_in, name)
+        except ValueError as e:
+            if args.top_logits is not None:
+                raise
+            print(f"note: {e}; skipping the promoted-token view", file=sys.stderr)
+            W_U = None
+        if W_U is not None:
+            promoted = promoted_tokens(sae.W_dec, W_U, args.top_logits or 10)
+        del model
+    top = top_activations(sae, iter_blocks(args.shards), args.top, args.batch_size,
+                          args.max_tokens, device)
+    records = latent_records(top, latents, TokenText(tokenizer), args.context_left,
+                             args.context_right, promoted)
+    meta = sae.metadata
+    summary = (f"{sae.cfg.architecture} SAE, {sae.d_sae} latents on d_in={sae.d_in}; model "
+               f"{name}, layer {meta.get('layer', manifest.get('layer'))} "
+               f"{meta.get('hook', manifest.get('hook'))}; {top.n_rows} tokens from "
+               f"{args.shards}; showing {len(latents)} latents")
+    index = write_browser(records, args.out, summary, title=f"sae_lab: {Path(args.sae_dir).name}")
+    print(f"saved: {index}")

@@ -1,0 +1,378 @@
+"""Held-out evaluation of an SAE, and the downstream loss with its reconstruction spliced in.
+
+Reconstruction metrics, exact over the whole evaluation set (streamed sums, no batch averages):
+
+    FVU      = sum ||x - x_hat||^2 / sum ||x - mean||^2      mean over the whole set
+    MSE      = sum ||x - x_hat||^2 / (N * d_in)
+    cos      = mean_tokens cos(x, x_hat)
+    L0, L1   = mean_tokens ||z||_0, ||z||_1
+    l2_ratio = mean_tokens ||x_hat|| / ||x||                 < 1: reconstructions are short
+    rel_bias = sum ||x_hat||^2 / sum <x, x_hat>              Gated SAE paper (arXiv 2404.16014)
+               eq. 10: gamma = argmin_g E||x_hat / g - x||^2; < 1 means shrinkage, 1 none
+    density  = fraction of tokens on which each latent fires; dead = fired on no token of the set
+
+Downstream loss (causal LMs; Bloom et al.'s "CE loss score", SAEBench's KL score):
+
+    CE_clean, CE_sae, CE_zero   next-token cross-entropy clean, with x_hat spliced in at the
+                                hook, with the hook zero-ablated
+    ce_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)      1: as good as clean, 0: as zeros
+    delta_ce = CE_sae - CE_clean
+    kl_score = (KL_zero - KL_sae) / KL_zero,  KL_* = mean_tokens KL(p_clean || p_*)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from sae_lab.analysis.splice import edit_activation
+from sae_lab.sae.base import SAE
+from sae_lab.train.metrics import ReconStats
+
+EVAL_JSON = "eval.json"
+DENSITY_FILE = "feature_density.safetensors"
+DENSITY_PNG = "feature_density.png"
+
+
+class EvalStats:
+    """Sums that give every reconstruction metric of the module docstring over a whole set."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.recon = ReconStats()
+        self.n = 0
+        self.fires = torch.zeros(d_sae, dtype=torch.long)
+        self.sum_sq_xhat = 0.0
+        self.sum_dot = 0.0
+        self.sum_ratio = 0.0
+
+    @torch.no_grad()
+    def update(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
+        self.recon.update(x, x_hat, z)
+        x, x_hat = x.double(), x_hat.double()
+        self.n += x.shape[0]
+        self.fires += (z != 0).sum(dim=0).cpu()
+        self.sum_sq_xhat += x_hat.pow(2).sum().item()
+        self.sum_dot += (x * x_hat).sum().item()
+        ratio = x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)  # [B]
+        self.sum_ratio += ratio.sum().item()
+
+    @property
+    def density(self) -> Tensor:
+        """[d_sae] fraction of tokens on which each latent fired."""
+        return self.fires.double() / max(self.n, 1)
+
+    def compute(self) -> dict[str, float]:
+        m = self.recon.compute()
+        dead = float((self.fires == 0).double().mean())
+        m.update(
+            l2_ratio=self.sum_ratio / self.n,
+            rel_bias=self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
+            dead_frac=dead,
+            alive_frac=1.0 - dead,
+            tokens=float(self.n),
+        )
+        return m
+
+
+class EvalResult(NamedTuple):
+    metrics: dict[str, float]
+    """fvu, mse, cos, l0, l1, l2_ratio, rel_bias, dead_frac, alive_frac, tokens."""
+    density: Tensor
+    """[d_sae] fraction of evaluation tokens on which each latent fired."""
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, batches: Iterable[Tensor], device: str | torch.device = "cpu"
+                 ) -> EvalResult:
+    """Stream [B, d_in] activation batches through `sae` (in eval mode) and sum the metrics."""
+    sae = sae.to(device).eval()
+    stats = EvalStats(sae.d_sae)
+    for x in batches:
+        if x.shape[-1] != sae.d_in:
+            raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
+        x = x.to(device=device, dtype=sae.W_enc.dtype)
+        z = sae.encode(x)  # [B, d_sae]
+        stats.update(x, sae.decode(z), z)
+    if stats.n == 0:
+        raise ValueError("no activations to evaluate (empty shards?)")
+    return EvalResult(stats.compute(), stats.density)
+
+
+def density_histogram(density: Tensor, path: str | os.PathLike, title: str = "") -> Path:
+    """PNG histogram of log10 feature density; dead latents are counted in the caption."""
+    from matplotlib.figure import Figure  # Figure + savefig uses Agg: no display, no pyplot
+
+    density = density.double().cpu()
+    alive = density[density > 0]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    if alive.numel():
+        ax.hist(alive.log10().numpy(), bins=50, color="#3b6ea5")
+    ax.set_xlabel("log10 feature density (fraction of tokens firing)")
+    ax.set_ylabel("latents")
+    n_dead = int((density == 0).sum())
+    ax.set_title(f"{title}  ({n_dead} of {density.numel()} latents never fired)".strip())
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns, one metric per line."""
+    width = max(len(k) for k in metrics)
+    lines = []
+    for k, v in metrics.items():
+        value = f"{v:.0f}" if k == "tokens" else f"{v:.6g}"
+        lines.append(f"{k:<{width}}  {value}")
+    return "\n".join(lines)
+
+
+def save_report(out_dir: str | os.PathLike, metrics: dict[str, Any],
+                density: Tensor | None = None) -> Path:
+    """eval.json; with a density also feature_density.safetensors and feature_density.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / EVAL_JSON, json.dumps(metrics, indent=2) + "\n")
+    if density is not None:
+        tmp = out / f".{DENSITY_FILE}.tmp"
+        save_file({"density": density.float().contiguous()}, tmp)
+        os.replace(tmp, out / DENSITY_FILE)
+        density_histogram(density, out / DENSITY_PNG)
+    return out
+
+
+def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
+                      max_tokens: int | None = None) -> Iterator[Tensor]:
+    """[B, d_in] batches of a shard set's rows, in corpus order, up to max_tokens rows."""
+    from sae_lab.data.shards import iter_blocks
+
+    seen = 0
+    for block in iter_blocks(source):
+        acts = block["acts"]
+        if max_tokens is not None:
+            acts = acts[: max_tokens - seen]
+        yield from acts.split(batch_size)
+        seen += acts.shape[0]
+        if max_tokens is not None and seen >= max_tokens:
+            return
+
+
+def check_shards(sae: SAE, manifest: dict[str, Any], source: str) -> list[str]:
+    """Error when the shards' width is not the SAE's; warnings when they come from elsewhere."""
+    if manifest.get("d_in") != sae.d_in:
+        raise ValueError(f"shards {source} have d_in={manifest.get('d_in')}; the SAE has "
+                         f"d_in={sae.d_in}")
+    warnings = []
+    for key in ("model", "layer", "hook"):
+        ours, theirs = sae.metadata.get(key), manifest.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            warnings.append(f"the SAE was trained on {key}={ours!r}, shards {source} have "
+                            f"{key}={theirs!r}")
+    return warnings
+
+
+# --- downstream loss -------------------------------------------------------------------------
+
+
+class _Sums:
+    def __init__(self) -> None:
+        self.ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+        self.kl = {"sae": 0.0, "zero": 0.0}
+        self.ce_tokens = 0
+        self.kl_tokens = 0
+
+
+@torch.no_grad()
+def downstream_loss(
+    model: nn.Module,
+    batches: Iterable[Any],
+    layer: int,
+    hook: str,
+    reconstruct: Callable[[Tensor], Tensor],
+    d_in: int | None = None,
+) -> dict[str, float]:
+    """CE clean / with `reconstruct(activation)` spliced in / zero-ablated, and the scores.
+
+    `batches` are token ids [B, T] without padding, or objects with `.input_ids` and `.keep`
+    ([B, T] bool, like data.text.WindowBatch): then only kept positions are edited, so added
+    BOS/EOS tokens, which the SAE never saw in training, keep their activations. `reconstruct`
+    maps [B, T, d] -> [B, T, d] (an SAE's forward pass). Averages are over every predicted token.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    s = _Sums()
+    for item in batches:
+        ids, keep = (item, None) if isinstance(item, Tensor) else (item.input_ids, item.keep)
+        ids = ids.to(device)
+        keep = None if keep is None else keep.to(device)[..., None]  # [B, T, 1]
+        logp_clean = _log_probs(model, ids)  # [B, T, V]
+        s.ce["clean"] += _ce_sum(logp_clean, ids)
+        for name, fn in (("sae", reconstruct), ("zero", torch.zeros_like)):
+            edit = fn if keep is None else _masked(fn, keep)
+            with edit_activation(model, layer, hook, edit, d_in=d_in):
+                logp = _log_probs(model, ids)
+            s.ce[name] += _ce_sum(logp, ids)
+            kl = (logp_clean.exp() * (logp_clean - logp)).sum(dim=-1)  # [B, T]
+            s.kl[name] += kl.double().sum().item()
+        s.ce_tokens += ids[:, 1:].numel()
+        s.kl_tokens += ids.numel()
+    if s.ce_tokens == 0:
+        raise ValueError("no tokens to score (sequences need at least 2 tokens)")
+    ce = {k: v / s.ce_tokens for k, v in s.ce.items()}
+    kl = {k: v / s.kl_tokens for k, v in s.kl.items()}
+    return {
+        "ce_clean": ce["clean"],
+        "ce_sae": ce["sae"],
+        "ce_zero": ce["zero"],
+        "ce_score": _ratio(ce["zero"] - ce["sae"], ce["zero"] - ce["clean"]),
+        "delta_ce": ce["sae"] - ce["clean"],
+        "kl_sae": kl["sae"],
+        "kl_zero": kl["zero"],
+        "kl_score": _ratio(kl["zero"] - kl["sae"], kl["zero"]),
+        "downstream_tokens": float(s.kl_tokens),
+    }
+
+
+def _masked(fn: Callable[[Tensor], Tensor], keep: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda act: torch.where(keep, fn(act).to(act.dtype), act)
+
+
+def sae_reconstruct(sae: SAE) -> Callable[[Tensor], Tensor]:
+    """act [B, T, d] -> the SAE's reconstruction, computed in the SAE's dtype."""
+    sae.eval()
+
+    def fn(act: Tensor) -> Tensor:
+        flat = act.reshape(-1, act.shape[-1]).to(sae.W_enc.dtype)  # SAEs take [N, d_in]
+        return sae(flat).view(act.shape)
+
+    return fn
+
+
+def dataset_batches(dataset: str, tokenizer: Any, ctx_len: int, n_seqs: int, batch_size: int,
+                    text_column: str = "text", split: str = "train") -> list[Any]:
+    """Up to n_seqs windows of `dataset`, cut and wrapped exactly as the harvest cuts them."""
+    from sae_lab.data.text import iter_texts, window_batches
+
+    texts = iter_texts(dataset, split=split, text_column=text_column)
+    out, n = [], 0
+    for batch in window_batches(texts, tokenizer, ctx_len, batch_size):
+        if batch.input_ids.shape[1] < 2:
+            continue
+        take = min(batch.input_ids.shape[0], n_seqs - n)
+        out.append(_head(batch, take))
+        n += take
+        if n >= n_seqs:
+            break
+    if not out:
+        raise ValueError(f"dataset {dataset}: no text to score")
+    return out
+
+
+def _head(batch: Any, n: int) -> Any:
+    from sae_lab.data.text import WindowBatch
+
+    return WindowBatch(batch.input_ids[:n], batch.keep[:n], batch.doc[:n], batch.pos[:n])
+
+
+def _log_probs(model: nn.Module, ids: Tensor) -> Tensor:
+    return model(input_ids=ids).logits.float().log_softmax(dim=-1)
+
+
+def _ce_sum(logp: Tensor, ids: Tensor) -> float:
+    target = ids[:, 1:]
+    nll = F.nll_loss(logp[:, :-1].flatten(0, 1), target.flatten(), reduction="sum")
+    return nll.double().item()
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else float("nan")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="held-out metrics of an SAE, and its downstream loss",
+        description="Reconstruction metrics over activation shards (FVU, MSE, cosine, L0, dead "
+        "fraction, shrinkage, density histogram) and, with --dataset, the model's loss with the "
+        "SAE spliced in. Prints a table; writes eval.json (and the density plot) to --out.",
+    )
+    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
+    p.add_argument("--shards", help="activation shards to evaluate on (hold them out of training)")
+    p.add_argument("--max-tokens", type=int, help="evaluate on at most this many shard rows")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per SAE forward pass")
+    p.add_argument("--out", help="output directory (default: SAE_DIR/eval)")
+    p.add_argument("--model", help="causal LM for the downstream loss (default: the SAE's model)")
+    p.add_argument("--dataset", help="text for the downstream loss: .txt/.jsonl/.parquet file or "
+                   "a Hub dataset id")
+    p.add_argument("--text-column", default="text", help="dataset column holding the text")
+    p.add_argument("--split", default="train", help="dataset split")
+    p.add_argument("--ctx-len", type=int, help="tokens per sequence (default: the SAE's ctx_len)")
+    p.add_argument("--n-seqs", type=int, default=64, help="sequences scored for the loss")
+    p.add_argument("--lm-batch-size", type=int, default=8, help="sequences per model forward")
+    p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
+    p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sae_lab.analysis.lm import (
+        hook_point,
+        is_causal,
+        load_lm,
+        load_sae_dir,
+        model_name,
+        resolve_device,
+    )
+
+    if not args.shards and not args.dataset:
+        raise ValueError("nothing to evaluate: give --shards (reconstruction metrics) and/or "
+                         "--dataset (downstream loss)")
+    device = resolve_device(args.device)
+    sae = load_sae_dir(args.sae_dir, device)
+    metrics: dict[str, Any] = {}
+    density = None
+    if args.shards:
+        from sae_lab.data.shards import read_manifest
+
+        for w in check_shards(sae, read_manifest(args.shards), args.shards):
+            print(f"warning: {w}", file=sys.stderr)
+        batches = shard_activations(args.shards, args.batch_size, args.max_tokens)
+        result = evaluate_sae(sae, batches, device)
+        metrics.update(result.metrics)
+        density = result.density
+    if args.dataset:
+        name = model_name(sae, args.model)
+        model, tokenizer = load_lm(name, device)
+        if not is_causal(model.config):
+            raise ValueError(f"model {name} is not a causal LM; the downstream loss needs one")
+        layer, hook = hook_point(sae, args.layer, args.hook)
+        ctx_len = args.ctx_len or sae.metadata.get("ctx_len") or 128
+        seqs = dataset_batches(args.dataset, tokenizer, ctx_len, args.n_seqs, args.lm_batch_size,
+                               args.text_column, args.split)
+        metrics.update(downstream_loss(model, seqs, layer, hook, sae_reconstruct(sae), sae.d_in))
+    print(format_table(metrics))
+    out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
+    sources = {"sae_dir": str(args.sae_dir), "shards": args.shards, "dataset": args.dataset}
+    save_report(out, {**metrics, **sources}, density)
+    print(f"saved: {out / EVAL_JSON}")
