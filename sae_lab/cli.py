@@ -66,6 +66,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 # (torch, ray, transformers) inside their command functions so `--help` stays fast.
 COMMANDS = [
     "sae_lab.cli:add_train_parser",
+    "sae_lab.evaluate:add_eval_parser",
+    "sae_lab.export:add_export_parser",
+    "sae_lab.analysis.browser:add_inspect_parser",
+    "sae_lab.analysis.steer:add_steer_parser",
 ]
 
 
