@@ -6,12 +6,14 @@ a byte-level BPE tokenizer trained on a slice of tinyshakespeare and a 2-layer r
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -59,29 +61,15 @@ def build_tiny_lm(out: Path, n_embd: int = 64) -> Path:
     return out
 
 
-def write_tiny_shards(lm_dir: Path, out: Path, n_chars: int = 12_000) -> Path:
-    """Harvest LAYER/HOOK of the tiny model over the start of tinyshakespeare into shards."""
-    from sae_lab.data.layers import capture, hook_name, run_to_hooks
-    from sae_lab.data.shards import ShardSetWriter
-    from sae_lab.data.text import window_batches
+def write_tiny_shards(lm_dir: Path, out: Path, max_tokens: int = 3000) -> Path:
+    """`sae-lab harvest` of LAYER/HOOK of the tiny model over tinyshakespeare."""
+    from sae_lab.data.harvest import HarvestConfig, harvest
 
-    model, tokenizer = load_lm(str(lm_dir))
-    paragraphs = [p for p in SHAKESPEARE.read_text()[:n_chars].split("\n\n") if p.strip()]
-    header = {"model": str(lm_dir), "revision": None, "tokenizer": str(lm_dir),
-              "dataset": str(SHAKESPEARE), "layer": LAYER, "hook": HOOK,
-              "hook_name": hook_name(LAYER, HOOK), "ctx_len": CTX, "model_dtype": "float32",
-              "special_tokens": False}
-    writer = ShardSetWriter(out, header, "float32", shard_rows=2048, block_rows=1024)
-    row = 0
-    with torch.no_grad():
-        for batch in window_batches(paragraphs, tokenizer, CTX, batch_size=16):
-            with capture(model, [LAYER], HOOK) as acts:
-                run_to_hooks(model, input_ids=batch.input_ids)
-            ids, doc, pos = batch.rows()
-            writer.add(row, acts[LAYER][batch.keep], ids, doc, pos)
-            row += len(ids)
-    writer.finish()
-    return out
+    cfg = HarvestConfig(model=str(lm_dir), dataset=str(SHAKESPEARE), out=str(out),
+                        layers=(LAYER,), hook=HOOK, ctx_len=CTX, batch_size=16,
+                        max_tokens=max_tokens, dtype="float32", device="cpu", shard_rows=2048,
+                        block_rows=1024, progress=False)
+    return harvest(cfg)[LAYER]
 
 
 def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0):
@@ -94,14 +82,25 @@ def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0
     return sae
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    return build_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny-gpt2")
+# Session fixtures that other test modules import too: the cache builds each once per session.
+@functools.cache
+def _tiny_lm(base: Path) -> Path:
+    return build_tiny_lm(base / "tiny-gpt2")
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tiny_lm, tmp_path_factory) -> Path:
-    return write_tiny_shards(tiny_lm, tmp_path_factory.mktemp("shards") / "acts")
+@functools.cache
+def _tiny_shards(base: Path) -> Path:
+    return write_tiny_shards(_tiny_lm(base), base / "tiny-acts")
+
+
+@pytest.fixture(scope="session", name="tiny_lm")
+def tiny_lm_fixture(tmp_path_factory) -> Path:
+    return _tiny_lm(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session", name="tiny_shards")
+def tiny_shards_fixture(tmp_path_factory) -> Path:
+    return _tiny_shards(tmp_path_factory.getbasetemp())
 
 
 # --- top-activating contexts -------------------------------------------------------------------
@@ -167,12 +166,11 @@ def test_promoted_tokens_are_the_argmax_of_W_dec_W_U():
 
 
 def test_model_without_unembedding_is_a_one_line_error():
-    from transformers import BertConfig, BertModel
+    from transformers import GPT2Config, GPT2Model
 
-    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64, vocab_size=50))
-    with pytest.raises(ValueError, match=r"^model tiny-bert has no unembedding .*$"):
-        unembedding_for(bert, 32, "tiny-bert")
+    body = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))  # no LM head
+    with pytest.raises(ValueError, match=r"^model tiny-body has no unembedding .*$"):
+        unembedding_for(body, 32, "tiny-body")
 
 
 # --- the browser, end to end -------------------------------------------------------------------
@@ -238,9 +236,10 @@ def test_feature_browser_in_chromium(tiny_lm, tiny_shards, tmp_path):
     dom, _ = chromium_dom(index.as_uri() + "#q=7")  # search by index
     assert re.findall(r'<button [^>]*data-latent="(\d+)"', dom) == ["7"]
     # Search by text: exactly the latents whose contexts or promoted tokens contain it.
-    needle = next(t.strip() for c in target["contexts"] for t in c["tokens"]
-                  if len(t.strip()) >= 3 and t.strip().isalpha())
-    dom, _ = chromium_dom(index.as_uri() + f"#q={needle}")
+    ctx = target["contexts"][0]
+    needle = "".join(ctx["tokens"][max(0, ctx["at"] - 1) : ctx["at"] + 2]).strip()
+    assert len(needle) >= 3
+    dom, _ = chromium_dom(index.as_uri() + "#q=" + quote(needle))
     shown = {int(i) for i in re.findall(r'<button [^>]*data-latent="(\d+)"', dom)}
     hay = ["\n".join(["".join(c["tokens"]) for c in r["contexts"]]
                      + [" ".join(p[0] for p in r["promoted"])]).lower() for r in records]

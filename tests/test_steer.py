@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_inspect import make_sae, tiny_lm  # noqa: F401  (tiny_lm: a shared fixture)
+from test_inspect import (
+    make_sae,
+    tiny_lm_fixture,  # noqa: F401  (shared fixture `tiny_lm`)
+)
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_lab.analysis.lm import load_lm
@@ -84,7 +87,8 @@ def test_steering_moves_logits_along_the_decoder_direction(model):
     assert (delta[:, top] > delta.mean(dim=1)).all()
 
 
-def test_generation_side_by_side(tiny_lm):  # noqa: F811
+@pytest.mark.slow
+def test_generation_side_by_side(tiny_lm):
     model, tok = load_lm(str(tiny_lm))
     sae = make_sae()
     args = dict(prompt="KING RICHARD:", layer=1, hook="resid_post", max_new_tokens=12)
