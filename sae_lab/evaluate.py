@@ -153,12 +153,14 @@ def save_report(out_dir: str | os.PathLike, metrics: dict[str, Any],
 
 
 def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
-                      max_tokens: int | None = None) -> Iterator[Tensor]:
-    """[B, d_in] batches of a shard set's rows, in corpus order, up to max_tokens rows."""
+                      max_tokens: int | None = None, shards: list[str] | None = None
+                      ) -> Iterator[Tensor]:
+    """[B, d_in] batches of a shard set's rows (or of the named shards), in corpus order, up to
+    max_tokens rows."""
     from sae_lab.data.shards import iter_blocks
 
     seen = 0
-    for block in iter_blocks(source):
+    for block in iter_blocks(source, shards):
         acts = block["acts"]
         if max_tokens is not None:
             acts = acts[: max_tokens - seen]
@@ -318,6 +320,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
     p.add_argument("--shards", help="activation shards to evaluate on (hold them out of training)")
+    p.add_argument("--last-shards", type=int, help="evaluate on the manifest's last N shards "
+                   "only: what training held out with data.val_shards=N")
     p.add_argument("--max-tokens", type=int, help="evaluate on at most this many shard rows")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per SAE forward pass")
     p.add_argument("--out", help="output directory (default: SAE_DIR/eval)")
@@ -355,9 +359,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.shards:
         from sae_lab.data.shards import read_manifest
 
-        for w in check_shards(sae, read_manifest(args.shards), args.shards):
+        manifest = read_manifest(args.shards)
+        for w in check_shards(sae, manifest, args.shards):
             print(f"warning: {w}", file=sys.stderr)
-        batches = shard_activations(args.shards, args.batch_size, args.max_tokens)
+        names = None
+        if args.last_shards:
+            names = [e["name"] for e in manifest["shards"]][-args.last_shards :]
+        elif _same_path(sae.metadata.get("source"), args.shards):
+            print("warning: these are the shards the SAE was trained on; pass --last-shards N "
+                  "(its data.val_shards) to evaluate on held-out rows only", file=sys.stderr)
+        batches = shard_activations(args.shards, args.batch_size, args.max_tokens, names)
         result = evaluate_sae(sae, batches, device)
         metrics.update(result.metrics)
         density = result.density
@@ -373,6 +384,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         metrics.update(downstream_loss(model, seqs, layer, hook, sae_reconstruct(sae), sae.d_in))
     print(format_table(metrics))
     out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
-    sources = {"sae_dir": str(args.sae_dir), "shards": args.shards, "dataset": args.dataset}
+    sources = {"sae_dir": str(args.sae_dir), "shards": args.shards,
+               "last_shards": args.last_shards, "dataset": args.dataset}
     save_report(out, {**metrics, **sources}, density)
     print(f"saved: {out / EVAL_JSON}")
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if not a or not b:
+        return False
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except OSError:
+        return False

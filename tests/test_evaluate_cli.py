@@ -69,6 +69,20 @@ def test_eval_then_export(tiny_lm, tiny_shards, tmp_path, capsys):
         assert isinstance(report[k], float) and report[k] == report[k]  # present, not NaN
     assert (sae_dir / "eval" / "feature_density.png").is_file()
 
+    # Held out: only the last shard; and a warning when evaluating on the training shards.
+    from sae_lab.data.shards import read_manifest
+
+    sae = make_sae(arch="jumprelu")
+    sae.metadata["source"] = str(tiny_shards)
+    trained_on = saved_sae(tmp_path / "trained-on", tiny_lm, sae)
+    main(["eval", str(trained_on), "--shards", str(tiny_shards), "--last-shards", "1"])
+    last = read_manifest(tiny_shards)["shards"][-1]["rows"]
+    held_out = json.loads((trained_on / "eval" / "eval.json").read_text())
+    assert held_out["tokens"] == last < report["tokens"]
+    assert "warning" not in capsys.readouterr().err
+    main(["eval", str(trained_on), "--shards", str(tiny_shards)])
+    assert "the shards the SAE was trained on" in capsys.readouterr().err
+
     # export picks up the density that eval measured
     main(["export", str(sae_dir), "--format", "saelens", "--out", str(tmp_path / "sl")])
     assert "feature density from" in capsys.readouterr().out
