@@ -55,9 +55,9 @@ class SAEConfig:
     """batchtopk: EMA momentum of the inference threshold estimated in training."""
     sparsity_coef: float = -1.0
     """relu/gated/jumprelu: sparsity coefficient lambda; negative picks the architecture default."""
-    bandwidth: float = 0.001
+    bandwidth: float = 0.1
     """jumprelu: kernel bandwidth epsilon of the straight-through estimators."""
-    threshold_init: float = 0.001
+    threshold_init: float = 0.5
     """jumprelu: initial threshold of every latent."""
 
     def __post_init__(self) -> None:

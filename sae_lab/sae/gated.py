@@ -5,7 +5,7 @@ Autoencoders", arXiv 2404.16014).
     pi_mag  = (x - b_dec) @ (W_enc * exp(r_mag)) + b_mag         how strongly (weights shared)
     z       = 1[pi_gate > 0] * ReLU(pi_mag)
     L = ||x - x_hat||^2 + lambda * ||ReLU(pi_gate) * ||W_dec rows|| ||_1
-        + ||x - x_hat_frozen(ReLU(pi_gate))||^2                  (eq. 8: aux through a frozen decoder)
+        + ||x - x_hat_frozen(ReLU(pi_gate))||^2        (eq. 8: aux through a frozen decoder)
 
 The gate path has no gradient through the Heaviside step; the L1 and aux terms train it.
 """
@@ -21,7 +21,7 @@ from sae_lab.sae.base import SAE, TrainOutput
 class GatedSAE(SAE):
     name = "gated"
     uses = frozenset({"sparsity_coef"})
-    default_sparsity_coef = 1.0
+    default_sparsity_coef = 3.0
     has_b_enc = False
 
     def __init__(self, *args, **kwargs) -> None:

@@ -17,7 +17,7 @@ from sae_lab.sae.base import SAE, TrainOutput
 class ReLUSAE(SAE):
     name = "relu"
     uses = frozenset({"sparsity_coef"})
-    default_sparsity_coef = 5.0
+    default_sparsity_coef = 1.0
     unit_norm_decoder = False
 
     def encode(self, x: Tensor) -> Tensor:
