@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sae_lab.sae import sparse
 from sae_lab.sae.topk import TOPK_FIELDS, TopKSAE
 
 
@@ -26,19 +27,31 @@ class BatchTopKSAE(TopKSAE):
         # 0 until the first training batch has estimated it.
         self.register_buffer("threshold", torch.zeros((), dtype=self.W_enc.dtype))
 
-    def select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """(values, indices), each [B, m]: each row's kept latents, zero-padded to the busiest row."""
-        B = pre.shape[0]
-        acts = pre.relu()
-        flat_values, flat_idx = acts.flatten().topk(min(k * B, acts.numel()), sorted=False)
-        keep = torch.zeros_like(acts, dtype=torch.bool).flatten()
-        keep[flat_idx[flat_values > 0]] = True
-        keep = keep.view_as(acts)
+    def keep(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(values, flat_index) of the k * B largest ReLU(pre) over the batch, positive ones only;
+        flat_index (b * d_sae + i) is sorted. Updates the inference threshold in training."""
+        with torch.no_grad():
+            values, flat_index = sparse.top_positive_flat(pre, k * pre.shape[0])
         if self.training:
-            self._update_threshold(flat_values)
+            self._update_threshold(values)
+        return values, flat_index
+
+    def select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(values, indices), each [B, m]: each row's kept latents, zero-padded to the busiest
+        row (the dense path's form)."""
+        _, flat_index = self.keep(pre, k)
+        acts = pre.relu()
+        keep = torch.zeros_like(acts, dtype=torch.bool).flatten()
+        keep[flat_index] = True
+        keep = keep.view_as(acts)
         m = max(int(keep.sum(dim=-1).max()), 1)
         values, indices = acts.masked_fill(~keep, 0).topk(m, dim=-1, sorted=False)
         return values, indices
+
+    def select_pattern(self, pre: Tensor, k: int) -> tuple[Tensor, sparse.SparsePattern]:
+        """The selection of `select` as (values [N], pattern): flat, no padding."""
+        values, flat_index = self.keep(pre, k)
+        return values, sparse.SparsePattern.from_flat(flat_index, pre.shape[0], self.d_sae)
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:
