@@ -227,13 +227,12 @@ def test_feature_browser_in_chromium(tiny_lm, tiny_shards, tmp_path):
     assert "&lt;/script&gt;&lt;b&gt;x" in dom  # rendered as text, not markup
 
     target = next(r for r in records[5:] if r["contexts"])
-    dom, console = chromium_dom(index.as_uri() + f"#latent={target['id']}")
+    # One page load: search by index (#q=7) and select another latent's panel (#latent=...).
+    dom, console = chromium_dom(index.as_uri() + f"#q=7&latent={target['id']}")
     assert console == "" and f'id="panel" data-latent="{target["id"]}"' in dom
     assert f"Latent {target['id']}" in dom and 'class="hot"' in dom
     word = target["promoted"][0][0]
     assert word.replace("<", "&lt;").replace(">", "&gt;") in dom
-
-    dom, _ = chromium_dom(index.as_uri() + "#q=7")  # search by index
     assert re.findall(r'<button [^>]*data-latent="(\d+)"', dom) == ["7"]
     # Search by text: exactly the latents whose contexts or promoted tokens contain it.
     ctx = target["contexts"][0]
