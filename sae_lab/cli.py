@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 # One line per command: "module:function" that adds its subparser. Modules keep heavy imports
 # (torch, ray, transformers) inside their command functions so `--help` stays fast.
 COMMANDS = [
+    "sae_lab.data.harvest:add_harvest_parser",
     "sae_lab.cli:add_train_parser",
     "sae_lab.evaluate:add_eval_parser",
     "sae_lab.export:add_export_parser",

@@ -106,10 +106,22 @@ def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, **kw)
-    # AutoModel (no LM head): the hooks sit in the body; `capture` stops before the head.
-    model = AutoModel.from_pretrained(cfg.model, dtype=DTYPES[cfg.model_dtype], **kw)
+    name = cfg.tokenizer or cfg.model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from e
+    try:
+        # AutoModel (no LM head): the hooks sit in the body; `capture` stops before the head.
+        model = AutoModel.from_pretrained(cfg.model, dtype=DTYPES[cfg.model_dtype], **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load model {cfg.model!r}: {_first_line(e)}") from e
     return model.eval().to(device), tokenizer
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dict[int, Path]:
@@ -182,21 +194,12 @@ def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Shar
         keep = batch.keep.to(device)
         for layer, w in writers.items():
             rows = acts[layer][keep][:take]  # [take, d_in]
-            w.add(row, _cast(rows, cfg.dtype, layer), token_ids, doc, pos)
+            w.add(row, rows.to(DTYPES[cfg.dtype]).cpu(), token_ids, doc, pos)
         bar.update(row + take - max(row, start))
         row += take
     bar.close()
     if row == 0:
         raise DatasetError(f"dataset {cfg.dataset} gave no tokens to store")
-
-
-def _cast(rows: torch.Tensor, dtype: str, layer: int) -> torch.Tensor:
-    if dtype == "float16":
-        peak = rows.abs().max().item() if rows.numel() else 0.0
-        if peak > torch.finfo(torch.float16).max:
-            raise ValueError(f"layer {layer}: activation magnitude {peak:.3g} overflows float16; "
-                             "use --dtype bfloat16 or float32")
-    return rows.to(DTYPES[dtype]).cpu()
 
 
 def _probe_width(model: Any, cfg: HarvestConfig, device: torch.device) -> int:
@@ -279,24 +282,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace) -> None:
     names = {f.name for f in fields(HarvestConfig)}
-    cfg = HarvestConfig(**{k: v for k, v in vars(args).items() if k in names})
-    harvest(cfg)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sae_lab.data.harvest")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_harvest_parser(sub)
-    args = parser.parse_args(["harvest", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    harvest(HarvestConfig(**{k: v for k, v in vars(args).items() if k in names}))

@@ -50,7 +50,11 @@ FAMILIES: dict[str, Family] = {
     "qwen2": _DECODER,
     "phi3": _DECODER,
     "gemma": _DECODER,
-    "gemma2": _DECODER,
+    # Gemma 2/3 normalise each sub-layer's output before adding it: hook the norms.
+    "gemma2": Family(blocks=("layers",), attn=("post_attention_layernorm",),
+                     mlp=("post_feedforward_layernorm",)),
+    "gemma3_text": Family(blocks=("layers",), attn=("post_attention_layernorm",),
+                          mlp=("post_feedforward_layernorm",)),
     # Post-LN: the attention and MLP output projections, before dropout + residual + LayerNorm.
     "bert": Family(blocks=("encoder.layer",), attn=("attention.output.dense",),
                    mlp=("output.dense",)),

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tarfile
@@ -268,14 +269,17 @@ class RunningStats:
         self.sum_sq_norm = 0.0
         self.sum_norm = 0.0
 
-    def update(self, acts: Tensor) -> None:
+    def update(self, acts: Tensor) -> float:
+        """Add rows [n, d_in]; returns their summed squared norm (inf or nan if any row is)."""
         x = acts.float()
-        sq = x.pow(2).sum(dim=1)  # [n]
+        norms = torch.linalg.vector_norm(x, dim=1).double()  # [n]
+        sum_sq = norms.pow(2).sum().item()
         self.rows += x.shape[0]
-        self.sum = self.sum + x.sum(dim=0, dtype=torch.float64)  # out of place: may be called
-        # under torch.inference_mode
-        self.sum_sq_norm += sq.sum(dtype=torch.float64).item()
-        self.sum_norm += sq.sqrt().sum(dtype=torch.float64).item()
+        # Out of place: the writer may run under torch.inference_mode.
+        self.sum = self.sum + x.sum(dim=0, dtype=torch.float64)
+        self.sum_sq_norm += sum_sq
+        self.sum_norm += norms.sum().item()
+        return sum_sq
 
     def merge(self, other: RunningStats) -> None:
         self.rows += other.rows
@@ -441,10 +445,14 @@ class ShardSetWriter:
     def _write_block(self, block: dict[str, Tensor]) -> None:
         if self._tar is None:
             self._open_shard()
+        if not math.isfinite(self._shard_stats.update(block["acts"])):
+            raise ShardError(
+                f"{self.dir}: non-finite activations after conversion to {self.dtype} "
+                "(float16 overflows above 65504: use --dtype bfloat16 or float32)"
+            )
         key = f"{len(self.manifest['shards']):06d}_{self._shard_blocks:05d}"
         data = encode_block(block["acts"], block["token_ids"], block["doc"], block["pos"])
         self._tar.write({"__key__": key, "safetensors": data})
-        self._shard_stats.update(block["acts"])
         self._shard_rows += block["acts"].shape[0]
         self._shard_blocks += 1
         if self._shard_rows == self.shard_rows:
