@@ -1,0 +1,82 @@
+"""`sae-lab sweep SWEEP.yaml [--address ADDR] [--resume] [--out DIR] [--set K=V] [--shards DIR]`
+
+Kept free of heavy imports: Ray and Lightning load only when a sweep runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+DESCRIPTION = """\
+Run a Ray Tune sweep of SAE trainings described by SWEEP.yaml (see sweeps/demo.yaml), then write
+results.csv, pareto.png and best/ (loadable with sae_lab.load) under --out. The same file runs on
+a laptop CPU, a GPU, Kaggle's two GPUs or a Ray cluster (--address). Ctrl-C (or SIGTERM) stops
+the sweep with its state saved; --resume continues it without re-running finished trials."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `sweep` subcommand; its handler is `args.func(args)` -> exit code."""
+    p = subparsers.add_parser("sweep", help="run a Ray Tune sweep of SAE trainings",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="sweep YAML (a path, or the name of one in sweeps/)")
+    p.add_argument("--out", help="output directory (default: runs/sweeps/<name>)")
+    p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 or auto")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep field, e.g. --set num_samples=4 "
+                        "--set base.max_tokens=1000000 (repeatable)")
+    p.add_argument("--shards", help="train on this shard directory instead of base.data")
+    p.add_argument("--check", action="store_true",
+                   help="validate the sweep and print its trials; launch nothing")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from sae_lab.sae.config import ConfigError
+    from sae_lab.sweep.space import load_sweep, validate
+
+    try:
+        sweep = load_sweep(args.config, args.set, args.shards)
+        out = args.out or f"runs/sweeps/{sweep.name}"
+        if args.check:
+            d_ins = validate(sweep)
+            for arch in sweep.architectures:
+                keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
+                print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
+            print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
+                  f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
+            return 0
+        from sae_lab.sweep.run import run_sweep
+
+        rows = run_sweep(sweep, out, address=args.address, resume=args.resume,
+                         verbose=0 if args.quiet else 1)
+    except (ConfigError, FileNotFoundError) as e:
+        msg = str(e) if str(e).startswith(str(args.config)) else f"{args.config}: {e}"
+        print(f"sae-lab sweep: error: {msg}", file=sys.stderr)
+        return 2
+    print(summary(rows, sweep.metric, out))
+    return 130 if any(r["status"] == "unfinished" for r in rows) else 0
+
+
+def summary(rows: list[dict], metric: str, out: str) -> str:
+    counts = Counter(r["status"] for r in rows)
+    lines = [f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    for r in rows:
+        if r["status"] == "failed":
+            lines.append(f"  failed {r['trial']}: {r['error']}")
+    if counts.get("unfinished"):
+        lines.append(f"interrupted: continue with --resume --out {out}")
+    lines.append(f"results: {out}/results.csv, {out}/pareto.png, best checkpoints in {out}/best/")
+    return "\n".join(lines)
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sae_lab.sweep")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)

@@ -1,0 +1,291 @@
+"""Run a sweep with Ray Tune: one Lightning training per trial, ASHA early stopping, retries,
+resume, and any Ray cluster (`address`).
+
+    sweep YAML --validate--> Tuner(trainable, param_space, ASHA, FailureConfig) --fit-->
+        trials: train(cfg, callbacks=[TuneReport]) --tune.report(metrics, checkpoint)-->
+    results.csv, pareto.png, best/   (sae_lab.sweep.report)
+
+Every trial reports at each validation with a checkpoint holding the Lightning state (to resume a
+retried or interrupted trial) and the SAE with input normalisation folded in (to export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import yaml
+from ray.tune import Callback
+
+from sae_lab.sae.config import ConfigError
+from sae_lab.sweep.space import (
+    SweepConfig,
+    build_scheduler,
+    build_search_alg,
+    check_resources,
+    objective,
+    param_space,
+    sweep_from_dict,
+    trial_values,
+    validate,
+)
+
+TRAINER_CKPT = "trainer.ckpt"
+SAE_DIR = "sae"
+METRICS_FILE = "metrics.json"
+EXPERIMENT = "tune"
+"""Tune's experiment directory under the sweep's output directory."""
+
+
+class TuneReport(pl.Callback):
+    """At the end of every validation: `ray.tune.report(metrics, checkpoint=...)`.
+
+    The checkpoint holds trainer.ckpt (Lightning: SAE, optimiser, schedules, loop position) and
+    sae/ (SAE.save with the input scale folded in), so the reported metrics and the saved SAE
+    always belong to the same step.
+    """
+
+    def __init__(self, l0_weight: float, batch_size: int, info: dict[str, Any],
+                 restored: dict[str, Any] | None = None) -> None:
+        self.l0_weight = l0_weight
+        self.batch_size = batch_size
+        self.info = info
+        # A checkpoint written at the end of a validation is resumed by running that validation
+        # again; its metrics were reported already.
+        self.last_tokens = restored["tokens"] if restored else -1.0
+        self.wall_start = time.monotonic() - (restored["wall_time_s"] if restored else 0.0)
+
+    def metrics(self, val: dict[str, float], d_in: int, tokens: float) -> dict[str, Any]:
+        m = {k: float(val[k]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
+        m["objective"] = objective(m["fvu"], m["l0"], d_in, self.l0_weight)
+        m["tokens"] = float(tokens)
+        m["wall_time_s"] = time.monotonic() - self.wall_start  # across restores of this trial
+        return {**m, **self.info}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        tokens = float(trainer.global_step * self.batch_size)
+        if tokens <= self.last_tokens:
+            return
+        cm = trainer.callback_metrics
+        val = {k: float(cm[f"val/{k}"]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
+        metrics = self.metrics(val, pl_module.sae.d_in, tokens)
+        with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
+            trainer.save_checkpoint(Path(tmp) / TRAINER_CKPT)
+            _save_sae(pl_module.export_sae(), Path(tmp), metrics)
+            _report(metrics, tmp)
+        self.last_tokens = tokens
+
+    def final(self, result: Any) -> None:
+        """After training: report the final metrics if the last validation came earlier."""
+        if result.metrics["tokens"] <= self.last_tokens:
+            return
+        metrics = self.metrics(result.metrics, result.sae.d_in, result.metrics["tokens"])
+        with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
+            _save_sae(result.sae, Path(tmp), metrics)
+            _report(metrics, tmp)
+        self.last_tokens = result.metrics["tokens"]
+
+
+def _save_sae(sae: Any, directory: Path, metrics: dict[str, Any]) -> None:
+    sae.metadata["sweep"] = {k: v for k, v in metrics.items() if k != "node"}
+    sae.save(directory / SAE_DIR)
+    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _report(metrics: dict[str, Any], directory: str) -> None:
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """Tune trainable: train one SAE, resuming from Tune's checkpoint when there is one."""
+    import ray
+    import torch
+    from ray import tune
+
+    from sae_lab.train.run import train
+
+    spec = sweep_from_dict(sweep)
+    arch, values = trial_values(spec, config)
+    cfg = spec.train_config(arch, values)
+    # Tune's per-trial working directory: TensorBoard logs written here are synced to the
+    # sweep's output directory with every checkpoint (SyncConfig(sync_artifacts=True)).
+    cfg.out_dir = os.getcwd()
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    info = {
+        "architecture": arch,
+        "node": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+    }
+    ckpt_path, last = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory())
+        last = json.loads((local / METRICS_FILE).read_text())
+        if last["tokens"] >= cfg.max_steps * cfg.batch_size:
+            # Finished before the sweep was killed, but Tune's experiment state (saved every
+            # ~10 s) had not caught up: report the result again instead of training again.
+            tune.report(last, checkpoint=checkpoint)
+            return
+        ckpt_path = local / TRAINER_CKPT
+    report = TuneReport(spec.objective.l0_weight, cfg.batch_size, info, restored=last)
+    try:
+        result = train(cfg, callbacks=[report], ckpt_path=ckpt_path, logger=True)
+    except Exception as e:  # Tune retries it; results.csv shows this line and where it died
+        raise TrialError(f"{type(e).__name__}: {e} (on host {info['hostname']}, node "
+                         f"{info['node'][:8]})") from e
+    report.final(result)
+
+
+class TrialError(RuntimeError):
+    """A trial's training failed (NaN, out of memory, ...); names the error and the node."""
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    out: str | Path,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: int = 1,
+) -> list[dict[str, Any]]:
+    """Validate, launch (or resume) the sweep under `out`, then write its report (results.csv,
+    pareto.png, best/). Returns the rows of results.csv."""
+    import ray
+    from ray import tune
+
+    out = Path(out).resolve()
+    validate(sweep)
+    exp_dir = out / EXPERIMENT
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address) if address else ray.init(include_dashboard=False)
+    # Preemption (Kaggle, SLURM) sends SIGTERM: stop like Ctrl-C, so that Tune saves its state
+    # and --resume can continue. Installed after ray.init, which sets its own SIGTERM handler.
+    old_handler = _sigterm_as_sigint()
+    try:
+        check_resources(sweep, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        _record_spec(sweep, out, resume)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, sweep=sweep.to_dict()),
+            {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus},
+        )
+        if resume:
+            tuner = tune.Tuner.restore(
+                str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
+                restart_errored=False, param_space=param_space(sweep),
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(sweep),
+                tune_config=_tune_config(sweep), run_config=_run_config(sweep, out, verbose),
+            )
+        grid = tuner.fit()
+        from sae_lab.sweep.report import write_report
+
+        return write_report(grid, sweep, out)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if started_ray:
+            ray.shutdown()
+
+
+def _sigterm_as_sigint() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def _tune_config(sweep: SweepConfig):
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric=sweep.metric, mode=sweep.mode,
+        search_alg=build_search_alg(sweep), scheduler=build_scheduler(sweep),
+        num_samples=sweep.num_trials if sweep.search == "optuna" else sweep.num_samples,
+        # the built-in generator takes max_concurrent itself (Tune ignores this for it)
+        max_concurrent_trials=(sweep.max_concurrent or None) if sweep.search == "optuna" else None,
+        reuse_actors=sweep.reuse_actors,
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+    )
+
+
+def _run_config(sweep: SweepConfig, out: Path, verbose: int):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=EXPERIMENT, storage_path=str(out), verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        # The latest checkpoint is the one the last reported metrics belong to.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=[EventLog(str(out / "events.jsonl"))],
+    )
+
+
+def trial_name(trial: Any) -> str:
+    config = trial.config
+    arch = config["trial"]["architecture"] if "trial" in config else config.get("architecture")
+    return f"{arch}_{trial.trial_id}"
+
+
+def _record_spec(sweep: SweepConfig, out: Path, resume: bool) -> None:
+    """Keep the sweep as launched; a resume must use the same one."""
+    from ray.tune import Tuner
+
+    path = out / "sweep.yaml"
+    text = yaml.safe_dump(sweep.to_dict(), sort_keys=False)
+    exp_dir = out / EXPERIMENT
+    if resume:
+        if not Tuner.can_restore(exp_dir):
+            raise ConfigError(f"--resume: no sweep to resume in {exp_dir}")
+        if path.is_file() and yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+            raise ConfigError(f"--resume: the sweep differs from the one started in {out} "
+                              f"(see {path}); resume with the same YAML and overrides")
+        return
+    if exp_dir.exists() and Tuner.can_restore(exp_dir):
+        raise ConfigError(f"{out} already holds a sweep; pass --resume to continue it or choose "
+                          "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class EventLog(Callback):
+    """Driver-side log of trial starts, retries, completions and errors: events.jsonl."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _write(self, event: str, trial: Any, **extra: Any) -> None:
+        line = {"time": time.time(), "event": event, "trial": trial.trial_id, **extra}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._write("start", trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
+        self._write("restore", trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._write("complete", trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._write("retry", trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write("error", trial)
+

@@ -1,0 +1,592 @@
+"""Sweep YAML -> validated SweepConfig -> Ray Tune search space.
+
+    name: demo
+    base: {...}                       # a TrainConfig; every trial starts from it
+    architectures: [relu, topk, jumprelu]
+    space:                            # per architecture; `all` applies to every one
+      all:  {lr: {loguniform: [1.0e-4, 3.0e-3]}}
+      relu: {sparsity_coef: {loguniform: [1, 20]}}
+      topk: {k: {grid: [8, 16, 32]}, expansion_factor: {choice: [4, 8]}}
+    num_samples: 2                    # per architecture; a grid is repeated this often
+    metric: objective                 # objective = fvu + l0_weight * l0 / d_in (see `objective`)
+    ...
+
+A parameter is a constant, or one of {loguniform: [lo, hi]}, {uniform: [lo, hi]},
+{choice: [...]} or {grid: [...]}. Integer fields (k, expansion_factor, ...) draw integers from
+[lo, hi] inclusive. Keys are TrainConfig fields (`lr`, `batch_size`, `data.synthetic.seed`);
+SAEConfig fields may drop their `sae.` prefix (`k` means `sae.k`).
+
+Everything is checked before a trial starts: each architecture's TrainConfig is built at every
+corner of its space (range ends, every listed value) against the data's d_in.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sae_lab.sae.base import check_applies
+from sae_lab.sae.config import ConfigError, SAEConfig
+from sae_lab.train.config import TrainConfig, apply_overrides, build
+
+METRICS = ("objective", "fvu", "mse", "l0", "l1", "dead_frac")
+"""What a trial reports at every validation (besides tokens) and a sweep may rank on."""
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
+K_ARCHITECTURES = ("topk", "batchtopk")
+"""Architectures whose L0 is fixed by k rather than learned through a penalty."""
+_SAE_FIELDS = frozenset(f.name for f in fields(SAEConfig))
+_OWNED_BY_SWEEP = frozenset({"sae.architecture", "sae.d_in", "out_dir", "progress_bar"})
+_MAX_CORNERS = 256
+
+
+def objective(fvu: float, l0: float, d_in: int, l0_weight: float) -> float:
+    """The early-stopping and `best/` score: fvu + l0_weight * l0 / d_in (lower is better).
+
+    Raw FVU always favours the densest SAE, since more active latents reconstruct better. This
+    prices sparsity instead: one more active latent per token must buy at least l0_weight / d_in
+    of FVU. Iso-objective lines in the (L0/d_in, FVU) plane have slope -l0_weight, so the score
+    picks out the point of the Pareto frontier where the frontier has that slope, and trials at
+    different L0 are compared on the same exchange rate. Dividing by d_in makes the weight mean
+    the same for models of any width. l0_weight -> 0 gives back raw FVU.
+    """
+    return fvu + l0_weight * l0 / d_in
+
+
+@dataclass
+class Param:
+    """One searched (or fixed) hyperparameter."""
+
+    kind: Literal["constant", "loguniform", "uniform", "choice", "grid"]
+    values: list[Any]
+    """[lo, hi] for ranges, the options for choice/grid, [value] for a constant."""
+    integer: bool = False
+    """Ranges draw integers in [lo, hi] inclusive."""
+
+    def corners(self) -> list[Any]:
+        """Values that bound what the search can draw: range ends, every option."""
+        return list(self.values)
+
+    def to_tune(self, as_grid: bool = False) -> Any:
+        from ray import tune
+
+        lo_hi = self.values
+        if self.kind == "constant":
+            return self.values[0]
+        if self.kind == "grid" or (self.kind == "choice" and as_grid):
+            return tune.grid_search(list(self.values))
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        if self.integer:  # tune's randint/lograndint exclude the upper bound
+            f = tune.lograndint if self.kind == "loguniform" else tune.randint
+            return f(int(lo_hi[0]), int(lo_hi[1]) + 1)
+        f = tune.loguniform if self.kind == "loguniform" else tune.uniform
+        return f(float(lo_hi[0]), float(lo_hi[1]))
+
+    def to_dict(self) -> Any:
+        return self.values[0] if self.kind == "constant" else {self.kind: list(self.values)}
+
+
+@dataclass
+class ObjectiveConfig:
+    """How `objective` prices sparsity."""
+
+    l0_weight: float = 1.0
+    """FVU one active latent per token must buy, times d_in (see sae_lab.sweep.space.objective)."""
+
+
+@dataclass
+class SchedulerConfig:
+    """Early stopping: ASHA (Li et al. 2020, arXiv 1810.05934) on `metric`, or none."""
+
+    type: Literal["asha", "none"] = "asha"
+    """asha: stop trials whose metric is in the worst part of a rung; none: run every trial out."""
+    grace_tokens: int = 0
+    """Training tokens before a trial can be stopped; 0 means max_tokens // 4."""
+    reduction_factor: float = 2.0
+    """Only the best 1/reduction_factor of trials at a rung go on to the next."""
+    brackets: int = 1
+    """ASHA brackets (1: plain successive halving)."""
+
+
+@dataclass
+class ResourcesConfig:
+    """Resources reserved for each trial."""
+
+    cpus: float = 1.0
+    """CPU cores per trial (also torch's thread count)."""
+    gpus: float = 0.0
+    """GPUs per trial; a fraction (0.5) packs several trials on one GPU."""
+
+
+@dataclass
+class SweepConfig:
+    """A set of SAE trainings to run with Ray Tune and compare."""
+
+    name: str = "sweep"
+    """Experiment name (the Tune directory under the output directory)."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """A TrainConfig (as in `sae-lab train`) every trial starts from."""
+    architectures: list[str] = field(default_factory=list)
+    """Architectures to compare."""
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per architecture (and `all`): parameter -> constant or distribution."""
+    num_samples: int = 1
+    """Samples per architecture (random search); grids are repeated this many times."""
+    metric: Literal["objective", "fvu", "mse", "l0", "l1", "dead_frac"] = "objective"
+    """What ASHA and the search rank trials on, and `best/` picks by."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) metric is better."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Sparsity price in the objective metric."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Early stopping."""
+    search: Literal["random", "grid", "optuna"] = "random"
+    """random (grid params expanded, the rest sampled), grid (every param a grid), optuna (TPE)."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Per trial."""
+    max_concurrent: int = 0
+    """At most this many trials at once (0: as many as resources allow)."""
+    max_failures: int = 1
+    """Retries of a failed trial (from its last checkpoint) before it is marked failed."""
+    reuse_actors: bool = True
+    """Run the next trial in the worker process of a finished one (saves seconds of imports per
+    trial); false starts a fresh process for every trial."""
+    seed: int = 0
+    """Seed of the search algorithm."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objective, dict):
+            self.objective = build(ObjectiveConfig, self.objective, "objective")
+        if isinstance(self.scheduler, str):
+            self.scheduler = {"type": self.scheduler}
+        if isinstance(self.scheduler, dict):
+            self.scheduler = build(SchedulerConfig, self.scheduler, "scheduler")
+        if isinstance(self.resources, dict):
+            self.resources = build(ResourcesConfig, self.resources, "resources")
+        self.params: dict[str, dict[str, Param]] = parse_space(self)
+        _check_fields(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("objective", "scheduler", "resources"):
+            d[name] = asdict(d[name])
+        return copy.deepcopy(d)
+
+    def train_config(self, architecture: str, values: dict[str, Any]) -> TrainConfig:
+        """The TrainConfig of one trial: base, then the architecture, then the drawn values."""
+        d = copy.deepcopy(self.base)
+        sae = d.setdefault("sae", {})
+        if not isinstance(sae, dict):
+            raise ConfigError(f"base.sae: expected a mapping, got {sae!r}")
+        sae["architecture"] = architecture
+        for key, value in values.items():
+            _set_path(d, key, value)
+        d["progress_bar"] = False
+        return TrainConfig.from_dict(d)
+
+    @property
+    def num_trials(self) -> int:
+        """Trials the search will run (random/grid: grids times num_samples, per architecture)."""
+        if self.search == "optuna":
+            return self.num_samples * len(self.architectures)
+        total = 0
+        for arch in self.architectures:
+            grid = 1
+            for p in self.params[arch].values():
+                if p.kind == "grid" or (p.kind == "choice" and self.search == "grid"):
+                    grid *= len(p.values)
+            total += grid * self.num_samples
+        return total
+
+
+def load_sweep(
+    path: str | Path, overrides: list[str] | tuple = (), shards: str | None = None
+) -> SweepConfig:
+    """Read a sweep YAML; `overrides` are `key.sub=value` strings, `shards` replaces base.data."""
+    path = resolve_sweep_path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, list(overrides))
+    if shards is not None:
+        data = raw.setdefault("base", {}).get("data") or {}
+        data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards")}
+        raw["base"]["data"] = {**data, "shards": str(shards)}
+    try:
+        return sweep_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def resolve_sweep_path(path: str | Path) -> Path:
+    """A path, or the name of a YAML shipped in the repository's sweeps/ folder (`demo.yaml`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    here = Path(__file__).resolve().parent
+    for folder in (here.parents[1] / "sweeps", here.parent / "sweeps"):
+        for name in (p.name, f"{p.name}.yaml"):
+            if (folder / name).is_file() and p.parent == Path("."):
+                return folder / name
+    raise FileNotFoundError(f"sweep file not found: {path}")
+
+
+def sweep_from_dict(d: dict[str, Any]) -> SweepConfig:
+    return build(SweepConfig, d, "")
+
+
+def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
+    """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
+    if not isinstance(sweep.space, dict):
+        raise ConfigError(f"space: expected a mapping of architecture -> parameters, "
+                          f"got {sweep.space!r}")
+    if not isinstance(sweep.architectures, list) or not sweep.architectures:
+        raise ConfigError("architectures: list at least one architecture")
+    from sae_lab.sae.registry import ARCHITECTURES
+
+    for arch in sweep.architectures:
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"architectures: unknown architecture {arch!r}; "
+                              f"known: {sorted(ARCHITECTURES)}")
+    if len(set(sweep.architectures)) != len(sweep.architectures):
+        raise ConfigError(f"architectures: listed twice in {sweep.architectures}")
+    for name in sweep.space:
+        if name != "all" and name not in sweep.architectures:
+            raise ConfigError(f"space.{name}: not one of the sweep's architectures "
+                              f"{sweep.architectures} (or `all`)")
+    base = _base_config(sweep)
+    shared = _parse_params(sweep.space.get("all") or {}, "space.all", base)
+    out = {}
+    for arch in sweep.architectures:
+        own = _parse_params(sweep.space.get(arch) or {}, f"space.{arch}", base)
+        merged = {**shared, **own}
+        if not any(p.kind != "constant" for p in merged.values()):
+            raise ConfigError(
+                f"space.{arch}: empty search space (nothing to search for {arch}); give at least "
+                f"one parameter a distribution, under space.{arch} or space.all"
+            )
+        out[arch] = merged
+    return out
+
+
+def _parse_params(d: Any, where: str, base: TrainConfig) -> dict[str, Param]:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameter -> distribution, got {d!r}")
+    out = {}
+    for key, spec in d.items():
+        canon = canonical_key(key)
+        if canon in _OWNED_BY_SWEEP:
+            raise ConfigError(f"{where}.{key}: set by the sweep itself, cannot be searched")
+        out[canon] = _parse_param(spec, f"{where}.{key}", _is_int_field(base, canon, where, key))
+    return out
+
+
+def _parse_param(spec: Any, where: str, integer: bool) -> Param:
+    if not isinstance(spec, dict):
+        return Param("constant", [_number(spec)], integer)
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: expected a constant or one of "
+                          f"{{{', '.join(f'{k}: [...]' for k in DISTRIBUTIONS)}}}, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
+    values = [_number(v) for v in values]
+    if kind in ("loguniform", "uniform"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
+            raise ConfigError(f"{where}.{kind}: expected [lo, hi] numbers, got {values}")
+        lo, hi = values
+        if not lo < hi:
+            raise ConfigError(f"{where}.{kind}: lo={lo} must be < hi={hi}")
+        if kind == "loguniform" and lo <= 0:
+            raise ConfigError(f"{where}.loguniform: lo={lo} must be > 0")
+        if integer:
+            values = [int(round(lo)), int(round(hi))]
+    return Param(kind, values, integer)
+
+
+def canonical_key(key: str) -> str:
+    """`k` -> `sae.k`; TrainConfig keys and dotted paths are kept."""
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"space: parameter names must be strings, got {key!r}")
+    return f"sae.{key}" if key in _SAE_FIELDS else key
+
+
+def _is_int_field(base: TrainConfig, canon: str, where: str, key: str) -> bool:
+    node: Any = base
+    for part in canon.split("."):
+        known = getattr(node, "__dataclass_fields__", {})
+        if part not in known:
+            raise ConfigError(f"{where}.{key}: unknown parameter {canon!r}"
+                              + (f"; known here: {sorted(known)}" if known else ""))
+        node = getattr(node, part)
+    return isinstance(node, int) and not isinstance(node, bool)
+
+
+def _base_config(sweep: SweepConfig) -> TrainConfig:
+    if not isinstance(sweep.base, dict):
+        raise ConfigError(f"base: expected a TrainConfig mapping, got {sweep.base!r}")
+    d = copy.deepcopy(sweep.base)
+    sae = d.get("sae") or {}
+    if not isinstance(sae, dict):
+        raise ConfigError(f"base.sae: expected a mapping, got {sae!r}")
+    d["sae"] = {**sae, "architecture": sweep.architectures[0]}
+    try:
+        return TrainConfig.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"base: {e}") from None
+
+
+def _set_path(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = d
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p} is not a section of the base config")
+    node[last] = value
+
+
+def _number(v: Any) -> Any:
+    """YAML 1.1 reads `1e-4` as a string; take it as the number it means."""
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    return v
+
+
+def _check_fields(s: SweepConfig) -> None:
+    def need(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            value = s
+            for part in name.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{name}={value!r}: must be {allowed}")
+
+    need("num_samples", isinstance(s.num_samples, int) and s.num_samples >= 1, ">= 1")
+    need("metric", s.metric in METRICS, f"one of {METRICS}")
+    need("mode", s.mode in ("min", "max"), "min or max")
+    need("search", s.search in ("random", "grid", "optuna"), "random, grid or optuna")
+    need("max_concurrent", isinstance(s.max_concurrent, int) and s.max_concurrent >= 0, ">= 0")
+    need("max_failures", isinstance(s.max_failures, int) and s.max_failures >= -1,
+         ">= 0 (or -1: retry forever)")
+    need("reuse_actors", isinstance(s.reuse_actors, bool), "true or false")
+    need("scheduler.type", s.scheduler.type in ("asha", "none"), "asha or none")
+    need("scheduler.grace_tokens", s.scheduler.grace_tokens >= 0, ">= 0")
+    need("scheduler.reduction_factor", s.scheduler.reduction_factor > 1, "> 1")
+    need("scheduler.brackets", s.scheduler.brackets >= 1, ">= 1")
+    need("resources.cpus", s.resources.cpus > 0, "> 0")
+    need("resources.gpus", s.resources.gpus >= 0 and (s.resources.gpus <= 1 or
+         float(s.resources.gpus).is_integer()), "0, a fraction of one GPU, or a whole number")
+    need("objective.l0_weight", s.objective.l0_weight >= 0, ">= 0")
+    if s.metric == "objective":
+        need("mode", s.mode == "min", "min for metric: objective (lower is better)")
+        need("objective.l0_weight", s.objective.l0_weight > 0,
+             "> 0 (0 ranks on raw FVU, which favours the densest SAE)")
+
+
+# --- validation against the data -------------------------------------------------------------
+
+
+def validate(sweep: SweepConfig, d_in: int | None = None) -> dict[str, int]:
+    """Build every architecture's TrainConfig at each corner of its space; raise ConfigError
+    naming the culprit. Returns the data's d_in per architecture (None where unknown)."""
+    d_ins = {}
+    for arch in sweep.architectures:
+        for values in corners(sweep.params[arch]):
+            where = f"space.{arch} at {_fmt(values)}"
+            try:
+                cfg = sweep.train_config(arch, values)
+                check_applies(cfg.sae)
+                width = d_in if d_in is not None else data_d_in(cfg)
+                if width is not None:
+                    cfg.sae.with_d_in(width)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            _check_schedule(sweep, cfg, where)
+            d_ins[arch] = width
+    _check_ranking(sweep)
+    if sweep.search == "grid":
+        for arch, params in sweep.params.items():
+            for key, p in params.items():
+                if p.kind in ("loguniform", "uniform"):
+                    raise ConfigError(f"space.{arch}.{key}: search: grid needs grid/choice "
+                                      f"values, got {p.kind}")
+    build_search_alg(sweep)  # optuna missing -> error now, not after launch
+    return d_ins
+
+
+def corners(params: dict[str, Param]) -> list[dict[str, Any]]:
+    """Combinations of every parameter's corner values (capped; then one parameter at a time)."""
+    options = {k: p.corners() for k, p in params.items()}
+    if math.prod(len(o) for o in options.values()) <= _MAX_CORNERS:
+        return [dict(zip(options, combo, strict=True))
+                for combo in itertools.product(*options.values())]
+    first = {k: o[0] for k, o in options.items()}
+    return [first] + [{**first, k: v} for k, o in options.items() for v in o[1:]]
+
+
+def data_d_in(cfg: TrainConfig) -> int | None:
+    """Activation width of the configured data, without loading it (None when not knowable)."""
+    data = cfg.data
+    if data.synthetic is not None:
+        return data.synthetic.d
+    if data.npy is not None:
+        import numpy as np
+
+        path = Path(data.npy)
+        if not path.is_file():
+            raise ConfigError(f"base.data.npy: no such file: {path}")
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        return int(shape[1]) if len(shape) == 2 else None
+    shards = str(data.shards)
+    if "://" in shards:
+        return None
+    manifest = Path(shards) / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"base.data.shards: no manifest.json in {shards}")
+    d_in = json.loads(manifest.read_text()).get("d_in")
+    return int(d_in) if d_in else None
+
+
+def _check_schedule(sweep: SweepConfig, cfg: TrainConfig, where: str) -> None:
+    """ASHA must not compare trials before their L0 has settled (warm-ups are over)."""
+    if sweep.scheduler.type != "asha":
+        return
+    grace = grace_tokens(sweep, cfg)
+    if grace > cfg.max_steps * cfg.batch_size:
+        raise ConfigError(f"scheduler.grace_tokens={grace} is more than max_tokens="
+                          f"{cfg.max_tokens}")
+    settle = max(cfg.sparsity_warmup_steps, cfg.sae.k_schedule_steps if cfg.sae.k_start else 0)
+    if settle * cfg.batch_size > grace:
+        raise ConfigError(
+            f"{where}: scheduler.grace_tokens={grace} ends before the sparsity warm-up / k "
+            f"schedule ({settle} steps = {settle * cfg.batch_size} tokens); ASHA would rank "
+            f"trials whose L0 has not settled. Raise grace_tokens or shorten the warm-up"
+        )
+
+
+def grace_tokens(sweep: SweepConfig, cfg: TrainConfig) -> int:
+    return sweep.scheduler.grace_tokens or max(cfg.batch_size, cfg.max_tokens // 4)
+
+
+def _check_ranking(sweep: SweepConfig) -> None:
+    """Ranking raw FVU/MSE across different L0 favours the densest SAE; allow it only when
+    every trial has the same L0 by construction (k-architectures sharing one k)."""
+    if sweep.scheduler.type != "asha" or sweep.metric not in ("fvu", "mse", "l1"):
+        return
+    ks = set()
+    for arch in sweep.architectures:
+        if arch not in K_ARCHITECTURES:
+            ks.add(None)
+            break
+        for values in corners(sweep.params[arch]):
+            ks.add(sweep.train_config(arch, values).sae.k)
+    if len(ks) != 1 or None in ks:
+        raise ConfigError(
+            f"metric: {sweep.metric} with scheduler: asha would stop the sparser trials first "
+            "(trials here differ in L0); use metric: objective, or scheduler: none"
+        )
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + "}"
+
+
+# --- Ray Tune objects ------------------------------------------------------------------------
+
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    """Tune param space for random/grid search: a grid over architectures, each carrying its
+    own nested space, so `num_samples` counts per architecture."""
+    from ray import tune
+
+    if sweep.search == "optuna":
+        return {}
+    as_grid = sweep.search == "grid"
+    variants = [
+        {"architecture": arch,
+         "params": {k: p.to_tune(as_grid) for k, p in sweep.params[arch].items()}}
+        for arch in sweep.architectures
+    ]
+    return {"trial": tune.grid_search(variants)}
+
+
+def trial_values(sweep: SweepConfig, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(architecture, canonical key -> value) from a Tune trial config (any search algorithm)."""
+    if "trial" in config:
+        return config["trial"]["architecture"], dict(config["trial"]["params"])
+    arch = config["architecture"]  # optuna: flat "<arch>.<key>" names, constants added here
+    values = {k: p.values[0] for k, p in sweep.params[arch].items() if p.kind == "constant"}
+    prefix = f"{arch}:"
+    values.update({k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)})
+    return arch, values
+
+
+def build_search_alg(sweep: SweepConfig):
+    """None for Tune's built-in random/grid generator; OptunaSearch (TPE) for `optuna`."""
+    if sweep.search != "optuna":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent)
+    try:
+        import optuna  # noqa: F401
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise ConfigError("search: optuna needs the optional extra: pip install "
+                          "'sae-lab[optuna]'") from None
+
+    def define(trial) -> None:  # define-by-run: each architecture keeps its own distributions
+        arch = trial.suggest_categorical("architecture", list(sweep.architectures))
+        for key, p in sweep.params[arch].items():
+            name = f"{arch}:{key}"
+            if p.kind in ("choice", "grid"):
+                trial.suggest_categorical(name, list(p.values))
+            elif p.integer and p.kind != "constant":
+                trial.suggest_int(name, p.values[0], p.values[1], log=p.kind == "loguniform")
+            elif p.kind != "constant":
+                trial.suggest_float(name, p.values[0], p.values[1], log=p.kind == "loguniform")
+
+    return OptunaSearch(space=define, seed=sweep.seed)  # metric, mode: from TuneConfig
+
+
+def build_scheduler(sweep: SweepConfig):
+    """ASHA with tokens seen as its clock, or None (run every trial to the end)."""
+    if sweep.scheduler.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    cfgs = [sweep.train_config(a, v) for a in sweep.architectures
+            for v in corners(sweep.params[a])]
+    max_t = max(c.max_steps * c.batch_size for c in cfgs)
+    grace = min(grace_tokens(sweep, c) for c in cfgs)
+    # metric and mode come from TuneConfig (Tune refuses them twice)
+    return ASHAScheduler(
+        time_attr="tokens", max_t=max_t, grace_period=grace,
+        reduction_factor=sweep.scheduler.reduction_factor, brackets=sweep.scheduler.brackets,
+    )
+
+
+def check_resources(sweep: SweepConfig, nodes: list[dict[str, float]]) -> None:
+    """Error if no single node can hold one trial (`nodes`: each alive node's resources)."""
+    need = {"CPU": sweep.resources.cpus, "GPU": sweep.resources.gpus}
+    names = {"CPU": "resources.cpus", "GPU": "resources.gpus"}
+    for res, amount in need.items():
+        if amount <= 0:
+            continue
+        best = max((n.get(res, 0.0) for n in nodes), default=0.0)
+        if amount > best:
+            total = sum(n.get(res, 0.0) for n in nodes)
+            raise ConfigError(
+                f"{names[res]}={amount:g} per trial, but the largest node of the cluster has "
+                f"{best:g} {res} ({total:g} in total over {len(nodes)} node(s))"
+            )
