@@ -168,3 +168,13 @@ def test_missing_or_foreign_manifest(tmp_path):
     (tmp_path / MANIFEST).write_text('{"hello": 1}')
     with pytest.raises(ShardError, match="not an sae_lab shard manifest"):
         read_manifest(tmp_path)
+
+
+def test_float16_overflow_is_an_error_not_inf_rows(tmp_path):
+    w = ShardSetWriter(tmp_path, HEADER, "float16", 1024, 1024)
+    acts, token_ids, doc, pos = rows(1024)
+    acts[5, 2] = 1e5  # above float16's largest finite value, 65504
+    with pytest.raises(ShardError, match=r"non-finite activations .*float16.*bfloat16"):
+        w.add(0, acts, token_ids, doc, pos)
+    w.abort()
+    assert not (tmp_path / MANIFEST).exists() and not list(tmp_path.glob("*.tar"))
