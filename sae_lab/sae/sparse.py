@@ -2,9 +2,9 @@
 
 With N = sum of active latents over the batch (B*k for TopK), the decoder forward, the decoder
 weight gradient, the latent gradient and the encoder weight gradient are all O(N * d_in) instead
-of O(B * d_sae * d_in) (Gao et al. 2024, arXiv 2406.04093, section 5.1 and appendix D). Only the
-encoder forward product and the selection stay dense, and `pre` [B, d_sae] is never kept for the
-backward pass.
+of O(B * d_sae * d_in), as in the kernels of Gao et al. 2024 (arXiv 2406.04093, appendix D.2).
+Only the encoder forward product and the selection stay dense, and `pre` [B, d_sae] is never kept
+for the backward pass.
 
     values = pre[rows, latents]                    # gather_pre_acts: grads for W_enc, b_enc, b_dec
     x_hat  = sum_n values[n] * W_dec[latents[n]]   # decode: grads for values and W_dec
@@ -121,23 +121,22 @@ class SparsePattern:
         return out.index_fill_(0, self.latents, True)
 
 
-def topk_rows(pre: Tensor, k: int, group: int | None = None) -> tuple[Tensor, Tensor]:
+def topk_rows(pre: Tensor, k: int, group: int = 8) -> tuple[Tensor, Tensor]:
     """(values, indices) [B, k]: the k largest entries of each row, in no particular order.
 
-    Exact, like `pre.topk(k, dim=-1, sorted=False)` (which entry wins a tie may differ), and about
-    twice as fast on CPU at SAE shapes: split each row into d_sae/group strided groups, keep the k
-    groups with the largest maxima, and search only those. Any entry above the k-th largest group
-    maximum t lies in a kept group, and the k kept maxima are >= t, so the kept groups hold a top-k.
-    `group` 0 means plain topk; None picks by shape.
+    Exact, like `pre.topk(k, dim=-1, sorted=False)` (which entry wins a tie may differ), and
+    1.4-2x faster on CPU at SAE shapes (measured, d_sae 6144-24576, k 32-128). Each row is split
+    into strided groups of `group` entries; the k groups with the largest maxima (found the same
+    way, recursively) are the only ones searched. That is exact: every entry above the k-th
+    largest group maximum t lies in a kept group, and the k kept maxima are all >= t.
+    `group` 0 means plain topk.
     """
-    B, d_sae = pre.shape
-    if group is None:
-        group = 8 if d_sae >= 2048 and d_sae % 8 == 0 and d_sae // 8 >= 4 * k else 0
-    if group <= 1 or d_sae % group or d_sae // group < k:
+    B, n = pre.shape
+    if group <= 1 or n % group or n // group < 3 * k:
         return pre.topk(k, dim=-1, sorted=False)
-    n_groups = d_sae // group
-    grouped = pre.view(B, group, n_groups)  # group g holds latents g, g + n_groups, ...
-    _, top_groups = grouped.amax(dim=1).topk(k, dim=-1, sorted=False)  # [B, k]
+    n_groups = n // group
+    grouped = pre.view(B, group, n_groups)  # group g holds entries g, g + n_groups, ...
+    _, top_groups = topk_rows(grouped.amax(dim=1), k, group)  # [B, k]
     candidates = grouped.gather(2, top_groups[:, None, :].expand(B, group, k))  # [B, group, k]
     values, j = candidates.view(B, group * k).topk(k, dim=-1, sorted=False)
     indices = top_groups.gather(1, j % k) + torch.div(j, k, rounding_mode="floor") * n_groups
@@ -177,6 +176,15 @@ def top_positive_flat(pre: Tensor, n: int, group: int | None = None) -> tuple[Te
     values, index = values[positive], index[positive]
     index, order = index.sort()
     return values[order], index
+
+
+def autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

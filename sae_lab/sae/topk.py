@@ -10,7 +10,7 @@ k may start at k_start and decay to k over k_schedule_steps (linear or cosine).
 cfg.decoder picks how a training step is computed; both give the same loss and gradients:
 - "dense": scatter the codes into z [B, d_sae] and let autograd differentiate the dense products;
 - "sparse": only the encoder product and the selection are dense; decoding, and every gradient,
-  touch the active latents only (sae_lab.sae.sparse; Gao et al. section 5.1 / appendix D).
+  touch the active latents only (sae_lab.sae.sparse; Gao et al. appendix D.2).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class TopKSAE(SAE):
     def _pre_acts_no_grad(self, x: Tensor) -> Tensor:
         """`pre_acts(x)`, bit for bit, written into a buffer reused across steps on CPU: a fresh
         [B, d_sae] tensor costs page faults worth ~7% of a sparse step (measured, d_sae=6144)."""
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if x.device.type != "cpu" or sparse.autocast_enabled("cpu"):
             return self.pre_acts(x)
         dtype = torch.result_type(x, self.W_enc)
         pre = self._pre_scratch.get((x.shape[0], self.d_sae), dtype, x.device)
