@@ -7,6 +7,7 @@ import http.server
 import shutil
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,6 +53,23 @@ def test_one_epoch_with_two_workers_yields_every_row_once(shard_dir):
     assert got != sorted(got)  # shuffled across blocks...
     first = batches[0][:, 0]
     assert first.max() - first.min() > 1024  # ...and the first batch mixes several blocks
+
+
+def test_two_nodes_with_two_workers_each_read_disjoint_halves(shard_dir, monkeypatch):
+    """Nodes from the trainer (rank, world size) or, outside Lightning, from RANK/WORLD_SIZE."""
+    data = DataConfig(shards=str(shard_dir), val_shards=1, shuffle_buffer=2048, num_workers=2)
+    for source in ("trainer", "environment"):
+        seen = []
+        for rank in (0, 1):
+            dm = ShardDataModule(data, batch_size=256, seed=5, epochs=1)
+            if source == "trainer":
+                dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+            else:
+                monkeypatch.setenv("RANK", str(rank))
+                monkeypatch.setenv("WORLD_SIZE", "2")
+            seen.append(ids(dm.train_dataloader()))
+        assert not set(seen[0]) & set(seen[1]) and len(seen[0]) >= 3000
+        assert Counter(seen[0] + seen[1]) == Counter(range(7500))
 
 
 def test_endless_stream_gives_whole_batches_and_exact_epochs(shard_dir):
@@ -127,3 +145,15 @@ def test_too_few_shards_are_reported(shard_dir):
         ShardDataModule(DataConfig(shards=str(shard_dir), val_shards=6), 100)
     with pytest.raises(ShardError, match="num_workers=8"):
         ShardDataModule(DataConfig(shards=str(shard_dir), num_workers=8), 100)
+
+
+def test_sae_width_that_disagrees_with_the_manifest_names_both(shard_dir):
+    from sae_lab.sae import SAEConfig
+    from sae_lab.sae.config import ConfigError
+    from sae_lab.train.config import TrainConfig
+    from sae_lab.train.run import build_module
+
+    data = DataConfig(shards=str(shard_dir))
+    cfg = TrainConfig(sae=SAEConfig(d_in=512), data=data, batch_size=256, max_tokens=1024)
+    with pytest.raises(ConfigError, match=r"sae.d_in=512 .*d_in=4"):
+        build_module(cfg, ShardDataModule(data, 256))

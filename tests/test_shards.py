@@ -165,6 +165,9 @@ def test_manifest_that_disagrees_with_the_rows_names_both(tmp_path):
 def test_missing_or_foreign_manifest(tmp_path):
     with pytest.raises(ShardError, match="cannot read shard manifest"):
         read_manifest(tmp_path)
+    write(tmp_path / "layer_2", 1100, shard_rows=1100)
+    with pytest.raises(ShardError, match=r"use one of its layer directories \['layer_2'\]"):
+        read_manifest(tmp_path)
     (tmp_path / MANIFEST).write_text('{"hello": 1}')
     with pytest.raises(ShardError, match="not an sae_lab shard manifest"):
         read_manifest(tmp_path)

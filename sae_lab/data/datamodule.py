@@ -16,7 +16,7 @@ import random
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from itertools import count
+from itertools import count, islice
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,17 +33,25 @@ class RowStream(IterableDataset):
 
     def __init__(self, urls: list[str], rows: list[int], manifest: dict[str, Any],
                  batch_size: int, shuffle_buffer: int = 0, shuffle_shards: bool = False,
-                 seed: int = 0, epochs: int | None = 1, split: bool = True) -> None:
+                 seed: int = 0, epochs: int | None = 1, split: bool = True,
+                 node: tuple[int, int] | None = None) -> None:
         self.urls, self.rows = list(urls), list(rows)
         self.d_in, self.dtype = manifest["d_in"], manifest["dtype"]
         self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
         self.shuffle_shards, self.seed, self.epochs, self.split = (
             shuffle_shards, seed, epochs, split)
+        self.node = node
+        """(rank, world size) when known up front (Lightning's trainer); else webdataset reads
+        them from torch.distributed or the RANK/WORLD_SIZE environment variables."""
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def _ranks(self) -> tuple[int, int, int, int]:
         import webdataset as wds
 
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        return (*(self.node or (rank, world)), worker, workers)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        rank, world, worker, workers = self._ranks()
         if self.split and len(self.urls) < world * workers:
             raise ShardError(
                 f"{len(self.urls)} shard(s) for {world} node(s) x {workers} dataloader "
@@ -67,7 +75,12 @@ class RowStream(IterableDataset):
                 random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
             mine = iter(order)
             if self.split:
-                mine = wds.split_by_worker(wds.split_by_node(mine))
+                if self.node is None:
+                    mine = wds.split_by_node(mine)
+                else:
+                    rank, world = self.node
+                    mine = islice(mine, rank, None, world)
+                mine = wds.split_by_worker(mine)
             for i in mine:
                 for block in read_shard(self.urls[i], self.rows[i], self.d_in, self.dtype):
                     yield block["acts"]
@@ -180,12 +193,14 @@ class ShardDataModule(pl.LightningDataModule):
         return self._manifest["d_in"]
 
     def _stream(self, shards: list[dict[str, Any]], train: bool) -> RowStream:
+        trainer = getattr(self, "trainer", None)
+        node = (trainer.global_rank, trainer.world_size) if trainer is not None else None
         return RowStream(
             [join(self.source, s["name"]) for s in shards], [s["rows"] for s in shards],
             self._manifest, self.batch_size,
             shuffle_buffer=self.data.shuffle_buffer if train else 0,
             shuffle_shards=train, seed=self.seed, epochs=self.epochs if train else 1,
-            split=train,
+            split=train, node=node,
         )
 
     def train_dataloader(self) -> DataLoader:

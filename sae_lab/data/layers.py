@@ -7,7 +7,8 @@
     unembedding(model)               -> [vocab, d_model] output embedding, or None
 
 resid_post is the block's output; mlp_out and attn_out are what the MLP and the attention add
-to the residual stream (for post-LN BERT: the output projections, before dropout and LayerNorm).
+to the residual stream (Gemma 2/3: after their post-sub-layer norms; post-LN BERT: the output
+projections, before dropout, residual and LayerNorm).
 Models are looked up by `config.model_type`; unknown types fall back to a search over the common
 attribute names, and an error lists every name tried.
 

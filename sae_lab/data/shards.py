@@ -113,7 +113,12 @@ def read_manifest(source: str | os.PathLike) -> dict[str, Any]:
         with open_url(url) as f:
             raw = f.read()
     except (OSError, ValueError) as e:
-        raise ShardError(f"cannot read shard manifest {url}: {e}") from e
+        hint = ""
+        if is_local(s) and local_path(s).is_dir():
+            layers = sorted(q.parent.name for q in local_path(s).glob(f"layer_*/{MANIFEST}"))
+            if layers:
+                hint = f" (harvest output: use one of its layer directories {layers})"
+        raise ShardError(f"cannot read shard manifest {url}: {e}{hint}") from e
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
