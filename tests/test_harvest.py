@@ -156,6 +156,8 @@ def test_bad_input_is_named(tiny_model, corpus, tmp_path):
     (tmp_path / "docs.csv").write_text("text\nhello\n")
     with pytest.raises(DatasetError, match=r"unsupported file type '.csv'"):
         harvest(HarvestConfig(**base, dataset=str(tmp_path / "docs.csv")))
+    with pytest.raises(DatasetError, match=r"missing.txt: no such file"):
+        harvest(HarvestConfig(**base, dataset=str(tmp_path / "missing.txt")))
     with pytest.raises(ValueError, match=r"ctx_len=512 exceeds the model's 128 positions"):
         harvest(HarvestConfig(**base, dataset=str(corpus), ctx_len=512))
 

@@ -39,6 +39,8 @@ def iter_texts(dataset: str, split: str = "train", text_column: str = "text",
     import datasets
 
     path = Path(dataset)
+    if not path.exists() and path.suffix.lower() in LOCAL_BUILDERS:
+        raise DatasetError(f"dataset {dataset}: no such file")
     if path.exists():
         builder = LOCAL_BUILDERS.get(path.suffix.lower())
         if builder is None:
