@@ -1,0 +1,290 @@
+"""sae_lab on Kaggle's "GPU T4 x2": harvest a Hub model, sweep SAEs on both GPUs, export the best.
+
+    install sae_lab -> harvest MODEL (layer L) over a Hub DATASET into shards on local disk
+      -> sweeps/kaggle_t4x2.yaml with Ray Tune, half a GPU per trial (4 trials at once)
+      -> /kaggle/working/sweep/{results.csv, pareto.png, best/}, /kaggle/working/exports/<arch>/
+         (SAELens), /kaggle/working/eval/<arch>/, /kaggle/working/browser/index.html
+
+Time budget: Kaggle ends GPU sessions after 12 hours. At --budget-hours (default 11) minus
+--reserve-minutes the sweep is stopped like Ctrl-C (Tune saves its state), and the best
+checkpoints so far are evaluated and exported. Running again continues: the harvest restarts
+after its last complete shard and the sweep resumes without re-running finished trials. In a new
+Kaggle session, attach this notebook's previous output as an input (Add data -> Your Work); its
+sweep/ folder is copied back into /kaggle/working first.
+
+    push:       kaggle kernels push -p kaggle/          (edit "id" in kernel-metadata.json)
+    fetch:      kaggle kernels output USER/sae-lab-t4x2 -p runs/kaggle
+    smoke test: python kaggle/sae_lab_kaggle.py --smoke --out /tmp/kaggle_smoke
+                (CPU, a tiny random GPT-2 built from config, a local text file, about a minute)
+
+This file is all Kaggle receives: it installs sae_lab itself (from --repo, a git URL, else PyPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = os.environ.get("SAE_LAB_REPO", "")
+"""Git URL of sae_lab to install on Kaggle (set this, or pass --repo, to use your fork); empty:
+`pip install sae-lab` from PyPI."""
+KAGGLE_WORKING = Path("/kaggle/working")
+ON_KAGGLE = KAGGLE_WORKING.is_dir() and bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+SWEEP = "kaggle_t4x2.yaml"
+DATASET = "HuggingFaceFW/fineweb-edu"
+SMOKE_SWEEP = [
+    "resources.gpus=0", "resources.cpus=1", "max_concurrent=2", "num_samples=1",
+    "base.device=cpu", "base.batch_size=512", "base.max_tokens=4096", "base.val_every_steps=4",
+    "base.val_batches=2", "base.lr_warmup_steps=1", "base.sparsity_warmup_steps=0",
+    "base.sae.expansion_factor=2", "scheduler.grace_tokens=2048",
+    "space.topk.k={grid: [8]}", "space.batchtopk.k={grid: [8]}",
+]
+"""--smoke: the same sweep on CPU, three trials of eight steps (tests the path, not a result)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B", help="Hub model id or local path "
+                   "(e.g. gpt2)")
+    p.add_argument("--dataset", help="Hub dataset id, or a local .txt/.jsonl/.parquet file "
+                   f"(default: {DATASET}; with --smoke: the standard library's docstrings)")
+    p.add_argument("--dataset-name", default="sample-10BT", help="Hub dataset configuration")
+    p.add_argument("--split", default="train")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--layer", type=int, default=-1, help="layer to harvest; -1: the middle one")
+    p.add_argument("--tokens", type=int, default=8_000_000, help="tokens to harvest")
+    p.add_argument("--ctx-len", type=int, default=256)
+    p.add_argument("--harvest-batch-size", type=int, default=32)
+    p.add_argument("--model-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype the model runs in while harvesting (T4s have no fast bfloat16)")
+    p.add_argument("--shard-rows", type=int, default=65_536)
+    p.add_argument("--sweep", default=SWEEP, help="sweep YAML: a path or a name in sweeps/")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep field (repeatable)")
+    p.add_argument("--out", default=str(KAGGLE_WORKING) if ON_KAGGLE else "runs/kaggle",
+                   help="results and exports (kept by Kaggle as the notebook's output)")
+    p.add_argument("--shards-dir", default="/tmp/sae_lab_shards" if ON_KAGGLE else None,
+                   help="activation shards: scratch disk, not the 20 GB output (default on "
+                   "Kaggle: /tmp/sae_lab_shards; elsewhere OUT/shards)")
+    p.add_argument("--budget-hours", type=float, default=11.0,
+                   help="wall-clock budget of this run, under Kaggle's 12 h session limit")
+    p.add_argument("--reserve-minutes", type=float, default=20.0,
+                   help="stop the sweep this long before the budget ends, to export")
+    p.add_argument("--browser-latents", type=int, default=256)
+    p.add_argument("--repo", default=REPO, help="git URL to install sae_lab from")
+    p.add_argument("--ref", default="main", help="branch or tag of --repo")
+    p.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny random GPT-2 "
+                   "built from config, a local text file, 8k tokens, three tiny trials")
+    if argv is None and "ipykernel" in sys.modules:  # run as a notebook cell: no flags
+        argv = []
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.tokens, args.shard_rows, args.ctx_len = min(args.tokens, 8192), 2048, 64
+        args.overrides = [*SMOKE_SWEEP, *args.overrides]
+    return args
+
+
+# --- install -------------------------------------------------------------------------------------
+
+
+def install(repo: str, ref: str) -> Path | None:
+    """Make `import sae_lab` work; returns the checkout holding sweeps/ (None: use the installed
+    package's). A checkout in place (this file inside the repository) is used as it is."""
+    here = _checkout()
+    if (here / "sweeps").is_dir() and (here / "sae_lab").is_dir():
+        if importlib.util.find_spec("sae_lab") is None:
+            _pip(str(here))
+        return here / "sweeps"
+    if repo:
+        src = Path("/tmp/sae_lab_src")
+        if not (src / "pyproject.toml").is_file():
+            subprocess.check_call(["git", "clone", "--depth", "1", "--branch", ref, repo,
+                                   str(src)])
+        _pip(str(src))
+        return src / "sweeps"
+    if importlib.util.find_spec("sae_lab") is None:
+        _pip("sae-lab")
+    return None
+
+
+def _checkout() -> Path:
+    """The repository around this file (meaningless on Kaggle, where no checkout exists)."""
+    return Path(globals().get("__file__", "sae_lab_kaggle.py")).resolve().parent.parent
+
+
+def _pip(spec: str) -> None:
+    print(f"pip install {spec}", flush=True)
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", spec])
+
+
+# --- time budget ---------------------------------------------------------------------------------
+
+
+class Budget:
+    """Sends this process SIGINT when the budget (minus the reserve) runs out: a running harvest
+    stops after its last complete shard, a sweep stops with its state saved (as on Ctrl-C)."""
+
+    def __init__(self, hours: float, reserve_minutes: float) -> None:
+        self.start = time.monotonic()
+        self.stop_at = self.start + (hours * 3600 - reserve_minutes * 60)
+        self.fired = False
+        self.timer = threading.Timer(max(0.0, self.stop_at - self.start), self._fire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> Budget:
+        if self.stop_at <= self.start:  # nothing left to spend: do no work, export what exists
+            self.fired = True
+        else:
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+    def _fire(self) -> None:
+        self.fired = True
+        print("\ntime budget reached: stopping the sweep to export what is finished", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def left(self) -> str:
+        s = max(0, int(self.stop_at - time.monotonic()))
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def restore_previous_output(out: Path) -> None:
+    """New Kaggle session: copy the sweep of an attached earlier output back into OUT."""
+    if (out / "sweep").exists() or not Path("/kaggle/input").is_dir():
+        return
+    for prev in sorted(Path("/kaggle/input").glob("*/sweep/sweep.yaml")):
+        print(f"continuing the sweep in {prev.parent}", flush=True)
+        shutil.copytree(prev.parent, out / "sweep")
+        return
+
+
+def middle_layer(model: str) -> int:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if not n:
+        raise ValueError(f"{model}: config names no layer count; pass --layer")
+    return n // 2
+
+
+def run(args: argparse.Namespace) -> int:
+    # --smoke tests the sae_lab it runs next to; a real run installs one first.
+    sweeps_dir = _checkout() / "sweeps" if args.smoke else install(args.repo, args.ref)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if args.smoke:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    from sae_lab.data.harvest import HarvestConfig, harvest
+    from sae_lab.data.shards import read_manifest
+    from sae_lab.demo import (
+        best_overall,
+        export_best,
+        heldout_table,
+        is_causal_model,
+        quiet_ray,
+        read_results,
+        results_table,
+        run_sweep_or_resume,
+        tiny_causal_lm,
+        write_corpus,
+    )
+    from sae_lab.sweep.space import load_sweep
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shards_root = Path(args.shards_dir) if args.shards_dir else out / "shards"
+    sweep_file = args.sweep
+    if sweeps_dir is not None and not Path(sweep_file).is_file():
+        sweep_file = str(sweeps_dir / sweep_file)
+    restore_previous_output(out)
+
+    model, dataset = args.model, args.dataset or (None if args.smoke else DATASET)
+    if args.smoke:
+        if dataset is None:  # no local file given: the standard library's docstrings
+            dataset = str(write_corpus(out / "corpus.txt", args.tokens))
+        model = str(tiny_causal_lm(dataset, out / "tiny-gpt2"))
+        print(f"smoke run: a tiny GPT-2 with RANDOM weights ({model}) on {dataset}", flush=True)
+    layer = args.layer if args.layer >= 0 else middle_layer(model)
+    shards = shards_root / f"layer_{layer}"
+    sweep = load_sweep(sweep_file, args.overrides, shards=str(shards))  # errors before work
+    val_shards = int(sweep.base.get("data", {}).get("val_shards", 1))
+
+    with Budget(args.budget_hours, args.reserve_minutes) as budget:
+        try:
+            if budget.fired:
+                raise KeyboardInterrupt("no time left in --budget-hours")
+            print(f"\n== harvest {args.tokens} tokens of {model}, layer {layer} "
+                  f"(budget left {budget.left()})", flush=True)
+            harvest(HarvestConfig(
+                model=model, dataset=dataset, out=str(shards_root), layers=(layer,),
+                hook="resid_post", ctx_len=args.ctx_len, batch_size=args.harvest_batch_size,
+                max_tokens=args.tokens, dtype="float16", model_dtype=args.model_dtype,
+                shard_rows=args.shard_rows, block_rows=min(4096, args.shard_rows),
+                split=args.split, text_column=args.text_column,
+                dataset_name=None if Path(dataset).exists() else args.dataset_name,
+                progress=True,
+            ))
+            n_shards = len(read_manifest(shards)["shards"])
+            if n_shards <= val_shards:
+                raise ValueError(f"{shards}: {n_shards} shard(s) for {val_shards} held out; "
+                                 "harvest more --tokens or lower --shard-rows")
+            print(f"\n== sweep {sweep_file}: {sweep.num_trials} trials "
+                  f"(budget left {budget.left()})", flush=True)
+            quiet_ray()
+            _, how = run_sweep_or_resume(sweep, out / "sweep")
+            print(f"sweep: {how}")
+        except KeyboardInterrupt as e:
+            if not budget.fired:
+                raise
+            print(f"stopped by the time budget: {e}", flush=True)
+        finally:
+            import ray
+
+            ray.shutdown()
+
+    best = out / "sweep" / "best"
+    if (out / "sweep" / "results.csv").is_file():
+        print(results_table(read_results(out / "sweep" / "results.csv"), sweep.metric))
+    if not (best / "summary.json").is_file():
+        print("no finished trial to export yet; run again to continue")
+        return 130 if budget.fired else 1
+    print("\n== held-out metrics and SAELens exports", flush=True)
+    print(heldout_table(export_best(best, str(shards), out, val_shards)))
+    winner = best_overall(best, sweep.metric, sweep.mode)
+    if winner is not None:
+        from sae_lab.cli import build_parser
+
+        cli = ["inspect", str(best / winner), "--shards", str(shards), "--out",
+               str(out / "browser"), "--max-latents", str(args.browser_latents)]
+        if not is_causal_model(model):
+            cli += ["--top-logits", "0"]
+        ns = build_parser().parse_args(cli)
+        ns.func(ns)
+    print(f"\nresults: {out / 'sweep' / 'results.csv'}, {out / 'sweep' / 'pareto.png'}\n"
+          f"exports (SAELens): {out / 'exports'}\nfeature browser: {out / 'browser'}")
+    if budget.fired:
+        print("the budget ran out before the sweep finished: run again to continue")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(parse_args()))

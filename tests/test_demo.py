@@ -1,0 +1,114 @@
+"""`sae-lab demo --tiny`: the demo's real code path (stdlib corpus, MiniLM harvest, Ray Tune
+sweep of sweeps/demo.yaml, exports, feature browser) with tiny settings, then a re-run that
+reuses everything, and a re-run with other settings that is refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+import sae_lab
+from sae_lab.cli import main
+from sae_lab.demo import DemoConfig, results_table, stdlib_docstrings
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_stdlib_corpus_is_deterministic_and_bounded():
+    a = stdlib_docstrings(max_chars=20_000)
+    b = stdlib_docstrings(max_chars=20_000)
+    assert a == b
+    total = sum(map(len, a))
+    assert 20_000 <= total < 20_000 + 200_000  # stops after the file that crosses the budget
+    assert all(len(d) >= 80 and "\n\n" not in d for d in a)  # one document per docstring
+
+
+def test_bad_settings_are_one_line_errors(capsys):
+    with pytest.raises(ValueError, match="--tokens=4096: must be >= 2 \\* shard_rows"):
+        DemoConfig(tokens=4096, shard_rows=4096)
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--text", "no/such/corpus.txt", "--out", "unused"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sae-lab demo: error: --text no/such/corpus.txt: no such file"
+
+
+def test_results_table_ranks_by_metric_and_prints_knobs():
+    rows = [
+        {"trial": "relu_1", "architecture": "relu", "k": "n/a", "sparsity_coef": 2.5,
+         "l0": 40.0, "fvu": 0.3, "dead_frac": 0.0, "objective": 0.5, "status": "done"},
+        {"trial": "topk_2", "architecture": "topk", "k": 8, "sparsity_coef": "n/a",
+         "l0": 8.0, "fvu": 0.2, "dead_frac": 0.01, "objective": 0.25, "status": "done"},
+        {"trial": "relu_3", "architecture": "relu", "k": "n/a", "sparsity_coef": 9.0,
+         "l0": "n/a", "fvu": "n/a", "dead_frac": "n/a", "objective": "n/a", "status": "failed"},
+    ]
+    lines = results_table(rows).splitlines()[2:]
+    assert [ln.split()[0] for ln in lines] == ["topk_2", "relu_1", "relu_3"]
+    assert lines[0].split()[2] == "8" and lines[1].split()[2] == "2.5"
+    assert lines[2].split()[-1] == "failed"
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end_then_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "sae_lab.cli", "demo", "--tiny", "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout
+
+    # corpus and shards: 8192 MiniLM tokens in 4 shards of 2048
+    assert (out / "corpus.txt").stat().st_size > 10_000
+    manifest = json.loads((out / "shards" / "layer_3" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens"] == 8192 and manifest["d_in"] == 384
+    assert len(manifest["shards"]) == 4
+
+    # the sweep: every trial of the three architectures finished, the table was printed
+    with open(out / "sweep" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["architecture"] for r in rows} == {"relu", "topk", "jumprelu"}
+    assert all(r["status"] in ("done", "stopped_early") for r in rows), rows
+    for r in rows:
+        assert r["trial"] in log
+    assert (out / "sweep" / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+
+    # held-out metrics and SAELens exports of each architecture's best SAE
+    for arch in ("relu", "topk", "jumprelu"):
+        metrics = json.loads((out / "eval" / arch / "eval.json").read_text())
+        assert metrics["tokens"] == 2048  # the held-out last shard, exactly
+        assert 0 < metrics["fvu"] < 1.0  # beats predicting the mean, even after 4 steps
+        cfg = json.loads((out / "exports" / arch / "cfg.json").read_text())
+        assert cfg["d_in"] == 384 and cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+        tensors = load_file(out / "exports" / arch / "sae_weights.safetensors")
+        assert tensors["W_enc"].shape == (384, cfg["d_sae"])
+        sae = sae_lab.load(out / "sweep" / "best" / arch)
+        assert sae.cfg.architecture == arch
+    assert json.loads((out / "exports" / "topk" / "cfg.json").read_text())["k"] in (8, 24)
+
+    # the feature browser, and where everything is
+    html = (out / "browser" / "index.html").read_text()
+    assert "topk SAE" in html or "relu SAE" in html or "jumprelu SAE" in html
+    assert '"contexts":[{' in html  # latents with decoded top-activating contexts
+    for line in ("sweep results", "Pareto plot", "SAELens exports", "feature browser"):
+        assert line in log
+    assert str(out / "browser" / "index.html") in log
+
+    # re-run: harvest and sweep are reused (no trial runs again), outputs rebuilt
+    events = (out / "sweep" / "events.jsonl").read_text()
+    main(["demo", "--tiny", "--out", str(out)])
+    again = capsys.readouterr().out
+    assert again.count("finished in an earlier run") == 2
+    assert (out / "sweep" / "events.jsonl").read_text() == events
+
+    # other settings in the same directory: refused before any work, naming the difference
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--tiny", "--layer", "2", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "other settings (layer: 3 -> 2)" in err and len(err.strip().splitlines()) == 1

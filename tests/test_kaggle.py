@@ -1,0 +1,97 @@
+"""kaggle/: the kernel metadata Kaggle needs for two T4s, the time budget, and the runner's
+--smoke mode (CPU, tiny random GPT-2, a local text file) end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+KAGGLE = REPO / "kaggle"
+SCRIPT = KAGGLE / "sae_lab_kaggle.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("sae_lab_kaggle", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_metadata_asks_for_two_t4s_with_internet():
+    meta = json.loads((KAGGLE / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+    assert meta["enable_gpu"] is True and meta["enable_internet"] is True
+    assert meta["kernel_type"] == "script" and meta["language"] == "python"
+    assert (KAGGLE / meta["code_file"]).resolve() == SCRIPT
+    assert meta["id"].endswith("/sae-lab-t4x2")
+
+
+def test_sweep_it_runs_uses_fractional_gpus():
+    kaggle = load_script()
+    sweep = yaml.safe_load((REPO / "sweeps" / kaggle.SWEEP).read_text())
+    assert 0 < sweep["resources"]["gpus"] < 1  # several trials share a GPU
+    # the smoke overrides only shrink the run, they do not change what is compared
+    keys = {o.split("=", 1)[0] for o in kaggle.SMOKE_SWEEP}
+    assert not keys & {"architectures", "metric", "mode"}
+
+
+def test_budget_sends_sigint_when_time_is_up():
+    kaggle = load_script()
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *_: got.append(time.monotonic()))
+    try:
+        with kaggle.Budget(hours=0.3 / 3600, reserve_minutes=0) as budget:  # 0.3 s
+            assert not budget.fired
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert budget.fired and len(got) == 1
+        with kaggle.Budget(hours=1.0, reserve_minutes=60) as spent:  # nothing left
+            assert spent.fired
+        assert len(got) == 1  # no signal: the run skips straight to exporting
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.slow
+def test_smoke_run_harvests_sweeps_and_exports(tmp_path, shakespeare):
+    out = tmp_path / "kaggle"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out),
+           "--dataset", str(shakespeare)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # a causal model built from config, harvested at its middle layer (2 layers -> layer 1)
+    assert json.loads((out / "tiny-gpt2" / "config.json").read_text())["n_layer"] == 2
+    manifest = json.loads((out / "shards" / "layer_1" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens"] == 8192
+    assert manifest["dataset"]["path"] == str(shakespeare)
+
+    with open(out / "sweep" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["architecture"] for r in rows) == ["batchtopk", "jumprelu", "topk"]
+    assert all(r["status"] == "done" for r in rows), rows
+    recorded = yaml.safe_load((out / "sweep" / "sweep.yaml").read_text())
+    assert recorded["resources"]["gpus"] == 0 and recorded["name"] == "kaggle_t4x2"
+
+    for arch in ("topk", "batchtopk", "jumprelu"):
+        cfg = json.loads((out / "exports" / arch / "cfg.json").read_text())
+        assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+        assert (out / "exports" / arch / "sparsity.safetensors").is_file()
+        assert json.loads((out / "eval" / arch / "eval.json").read_text())["fvu"] < 1.0
+    html = (out / "browser" / "index.html").read_text()
+    assert '"promoted":[[' in html  # a causal LM: each latent's promoted output tokens
+    assert str(out / "exports") in proc.stdout
