@@ -71,6 +71,7 @@ COMMANDS = [
     "sae_lab.export:add_export_parser",
     "sae_lab.analysis.browser:add_inspect_parser",
     "sae_lab.analysis.steer:add_steer_parser",
+    "sae_lab.demo:add_parser",
 ]
 
 
