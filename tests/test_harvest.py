@@ -162,15 +162,15 @@ def test_bad_input_is_named(tiny_model, corpus, tmp_path):
         harvest(HarvestConfig(**base, dataset=str(corpus), ctx_len=512))
 
 
-def test_cli_reports_bad_input_in_one_line(tiny_model, corpus, tmp_path):
-    proc = subprocess.run(
-        [*HARVEST, "--model", str(tiny_model),
-         "--dataset", str(corpus), "--out", str(tmp_path), "--layer", "7", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "sae-lab harvest: error: layer 7 is out of range")
+def test_cli_reports_bad_input_in_one_line(tiny_model, corpus, tmp_path, capsys):
+    from sae_lab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["harvest", "--model", str(tiny_model), "--dataset", str(corpus), "--out",
+              str(tmp_path), "--layer", "7", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sae-lab harvest: error: layer 7 is out of range")
 
 
 @pytest.mark.slow
