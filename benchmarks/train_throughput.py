@@ -6,14 +6,16 @@
 Table 1 (issue 7), for d_sae in {6144, 24576} and k in {32, 128}: the plain reference (a dense
 TopK step: topk, scatter, decoder matmul, Adam, unit-norm decoder), sae_lab's dense and sparse
 TopK steps (training_loss + backward + the optimiser SAEModule configures), the sparse step with
-10% dead latents (AuxK on), BatchTopK's sparse step, and the sparse TopK step through the full
-Lightning path (`sae_lab.train`, steady-state steps timed by a callback). Each row: tokens/s, the
-ratio to the reference, and the memory the step needs above what the process held before it
-(peak RSS on CPU, peak allocated on CUDA).
+10% dead latents (AuxK on) and BatchTopK's sparse step, all taking turns step by step; then the
+sparse TopK step through the full Lightning path (`sae_lab.train`, steady-state steps timed by a
+callback that runs one reference step before each batch, outside the timed span). Each row:
+tokens/s (median step), the ratio to the reference, and the memory the step needs above what the
+process held before it (peak RSS on CPU, peak allocated on CUDA).
 
 Table 2 (issue 2): every architecture through the full Lightning path at d_sae=6144 (k=32) on
-synthetic data, with its held-out FVU after the same number of steps; the TopK and BatchTopK rows
-come in both decoders, so the FVU columns show the sparse path learning what the dense one does.
+synthetic data, each timed next to the reference, with its held-out FVU after the same number of
+steps; TopK and BatchTopK come with both decoders, so the FVU column shows the sparse path
+learning what the dense one does (same seed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -99,6 +103,17 @@ def sae_lab_step_fn(
     return step
 
 
+def make_step(
+    arch: str, d_in: int, d_sae: int, k: int, decoder: str, device: str, precision: str,
+    dead_frac: float,
+) -> Callable[[Tensor], None]:
+    """A training step of the plain reference (arch "plain") or of sae_lab, seeded alike."""
+    torch.manual_seed(0)
+    if arch == "plain":
+        return plain_step_fn(d_in, d_sae, k, device)
+    return sae_lab_step_fn(arch, d_in, d_sae, k, decoder, device, precision, dead_frac)
+
+
 # --- measuring ---------------------------------------------------------------------------------
 
 
@@ -142,60 +157,103 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(
-    step: Callable[[Tensor], None], batches: list[Tensor], warmup: int, steps: int, device: str
-) -> tuple[float, float | None]:
-    """(median seconds per step after `warmup` steps, peak step memory in MiB)."""
-    for i in range(warmup):
-        step(batches[i % len(batches)])
+def time_interleaved(
+    steps_by_row: dict[str, Callable[[Tensor], None]], batches: list[Tensor], warmup: int,
+    steps: int, device: str,
+) -> dict[str, float]:
+    """Median seconds per step of each row. The rows take turns step by step, so that a change in
+    machine load during the run hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps_by_row}
+    for i in range(warmup + steps):
+        x = batches[i % len(batches)]
+        for name, step in steps_by_row.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            step(x)
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def step_memory(
+    make_step: Callable[[], Callable[[Tensor], None]], batches: list[Tensor], device: str
+) -> float | None:
+    """Peak memory of two training steps of a freshly built model, above what the model itself
+    holds: optimiser state, reused buffers and every step's temporaries (MiB)."""
+    step = make_step()
     mem = Memory(device)
     mem.reset()
-    times = []
-    for i in range(steps):
-        x = batches[(warmup + i) % len(batches)]
-        _sync(device)
-        t0 = time.perf_counter()
-        step(x)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), mem.peak_mb()
+    step(batches[0])
+    step(batches[1 % len(batches)])
+    return mem.peak_mb()
 
 
 class StepTimer(pl.Callback):
-    """Wall time between consecutive training-batch starts: everything Lightning does per step."""
+    """Times Lightning's training steps from one batch start to the next: everything the Trainer
+    does per step. Before each batch it also runs one step of `reference`, outside the timed
+    span, so that both are measured under the same machine load."""
 
-    def __init__(self, warmup: int, device: str) -> None:
-        self.warmup, self.device = warmup, device
-        self.starts: list[float] = []
+    def __init__(self, warmup: int, device: str, reference: Callable[[Tensor], None]) -> None:
+        self.warmup, self.device, self.reference = warmup, device, reference
+        self.spans: list[float] = []
+        self.reference_times: list[float] = []
+        self.peaks: list[float] = []
         self.mem = Memory(device)
-        self.peak: float | None = None
+        self.start: float | None = None
+        self.base: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.mem.reset()
+        self.base = self.mem.base  # memory before any step: the step peaks are counted from here
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _sync(self.device)
-        self.starts.append(time.perf_counter())
-        if len(self.starts) == self.warmup + 1:
-            self.mem.reset()
+        now = time.perf_counter()
+        if self.start is not None:
+            self.spans.append(now - self.start)
+            peak = self.mem.peak_mb()
+            if peak is not None:
+                self.peaks.append(peak)
+        self.reference(batch)
+        _sync(self.device)
+        self.reference_times.append(time.perf_counter() - now)
+        self.mem.reset()  # forget the reference step's peak ...
+        self.mem.base = self.base  # ... but count from the memory held before training
+        self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.peak = self.mem.peak_mb()
+    def result(self) -> tuple[float, float, float | None]:
+        """(seconds per Lightning step, seconds per reference step, peak step memory MiB)."""
+        w = self.warmup
+        peak = max(self.peaks[w:]) if self.peaks[w:] else None
+        return statistics.median(self.spans[w:]), statistics.median(self.reference_times[w:]), peak
 
-    @property
-    def seconds_per_step(self) -> float:
-        t = self.starts[self.warmup :]
-        return statistics.median(b - a for a, b in zip(t, t[1:], strict=False))
+
+class LightningRun(NamedTuple):
+    seconds: float
+    """Median wall time of a steady-state Lightning step."""
+    reference: float
+    """Median wall time of the plain reference step, run between the Lightning steps."""
+    memory: float | None
+    """Peak memory of a Lightning step above what the process held before it, MiB."""
+    fvu: float
+    """Held-out FVU of the trained SAE."""
 
 
 def lightning_run(
     arch: str, d_in: int, d_sae: int, k: int, decoder: str, batch: int, warmup: int, steps: int,
     device: str, precision: str, seed: int = 0,
-) -> tuple[float, float | None, float]:
-    """(seconds per steady-state step, peak step memory, held-out FVU) of `sae_lab.train`."""
+) -> LightningRun:
+    """`sae_lab.train` on synthetic data, timed by StepTimer next to the plain reference."""
     sae = {"architecture": arch, "d_sae": d_sae}
     if arch in ("topk", "batchtopk"):
         sae.update(k=k, decoder=decoder)
-    n_steps = warmup + steps + 1  # the last step's end is not a batch start
+    n_steps = warmup + steps + 1  # a step's end is the next batch's start
     synthetic = SyntheticConfig(d=d_in, n_features=4 * d_in, active=16, n_tokens=n_steps * batch)
-    timer = StepTimer(warmup, device)
+    torch.manual_seed(seed)
+    reference = plain_step_fn(d_in, d_sae, k, device)
+    reference(torch.randn(batch, d_in, device=device))  # its Adam state exists before training
+    timer = StepTimer(warmup, device, reference)
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = TrainConfig(
             sae=SAEConfig(**sae), data=DataConfig(synthetic=synthetic), batch_size=batch,
@@ -204,7 +262,7 @@ def lightning_run(
             device="cuda" if device == "cuda" else "cpu",
         )
         result = train(cfg, callbacks=[timer])
-    return timer.seconds_per_step, timer.peak, result.metrics["fvu"]
+    return LightningRun(*timer.result(), result.metrics["fvu"])
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -217,61 +275,64 @@ def fmt_row(
     return f"  {name:<44} {batch / sec:10,.0f} {ref / sec:7.2f}x {mem_s}{extra}"
 
 
-def throughput_table(args, device: str) -> float:
-    """Table 1; returns the reference's seconds per step at the first size (for Table 2)."""
+def throughput_table(args, device: str) -> None:
     print("\n## Table 1: TopK step throughput (tokens/s, ratio to the plain step, step memory MiB)")
-    ref_first = None
     for d_sae in args.d_sae:
         for k in args.k:
             g = torch.Generator().manual_seed(0)
             batches = [torch.randn(args.batch, args.d_in, generator=g).to(device) for _ in range(3)]
             print(f"\nd_in={args.d_in} d_sae={d_sae} k={k} batch={args.batch}")
             print(f"  {'path':<44} {'tokens/s':>10} {'ratio':>8} {'mem MiB':>8}")
-            torch.manual_seed(0)
-            ref, mem = time_steps(plain_step_fn(args.d_in, d_sae, k, device), batches,
-                                  args.warmup, args.steps, device)
-            ref_first = ref_first or ref
-            print(fmt_row("plain PyTorch TopK (reference)", ref, ref, args.batch, mem))
-            rows = [
-                ("sae_lab topk dense", "topk", "dense", 0.0),
-                ("sae_lab topk sparse", "topk", "sparse", 0.0),
-                ("sae_lab topk sparse, 10% dead (AuxK on)", "topk", "sparse", 0.1),
-                ("sae_lab batchtopk sparse", "batchtopk", "sparse", 0.0),
-            ]
-            for name, arch, decoder, dead in rows:
-                torch.manual_seed(0)
-                step = sae_lab_step_fn(arch, args.d_in, d_sae, k, decoder, device,
-                                       args.precision, dead)
-                sec, mem = time_steps(step, batches, args.warmup, args.steps, device)
-                print(fmt_row(name, sec, ref, args.batch, mem))
+            rows = {
+                "plain PyTorch TopK (reference)": ("plain", "", 0.0),
+                "sae_lab topk dense": ("topk", "dense", 0.0),
+                "sae_lab topk sparse": ("topk", "sparse", 0.0),
+                "sae_lab topk sparse, 10% dead (AuxK on)": ("topk", "sparse", 0.1),
+                "sae_lab batchtopk sparse": ("batchtopk", "sparse", 0.0),
+            }
+            factories = {
+                name: partial(make_step, arch, args.d_in, d_sae, k, decoder, device,
+                              args.precision, dead)
+                for name, (arch, decoder, dead) in rows.items()
+            }
+            steps = {name: make() for name, make in factories.items()}
+            seconds = time_interleaved(steps, batches, args.warmup, args.steps, device)
+            del steps
+            ref = seconds["plain PyTorch TopK (reference)"]
+            for name, make in factories.items():
+                print(fmt_row(name, seconds[name], ref, args.batch,
+                              step_memory(make, batches, device)))
             if not args.no_lightning:
-                sec, mem, _ = lightning_run("topk", args.d_in, d_sae, k, "sparse", args.batch,
-                                            args.warmup + 1, args.steps, device, args.precision)
-                print(fmt_row("sae_lab topk sparse, full Lightning path", sec, ref, args.batch,
-                              mem))
-    return ref_first
+                run = lightning_run("topk", args.d_in, d_sae, k, "sparse", args.batch,
+                                    args.warmup + 1, args.steps, device, args.precision)
+                print(fmt_row("sae_lab topk sparse, full Lightning path *", run.seconds,
+                              run.reference, args.batch, run.memory))
+                print(f"  * ratio to the reference run between its steps "
+                      f"({args.batch / run.reference:,.0f} tokens/s)")
 
 
-def architecture_table(args, device: str, ref: float) -> None:
+def architecture_table(args, device: str) -> None:
     d_sae, k = args.d_sae[0], args.k[0]
-    print(f"\n## Table 2: every architecture, full Lightning path, d_in={args.d_in} "
-          f"d_sae={d_sae} k={k} batch={args.batch}, {args.arch_steps} steps on synthetic data")
-    print(f"  {'architecture':<44} {'tokens/s':>10} {'ratio':>8} {'mem MiB':>8} {'val FVU':>9}")
+    print(f"\n## Table 2: every architecture through the full Lightning path, d_in={args.d_in} "
+          f"d_sae={d_sae} k={k} batch={args.batch}, {args.arch_steps} steps on synthetic data;\n"
+          "## each ratio is to the plain reference run between that architecture's steps")
+    print(f"  {'architecture':<44} {'tokens/s':>10} {'ratio':>8} {'mem MiB':>8} {'ref tok/s':>10}"
+          f" {'val FVU':>8}")
     runs = [("relu", "dense"), ("topk", "sparse"), ("topk", "dense"), ("batchtopk", "sparse"),
             ("batchtopk", "dense"), ("gated", "dense"), ("jumprelu", "dense")]
     fvu = {}
     for arch, decoder in runs:
         warm = 2
-        sec, mem, fvu[arch, decoder] = lightning_run(
-            arch, args.d_in, d_sae, k, decoder, args.batch, warm, args.arch_steps - warm,
-            device, args.precision,
-        )
+        run = lightning_run(arch, args.d_in, d_sae, k, decoder, args.batch, warm,
+                            args.arch_steps - warm, device, args.precision)
+        fvu[arch, decoder] = run.fvu
         name = arch + (f" ({decoder} decoder)" if arch in ("topk", "batchtopk") else "")
-        print(fmt_row(name, sec, ref, args.batch, mem, f" {fvu[arch, decoder]:9.4f}"))
+        extra = f" {args.batch / run.reference:10,.0f} {run.fvu:8.4f}"
+        print(fmt_row(name, run.seconds, run.reference, args.batch, run.memory, extra))
     for arch in ("topk", "batchtopk"):
         dense, sparse = fvu[arch, "dense"], fvu[arch, "sparse"]
-        print(f"  {arch}: held-out FVU sparse {sparse:.4f} vs dense {dense:.4f} "
-              f"(relative difference {abs(sparse - dense) / dense:.2%})")
+        print(f"  {arch}: held-out FVU after {args.arch_steps} steps, sparse {sparse:.4f} vs "
+              f"dense {dense:.4f} (relative difference {abs(sparse - dense) / dense:.2%})")
 
 
 def main() -> None:
@@ -283,7 +344,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    p.add_argument("--arch-steps", type=int, default=None, help="Table 2 steps (default 20)")
+    p.add_argument("--arch-steps", type=int, default=None, help="Table 2 steps (default 12)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32",
                    help="bf16-mixed: autocast on CUDA (ignored on CPU)")
@@ -293,7 +354,7 @@ def main() -> None:
     args.d_sae = args.d_sae or ([6144] if args.quick else [6144, 24576])
     args.k = args.k or ([32] if args.quick else [32, 128])
     args.steps = args.steps or (3 if args.quick else 5)
-    args.arch_steps = args.arch_steps or (6 if args.quick else 20)
+    args.arch_steps = args.arch_steps or (6 if args.quick else 12)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         args.precision = "32"
@@ -304,9 +365,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"precision {args.precision}, load average {load:.2f}")
     start = time.perf_counter()
-    ref = throughput_table(args, device)
+    throughput_table(args, device)
     if not (args.skip_architectures or args.no_lightning):
-        architecture_table(args, device, ref)
+        architecture_table(args, device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; load average at the end {load:.2f}")
 
