@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 COMMANDS = [
     "sae_lab.data.harvest:add_harvest_parser",
     "sae_lab.cli:add_train_parser",
+    "sae_lab.sweep.cli:add_parser",
     "sae_lab.evaluate:add_eval_parser",
     "sae_lab.export:add_export_parser",
     "sae_lab.analysis.browser:add_inspect_parser",
