@@ -28,7 +28,7 @@ import random
 import sys
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +197,8 @@ def run_sweep_or_resume(sweep: Any, out: Path, verbose: int = 0) -> tuple[list[d
 
     recorded = out / "sweep.yaml"
     if recorded.is_file() and yaml.safe_load(recorded.read_text()) != sweep.to_dict():
-        raise ConfigError(f"{out} holds a different sweep (see {recorded}); choose another "
-                          "output directory or delete it")
+        raise ConfigError(f"{out} holds a different sweep (see {recorded}); delete {out} to "
+                          "run this one in its place, or choose another output directory")
     if sweep_finished(out):
         return read_results(out / "results.csv"), "reused"
     from ray.tune import Tuner
@@ -393,23 +393,42 @@ def tiny_causal_lm(text: str | os.PathLike, out: str | os.PathLike, vocab_size: 
 # --- the demo ----------------------------------------------------------------------------------
 
 
-def _check_settings(cfg: DemoConfig, out: Path) -> None:
-    """The output directory remembers the settings that made it; a mismatch is an error (a
-    resumed harvest or sweep must continue the same job)."""
+HARVEST_SETTINGS = ("model", "text", "layer", "tokens", "shard_rows", "ctx_len")
+
+
+def _check_settings(cfg: DemoConfig, out: Path, record: bool = False) -> None:
+    """OUT/demo.json remembers the harvest that fills OUT/shards (written once it is complete);
+    a demo with another one in the same directory is an error naming the difference. (The sweep
+    checks its own: OUT/sweep/sweep.yaml.)"""
     path = out / "demo.json"
-    mine = {k: v for k, v in asdict(cfg).items() if k not in ("out", "browser_latents")}
+    mine = {k: getattr(cfg, k) for k in HARVEST_SETTINGS}
     if path.is_file():
         theirs = json.loads(path.read_text())
         diff = [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items()
                 if theirs.get(k) != v]
         if diff:
-            raise ValueError(f"{out} was made by a demo with other settings ({'; '.join(diff)}); "
+            raise ValueError(f"{out} holds a demo with other settings ({'; '.join(diff)}); "
                              "use another --out, or delete it to start over")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".demo.json.tmp")
-    tmp.write_text(json.dumps(mine, indent=2) + "\n")
-    os.replace(tmp, path)
+    elif record:
+        tmp = path.with_name(".demo.json.tmp")
+        tmp.write_text(json.dumps(mine, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def _check_inputs(cfg: DemoConfig) -> None:
+    """Mistakes that would otherwise surface only after the model has loaded."""
+    from sae_lab.data.text import LOCAL_BUILDERS
+
+    if cfg.text is not None:
+        text = Path(cfg.text)
+        if not text.is_file():
+            raise FileNotFoundError(f"--text {cfg.text}: no such file")
+        if text.suffix.lower() not in LOCAL_BUILDERS:
+            raise ValueError(f"--text {cfg.text}: unsupported file type {text.suffix!r}; use "
+                             f"one of {sorted(LOCAL_BUILDERS)}")
+    model = cfg.model
+    if model and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"--model {model}: no such directory")
 
 
 class _Clock:
@@ -437,12 +456,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Trials checkpoint every few seconds on this small job; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if cfg.text is not None and not Path(cfg.text).is_file():
-        raise FileNotFoundError(f"--text {cfg.text}: no such file")
+    _check_inputs(cfg)
     shards = out / "shards" / f"layer_{cfg.layer}"
-    # Validate the sweep before any work (it needs the shards' d_in only when it runs).
+    # Read the sweep before any work (checks needing the shards' d_in come when it runs).
     load_sweep(cfg.sweep, cfg.sweep_overrides, shards=str(shards))
     _check_settings(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     total = 5
 
@@ -468,6 +487,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
             ctx_len=cfg.ctx_len, batch_size=32, max_tokens=cfg.tokens, dtype="float16",
             device="cpu", shard_rows=cfg.shard_rows, block_rows=min(4096, cfg.shard_rows),
         ))
+    _check_settings(cfg, out, record=True)
     manifest = read_manifest(shards)
     if len(manifest["shards"]) < 2:
         raise ValueError(f"the corpus {corpus} gave only {manifest['tokens']} tokens: one "
