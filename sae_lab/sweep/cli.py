@@ -36,47 +36,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def main(args: argparse.Namespace) -> int:
-    from sae_lab.sae.config import ConfigError
+def main(args: argparse.Namespace) -> None:
+    """Run (or --check) the sweep. Bad input raises ConfigError/FileNotFoundError naming the
+    culprit; a sweep stopped with unfinished trials raises KeyboardInterrupt (exit code 130)."""
     from sae_lab.sweep.space import load_sweep, validate
 
-    try:
-        sweep = load_sweep(args.config, args.set, args.shards)
-        out = args.out or f"runs/sweeps/{sweep.name}"
-        if args.check:
-            d_ins = validate(sweep)
-            for arch in sweep.architectures:
-                keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
-                print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
-            print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
-                  f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
-            return 0
-        from sae_lab.sweep.run import run_sweep
+    sweep = load_sweep(args.config, args.set, args.shards)
+    out = args.out or f"runs/sweeps/{sweep.name}"
+    if args.check:
+        d_ins = validate(sweep)
+        for arch in sweep.architectures:
+            keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
+            print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
+        print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
+              f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
+        return
+    from sae_lab.sweep.run import run_sweep
 
-        rows = run_sweep(sweep, out, address=args.address, resume=args.resume,
-                         verbose=0 if args.quiet else 1)
-    except (ConfigError, FileNotFoundError) as e:
-        msg = str(e) if str(e).startswith(str(args.config)) else f"{args.config}: {e}"
-        print(f"sae-lab sweep: error: {msg}", file=sys.stderr)
-        return 2
-    print(summary(rows, sweep.metric, out))
-    return 130 if any(r["status"] == "unfinished" for r in rows) else 0
+    rows = run_sweep(sweep, out, address=args.address, resume=args.resume,
+                     verbose=0 if args.quiet else 1)
+    print(summary(rows, out))
+    unfinished = sum(r["status"] == "unfinished" for r in rows)
+    if unfinished:
+        raise KeyboardInterrupt(f"{unfinished} trial(s) unfinished; continue with: sae-lab sweep "
+                                f"{args.config} --resume --out {out}")
 
 
-def summary(rows: list[dict], metric: str, out: str) -> str:
+def summary(rows: list[dict], out: str) -> str:
     counts = Counter(r["status"] for r in rows)
     lines = [f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
     for r in rows:
         if r["status"] == "failed":
             lines.append(f"  failed {r['trial']}: {r['error']}")
-    if counts.get("unfinished"):
-        lines.append(f"interrupted: continue with --resume --out {out}")
     lines.append(f"results: {out}/results.csv, {out}/pareto.png, best checkpoints in {out}/best/")
     return "\n".join(lines)
 
 
 def _standalone(argv: list[str] | None = None) -> int:
+    """`python -m sae_lab.sweep ...`, with the exit codes of `sae-lab sweep`."""
+    from sae_lab.sae.config import ConfigError
+
     parser = argparse.ArgumentParser(prog="python -m sae_lab.sweep")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"sae-lab sweep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"sae-lab sweep: interrupted. {e}", file=sys.stderr)
+        return 130
+    return 0

@@ -12,12 +12,14 @@ retried or interrupted trial) and the SAE with input normalisation folded in (to
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,9 @@ import yaml
 from ray.tune import Callback
 
 from sae_lab.sae.config import ConfigError
+from sae_lab.sweep.scheduler import architecture_of, build_scheduler
 from sae_lab.sweep.space import (
     SweepConfig,
-    build_scheduler,
     build_search_alg,
     check_resources,
     objective,
@@ -64,8 +66,9 @@ class TuneReport(pl.Callback):
         self.wall_start = time.monotonic() - (restored["wall_time_s"] if restored else 0.0)
 
     def metrics(self, val: dict[str, float], d_in: int, tokens: float) -> dict[str, Any]:
-        m = {k: float(val[k]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
-        m["objective"] = objective(m["fvu"], m["l0"], d_in, self.l0_weight)
+        # Tune's status table shows the first four keys
+        m = {"objective": objective(float(val["fvu"]), float(val["l0"]), d_in, self.l0_weight)}
+        m.update({k: float(val[k]) for k in ("fvu", "l0", "mse", "l1", "dead_frac")})
         m["tokens"] = float(tokens)
         m["wall_time_s"] = time.monotonic() - self.wall_start  # across restores of this trial
         return {**m, **self.info}
@@ -80,7 +83,7 @@ class TuneReport(pl.Callback):
         val = {k: float(cm[f"val/{k}"]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
         metrics = self.metrics(val, pl_module.sae.d_in, tokens)
         with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
-            trainer.save_checkpoint(Path(tmp) / TRAINER_CKPT)
+            trainer.save_checkpoint(Path(tmp) / TRAINER_CKPT, weights_only=False)
             _save_sae(pl_module.export_sae(), Path(tmp), metrics)
             _report(metrics, tmp)
         self.last_tokens = tokens
@@ -116,6 +119,11 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     from sae_lab.train.run import train
 
+    # Per-trial banners (Lightning's "GPU available", tips; a line per checkpoint) from every
+    # trial would drown Tune's status table.
+    for name in ("pytorch_lightning", "lightning_fabric", "ray.train._internal.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     spec = sweep_from_dict(sweep)
     arch, values = trial_values(spec, config)
     cfg = spec.train_config(arch, values)
@@ -166,6 +174,9 @@ def run_sweep(
 
     out = Path(out).resolve()
     validate(sweep)
+    # num_to_keep=1 makes Tune snapshot its state at every checkpoint (what keeps --resume exact);
+    # with frequent validations it warns about exactly that.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exp_dir = out / EXPERIMENT
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -235,9 +246,7 @@ def _run_config(sweep: SweepConfig, out: Path, verbose: int):
 
 
 def trial_name(trial: Any) -> str:
-    config = trial.config
-    arch = config["trial"]["architecture"] if "trial" in config else config.get("architecture")
-    return f"{arch}_{trial.trial_id}"
+    return f"{architecture_of(trial.config)}_{trial.trial_id}"
 
 
 def _record_spec(sweep: SweepConfig, out: Path, resume: bool) -> None:

@@ -103,10 +103,10 @@ class ObjectiveConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Early stopping: ASHA (Li et al. 2020, arXiv 1810.05934) on `metric`, or none."""
+    """Early stopping: ASHA on `metric` within each architecture (sae_lab.sweep.scheduler)."""
 
     type: Literal["asha", "none"] = "asha"
-    """asha: stop trials whose metric is in the worst part of a rung; none: run every trial out."""
+    """asha: stop trials in the worst part of their architecture's rung; none: run all out."""
     grace_tokens: int = 0
     """Training tokens before a trial can be stopped; 0 means max_tokens // 4."""
     reduction_factor: float = 2.0
@@ -170,6 +170,7 @@ class SweepConfig:
             self.scheduler = build(SchedulerConfig, self.scheduler, "scheduler")
         if isinstance(self.resources, dict):
             self.resources = build(ResourcesConfig, self.resources, "resources")
+        self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
         _check_fields(self)
 
@@ -343,6 +344,20 @@ def _base_config(sweep: SweepConfig) -> TrainConfig:
         raise ConfigError(f"base: {e}") from None
 
 
+def _absolute_data_paths(base: Any) -> Any:
+    """Trials run in Tune's own working directories: pin relative data paths to the directory
+    the sweep was launched from."""
+    data = base.get("data") if isinstance(base, dict) else None
+    if not isinstance(data, dict):
+        return base
+    data = dict(data)
+    for key in ("shards", "npy"):
+        value = data.get(key)
+        if isinstance(value, (str, Path)) and "://" not in str(value):
+            data[key] = str(Path(value).expanduser().resolve())
+    return {**base, "data": data}
+
+
 def _set_path(d: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = d
@@ -415,6 +430,7 @@ def validate(sweep: SweepConfig, d_in: int | None = None) -> dict[str, int]:
             _check_schedule(sweep, cfg, where)
             d_ins[arch] = width
     _check_ranking(sweep)
+    _check_repeats(sweep)
     if sweep.search == "grid":
         for arch, params in sweep.params.items():
             for key, p in params.items():
@@ -480,22 +496,32 @@ def grace_tokens(sweep: SweepConfig, cfg: TrainConfig) -> int:
 
 
 def _check_ranking(sweep: SweepConfig) -> None:
-    """Ranking raw FVU/MSE across different L0 favours the densest SAE; allow it only when
-    every trial has the same L0 by construction (k-architectures sharing one k)."""
+    """Ranking raw FVU/MSE across different L0 favours the densest SAE. ASHA compares trials
+    within an architecture, so allow it only where every trial of an architecture has the same
+    L0 by construction (TopK/BatchTopK with a single k)."""
     if sweep.scheduler.type != "asha" or sweep.metric not in ("fvu", "mse", "l1"):
         return
-    ks = set()
     for arch in sweep.architectures:
-        if arch not in K_ARCHITECTURES:
-            ks.add(None)
-            break
-        for values in corners(sweep.params[arch]):
-            ks.add(sweep.train_config(arch, values).sae.k)
-    if len(ks) != 1 or None in ks:
-        raise ConfigError(
-            f"metric: {sweep.metric} with scheduler: asha would stop the sparser trials first "
-            "(trials here differ in L0); use metric: objective, or scheduler: none"
-        )
+        ks = {sweep.train_config(arch, v).sae.k for v in corners(sweep.params[arch])}
+        if arch not in K_ARCHITECTURES or len(ks) > 1:
+            raise ConfigError(
+                f"metric: {sweep.metric} with scheduler: asha would stop the sparser {arch} "
+                "trials first (their L0 differs); use metric: objective, or scheduler: none"
+            )
+
+
+def _check_repeats(sweep: SweepConfig) -> None:
+    """num_samples > 1 over a space with nothing random would train identical SAEs."""
+    if sweep.num_samples == 1 or sweep.search == "optuna":
+        return
+    for arch, params in sweep.params.items():
+        if all(p.kind in ("constant", "grid") or (p.kind == "choice" and sweep.search == "grid")
+               for p in params.values()):
+            raise ConfigError(
+                f"space.{arch}: only fixed or grid values, so num_samples={sweep.num_samples} "
+                "would repeat identical trials; add a random parameter (e.g. lr: {loguniform: "
+                "[...]}, or seed: {choice: [0, 1]}) or set num_samples: 1"
+            )
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -557,23 +583,6 @@ def build_search_alg(sweep: SweepConfig):
                 trial.suggest_float(name, p.values[0], p.values[1], log=p.kind == "loguniform")
 
     return OptunaSearch(space=define, seed=sweep.seed)  # metric, mode: from TuneConfig
-
-
-def build_scheduler(sweep: SweepConfig):
-    """ASHA with tokens seen as its clock, or None (run every trial to the end)."""
-    if sweep.scheduler.type == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    cfgs = [sweep.train_config(a, v) for a in sweep.architectures
-            for v in corners(sweep.params[a])]
-    max_t = max(c.max_steps * c.batch_size for c in cfgs)
-    grace = min(grace_tokens(sweep, c) for c in cfgs)
-    # metric and mode come from TuneConfig (Tune refuses them twice)
-    return ASHAScheduler(
-        time_attr="tokens", max_t=max_t, grace_period=grace,
-        reduction_factor=sweep.scheduler.reduction_factor, brackets=sweep.scheduler.brackets,
-    )
 
 
 def check_resources(sweep: SweepConfig, nodes: list[dict[str, float]]) -> None:
