@@ -67,7 +67,9 @@ def test_runs_end_to_end(tmp_path, kernel_name):
     out = run_dir / "runs" / "quickstart"
     assert "'tokens': 8192" in outputs and "latents per token: 32.0 of 3072" in outputs
     assert (out / "topk" / "final" / "cfg.json").is_file()
-    for arch in ("relu", "topk", "jumprelu"):
+    from sae_lab.sweep.space import load_sweep
+
+    for arch in load_sweep("demo.yaml").architectures:
         assert (out / "sweep" / "best" / arch).is_dir()
         assert (out / "exports" / arch / "cfg.json").is_file()
     assert (out / "browser" / "index.html").is_file()
