@@ -559,7 +559,7 @@ def trial_values(sweep: SweepConfig, config: dict[str, Any]) -> tuple[str, dict[
 
 
 def build_search_alg(sweep: SweepConfig):
-    """None for Tune's built-in random/grid generator; OptunaSearch (TPE) for `optuna`."""
+    """Tune's built-in random/grid generator, or OptunaSearch (TPE) for `optuna`."""
     if sweep.search != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -571,18 +571,30 @@ def build_search_alg(sweep: SweepConfig):
         raise ConfigError("search: optuna needs the optional extra: pip install "
                           "'sae-lab[optuna]'") from None
 
-    def define(trial) -> None:  # define-by-run: each architecture keeps its own distributions
-        arch = trial.suggest_categorical("architecture", list(sweep.architectures))
-        for key, p in sweep.params[arch].items():
+    # With a define-by-run space (and an empty param_space) Tune never hands TuneConfig's
+    # metric and mode to the searcher, so it gets them here.
+    space = OptunaSpace(list(sweep.architectures), sweep.params)
+    return OptunaSearch(space=space, metric=sweep.metric, mode=sweep.mode, seed=sweep.seed)
+
+
+class OptunaSpace:
+    """Define-by-run space: the architecture first, then only its own parameters, each under
+    its own name so TPE models every architecture separately. A class, not a closure, because
+    Tune pickles the searcher with its state."""
+
+    def __init__(self, architectures: list[str], params: dict[str, dict[str, Param]]) -> None:
+        self.architectures, self.params = architectures, params
+
+    def __call__(self, trial: Any) -> None:
+        arch = trial.suggest_categorical("architecture", self.architectures)
+        for key, p in self.params[arch].items():
             name = f"{arch}:{key}"
             if p.kind in ("choice", "grid"):
                 trial.suggest_categorical(name, list(p.values))
-            elif p.integer and p.kind != "constant":
+            elif p.kind != "constant" and p.integer:
                 trial.suggest_int(name, p.values[0], p.values[1], log=p.kind == "loguniform")
             elif p.kind != "constant":
                 trial.suggest_float(name, p.values[0], p.values[1], log=p.kind == "loguniform")
-
-    return OptunaSearch(space=define, seed=sweep.seed)  # metric, mode: from TuneConfig
 
 
 def check_resources(sweep: SweepConfig, nodes: list[dict[str, float]]) -> None:
