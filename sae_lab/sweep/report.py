@@ -53,7 +53,10 @@ def collect_rows(grid: Any, sweep: SweepConfig, out: Path) -> tuple[list[dict], 
         trial = Path(result.path).name
         state = trials.get(trial)
         # a trial that never reported (queued when the sweep was stopped) has no result.config
-        arch, values = trial_values(sweep, result.config or state.config)
+        config = result.config or (state.config if state else None)
+        if not config:
+            continue
+        arch, values = trial_values(sweep, config)
         cfg = sweep.train_config(arch, values)
         cls = ARCHITECTURES[arch]
         m = result.metrics or {}
@@ -73,12 +76,18 @@ def collect_rows(grid: Any, sweep: SweepConfig, out: Path) -> tuple[list[dict], 
         row["node"] = m.get("node", NA)
         row["hostname"] = m.get("hostname", NA)
         ckpt = result.checkpoint
-        row["checkpoint"] = os.path.relpath(ckpt.path, out) if ckpt else NA
+        row["checkpoint"] = _relative(ckpt.path, out) if ckpt else NA
         if ckpt:
             checkpoints[trial] = ckpt
         rows.append(row)
     rows.sort(key=lambda r: (r["architecture"], r["trial"]))
     return rows, checkpoints
+
+
+def _relative(path: str, out: Path) -> str:
+    """A checkpoint path relative to the output directory when it lies under it (local)."""
+    p = Path(path)
+    return str(p.relative_to(out)) if p.is_relative_to(out) else path
 
 
 def _trials(grid: Any) -> dict[str, Any]:
