@@ -173,6 +173,36 @@ def restore_previous_output(out: Path) -> None:
         return
 
 
+def _saes_in(best: Path) -> bool:
+    return best.is_dir() and any(p.is_dir() and not p.name.startswith(("frontier_", "."))
+                                 for p in best.iterdir())
+
+
+def partial_best(sweep_dir: Path, metric: str, mode: str) -> Path | None:
+    """When the budget stopped the sweep before any trial finished: the latest checkpoint of
+    each architecture's best trial so far (by `metric`), copied to OUT/partial_best/<arch>/ with a
+    summary.json like best/'s. None when no trial has reported yet."""
+    import json
+
+    from sae_lab.demo import read_results
+
+    path = sweep_dir / "results.csv"
+    rows = [r for r in read_results(path) if r["checkpoint"] != "n/a"
+            and isinstance(r.get(metric), float)] if path.is_file() else []
+    if not rows:
+        return None
+    target = sweep_dir.parent / "partial_best"
+    shutil.rmtree(target, ignore_errors=True)
+    sign = 1 if mode == "min" else -1
+    summary = {}
+    for arch in sorted({r["architecture"] for r in rows}):
+        row = min((r for r in rows if r["architecture"] == arch), key=lambda r: sign * r[metric])
+        shutil.copytree(sweep_dir / row["checkpoint"] / "sae", target / arch)
+        summary[arch] = row
+    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return target
+
+
 def middle_layer(model: str) -> int:
     from transformers import AutoConfig
 
@@ -263,9 +293,13 @@ def run(args: argparse.Namespace) -> int:
     best = out / "sweep" / "best"
     if (out / "sweep" / "results.csv").is_file():
         print(results_table(read_results(out / "sweep" / "results.csv"), sweep.metric))
-    if not (best / "summary.json").is_file():
-        print("no finished trial to export yet; run again to continue")
-        return 130 if budget.fired else 1
+    if not _saes_in(best):
+        best = partial_best(out / "sweep", sweep.metric, sweep.mode)
+        if best is None:
+            print("no trial has reported yet: nothing to export; run again to continue")
+            return 130 if budget.fired else 1
+        print(f"no trial has finished yet: exporting each architecture's best unfinished trial "
+              f"at its latest checkpoint ({best})")
     print("\n== held-out metrics and SAELens exports", flush=True)
     print(heldout_table(export_best(best, str(shards), out, val_shards)))
     winner = best_overall(best, sweep.metric, sweep.mode)
@@ -279,7 +313,10 @@ def run(args: argparse.Namespace) -> int:
         ns = build_parser().parse_args(cli)
         ns.func(ns)
     print(f"\nresults: {out / 'sweep' / 'results.csv'}, {out / 'sweep' / 'pareto.png'}\n"
-          f"exports (SAELens): {out / 'exports'}\nfeature browser: {out / 'browser'}")
+          f"checkpoints (sae_lab.load): {best}\nexports (SAELens): {out / 'exports'}\n"
+          f"held-out metrics: {out / 'eval'}")
+    if winner is not None:
+        print(f"feature browser: {out / 'browser' / 'index.html'}")
     if budget.fired:
         print("the budget ran out before the sweep finished: run again to continue")
         return 130
