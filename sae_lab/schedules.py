@@ -15,7 +15,8 @@ def k_at_step(step: int, k: int, k_start: int, steps: int, shape: str = "linear"
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_start: float) -> float:
-    """Linear warm-up, constant, then linear decay to 0 over the last (1 - decay_start) of training."""
+    """Linear warm-up, constant, then linear decay to 0 over the last (1 - decay_start) of the
+    steps."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     start = int(decay_start * total_steps)

@@ -163,7 +163,8 @@ def test_k_schedule_start_middle_end():
     assert k_at_step(500, 32, 128, 100, "linear") == 32
     assert k_at_step(0, 32, 128, 100, "cosine") == 128
     assert k_at_step(50, 32, 128, 100, "cosine") == 80
-    assert k_at_step(25, 32, 128, 100, "cosine") == round(32 + 96 * 0.5 * (1 + math.cos(math.pi / 4)))
+    quarter = round(32 + 96 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert k_at_step(25, 32, 128, 100, "cosine") == quarter
     assert k_at_step(100, 32, 128, 100, "cosine") == 32
     sae = make("topk", k=4, k_start=16, k_schedule_steps=10)
     assert sae.current_k(0) == 16 and sae.current_k(10) == 4
@@ -235,3 +236,30 @@ def test_field_that_does_not_apply_is_an_error():
         ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=8, k=4))
     with pytest.raises(ConfigError, match=r"sae\.bandwidth"):
         ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=8, bandwidth=0.5))
+
+
+def test_jumprelu_thresholds_get_their_own_learning_rate():
+    sae = make("jumprelu", threshold_lr_scale=7.0)
+    groups = sae.param_groups(1e-3)
+    by_lr = {g["lr"]: g["params"] for g in groups}
+    assert by_lr[7e-3] == [sae.log_threshold]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in sae.parameters()
+    )
+    relu = make("relu")
+    assert [g["lr"] for g in relu.param_groups(1e-3)] == [1e-3]
+
+
+def test_lr_and_sparsity_warmup_schedules():
+    from sae_lab.schedules import lr_factor, warmup_factor
+
+    assert lr_factor(0, 10, 100, 0.8) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.8) == 1.0
+    assert lr_factor(50, 10, 100, 0.8) == 1.0
+    assert lr_factor(90, 10, 100, 0.8) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100, 0.8) == 0.0
+    assert lr_factor(90, 10, 100, 1.0) == 1.0  # no decay
+    assert warmup_factor(0, 100) == 0.0
+    assert warmup_factor(25, 100) == 0.25
+    assert warmup_factor(500, 100) == 1.0
+    assert warmup_factor(0, 0) == 1.0

@@ -169,3 +169,9 @@ def test_resume_from_last_checkpoint_continues(tmp_path):
     longer = TrainConfig.from_dict({**cfg.to_dict(), "max_tokens": 256 * 30})
     resumed = train(longer, ckpt_path=first.out_dir / "checkpoints" / "last.ckpt")
     assert resumed.metrics["tokens"] == 256 * 30
+
+
+def test_save_checkpoints_off_leaves_no_checkpoint_files(tmp_path):
+    result = train(tiny(tmp_path, save_checkpoints=False))
+    assert not (result.out_dir / "checkpoints").exists()
+    assert (result.out_dir / "final" / "cfg.json").is_file()

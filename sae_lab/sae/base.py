@@ -99,6 +99,11 @@ class SAE(nn.Module):
         """Loss and its named parts on a batch; `sparsity_scale` in [0, 1] warms lambda up."""
         raise NotImplementedError
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; an architecture whose extras need their own learning rate
+        splits them off here."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def extra_metrics(self, step: int) -> dict[str, float]:
         """Scalars worth logging besides the loss parts (current k, threshold, ...)."""
         return {}

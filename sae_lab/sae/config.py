@@ -59,6 +59,8 @@ class SAEConfig:
     """jumprelu: kernel bandwidth epsilon of the straight-through estimators."""
     threshold_init: float = 0.5
     """jumprelu: initial threshold of every latent."""
+    threshold_lr_scale: float = 10.0
+    """jumprelu: learning rate of log_threshold as a multiple of lr."""
 
     def __post_init__(self) -> None:
         from sae_lab.sae.registry import ARCHITECTURES
@@ -79,6 +81,7 @@ class SAEConfig:
         _require(self, "threshold_momentum", 0 <= self.threshold_momentum < 1, "in [0, 1)")
         _require(self, "bandwidth", self.bandwidth > 0, "> 0")
         _require(self, "threshold_init", self.threshold_init > 0, "> 0")
+        _require(self, "threshold_lr_scale", self.threshold_lr_scale > 0, "> 0")
         for name in ("k_schedule", "decoder", "dtype"):
             allowed = _literal_choices(name)
             _require(self, name, getattr(self, name) in allowed, f"one of {allowed}")

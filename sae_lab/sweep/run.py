@@ -130,6 +130,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # Tune's per-trial working directory: TensorBoard logs written here are synced to the
     # sweep's output directory with every checkpoint (SyncConfig(sync_artifacts=True)).
     cfg.out_dir = os.getcwd()
+    cfg.save_checkpoints = False  # Tune keeps the trial's checkpoints (TuneReport)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     info = {
         "architecture": arch,

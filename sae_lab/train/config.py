@@ -128,6 +128,8 @@ class TrainConfig:
     """Seed of initialisation and data order."""
     out_dir: str = "runs/sae"
     """Output directory: TensorBoard logs, checkpoints, the final SAE in final/."""
+    save_checkpoints: bool = True
+    """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
 

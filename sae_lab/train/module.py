@@ -107,7 +107,7 @@ class SAEModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        opt = torch.optim.Adam(self.sae.param_groups(cfg.lr), lr=cfg.lr, betas=cfg.adam_betas)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_decay_start)
         )

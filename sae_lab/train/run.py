@@ -102,10 +102,10 @@ def train(
         module.initialise(first_batch(dm))
     accelerator = _accelerator(cfg)
     precision = cfg.precision if accelerator == "gpu" else "32-true"
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min", save_last=True,
-        filename="best-{step}",
-    )
+    checkpoints = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
+                        save_last=True, filename="best-{step}")
+    ] if cfg.save_checkpoints else []
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -117,7 +117,8 @@ def train(
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.grad_clip or None,
         logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[*checkpoints, *callbacks],
+        enable_checkpointing=cfg.save_checkpoints,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_steps,
