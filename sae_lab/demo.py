@@ -265,13 +265,15 @@ class TrialProgress:
 
 
 def quiet_ray(num_cpus: int | None = None) -> None:
-    """Start Ray without the dashboard and without trial workers' logs on our console (each
-    trial writes its own TensorBoard logs; Tune's status table is enough here)."""
+    """Start a Ray instance of our own (address="local": never attach to a cluster some other
+    job left running on this machine, which may even run another Python), without the
+    dashboard and without trial workers' logs on our console (each trial writes its own
+    TensorBoard logs)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=num_cpus,
-                 logging_level=logging.ERROR)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 num_cpus=num_cpus, logging_level=logging.ERROR)
 
 
 def results_table(rows: list[dict[str, Any]], metric: str = "objective") -> str:
