@@ -17,7 +17,7 @@ sweep/ folder is copied back into /kaggle/working first.
     smoke test: python kaggle/sae_lab_kaggle.py --smoke --out /tmp/kaggle_smoke
                 (CPU, a tiny random GPT-2 built from config, a local text file, about a minute)
 
-This file is all Kaggle receives: it installs sae_lab itself (from --repo, a git URL, else PyPI).
+This file is all Kaggle receives: it installs sae_lab itself, from the git URL in REPO below.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ import time
 from pathlib import Path
 
 REPO = os.environ.get("SAE_LAB_REPO", "")
-"""Git URL of sae_lab to install on Kaggle (set this, or pass --repo, to use your fork); empty:
-`pip install sae-lab` from PyPI."""
+"""Git URL of the sae_lab to install on Kaggle: set it here before `kaggle kernels push` (a
+Kaggle script gets no command-line flags), or pass --repo / set SAE_LAB_REPO elsewhere."""
 KAGGLE_WORKING = Path("/kaggle/working")
 ON_KAGGLE = KAGGLE_WORKING.is_dir() and bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
 SWEEP = "kaggle_t4x2.yaml"
 DATASET = "HuggingFaceFW/fineweb-edu"
+DATASET_NAME = "sample-10BT"
 SMOKE_SWEEP = [
     "resources.gpus=0", "resources.cpus=1", "max_concurrent=2", "num_samples=1",
     "base.device=cpu", "base.batch_size=512", "base.max_tokens=4096", "base.val_every_steps=4",
@@ -57,16 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(e.g. gpt2)")
     p.add_argument("--dataset", help="Hub dataset id, or a local .txt/.jsonl/.parquet file "
                    f"(default: {DATASET}; with --smoke: the standard library's docstrings)")
-    p.add_argument("--dataset-name", default="sample-10BT", help="Hub dataset configuration")
-    p.add_argument("--split", default="train")
-    p.add_argument("--text-column", default="text")
+    p.add_argument("--dataset-name", help="Hub dataset configuration (default: "
+                   f"{DATASET_NAME} for {DATASET}, else none)")
+    p.add_argument("--split", default="train", help="Hub dataset split")
+    p.add_argument("--text-column", default="text", help="column holding the text")
     p.add_argument("--layer", type=int, default=-1, help="layer to harvest; -1: the middle one")
     p.add_argument("--tokens", type=int, default=8_000_000, help="tokens to harvest")
-    p.add_argument("--ctx-len", type=int, default=256)
-    p.add_argument("--harvest-batch-size", type=int, default=32)
+    p.add_argument("--ctx-len", type=int, default=256, help="tokens per window")
+    p.add_argument("--harvest-batch-size", type=int, default=32, help="windows per forward")
     p.add_argument("--model-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype the model runs in while harvesting (T4s have no fast bfloat16)")
-    p.add_argument("--shard-rows", type=int, default=65_536)
+    p.add_argument("--shard-rows", type=int, default=65_536, help="rows per shard")
     p.add_argument("--sweep", default=SWEEP, help="sweep YAML: a path or a name in sweeps/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep field (repeatable)")
@@ -79,9 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wall-clock budget of this run, under Kaggle's 12 h session limit")
     p.add_argument("--reserve-minutes", type=float, default=20.0,
                    help="stop the sweep this long before the budget ends, to export")
-    p.add_argument("--browser-latents", type=int, default=256)
+    p.add_argument("--browser-latents", type=int, default=256,
+                   help="latents in the feature browser")
     p.add_argument("--repo", default=REPO, help="git URL to install sae_lab from")
     p.add_argument("--ref", default="main", help="branch or tag of --repo")
+    p.add_argument("--pip-spec", default="", help="install with `pip install PIP_SPEC` instead "
+                   "of --repo (e.g. a wheel URL)")
     p.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny random GPT-2 "
                    "built from config, a local text file, 8k tokens, three tiny trials")
     if argv is None and "ipykernel" in sys.modules:  # run as a notebook cell: no flags
@@ -96,9 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- install -------------------------------------------------------------------------------------
 
 
-def install(repo: str, ref: str) -> Path | None:
+def install(repo: str, ref: str, pip_spec: str = "") -> Path | None:
     """Make `import sae_lab` work; returns the checkout holding sweeps/ (None: use the installed
-    package's). A checkout in place (this file inside the repository) is used as it is."""
+    package's). A checkout in place (this file inside the repository) is used as it is; on
+    Kaggle the repository is cloned from `repo` (its sweeps/ come with it)."""
     here = _checkout()
     if (here / "sweeps").is_dir() and (here / "sae_lab").is_dir():
         if importlib.util.find_spec("sae_lab") is None:
@@ -111,8 +117,12 @@ def install(repo: str, ref: str) -> Path | None:
                                    str(src)])
         _pip(str(src))
         return src / "sweeps"
+    if pip_spec:
+        _pip(pip_spec)
+        return None
     if importlib.util.find_spec("sae_lab") is None:
-        _pip("sae-lab")
+        raise SystemExit("sae_lab is not installed and no source is given: set REPO at the top "
+                         "of sae_lab_kaggle.py to the git URL of sae_lab (or pass --repo URL)")
     return None
 
 
@@ -215,7 +225,8 @@ def middle_layer(model: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # --smoke tests the sae_lab it runs next to; a real run installs one first.
-    sweeps_dir = _checkout() / "sweeps" if args.smoke else install(args.repo, args.ref)
+    sweeps_dir = (_checkout() / "sweeps" if args.smoke
+                  else install(args.repo, args.ref, args.pip_spec))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.smoke:
@@ -269,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
                 max_tokens=args.tokens, dtype="float16", model_dtype=args.model_dtype,
                 shard_rows=args.shard_rows, block_rows=min(4096, args.shard_rows),
                 split=args.split, text_column=args.text_column,
-                dataset_name=None if Path(dataset).exists() else args.dataset_name,
+                dataset_name=args.dataset_name or (DATASET_NAME if dataset == DATASET else None),
                 progress=True,
             ))
             n_shards = len(read_manifest(shards)["shards"])
