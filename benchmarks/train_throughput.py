@@ -21,6 +21,7 @@ learning what the dense one does (same seed).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import statistics
@@ -181,6 +182,7 @@ def step_memory(
 ) -> float | None:
     """Peak memory of two training steps of a freshly built model, above what the model itself
     holds: optimiser state, reused buffers and every step's temporaries (MiB)."""
+    gc.collect()  # what earlier rows left behind must not be freed inside the measurement
     step = make_step()
     mem = Memory(device)
     mem.reset()
@@ -204,6 +206,7 @@ class StepTimer(pl.Callback):
         self.base: float | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        gc.collect()
         self.mem.reset()
         self.base = self.mem.base  # memory before any step: the step peaks are counted from here
 
@@ -335,7 +338,7 @@ def architecture_table(args, device: str) -> None:
               f"dense {dense:.4f} (relative difference {abs(sparse - dense) / dense:.2%})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="d_sae=6144, k=32 only; fewer steps")
     p.add_argument("--d-in", type=int, default=384)
@@ -345,16 +348,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--arch-steps", type=int, default=None, help="Table 2 steps (default 12)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32",
                    help="bf16-mixed: autocast on CUDA (ignored on CPU)")
     p.add_argument("--no-lightning", action="store_true", help="skip the Lightning rows")
     p.add_argument("--skip-architectures", action="store_true", help="skip Table 2")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.d_sae = args.d_sae or ([6144] if args.quick else [6144, 24576])
     args.k = args.k or ([32] if args.quick else [32, 128])
     args.steps = args.steps or (3 if args.quick else 5)
     args.arch_steps = args.arch_steps or (6 if args.quick else 12)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         args.precision = "32"
