@@ -68,5 +68,6 @@ def test_quickstart_commands_are_what_ci_runs():
 def test_every_sae_lab_command_in_the_readme_exists():
     known = set(next(a for a in build_parser()._actions
                      if hasattr(a, "choices") and a.choices and "train" in a.choices).choices)
-    used = set(re.findall(r"\bsae-lab ([a-z]+)\b", README))
+    # commands as written in code: at a line start, after a backtick or after `&&`
+    used = set(re.findall(r"(?:^\s*|`|&& )sae-lab ([a-z]+)\b", README, re.M))
     assert used and used <= known, used - known
