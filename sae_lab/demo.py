@@ -561,8 +561,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
         description="Harvest all-MiniLM-L6-v2 activations over the standard library's "
         "docstrings (or --text), run sweeps/demo.yaml on them with Ray Tune, print the results, "
-        "write pareto.png, export the best SAEs for SAELens and build a feature browser. About "
-        "5 minutes on 2 CPU cores; re-running continues an interrupted run.",
+        "write pareto.png, export the best SAEs for SAELens and build a feature browser. A few "
+        "minutes on 2 CPU cores; re-running continues an interrupted run.",
     )
     p.add_argument("--out", default=d.out, help="output directory (default: %(default)s)")
     p.add_argument("--text", help="corpus file (.txt: documents separated by blank lines; "
