@@ -206,6 +206,9 @@ def run_sweep_or_resume(sweep: Any, out: Path, verbose: int = 0) -> tuple[list[d
     from sae_lab.sweep.run import EXPERIMENT, run_sweep
 
     resume = (out / EXPERIMENT).is_dir() and Tuner.can_restore(out / EXPERIMENT)
+    if resume:
+        print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
+              flush=True)
     if verbose:
         rows = run_sweep(sweep, out, resume=resume, verbose=verbose)
     else:
@@ -228,9 +231,13 @@ class TrialProgress:
         import threading
 
         self.path, self.n_trials, self.every_s = out / "events.jsonl", n_trials, every_s
-        self.offset = self.path.stat().st_size if self.path.is_file() else 0
+        old = self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
+        old = [ln for ln in old if ln.endswith("\n")]
+        self.offset = sum(len(ln.encode()) for ln in old)
+        # a resumed sweep: trials that finished before it was interrupted count as finished
+        self.done = len({e["trial"] for e in map(json.loads, old)
+                         if e["event"] in ("complete", "error")})
         self.start = time.monotonic()
-        self.done = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
