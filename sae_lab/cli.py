@@ -15,8 +15,7 @@ from collections.abc import Callable
 from sae_lab.sae.config import ConfigError
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2.
-USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, KeyError,
-               FloatingPointError)
+USER_ERRORS = (ConfigError, OSError, ValueError, KeyError, FloatingPointError)
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:

@@ -106,6 +106,9 @@ def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    for what, path in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
+        if path and _looks_like_path(path) and not Path(path).exists():
+            raise FileNotFoundError(f"--{what} {path}: no such directory")
     name = cfg.tokenizer or cfg.model
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kw)
@@ -117,6 +120,11 @@ def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load model {cfg.model!r}: {_first_line(e)}") from e
     return model.eval().to(device), tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `org/name`; a local path starts with / . ~ or has more than one slash."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def _first_line(e: Exception) -> str:

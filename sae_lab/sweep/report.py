@@ -153,14 +153,14 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
 def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> None:
     """L0 (x) against FVU (y): a colour per architecture, hollow markers for trials ASHA stopped,
     the frontier as a staircase."""
-    import matplotlib
+    # A bare Figure, not pyplot: the caller's backend (a notebook's inline one) stays as it is.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    ax = fig.subplots()
     archs = sorted({r["architecture"] for r in rows})
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     for c, arch in enumerate(archs):
         label = arch
         for status, fill in (("done", True), ("stopped_early", False)):
@@ -182,12 +182,11 @@ def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> Non
     ax.set_ylabel("FVU (fraction of variance unexplained)")
     ax.set_title("Sweep: sparsity against reconstruction (hollow: stopped early)")
     ax.grid(alpha=0.3)
-    if archs:
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize="small")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png")
-    plt.close(fig)
     os.replace(tmp, path)
 
 

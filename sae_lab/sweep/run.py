@@ -181,7 +181,10 @@ def run_sweep(
     exp_dir = out / EXPERIMENT
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address) if address else ray.init(include_dashboard=False)
+        # Without --address: a private local instance, never whatever cluster another job left
+        # running on this machine (RAY_ADDRESS still wins when the user sets it).
+        ray.init(address=address or os.environ.get("RAY_ADDRESS", "local"),
+                 include_dashboard=False if not address else None)
     # Preemption (Kaggle, SLURM) sends SIGTERM: stop like Ctrl-C, so that Tune saves its state
     # and --resume can continue. Installed after ray.init, which sets its own SIGTERM handler.
     old_handler = _sigterm_as_sigint()
