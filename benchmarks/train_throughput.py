@@ -9,8 +9,9 @@ TopK steps (training_loss + backward + the optimiser SAEModule configures), the 
 10% dead latents (AuxK on) and BatchTopK's sparse step, all taking turns step by step; then the
 sparse TopK step through the full Lightning path (`sae_lab.train`, steady-state steps timed by a
 callback that runs one reference step before each batch, outside the timed span). Each row:
-tokens/s (median step), the ratio to the reference, and the memory the step needs above what the
-process held before it (peak RSS on CPU, peak allocated on CUDA).
+tokens/s (median step), the ratio to the reference, and the memory two steps of a freshly built
+model need beyond the model itself: optimiser state, reused buffers, temporaries (peak RSS in a
+separate process on CPU, peak allocated on CUDA; the Lightning rows run the same step).
 
 Table 2 (issue 2): every architecture through the full Lightning path at d_sae=6144 (k=32) on
 synthetic data, each timed next to the reference, with its held-out FVU after the same number of
@@ -22,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -191,6 +195,44 @@ def step_memory(
     return mem.peak_mb()
 
 
+def measure_memory(
+    args, rows: dict[str, tuple[str, str, float]], d_sae: int, k: int, device: str
+) -> dict[str, float | None]:
+    """step_memory of each row. On CPU in a fresh process where glibc hands every large block
+    straight back to the system (MALLOC_MMAP_THRESHOLD_), so that RSS follows live memory: in a
+    long run, memory freed earlier is reused without showing in RSS."""
+    if device == "cuda":
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.randn(args.batch, args.d_in, generator=g).to(device) for _ in range(2)]
+        return {
+            name: step_memory(partial(make_step, arch, args.d_in, d_sae, k, decoder, device,
+                                      args.precision, dead), batches, device)
+            for name, (arch, decoder, dead) in rows.items()
+        }
+    spec = json.dumps({"rows": rows, "d_in": args.d_in, "d_sae": d_sae, "k": k,
+                       "batch": args.batch, "threads": torch.get_num_threads()})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run([sys.executable, __file__, "--memory-child", spec], env=env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  (memory measurement failed: {out.stderr.strip().splitlines()[-1:]})")
+        return {}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_child(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(spec["batch"], spec["d_in"], generator=g) for _ in range(2)]
+    result = {}
+    for name, (arch, decoder, dead) in spec["rows"].items():
+        make = partial(make_step, arch, spec["d_in"], spec["d_sae"], spec["k"], decoder, "cpu",
+                       "32", dead)
+        result[name] = step_memory(make, batches, "cpu")
+    print(json.dumps(result))
+
+
 class StepTimer(pl.Callback):
     """Times Lightning's training steps from one batch start to the next: everything the Trainer
     does per step. Before each batch it also runs one step of `reference`, outside the timed
@@ -200,36 +242,22 @@ class StepTimer(pl.Callback):
         self.warmup, self.device, self.reference = warmup, device, reference
         self.spans: list[float] = []
         self.reference_times: list[float] = []
-        self.peaks: list[float] = []
-        self.mem = Memory(device)
         self.start: float | None = None
-        self.base: float | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        gc.collect()
-        self.mem.reset()
-        self.base = self.mem.base  # memory before any step: the step peaks are counted from here
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _sync(self.device)
         now = time.perf_counter()
         if self.start is not None:
             self.spans.append(now - self.start)
-            peak = self.mem.peak_mb()
-            if peak is not None:
-                self.peaks.append(peak)
         self.reference(batch)
         _sync(self.device)
-        self.reference_times.append(time.perf_counter() - now)
-        self.mem.reset()  # forget the reference step's peak ...
-        self.mem.base = self.base  # ... but count from the memory held before training
         self.start = time.perf_counter()
+        self.reference_times.append(self.start - now)
 
-    def result(self) -> tuple[float, float, float | None]:
-        """(seconds per Lightning step, seconds per reference step, peak step memory MiB)."""
+    def result(self) -> tuple[float, float]:
+        """(seconds per Lightning step, seconds per reference step), medians after warm-up."""
         w = self.warmup
-        peak = max(self.peaks[w:]) if self.peaks[w:] else None
-        return statistics.median(self.spans[w:]), statistics.median(self.reference_times[w:]), peak
+        return statistics.median(self.spans[w:]), statistics.median(self.reference_times[w:])
 
 
 class LightningRun(NamedTuple):
@@ -237,8 +265,6 @@ class LightningRun(NamedTuple):
     """Median wall time of a steady-state Lightning step."""
     reference: float
     """Median wall time of the plain reference step, run between the Lightning steps."""
-    memory: float | None
-    """Peak memory of a Lightning step above what the process held before it, MiB."""
     fvu: float
     """Held-out FVU of the trained SAE."""
 
@@ -302,14 +328,14 @@ def throughput_table(args, device: str) -> None:
             seconds = time_interleaved(steps, batches, args.warmup, args.steps, device)
             del steps
             ref = seconds["plain PyTorch TopK (reference)"]
-            for name, make in factories.items():
-                print(fmt_row(name, seconds[name], ref, args.batch,
-                              step_memory(make, batches, device)))
+            memory = measure_memory(args, rows, d_sae, k, device)
+            for name in rows:
+                print(fmt_row(name, seconds[name], ref, args.batch, memory.get(name)))
             if not args.no_lightning:
                 run = lightning_run("topk", args.d_in, d_sae, k, "sparse", args.batch,
                                     args.warmup + 1, args.steps, device, args.precision)
                 print(fmt_row("sae_lab topk sparse, full Lightning path *", run.seconds,
-                              run.reference, args.batch, run.memory))
+                              run.reference, args.batch, None))
                 print(f"  * ratio to the reference run between its steps "
                       f"({args.batch / run.reference:,.0f} tokens/s)")
 
@@ -319,8 +345,7 @@ def architecture_table(args, device: str) -> None:
     print(f"\n## Table 2: every architecture through the full Lightning path, d_in={args.d_in} "
           f"d_sae={d_sae} k={k} batch={args.batch}, {args.arch_steps} steps on synthetic data;\n"
           "## each ratio is to the plain reference run between that architecture's steps")
-    print(f"  {'architecture':<44} {'tokens/s':>10} {'ratio':>8} {'mem MiB':>8} {'ref tok/s':>10}"
-          f" {'val FVU':>8}")
+    print(f"  {'architecture':<44} {'tokens/s':>10} {'ratio':>8} {'ref tok/s':>10} {'val FVU':>8}")
     runs = [("relu", "dense"), ("topk", "sparse"), ("topk", "dense"), ("batchtopk", "sparse"),
             ("batchtopk", "dense"), ("gated", "dense"), ("jumprelu", "dense")]
     fvu = {}
@@ -330,8 +355,8 @@ def architecture_table(args, device: str) -> None:
                             args.arch_steps - warm, device, args.precision)
         fvu[arch, decoder] = run.fvu
         name = arch + (f" ({decoder} decoder)" if arch in ("topk", "batchtopk") else "")
-        extra = f" {args.batch / run.reference:10,.0f} {run.fvu:8.4f}"
-        print(fmt_row(name, run.seconds, run.reference, args.batch, run.memory, extra))
+        print(f"  {name:<44} {args.batch / run.seconds:10,.0f} {run.reference / run.seconds:7.2f}x"
+              f" {args.batch / run.reference:10,.0f} {run.fvu:8.4f}")
     for arch in ("topk", "batchtopk"):
         dense, sparse = fvu[arch, "dense"], fvu[arch, "sparse"]
         print(f"  {arch}: held-out FVU after {args.arch_steps} steps, sparse {sparse:.4f} vs "
@@ -339,6 +364,9 @@ def architecture_table(args, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--memory-child"]:
+        return memory_child(argv[1])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="d_sae=6144, k=32 only; fewer steps")
     p.add_argument("--d-in", type=int, default=384)
