@@ -263,3 +263,11 @@ def test_lr_and_sparsity_warmup_schedules():
     assert warmup_factor(25, 100) == 0.25
     assert warmup_factor(500, 100) == 1.0
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_remove_parallel_grads_keeps_row_norms_to_first_order():
+    sae = make("topk")
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.remove_parallel_grads()
+    dot = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
+    torch.testing.assert_close(dot, torch.zeros(64), atol=1e-5, rtol=0)

@@ -135,7 +135,8 @@ class SAE(nn.Module):
         """Drop the part of W_dec's gradient that would change row norms (Bricken et al. 2023)."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
             W, g = self.W_dec, self.W_dec.grad
-            g -= (g * W).sum(dim=1, keepdim=True) * W / W.pow(2).sum(dim=1, keepdim=True)
+            proj = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W)  # [d_sae]
+            g.addcmul_(proj[:, None], W, value=-1)
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
