@@ -14,12 +14,11 @@ A generated section sits between `<!-- BEGIN GENERATED: NAME -->` and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED: \2 -->)",
@@ -106,26 +105,6 @@ def cli_reference() -> str:
 # --- config ------------------------------------------------------------------------------------
 
 
-def _dataclass_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted name, type, default, doc) of a dataclass, nested dataclass fields expanded."""
-    from sae_lab.train.config import _type_name, field_docs
-
-    docs, hints, rows = field_docs(cls), get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += _dataclass_rows(tp, f"{prefix}{f.name}.")
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        rows.append((f"{prefix}{f.name}", _type_name(tp), default, docs.get(f.name, "")))
-    return rows
-
-
 def _table(rows: list[tuple[str, str, Any, str]]) -> str:
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for name, tp, default, doc in rows:
@@ -151,7 +130,7 @@ def config_reference() -> str:
         "`{grid: [...]}`; `space.all` applies to every architecture; SAE fields drop their "
         "`sae.` prefix (`k`, `sparsity_coef`, `expansion_factor`).",
         "",
-        _table(_dataclass_rows(SweepConfig)),
+        _table(reference(SweepConfig)),
         "",
     ])
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae_lab.data.layers import hook_name
-from sae_lab.sae.base import SAE, replace_dir
+from sae_lab.sae.base import SAE, atomic_dir
 
 SAELENS_ARCHITECTURE = {
     "relu": "standard",
@@ -132,20 +130,13 @@ def export_saelens(
     """Write `sae` to `out` in SAELens v6 layout, atomically (temporary dir, then rename)."""
     if density is not None and density.shape != (sae.d_sae,):
         raise ValueError(f"density has shape {tuple(density.shape)}; expected ({sae.d_sae},)")
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(saelens_tensors(sae), tmp / WEIGHTS_FILE)
         if density is not None:
             save_file({"sparsity": log10_density(density.cpu())}, tmp / SPARSITY_FILE)
         cfg = saelens_config(sae, model_name, hook_name, context_size)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return Path(out)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from sae_lab.sae.base import replace_dir
+from sae_lab.sae.base import atomic_dir
 
 INDEX = "index.html"
 
@@ -183,16 +181,9 @@ def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_l
 def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary: str,
                   title: str = "sae_lab features") -> Path:
     """Write out/index.html atomically (a temporary directory, then rename over `out`)."""
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / INDEX).write_text(render_html(latents, summary, title), encoding="utf-8")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target / INDEX
+    return Path(out) / INDEX
 
 
 # --- command line: `sae-lab inspect` -----------------------------------------------------------

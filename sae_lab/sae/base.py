@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -156,10 +158,7 @@ class SAE(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write cfg.json and sae_weights.safetensors atomically (temporary dir, then rename)."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             tensors = {
                 k: v.detach().contiguous().cpu()
                 for k, v in self.state_dict().items()
@@ -169,11 +168,22 @@ class SAE(nn.Module):
             cfg = {"sae": self.cfg.to_dict(), "metadata": self.metadata}
             cfg["sae_lab_version"] = _version()
             (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
+
+
+@contextmanager
+def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside `directory` to fill; it replaces `directory` when the block
+    finishes and is deleted if the block raises, so nothing half-written looks complete."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(src: Path, target: Path) -> None:

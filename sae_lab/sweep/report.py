@@ -19,11 +19,10 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from sae_lab.sae.base import replace_dir
+from sae_lab.sae.base import atomic_dir
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
 
@@ -203,16 +202,10 @@ def export_best(rows: list[dict[str, Any]], checkpoints: dict[str, Any], front: 
     for n, i in enumerate(front):
         if rows[i]["trial"] in checkpoints:
             picks[f"frontier_{n}"] = rows[i]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".best.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         for name, row in picks.items():
             with checkpoints[row["trial"]].as_directory() as ckpt:
                 shutil.copytree(Path(ckpt) / "sae", tmp / name)
         summary = {name: {k: row[k] for k in row if k != "checkpoint"}
                    for name, row in picks.items()}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
