@@ -8,15 +8,7 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_inspect import (  # noqa: F401  (shared fixtures)
-    CTX,
-    HOOK,
-    LAYER,
-    SHAKESPEARE,
-    make_sae,
-    tiny_lm_fixture,
-    tiny_shards_fixture,
-)
+from tiny import CTX, HOOK, LAYER, SHAKESPEARE, make_sae
 
 from sae_lab.cli import main
 from sae_lab.evaluate import evaluate_sae, shard_activations

@@ -6,18 +6,17 @@ a byte-level BPE tokenizer trained on a slice of tinyshakespeare and a 2-layer r
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 import torch
+from tiny import make_sae  # noqa: E402
 
 from sae_lab.analysis.browser import write_browser
 from sae_lab.analysis.contexts import (
@@ -29,79 +28,6 @@ from sae_lab.analysis.contexts import (
 )
 from sae_lab.analysis.lm import load_lm, promoted_tokens, unembedding_for
 from sae_lab.sae import ARCHITECTURES, SAEConfig
-
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-LAYER, HOOK, CTX = 1, "resid_post", 32
-
-
-# --- shared tiny fixtures (imported by test_steer.py and test_evaluate_cli.py) -----------------
-
-
-def build_tiny_lm(out: Path, n_embd: int = 64) -> Path:
-    """A local 'model name': GPT-2 (2 layers, random weights) + a 300-token byte-level BPE."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    text = SHAKESPEARE.read_text()[:100_000]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([text], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")
-    eos = fast.eos_token_id
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=n_embd, n_head=4, vocab_size=len(fast), n_positions=128,
-                     bos_token_id=eos, eos_token_id=eos, initializer_range=0.1)
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
-
-
-def write_tiny_shards(lm_dir: Path, out: Path, max_tokens: int = 3000) -> Path:
-    """`sae-lab harvest` of LAYER/HOOK of the tiny model over tinyshakespeare."""
-    from sae_lab.data.harvest import HarvestConfig, harvest
-
-    cfg = HarvestConfig(model=str(lm_dir), dataset=str(SHAKESPEARE), out=str(out),
-                        layers=(LAYER,), hook=HOOK, ctx_len=CTX, batch_size=16,
-                        max_tokens=max_tokens, dtype="float32", device="cpu", shard_rows=2048,
-                        block_rows=1024, progress=False)
-    return harvest(cfg)[LAYER]
-
-
-def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0):
-    torch.manual_seed(seed)
-    kw = {"k": 8} if arch in ("topk", "batchtopk") else {}
-    sae = ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **kw)).eval()
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return sae
-
-
-# Session fixtures that other test modules import too: the cache builds each once per session.
-@functools.cache
-def _tiny_lm(base: Path) -> Path:
-    return build_tiny_lm(base / "tiny-gpt2")
-
-
-@functools.cache
-def _tiny_shards(base: Path) -> Path:
-    return write_tiny_shards(_tiny_lm(base), base / "tiny-acts")
-
-
-@pytest.fixture(scope="session", name="tiny_lm")
-def tiny_lm_fixture(tmp_path_factory) -> Path:
-    return _tiny_lm(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session", name="tiny_shards")
-def tiny_shards_fixture(tmp_path_factory) -> Path:
-    return _tiny_shards(tmp_path_factory.getbasetemp())
-
 
 # --- top-activating contexts -------------------------------------------------------------------
 

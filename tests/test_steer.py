@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_inspect import (
-    make_sae,
-    tiny_lm_fixture,  # noqa: F401  (shared fixture `tiny_lm`)
-)
+from tiny import make_sae
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_lab.analysis.lm import load_lm
