@@ -82,7 +82,11 @@ def _registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
 def build_parser() -> argparse.ArgumentParser:
     from sae_lab import __version__
 
-    parser = argparse.ArgumentParser(prog="sae-lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sae-lab",
+        description="Harvest language-model activations, train and sweep sparse autoencoders, "
+        "then evaluate, export, inspect and steer them.",
+    )
     parser.add_argument("--version", action="version", version=f"sae-lab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
