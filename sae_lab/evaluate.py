@@ -333,9 +333,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx-len", type=int, help="tokens per sequence (default: the SAE's ctx_len)")
     p.add_argument("--n-seqs", type=int, default=64, help="sequences scored for the loss")
     p.add_argument("--lm-batch-size", type=int, default=8, help="sequences per model forward")
-    p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
-    p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    from sae_lab.analysis.lm import add_hook_args
+
+    add_hook_args(p)
     p.set_defaults(func=cmd_eval)
 
 

@@ -117,9 +117,9 @@ def add_steer_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
-    p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    from sae_lab.analysis.lm import add_hook_args
+
+    add_hook_args(p)
     p.set_defaults(func=cmd_steer)
 
 
