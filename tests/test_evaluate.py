@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny import identity_sae
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_lab.evaluate import (
@@ -96,18 +97,6 @@ def tiny_gpt2():
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=64,
                      initializer_range=0.3, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
-
-
-def identity_sae(d: int):
-    """A real ReLU SAE that reconstructs exactly: x = ReLU(x) - ReLU(-x)."""
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def test_downstream_identity_scores_one_zeros_score_zero(tiny_gpt2):

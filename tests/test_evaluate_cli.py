@@ -8,11 +8,10 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import CTX, HOOK, LAYER, SHAKESPEARE, make_sae
+from tiny import CTX, HOOK, LAYER, SHAKESPEARE, identity_sae, make_sae
 
 from sae_lab.cli import main
 from sae_lab.evaluate import evaluate_sae, shard_activations
-from sae_lab.sae import ARCHITECTURES, SAEConfig
 
 
 def saved_sae(path, lm_dir, sae=None):
@@ -21,17 +20,6 @@ def saved_sae(path, lm_dir, sae=None):
                         hook_name=f"blocks.{LAYER}.hook_{HOOK}")
     sae.save(path)
     return path
-
-
-def identity_sae(d: int):
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def run_error(argv, capsys) -> str:

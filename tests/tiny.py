@@ -56,3 +56,15 @@ def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return sae
+
+
+def identity_sae(d: int):
+    """A real ReLU SAE that reconstructs exactly: x = ReLU(x) - ReLU(-x)."""
+    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
