@@ -23,7 +23,6 @@ Downstream loss (causal LMs; Bloom et al.'s "CE loss score", SAEBench's KL score
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sae_lab.analysis.splice import edit_activation
+from sae_lab.files import atomic_file, atomic_write_json
 from sae_lab.sae.base import SAE
 from sae_lab.train.metrics import ReconStats
 
@@ -124,7 +124,7 @@ def density_histogram(density: Tensor, path: str | os.PathLike, title: str = "")
     ax.set_title(f"{title}  ({n_dead} of {density.numel()} latents never fired)".strip())
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     return path
 
 
@@ -143,12 +143,12 @@ def save_report(out_dir: str | os.PathLike, metrics: dict[str, Any],
     """eval.json; with a density also feature_density.safetensors and feature_density.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / EVAL_JSON, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out / EVAL_JSON, metrics)
     if density is not None:
-        tmp = out / f".{DENSITY_FILE}.tmp"
-        save_file({"density": density.float().contiguous()}, tmp)
-        os.replace(tmp, out / DENSITY_FILE)
-        density_histogram(density, out / DENSITY_PNG)
+        with atomic_file(out / DENSITY_FILE) as tmp:
+            save_file({"density": density.float().contiguous()}, tmp)
+        with atomic_file(out / DENSITY_PNG) as tmp:
+            density_histogram(density, tmp)
     return out
 
 
@@ -299,12 +299,6 @@ def _ce_sum(logp: Tensor, ids: Tensor) -> float:
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den != 0 else float("nan")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae_lab.data.layers import hook_name
-from sae_lab.sae.base import SAE, atomic_dir
+from sae_lab.files import atomic_dir
+from sae_lab.sae.base import SAE
 
 SAELENS_ARCHITECTURE = {
     "relu": "standard",
@@ -127,10 +128,13 @@ def export_saelens(
     hook_name: str | None = None,
     context_size: int | None = None,
 ) -> Path:
-    """Write `sae` to `out` in SAELens v6 layout, atomically (temporary dir, then rename)."""
+    """Write `sae` to `out` in SAELens v6 layout, atomically (temporary dir, then rename).
+
+    An existing `out` is replaced only when it is an earlier export; anything else is refused.
+    """
     if density is not None and density.shape != (sae.d_sae,):
         raise ValueError(f"density has shape {tuple(density.shape)}; expected ({sae.d_sae},)")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "export", known=(CONFIG_FILE, WEIGHTS_FILE, SPARSITY_FILE)) as tmp:
         save_file(saelens_tensors(sae), tmp / WEIGHTS_FILE)
         if density is not None:
             save_file({"sparsity": log10_density(density.cpu())}, tmp / SPARSITY_FILE)
@@ -153,7 +157,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
     p.add_argument("--format", choices=["saelens"], default="saelens", help="target format")
-    p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="directory to write; an existing one is replaced "
+                   "only if it is an earlier export")
     p.add_argument("--density", help="feature_density.safetensors from `sae-lab eval`")
     p.add_argument("--shards", help="measure the feature density on these activation shards")
     p.add_argument("--max-tokens", type=int, help="rows of --shards to measure density on")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sae_lab.sae.base import atomic_dir
+from sae_lab.files import atomic_dir
 
 INDEX = "index.html"
 
@@ -180,8 +180,9 @@ def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_l
 
 def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary: str,
                   title: str = "sae_lab features") -> Path:
-    """Write out/index.html atomically (a temporary directory, then rename over `out`)."""
-    with atomic_dir(out) as tmp:
+    """Write out/index.html atomically (a temporary directory, then rename over `out`); an
+    existing `out` is replaced only when it is an earlier browser."""
+    with atomic_dir(out, "inspect", known=(INDEX,)) as tmp:
         (tmp / INDEX).write_text(render_html(latents, summary, title), encoding="utf-8")
     return Path(out) / INDEX
 
@@ -200,7 +201,8 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
     p.add_argument("--shards", required=True, help="activation shards (with token ids)")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--out", required=True, help="output directory; an existing one is "
+                   "replaced only if it is an earlier inspect output")
     p.add_argument("--model", help="model / tokenizer (default: the SAE's, else the shards')")
     p.add_argument("--latents", help="which latents to show, e.g. 0-99,512 (default: the first "
                    "--max-latents)")

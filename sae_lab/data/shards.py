@@ -55,6 +55,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from sae_lab.files import atomic_write_json
+
 MANIFEST = "manifest.json"
 FORMAT = "sae_lab-shards/1"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -130,7 +132,7 @@ def read_manifest(source: str | os.PathLike) -> dict[str, Any]:
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Atomic: a temporary file, fsync, then os.replace."""
-    _atomic_write(directory / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write_json(directory / MANIFEST, manifest, indent=1)
 
 
 def shard_source(source: str | os.PathLike) -> str:
@@ -523,11 +525,3 @@ def _sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

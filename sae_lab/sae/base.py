@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -22,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
 from sae_lab.sae.config import COMMON_FIELDS, ConfigError, SAEConfig
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -169,33 +166,6 @@ class SAE(nn.Module):
             cfg["sae_lab_version"] = _version()
             (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         return Path(directory)
-
-
-@contextmanager
-def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
-    """A temporary directory beside `directory` to fill; it replaces `directory` when the block
-    finishes and is deleted if the block raises, so nothing half-written looks complete."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(src: Path, target: Path) -> None:
-    """Move the finished directory `src` to `target`, replacing what was there."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(src, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, target)
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from sae_lab.sae.base import atomic_dir
+from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
 
@@ -124,12 +123,10 @@ def _get_path(cfg: Any, key: str) -> Any:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     columns = list(rows[0]) if rows else ["trial", "architecture", *METRIC_COLUMNS, "status"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _measured(row: dict[str, Any]) -> bool:
@@ -184,9 +181,8 @@ def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> Non
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def export_best(rows: list[dict[str, Any]], checkpoints: dict[str, Any], front: list[int],
@@ -202,7 +198,8 @@ def export_best(rows: list[dict[str, Any]], checkpoints: dict[str, Any], front: 
     for n, i in enumerate(front):
         if rows[i]["trial"] in checkpoints:
             picks[f"frontier_{n}"] = rows[i]
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, "sweep best", known=("summary.json", "frontier_*", *ARCHITECTURES)
+                    ) as tmp:
         for name, row in picks.items():
             with checkpoints[row["trial"]].as_directory() as ckpt:
                 shutil.copytree(Path(ckpt) / "sae", tmp / name)

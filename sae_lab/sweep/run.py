@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import yaml
 from ray.tune import Callback
 
+from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep.scheduler import architecture_of, build_scheduler
 from sae_lab.sweep.space import (
@@ -102,7 +103,7 @@ class TuneReport(pl.Callback):
 def _save_sae(sae: Any, directory: Path, metrics: dict[str, Any]) -> None:
     sae.metadata["sweep"] = {k: v for k, v in metrics.items() if k != "node"}
     sae.save(directory / SAE_DIR)
-    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(directory / METRICS_FILE, metrics)
 
 
 def _report(metrics: dict[str, Any], directory: str) -> None:
@@ -271,9 +272,7 @@ def _record_spec(sweep: SweepConfig, out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a sweep; pass --resume to continue it or choose "
                           "another --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 class EventLog(Callback):

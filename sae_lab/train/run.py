@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,6 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from sae_lab.data.arrays import ArrayDataModule
+from sae_lab.files import atomic_write_json
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.train.config import TrainConfig
@@ -156,6 +156,4 @@ def evaluate_rows(sae: SAE, batches, max_batches: int = 0) -> dict[str, float]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, obj)
