@@ -105,7 +105,7 @@ class OutputDirError(FileExistsError):
     """An output directory that is not an earlier output of the same command."""
 
 
-def check_output_dir(directory: str | os.PathLike, command: str,
+def check_output_dir(directory: str | os.PathLike, command: str | None,
                      known: Iterable[str] = ()) -> None:
     """Raise OutputDirError unless `directory` may be replaced by `command`'s output.
 
@@ -143,13 +143,14 @@ def _marker_command(directory: Path) -> str | None:
 
 
 @contextmanager
-def atomic_dir(directory: str | os.PathLike, command: str = "sae",
+def atomic_dir(directory: str | os.PathLike, command: str | None = None,
                known: Iterable[str] = SAE_FILES, say: Callable[[str], None] | None = None
                ) -> Iterator[Path]:
     """A temporary directory beside `directory` to fill; it replaces `directory` when the block
     finishes and is deleted if the block raises, so nothing half-written looks complete.
 
-    `command` names the writer (its marker goes into the directory); an existing `directory`
+    `command` names the writer (its marker goes into the directory); None is `SAE.save`, whose
+    directories are known by their files (SAE_FILES) and get no marker. An existing `directory`
     that is not an earlier output of `command` (see check_output_dir) is refused before anything
     is written. Temporary directories of dead runs and a copy stranded in .NAME.old are dealt
     with first (see the module docstring).
@@ -161,7 +162,8 @@ def atomic_dir(directory: str | os.PathLike, command: str = "sae",
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         _chmod_default(tmp, is_dir=True)
-        (tmp / MARKER).write_text(json.dumps({"command": command}) + "\n")
+        if command is not None:
+            (tmp / MARKER).write_text(json.dumps({"command": command}) + "\n")
         yield tmp
         replace_dir(tmp, target)
     except BaseException:

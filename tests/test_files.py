@@ -133,3 +133,19 @@ def test_outputs_honour_the_umask(tmp_path):
     assert mode(tmp_path / "x" / "cfg.json") == 0o644
     assert mode(tmp_path / "m.json") == 0o644
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+
+
+def test_sae_save_replaces_an_sae_but_not_other_files(tmp_path):
+    sae = small_sae()
+    sae.save(tmp_path / "s")
+    (tmp_path / "s" / "eval").mkdir()  # what `sae-lab eval` adds: still an SAE directory
+    sae.save(tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "cfg.json", "sae_weights.safetensors"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    with pytest.raises(OutputDirError, match="todo.txt"):
+        sae.save(tmp_path / "notes")
+    export_saelens(sae, tmp_path / "exp")
+    with pytest.raises(OutputDirError, match="export"):
+        sae.save(tmp_path / "exp")
