@@ -121,7 +121,7 @@ def check_output_dir(directory: str | os.PathLike, command: str | None,
     if not names:
         return
     owner = _marker_command(target)
-    if owner == command:
+    if owner is not None and owner == command:
         return
     known = tuple(known)
     if owner is None and all(any(fnmatch.fnmatchcase(n, k) for k in known) for n in names):
