@@ -204,3 +204,18 @@ def test_killed_harvest_resumes_and_stores_every_token_once(tiny_model, corpus, 
         torch.testing.assert_close(got["acts"], ref[layer], rtol=1e-4, atol=1e-4)
         assert verify(out / f"layer_{layer}") == 12288
         assert not list((out / f"layer_{layer}").glob(".*"))  # no temporary files left
+
+
+def test_missing_dataset_fails_before_the_model_and_writes_nothing(tmp_path, monkeypatch):
+    from sae_lab.data import harvest as H
+    from sae_lab.data.text import DatasetError
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the dataset was checked")
+
+    monkeypatch.setattr(H, "load_model", no_model)
+    cfg = H.HarvestConfig(model="gpt2", dataset=str(tmp_path / "nope.txt"),
+                          out=str(tmp_path / "out"), progress=False)
+    with pytest.raises(DatasetError, match="nope.txt"):
+        H.harvest(cfg)
+    assert not (tmp_path / "out").exists()

@@ -181,3 +181,67 @@ def test_float16_overflow_is_an_error_not_inf_rows(tmp_path):
         w.add(0, acts, token_ids, doc, pos)
     w.abort()
     assert not (tmp_path / MANIFEST).exists() and not list(tmp_path.glob("*.tar"))
+
+
+def test_shard_swapped_for_another_valid_one_is_caught_while_streaming(tmp_path):
+    from sae_lab.data.shards import read_shard
+
+    write(tmp_path, 4096, shard_rows=2048)  # two shards of two blocks each
+    m = read_manifest(tmp_path)
+    assert [s["blocks"] for s in m["shards"]] == [2, 2]
+    first, second = tmp_path / "shard-000000.tar", tmp_path / "shard-000001.tar"
+    second.write_bytes(first.read_bytes())  # valid tar, valid blocks, right row count
+    got = []
+    with pytest.raises(ShardError, match="shard-000001.tar: sha256 does not match"):
+        for block in iter_blocks(tmp_path):
+            got.append((block["shard"], block["block"]))
+    # the swapped shard's last block is never handed out
+    assert got == [("shard-000000.tar", 0), ("shard-000000.tar", 1), ("shard-000001.tar", 0)]
+    # the datamodule's call (no digest passed) looks it up in the manifest beside the shard
+    with pytest.raises(ShardError, match="sha256"):
+        list(read_shard(str(second), 2048, 8, "float16"))
+    assert len(list(read_shard(str(first), 2048, 8, "float16"))) == 2
+    assert len(list(read_shard(str(second), 2048, 8, "float16", sha256=None))) == 2
+
+
+def test_resume_checks_the_stored_shards(tmp_path):
+    acts, token_ids, doc, pos = rows(5000)
+    w = ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024)
+    w.add(0, acts[:3000], token_ids[:3000], doc[:3000], pos[:3000])
+    w.abort()
+    (tmp_path / "shard-000001.tar").write_bytes((tmp_path / "shard-000000.tar").read_bytes())
+    with pytest.raises(ShardError, match="shard-000001.tar: sha256"):
+        ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024)
+
+
+def test_abort_after_a_failed_close_keeps_the_real_error(tmp_path, monkeypatch):
+    from sae_lab.data import shards
+
+    orig, calls = shards._HashingFile.close, []
+
+    def disk_full(self):  # fails once; closing again then hits the closed file (ValueError)
+        calls.append(1)
+        if len(calls) == 1:
+            self.f.close()
+            raise OSError(28, "No space left on device")
+        return orig(self)
+
+    w = ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024)
+    monkeypatch.setattr(shards._HashingFile, "close", disk_full)
+    acts, token_ids, doc, pos = rows(1024)
+    with pytest.raises(OSError, match="No space left"):
+        try:
+            w.add(0, acts, token_ids, doc, pos)
+        except BaseException:
+            w.abort()
+            raise
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_two_writers_into_one_directory_are_refused(tmp_path):
+    w = ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024)
+    with pytest.raises(ShardError, match="another harvest"):
+        ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024)
+    w.add(0, *rows(1500))
+    w.finish()  # releases the lock
+    ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024).abort()

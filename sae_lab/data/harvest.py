@@ -11,8 +11,9 @@ stream is recomputed without the model up to there, so every token is stored exa
 from __future__ import annotations
 
 import argparse
-import shutil
+import itertools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +140,7 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     cfg.model.
     """
     device = resolve_device(cfg.device)
+    texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
     if model is None:
         model, tokenizer = load_model(cfg, device)
     for layer in cfg.layers:
@@ -149,21 +151,26 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     shard_rows = cfg.shard_rows or _auto_shard_rows(d_in, cfg.dtype, cfg.block_rows)
     header = _header(cfg, model, tokenizer)
     out = Path(cfg.out)
-    writers = {}
-    for layer in cfg.layers:
-        directory = out / f"layer_{layer}"
-        if cfg.overwrite and directory.exists():
-            shutil.rmtree(directory)
-        header_l = {**header, "layer": layer, "hook_name": L.hook_name(layer, cfg.hook)}
-        writers[layer] = ShardSetWriter(directory, header_l, cfg.dtype, shard_rows,
-                                        cfg.block_rows)
+    writers: dict[int, ShardSetWriter] = {}
+    try:
+        for layer in cfg.layers:
+            header_l = {**header, "layer": layer, "hook_name": L.hook_name(layer, cfg.hook)}
+            writers[layer] = ShardSetWriter(out / f"layer_{layer}", header_l, cfg.dtype,
+                                            shard_rows, cfg.block_rows, cfg.overwrite)
+    except BaseException:
+        for w in writers.values():
+            w.abort()  # releases the locks taken so far
+        raise
     active = {layer: w for layer, w in writers.items() if not w.complete}
+    for w in writers.values():
+        if w.complete:
+            w.abort()  # nothing to write: just let go of the lock
     if not active:
         _say(cfg, f"{out}: already complete ({writers[cfg.layers[0]].rows} tokens per layer); "
                   "use --overwrite to harvest again")
         return {layer: w.dir for layer, w in writers.items()}
     try:
-        _run(cfg, model, tokenizer, active, device)
+        _run(cfg, model, tokenizer, active, device, texts)
     except BaseException:
         for w in active.values():
             w.abort()
@@ -176,9 +183,20 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     return {layer: w.dir for layer, w in writers.items()}
 
 
+def open_texts(cfg: HarvestConfig) -> Iterator[str]:
+    """The dataset's texts, opened and its first text read, so a missing or unreadable dataset
+    fails before anything else happens."""
+    texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
+    try:
+        first = next(texts)
+    except StopIteration:
+        raise DatasetError(f"dataset {cfg.dataset} gave no tokens to store") from None
+    return itertools.chain([first], texts)
+
+
 @torch.inference_mode()
 def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
-         device: torch.device) -> None:
+         device: torch.device, texts: Iterator[str] | None = None) -> None:
     from tqdm.auto import tqdm
 
     start = min(w.rows for w in writers.values())
@@ -186,7 +204,8 @@ def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Shar
     bar = tqdm(total=limit, initial=start, unit="tok", unit_scale=True, dynamic_ncols=True,
                disable=not cfg.progress, desc="harvest", file=sys.stderr)
     row = 0  # index of the next row in the corpus-order stream
-    texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
+    if texts is None:
+        texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
     for batch in window_batches(texts, tokenizer, cfg.ctx_len, cfg.batch_size,
                                 cfg.keep_special):
         if limit is not None and row >= limit:

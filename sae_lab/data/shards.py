@@ -21,8 +21,13 @@ Reading, for the trainer and for the feature browser:
     iter_blocks(source, shards=None)       -> dicts {"acts", "token_ids", "doc", "pos" (tensors),
                                               "shard" (name), "block" (index in the shard)}
                                               in corpus order, every row exactly once
-    read_shard(url, expected_rows)         one shard's blocks, checked (crc32, shapes, row count)
+    read_shard(url, expected_rows)         one shard's blocks, checked (crc32, shapes, row count,
+                                              and the manifest's sha256, hashed while streaming)
     verify(source)                         sha256 of every shard against the manifest
+
+The sha256 of a shard is computed over the bytes the tar reader consumes; the shard's last block
+is held back until the whole file has been hashed, so a shard swapped for another valid one
+raises ShardError before the reader moves past it (its earlier blocks have been handed out).
 
 A truncated or corrupt shard raises ShardError naming the shard, never a silent short read.
 Sources may be local paths, file://, http(s):// (curl, through webdataset's gopen), gs://,
@@ -62,6 +67,7 @@ FORMAT = "sae_lab-shards/1"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MIN_BLOCK_ROWS = 1024
 BLOCK_KEYS = ("acts", "token_ids", "doc", "pos")
+FROM_MANIFEST = "manifest"  # read_shard: take the sha256 from the manifest beside the shard
 
 
 class ShardError(ValueError):
@@ -183,27 +189,41 @@ def _crc(tensors: dict[str, Tensor]) -> int:
 
 
 def read_shard(url: str, expected_rows: int | None = None, d_in: int | None = None,
-               dtype: str | None = None, name: str | None = None) -> Iterator[dict[str, Any]]:
-    """The blocks of one shard in order, each checked; errors name the shard."""
+               dtype: str | None = None, name: str | None = None,
+               sha256: str | None = FROM_MANIFEST) -> Iterator[dict[str, Any]]:
+    """The blocks of one shard in order, each checked; errors name the shard.
+
+    `sha256`: the digest the shard must have; by default looked up in the manifest beside it
+    (when there is one), None to skip the check. The last block is yielded only once the row
+    count and the digest have been checked.
+    """
     from webdataset.tariterators import tar_file_iterator
 
     label = name or url
+    if sha256 == FROM_MANIFEST:
+        sha256 = _manifest_sha256(url)
     rows = 0
+    held: dict[str, Any] | None = None
     try:
-        stream = open_url(url)
+        raw = open_url(url)
     except (OSError, ValueError) as e:
         raise ShardError(f"shard {label}: cannot open ({e})") from e
+    stream = _HashingReader(raw)
     try:
         for index, member in enumerate(tar_file_iterator(stream)):
             block = _check_block(member, label, d_in, dtype)
             rows += block["acts"].shape[0]
-            yield {**block, "shard": label, "block": index}
-        stream.close()  # a pipe (curl, aws, ...) reports its exit status here
+            if held is not None:
+                yield held
+            held = {**block, "shard": label, "block": index}
+        while stream.read(1 << 20):  # tar padding after the last member: part of the digest
+            pass
+        raw.close()  # a pipe (curl, aws, ...) reports its exit status here
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ShardError(f"shard {label}: truncated, corrupt or unreadable ({e})") from e
     finally:
         try:
-            stream.close()
+            raw.close()
         except OSError:
             pass  # already reported above, or an error is on its way
     if expected_rows is not None and rows != expected_rows:
@@ -211,6 +231,52 @@ def read_shard(url: str, expected_rows: int | None = None, d_in: int | None = No
             f"shard {label}: holds {rows} rows, the manifest says {expected_rows} "
             "(truncated or corrupt shard)"
         )
+    if sha256 is not None and stream.hexdigest() != sha256:
+        raise ShardError(f"shard {label}: sha256 does not match the manifest (corrupt or "
+                         "replaced by another file)")
+    if held is not None:
+        yield held
+
+
+
+class _HashingReader:
+    """A read-only stream that computes the sha256 of every byte read through it."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+_MANIFEST_CACHE: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def _manifest_sha256(url: str) -> str | None:
+    """The sha256 the manifest beside shard `url` lists for it (None: no manifest or entry)."""
+    if "{name}" in url or url.startswith("pipe:"):
+        return None
+    prefix, _, base = url.rpartition("/")
+    if is_local(url) and not url.startswith("file:"):
+        p = Path(url)
+        prefix, base = str(p.parent), p.name
+    try:
+        stamp = local_path(join(prefix, MANIFEST)).stat().st_mtime_ns if is_local(url) else 0
+    except OSError:
+        return None
+    key = (prefix, stamp)
+    if key not in _MANIFEST_CACHE:
+        try:
+            manifest = read_manifest(prefix)
+        except ShardError:
+            return None
+        _MANIFEST_CACHE[key] = {e["name"]: e.get("sha256") for e in manifest["shards"]}
+    return _MANIFEST_CACHE[key].get(base)
 
 
 def _check_block(member: dict[str, Any], label: str, d_in: int | None,
@@ -246,7 +312,7 @@ def iter_blocks(source: str | os.PathLike, shards: list[str] | None = None
         if name not in entries:
             raise ShardError(f"{source}: no shard {name!r} in the manifest")
         yield from read_shard(join(source, name), entries[name]["rows"], manifest["d_in"],
-                              manifest["dtype"], name)
+                              manifest["dtype"], name, entries[name].get("sha256"))
 
 
 def verify(source: str | os.PathLike) -> int:
@@ -324,14 +390,17 @@ class ShardSetWriter:
     """Appends rows to one shard set; a shard is renamed into place and listed when complete.
 
     `header` holds what identifies the harvest (model, layer, hook, ...); resuming a directory
-    whose manifest disagrees on any IDENTITY field is an error naming the field.
+    whose manifest disagrees on any IDENTITY field is an error naming the field. The writer holds
+    an exclusive lock on DIR/.lock until finish() or abort(), so a second harvest into the same
+    directory is refused instead of interleaving shards. `overwrite` deletes the set's own files
+    (manifest, shards, temporary files) once the lock is held; nothing else in DIR.
     """
 
     IDENTITY = ("model", "revision", "tokenizer", "dataset", "layer", "hook", "ctx_len",
                 "dtype", "model_dtype", "block_rows", "shard_rows", "special_tokens")
 
     def __init__(self, directory: str | os.PathLike, header: dict[str, Any], dtype: str,
-                 shard_rows: int, block_rows: int) -> None:
+                 shard_rows: int, block_rows: int, overwrite: bool = False) -> None:
         if block_rows < MIN_BLOCK_ROWS:
             raise ShardError(f"block_rows={block_rows}: must be >= {MIN_BLOCK_ROWS}")
         if shard_rows < block_rows:
@@ -348,7 +417,15 @@ class ShardSetWriter:
             "shards": [], "stats": None,
         }
         self.stats: RunningStats | None = None
-        self._resume()
+        self._lock = _DirLock(self.dir)
+        try:
+            if overwrite:
+                for p in [self.dir / MANIFEST, *self.dir.glob("shard-*.tar")]:
+                    p.unlink(missing_ok=True)
+            self._resume()
+        except BaseException:
+            self._lock.release()
+            raise
         self._pending: list[dict[str, Tensor]] = []
         self._pending_rows = 0
         self._tar: Any = None  # webdataset TarWriter of the shard being written
@@ -380,8 +457,13 @@ class ShardSetWriter:
                     f"{key}={self.manifest.get(key)!r}; use another --out or --overwrite"
                 )
         for entry in old["shards"]:
-            if not (self.dir / entry["name"]).is_file():
-                raise ShardError(f"{self.dir / entry['name']}: listed in the manifest but missing")
+            path = self.dir / entry["name"]
+            if not path.is_file():
+                raise ShardError(f"{path}: listed in the manifest but missing")
+            # A resumed set must hold what its manifest says: new shards are listed beside these.
+            if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+                raise ShardError(f"shard {path}: sha256 does not match the manifest (corrupt or "
+                                 "replaced by another file); use --overwrite to harvest again")
         self.manifest.update({k: old[k] for k in ("d_in", "tokens", "complete", "shards",
                                                    "stats")})
         if old["stats"] is not None:
@@ -415,15 +497,24 @@ class ShardSetWriter:
             self._close_shard()
         self.manifest["complete"] = True
         write_manifest(self.dir, self.manifest)
+        self._lock.release()
 
     def abort(self) -> None:
-        """Drop the shard being written (the manifest still lists every complete one)."""
-        if self._tar is not None:
-            self._tar.close()
-            self._file.close()
-            self._tar = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        """Drop the shard being written (the manifest still lists every complete one).
+
+        Called while another error is on its way: never raises, so that error is the one seen.
+        """
+        tar, file, tmp = self._tar, self._file, self._tmp
+        self._tar = self._file = self._tmp = None
+        for close in (getattr(tar, "close", None), getattr(file, "close", None)):
+            try:
+                if close is not None:
+                    close()
+            except Exception:
+                pass  # already closed, or the disk error being reported
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        self._lock.release()
 
     # --- internals ---
 
@@ -480,8 +571,10 @@ class ShardSetWriter:
 
     def _close_shard(self) -> None:
         assert self._tar is not None and self._tmp is not None
-        self._tar.close()
-        digest = self._file.close()
+        tar, self._tar = self._tar, None  # closed once, even if closing fails (see abort)
+        tar.close()
+        file, self._file = self._file, None
+        digest = file.close()
         name = self._shard_name()
         os.replace(self._tmp, self.dir / name)
         if self.stats is None:
@@ -496,6 +589,41 @@ class ShardSetWriter:
         write_manifest(self.dir, self.manifest)
         self._tar = self._tmp = self._file = self._shard_stats = None
         self._shard_rows = self._shard_blocks = 0
+
+
+class _DirLock:
+    """An exclusive, non-blocking lock on directory/.lock; release() deletes the file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / ".lock"
+        self.f: IO[str] | None = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; harvests there are not guarded
+            return
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder before us may have deleted the file after we opened it: then our lock
+            # is on a dead file and someone else may hold the new one.
+            if os.fstat(self.f.fileno()).st_ino != os.stat(self.path).st_ino:
+                raise OSError("lock file replaced")
+        except OSError:
+            self.f.seek(0)
+            who = self.f.read().strip() or "?"
+            self.f.close()
+            self.f = None
+            raise ShardError(f"{directory}: another harvest (pid {who}) is writing here; wait "
+                             "for it or use another --out") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"{os.getpid()}\n")
+        self.f.flush()
+
+    def release(self) -> None:
+        if self.f is not None:
+            self.path.unlink(missing_ok=True)  # while still held: see the inode check above
+            self.f.close()
+            self.f = None
 
 
 class _HashingFile:
