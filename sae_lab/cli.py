@@ -18,6 +18,33 @@ from sae_lab.sae.config import ConfigError
 USER_ERRORS = (ConfigError, OSError, ValueError, KeyError, FloatingPointError)
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type=` for integers >= minimum: bad values become a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is None/False or the text names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from sae_lab.train.config import reference
 

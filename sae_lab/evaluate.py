@@ -153,17 +153,38 @@ def save_report(out_dir: str | os.PathLike, metrics: dict[str, Any],
 
 
 def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
-                      max_tokens: int | None = None, shards: list[str] | None = None
-                      ) -> Iterator[Tensor]:
+                      max_tokens: int | None = None, shards: list[str] | None = None,
+                      skipped: dict[str, int] | None = None) -> Iterator[Tensor]:
     """[B, d_in] batches of a shard set's rows (or of the named shards), in corpus order, up to
-    max_tokens rows."""
+    max_tokens rows.
+
+    Rows holding NaN or Inf are an error naming the shard, unless `skipped` is given: then they
+    are left out and counted in skipped["rows"].
+    """
     from sae_lab.data.shards import iter_blocks
 
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"batch_size={batch_size} and max_tokens={max_tokens} must be >= 1")
     seen = 0
     for block in iter_blocks(source, shards):
         acts = block["acts"]
         if max_tokens is not None:
             acts = acts[: max_tokens - seen]
+        finite = torch.isfinite(acts).all(dim=1)  # [n]
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            if skipped is None:
+                raise ValueError(
+                    f"shard {block['shard']}, block {block['block']}: {bad} row(s) hold NaN or "
+                    "Inf; pass --skip-nonfinite to leave such rows out (they are counted)")
+            skipped["rows"] = skipped.get("rows", 0) + bad
+            seen += acts.shape[0]
+            acts = acts[finite]
+            if acts.shape[0]:
+                yield from acts.split(batch_size)
+            if max_tokens is not None and seen >= max_tokens:
+                return
+            continue
         yield from acts.split(batch_size)
         seen += acts.shape[0]
         if max_tokens is not None and seen >= max_tokens:
@@ -305,28 +326,39 @@ def _ratio(num: float, den: float) -> float:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from sae_lab.cli import DefaultsFormatter, int_at_least
+
     p = sub.add_parser(
         "eval",
         help="held-out metrics of an SAE, and its downstream loss",
         description="Reconstruction metrics over activation shards (FVU, MSE, cosine, L0, dead "
         "fraction, shrinkage, density histogram) and, with --dataset, the model's loss with the "
         "SAE spliced in. Prints a table; writes eval.json (and the density plot) to --out.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
     p.add_argument("--shards", help="activation shards to evaluate on (hold them out of training)")
-    p.add_argument("--last-shards", type=int, help="evaluate on the manifest's last N shards "
-                   "only: what training held out with data.val_shards=N")
-    p.add_argument("--max-tokens", type=int, help="evaluate on at most this many shard rows")
-    p.add_argument("--batch-size", type=int, default=4096, help="rows per SAE forward pass")
+    p.add_argument("--last-shards", type=int_at_least(1), help="evaluate on the manifest's last "
+                   "N shards only: what training held out with data.val_shards=N")
+    p.add_argument("--max-tokens", type=int_at_least(1),
+                   help="evaluate on at most this many shard rows")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4096,
+                   help="rows per SAE forward pass")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="leave out shard rows holding NaN/Inf (counted in eval.json as "
+                   "nonfinite_rows) instead of stopping with an error")
     p.add_argument("--out", help="output directory (default: SAE_DIR/eval)")
     p.add_argument("--model", help="causal LM for the downstream loss (default: the SAE's model)")
     p.add_argument("--dataset", help="text for the downstream loss: .txt/.jsonl/.parquet file or "
                    "a Hub dataset id")
     p.add_argument("--text-column", default="text", help="dataset column holding the text")
     p.add_argument("--split", default="train", help="dataset split")
-    p.add_argument("--ctx-len", type=int, help="tokens per sequence (default: the SAE's ctx_len)")
-    p.add_argument("--n-seqs", type=int, default=64, help="sequences scored for the loss")
-    p.add_argument("--lm-batch-size", type=int, default=8, help="sequences per model forward")
+    p.add_argument("--ctx-len", type=int_at_least(2),
+                   help="tokens per sequence (default: the SAE's ctx_len)")
+    p.add_argument("--n-seqs", type=int_at_least(1), default=64,
+                   help="sequences scored for the loss")
+    p.add_argument("--lm-batch-size", type=int_at_least(1), default=8,
+                   help="sequences per model forward")
     from sae_lab.analysis.lm import add_hook_args
 
     add_hook_args(p)
@@ -358,13 +390,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"warning: {w}", file=sys.stderr)
         names = None
         if args.last_shards:
-            names = [e["name"] for e in manifest["shards"]][-args.last_shards :]
+            names = [e["name"] for e in manifest["shards"]]
+            if args.last_shards > len(names):
+                raise ValueError(f"--last-shards {args.last_shards}: shards {args.shards} hold "
+                                 f"only {len(names)} shard(s)")
+            names = names[-args.last_shards :]
         elif _same_path(sae.metadata.get("source"), args.shards):
             print("warning: these are the shards the SAE was trained on; pass --last-shards N "
                   "(its data.val_shards) to evaluate on held-out rows only", file=sys.stderr)
-        batches = shard_activations(args.shards, args.batch_size, args.max_tokens, names)
+        skipped = {"rows": 0} if args.skip_nonfinite else None
+        batches = shard_activations(args.shards, args.batch_size, args.max_tokens, names,
+                                    skipped)
         result = evaluate_sae(sae, batches, device)
         metrics.update(result.metrics)
+        if skipped is not None:
+            metrics["nonfinite_rows"] = float(skipped["rows"])
         density = result.density
     if args.dataset:
         name = model_name(sae, args.model)

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,9 @@ def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_l
     """The whole page as one string."""
     payload = json.dumps({"summary": summary, "latents": latents}, ensure_ascii=False,
                          separators=(",", ":"))
-    # "</" would end the <script> element early; "<\\/" is the same JSON string.
-    payload = payload.replace("</", "<\\/")
+    # Any "<" could start "</script>" or "<!--" (which changes how the HTML parser ends the
+    # script element); "\\u003c" is the same JSON string and holds no markup.
+    payload = payload.replace("<", "\\u003c")
     esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
@@ -191,6 +193,8 @@ def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
+    from sae_lab.cli import DefaultsFormatter, int_at_least
+
     p = sub.add_parser(
         "inspect",
         help="top-activating contexts of each latent, as a static HTML feature browser",
@@ -198,6 +202,7 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
         "activating contexts (token ids decoded with the model's tokenizer); for causal LMs also "
         "the output tokens each latent promotes most (W_dec @ W_U). Writes OUT/index.html, "
         "a self-contained page: open it from disk, no server.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
     p.add_argument("--shards", required=True, help="activation shards (with token ids)")
@@ -206,16 +211,21 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model / tokenizer (default: the SAE's, else the shards')")
     p.add_argument("--latents", help="which latents to show, e.g. 0-99,512 (default: the first "
                    "--max-latents)")
-    p.add_argument("--max-latents", type=int, default=1000, help="default number of latents")
-    p.add_argument("--top", type=int, default=10, help="contexts per latent")
-    p.add_argument("--context-left", type=int, default=12, help="tokens before the activating one")
-    p.add_argument("--context-right", type=int, default=4, help="tokens after it")
-    p.add_argument("--top-logits", type=int, default=None,
+    p.add_argument("--max-latents", type=int_at_least(1), default=1000,
+                   help="number of latents shown when --latents is not given")
+    p.add_argument("--top", type=int_at_least(1), default=10, help="contexts per latent")
+    p.add_argument("--context-left", type=int_at_least(0), default=12,
+                   help="tokens before the activating one")
+    p.add_argument("--context-right", type=int_at_least(0), default=4, help="tokens after it")
+    p.add_argument("--top-logits", type=int_at_least(0), default=None,
                    help="promoted output tokens per latent; default 10 for causal LMs and skipped "
                    "for others; an explicit N > 0 on a model without an unembedding is an error")
-    p.add_argument("--max-tokens", type=int, help="read at most this many shard rows")
-    p.add_argument("--batch-size", type=int, default=4096, help="rows per SAE forward pass")
+    p.add_argument("--max-tokens", type=int_at_least(1), help="read at most this many shard rows")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4096,
+                   help="rows per SAE forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar over the shard rows")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -242,8 +252,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if not name:
         raise ValueError("neither the SAE nor the shards name a model; pass --model")
     tokenizer = load_tokenizer(args.model or manifest.get("tokenizer") or name)
+    def say(msg: str) -> None:
+        if args.progress:
+            print(msg, file=sys.stderr)
+
     promoted = None
     if args.top_logits != 0:
+        say(f"loading {name} for the promoted-token view (--top-logits 0 skips it)")
         model = load_model(name, device)
         try:
             W_U = unembedding_for(model, sae.d_in, name)
@@ -255,8 +270,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if W_U is not None:
             promoted = promoted_tokens(sae.W_dec, W_U, args.top_logits or 10)
         del model
-    top = top_activations(sae, iter_blocks(args.shards), args.top, args.batch_size,
-                          args.max_tokens, device)
+    total = manifest.get("tokens") or None
+    if args.max_tokens and total:
+        total = min(total, args.max_tokens)
+    top = top_activations(sae, _counted(iter_blocks(args.shards), total, args.progress),
+                          args.top, args.batch_size, args.max_tokens, device)
+    say(f"writing contexts of {len(latents)} latents")
     records = latent_records(top, latents, TokenText(tokenizer), args.context_left,
                              args.context_right, promoted)
     meta = sae.metadata
@@ -266,3 +285,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                f"{args.shards}; showing {len(latents)} latents")
     index = write_browser(records, args.out, summary, title=f"sae_lab: {Path(args.sae_dir).name}")
     print(f"saved: {index}")
+
+
+def _counted(blocks: Iterator[dict[str, Any]], total: int | None, show: bool
+             ) -> Iterator[dict[str, Any]]:
+    """The blocks unchanged, with a progress bar over their rows on stderr."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True, desc="inspect",
+              file=sys.stderr, disable=not show) as bar:
+        for block in blocks:
+            n = block["acts"].shape[0]
+            bar.update(n if total is None else min(n, total - bar.n))
+            yield block

@@ -277,8 +277,11 @@ def _say(cfg: HarvestConfig, msg: str) -> None:
 
 def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
+    from sae_lab.cli import DefaultsFormatter
+
     p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=DefaultsFormatter)
     _add_arguments(p)
     p.set_defaults(func=run_cli)
     return p
