@@ -38,6 +38,7 @@ from torch import Tensor
 
 from sae_lab.data.layers import hook_name
 from sae_lab.files import atomic_dir
+from sae_lab.models import canonical_name
 from sae_lab.sae.base import SAE
 
 SAELENS_ARCHITECTURE = {
@@ -100,7 +101,7 @@ def saelens_config(
         cfg["k"] = sae.cfg.k
         cfg["rescale_acts_by_decoder_norm"] = False
     cfg["metadata"] = {
-        "model_name": model_name or meta.get("model"),
+        "model_name": canonical_name(str(model_name or meta.get("model") or "")) or None,
         "hook_name": hook_name or tl_hook_name(meta),
         "hook_head_index": None,
         "context_size": context_size or meta.get("ctx_len"),

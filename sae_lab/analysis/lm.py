@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sae_lab.data.layers import unembedding
+from sae_lab.models import resolve_model
 from sae_lab.sae.base import CONFIG_FILE, SAE, load
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -67,7 +68,7 @@ def is_causal(config: Any) -> bool:
 def load_tokenizer(name: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name, revision=revision)
+    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision)
 
 
 def load_model(name: str, device: str = "cpu", revision: str | None = None,
@@ -76,6 +77,7 @@ def load_model(name: str, device: str = "cpu", revision: str | None = None,
     (AutoModelForCausalLM), else the bare model (AutoModel). Never runs remote code."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    name = resolve_model(name)
     config = AutoConfig.from_pretrained(name, revision=revision)
     cls = AutoModelForCausalLM if is_causal(config) else AutoModel
     return cls.from_pretrained(name, revision=revision, dtype=dtype).to(device).eval()

