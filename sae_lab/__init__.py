@@ -11,18 +11,45 @@ starts, so `import sae_lab` and `sae-lab --help` stay quick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Import the subpackage before defining the function of the same name: a first import of
-# sae_lab.train later on would otherwise rebind `sae_lab.train` to the module.
-import sae_lab.train.config  # noqa: E402, F401
-from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load  # noqa: E402
-from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig  # noqa: E402
+# Imported on first use (PEP 562), so `import sae_lab` and `sae-lab --help` load no torch.
+_LAZY = {
+    "ARCHITECTURES": "sae_lab.sae", "SAE": "sae_lab.sae", "SAEConfig": "sae_lab.sae",
+    "load": "sae_lab.sae", "DataConfig": "sae_lab.train.config",
+    "SyntheticConfig": "sae_lab.train.config", "TrainConfig": "sae_lab.train.config",
+}
 
 if TYPE_CHECKING:
+    from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load
+    from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig
     from sae_lab.train.run import TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sae_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps `sae_lab.train` the function below: importing the subpackage sae_lab.train would
+    otherwise rebind the name to the module (the import system sets it on its parent)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "train" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def train(cfg: TrainConfig, callbacks=(), ckpt_path=None, logger: bool = True) -> TrainResult:

@@ -12,10 +12,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from sae_lab.sae.config import ConfigError
-
-# Errors a user can fix from the message alone: printed as one line, exit code 2.
-USER_ERRORS = (ConfigError, OSError, ValueError, KeyError, FloatingPointError)
+# Errors a user can fix from the message alone: printed as one line, exit code 2. (ConfigError
+# and ShardError are ValueErrors; naming ValueError keeps this import-free for a fast --help.)
+USER_ERRORS = (OSError, ValueError, KeyError, FloatingPointError)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -88,25 +87,44 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"saved: {result.out_dir / 'final'}")
 
 
-# One line per command: "module:function" that adds its subparser. Modules keep heavy imports
-# (torch, ray, transformers) inside their command functions so `--help` stays fast.
+# One line per command: name, its one-line help, and "module:function" that adds its subparser.
+# Only the module of the command being run is imported (and modules keep torch, ray and
+# transformers inside their command functions), so `sae-lab --help` and `sae-lab CMD --help`
+# stay fast; the others are listed with their help line only. tests/test_cli.py checks that
+# these help lines are the ones the modules register.
 COMMANDS = [
-    "sae_lab.data.harvest:add_harvest_parser",
-    "sae_lab.cli:add_train_parser",
-    "sae_lab.sweep.cli:add_parser",
-    "sae_lab.evaluate:add_eval_parser",
-    "sae_lab.export:add_export_parser",
-    "sae_lab.analysis.browser:add_inspect_parser",
-    "sae_lab.analysis.steer:add_steer_parser",
-    "sae_lab.demo:add_parser",
+    ("harvest", "store a model's activations as WebDataset shards",
+     "sae_lab.data.harvest:add_harvest_parser"),
+    ("train", "train one SAE from a YAML config", "sae_lab.cli:add_train_parser"),
+    ("sweep", "run a Ray Tune sweep of SAE trainings", "sae_lab.sweep.cli:add_parser"),
+    ("eval", "held-out metrics of an SAE, and its downstream loss",
+     "sae_lab.evaluate:add_eval_parser"),
+    ("export", "write an SAE in another library's format (SAELens v6)",
+     "sae_lab.export:add_export_parser"),
+    ("inspect", "top-activating contexts of each latent, as a static HTML feature browser",
+     "sae_lab.analysis.browser:add_inspect_parser"),
+    ("steer", "generate with one latent's decoder direction added (or the latent clamped)",
+     "sae_lab.analysis.steer:add_steer_parser"),
+    ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
+     "sae_lab.demo:add_parser"),
 ]
 
 
-def _registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
-    return [getattr(importlib.import_module(m), f) for m, f in (c.split(":") for c in COMMANDS)]
+def _register(target: str) -> Callable[[argparse._SubParsersAction], None]:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The command named in argv (the first word that is not a top-level option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `sae-lab` parser; with `argv`, only the command it names is fully registered."""
     from sae_lab import __version__
 
     parser = argparse.ArgumentParser(
@@ -117,13 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sae-lab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _registrations():
-        register(sub)
+    wanted = None if argv is None else _command_in(argv)
+    for name, text, target in COMMANDS:
+        if argv is None or name == wanted:
+            _register(target)(sub)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except USER_ERRORS as e:

@@ -14,21 +14,27 @@ import argparse
 import itertools
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from sae_lab.data import layers as L
-from sae_lab.data.shards import DTYPES, ShardSetWriter
-from sae_lab.data.text import DatasetError, iter_texts, window_batches
+from sae_lab.config import config, parse, require
 from sae_lab.models import canonical_name, resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from sae_lab.data.shards import ShardSetWriter
+
+# torch, transformers and the shard code are imported inside the functions, so that
+# `sae-lab harvest --help` stays fast. These match layers.HOOKS and shards.DTYPES (tested).
+HOOKS = ("resid_post", "mlp_out", "attn_out")
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
 SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well (webdataset docs)
 
 
-@dataclass
+@config
 class HarvestConfig:
     """What to harvest and where to put it."""
 
@@ -79,26 +85,20 @@ class HarvestConfig:
     """Show a progress bar with tokens/s and ETA."""
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(x) for x in self.layers)
-        checks = {
-            "layers": (len(self.layers) > 0 and len(set(self.layers)) == len(self.layers)
-                       and all(x >= 0 for x in self.layers), "distinct layers >= 0"),
-            "hook": (self.hook in L.HOOKS, f"one of {list(L.HOOKS)}"),
-            "ctx_len": (self.ctx_len >= 2, ">= 2"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "max_tokens": (self.max_tokens >= 0, ">= 0"),
-            "dtype": (self.dtype in DTYPES, f"one of {list(DTYPES)}"),
-            "model_dtype": (self.model_dtype in DTYPES, f"one of {list(DTYPES)}"),
-            "shard_rows": (self.shard_rows == 0 or self.shard_rows >= self.block_rows,
-                           "0 or >= block_rows"),
-            "block_rows": (self.block_rows >= 1024, ">= 1024"),
-        }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"harvest: {name}={getattr(self, name)!r} must be {allowed}")
+        layers = self.layers
+        require(len(layers) > 0 and len(set(layers)) == len(layers) and min(layers) >= 0,
+                "layers", layers, "distinct layers >= 0")
+        require(self.ctx_len >= 2, "ctx_len", self.ctx_len, ">= 2")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(self.max_tokens >= 0, "max_tokens", self.max_tokens, ">= 0")
+        require(self.block_rows >= 1024, "block_rows", self.block_rows, ">= 1024")
+        require(self.shard_rows == 0 or self.shard_rows >= self.block_rows, "shard_rows",
+                self.shard_rows, "0 or >= block_rows")
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -107,6 +107,8 @@ def resolve_device(device: str) -> torch.device:
 def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
     """(model in eval mode on device, tokenizer) through transformers' Auto classes."""
     from transformers import AutoModel, AutoTokenizer
+
+    from sae_lab.data.shards import DTYPES
 
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     for what, path in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
@@ -142,6 +144,9 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     `model` and `tokenizer` may be passed in (already loaded); otherwise they are loaded from
     cfg.model.
     """
+    from sae_lab.data import layers as L
+    from sae_lab.data.shards import ShardSetWriter
+
     device = resolve_device(cfg.device)
     texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
     if model is None:
@@ -189,6 +194,8 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
 def open_texts(cfg: HarvestConfig) -> Iterator[str]:
     """The dataset's texts, opened and its first text read, so a missing or unreadable dataset
     fails before anything else happens."""
+    from sae_lab.data.text import DatasetError, iter_texts
+
     texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
     try:
         first = next(texts)
@@ -197,10 +204,21 @@ def open_texts(cfg: HarvestConfig) -> Iterator[str]:
     return itertools.chain([first], texts)
 
 
-@torch.inference_mode()
 def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
          device: torch.device, texts: Iterator[str] | None = None) -> None:
+    import torch
+
+    with torch.inference_mode():
+        _store(cfg, model, tokenizer, writers, device, texts)
+
+
+def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
+           device: torch.device, texts: Iterator[str] | None) -> None:
     from tqdm.auto import tqdm
+
+    from sae_lab.data import layers as L
+    from sae_lab.data.shards import DTYPES
+    from sae_lab.data.text import DatasetError, iter_texts, window_batches
 
     start = min(w.rows for w in writers.values())
     limit = cfg.max_tokens or None
@@ -233,12 +251,18 @@ def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Shar
 
 
 def _probe_width(model: Any, cfg: HarvestConfig, device: torch.device) -> int:
+    import torch
+
+    from sae_lab.data import layers as L
+
     with torch.inference_mode(), L.capture(model, [max(cfg.layers)], cfg.hook) as acts:
         L.run_to_hooks(model, input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
     return acts[max(cfg.layers)].shape[-1]
 
 
 def _auto_shard_rows(d_in: int, dtype: str, block_rows: int) -> int:
+    from sae_lab.data.shards import DTYPES
+
     row_bytes = d_in * DTYPES[dtype].itemsize
     return max(1, round(SHARD_BYTES / row_bytes / block_rows)) * block_rows
 
@@ -252,6 +276,8 @@ def _check_ctx_len(model: Any, ctx_len: int) -> None:
 
 
 def _header(cfg: HarvestConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
+    from sae_lab.data import layers as L
+
     config = getattr(model, "config", None)
     return {
         "model": canonical_name(cfg.model),  # a short name, never a site-packages path
@@ -291,7 +317,7 @@ def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from sae_lab.train.config import field_docs
+    from sae_lab.config import field_docs
 
     docs = field_docs(HarvestConfig)
     required = {"model", "dataset", "out"}
@@ -309,7 +335,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
             kw.update(nargs="+", type=int, default=list(f.default))
         elif f.type in ("int", int):
             kw["type"] = int
-        choices = {"hook": L.HOOKS, "dtype": tuple(DTYPES), "model_dtype": tuple(DTYPES)}
+        choices = {"hook": HOOKS, "dtype": DTYPE_NAMES, "model_dtype": DTYPE_NAMES}
         if f.name in choices:
             kw["choices"] = choices[f.name]
         p.add_argument(flag, **kw)
@@ -317,4 +343,4 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> None:
     names = {f.name for f in fields(HarvestConfig)}
-    harvest(HarvestConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    harvest(parse(HarvestConfig, {k: v for k, v in vars(args).items() if k in names}, "harvest"))
