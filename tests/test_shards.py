@@ -245,3 +245,18 @@ def test_two_writers_into_one_directory_are_refused(tmp_path):
     w.add(0, *rows(1500))
     w.finish()  # releases the lock
     ShardSetWriter(tmp_path, HEADER, "float32", 1024, 1024).abort()
+
+
+def test_training_reader_verifies_shards_without_being_told(tmp_path):
+    """ShardDataModule calls read_shard(url, rows, d_in, dtype): the digest comes from the
+    manifest, so a swapped shard stops training with an error naming it."""
+    from sae_lab.data.datamodule import ShardDataModule
+    from sae_lab.train.config import DataConfig
+
+    write(tmp_path, 6144, shard_rows=2048)  # three shards; the last is held out
+    (tmp_path / "shard-000001.tar").write_bytes((tmp_path / "shard-000000.tar").read_bytes())
+    data = DataConfig(shards=str(tmp_path), val_shards=1, shuffle_buffer=0, num_workers=0)
+    it = iter(ShardDataModule(data, 1024, seed=0, epochs=1).train_dataloader())
+    with pytest.raises(ShardError, match="shard-000001.tar: sha256"):
+        for _ in range(10):
+            next(it)
