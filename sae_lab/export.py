@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae_lab.data.layers import hook_name
-from sae_lab.files import atomic_dir
+from sae_lab.files import atomic_dir, check_output_dir
 from sae_lab.models import canonical_name
 from sae_lab.sae.base import SAE
 
@@ -53,6 +53,7 @@ SAELENS_VERSION = "6.0.0"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 CONFIG_FILE = "cfg.json"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, SPARSITY_FILE)  # an earlier export, before markers
 
 @torch.no_grad()
 def saelens_tensors(sae: SAE) -> dict[str, Tensor]:
@@ -135,7 +136,7 @@ def export_saelens(
     """
     if density is not None and density.shape != (sae.d_sae,):
         raise ValueError(f"density has shape {tuple(density.shape)}; expected ({sae.d_sae},)")
-    with atomic_dir(out, "export", known=(CONFIG_FILE, WEIGHTS_FILE, SPARSITY_FILE)) as tmp:
+    with atomic_dir(out, "export", known=EXPORT_FILES) as tmp:
         save_file(saelens_tensors(sae), tmp / WEIGHTS_FILE)
         if density is not None:
             save_file({"sparsity": log10_density(density.cpu())}, tmp / SPARSITY_FILE)
@@ -175,6 +176,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from sae_lab.analysis.lm import load_sae_dir
     from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
 
+    check_output_dir(args.out, "export", EXPORT_FILES)  # before measuring any density
     sae = load_sae_dir(args.sae_dir)
     density, source = None, None
     default = Path(args.sae_dir) / "eval" / DENSITY_FILE

@@ -97,3 +97,21 @@ def test_browser_json_escapes_every_lt():
     assert "<" not in payload
     assert json.loads(payload)["summary"] == "summary <!--<script>"
     assert json.loads(payload)["latents"][0]["contexts"][0]["tokens"][0] == "<!--<script>"
+
+
+def test_inspect_and_export_refuse_a_foreign_out_before_any_work(tmp_path, capsys, monkeypatch):
+    from sae_lab.analysis import lm
+
+    acts, sae = small_set(tmp_path)
+    foreign = tmp_path / "proj"
+    (foreign / "src").mkdir(parents=True)
+    (foreign / "src" / "thesis.tex").write_text("hi\n")
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(lm, "load_sae_dir", no_work)
+    for cmd in (["inspect", str(sae), "--shards", str(acts)], ["export", str(sae)]):
+        msg = one_line_error([*cmd, "--out", str(foreign)], capsys)
+        assert "proj" in msg and "replaced" in msg
+    assert (foreign / "src" / "thesis.tex").read_text() == "hi\n"

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sae_lab.files import atomic_dir
+from sae_lab.files import atomic_dir, check_output_dir
 
 INDEX = "index.html"
+BROWSER_FILES = (INDEX,)  # what an earlier `sae-lab inspect` left in --out
 
 _CSS = """
 body { font: 14px system-ui, sans-serif; margin: 0; color: #1d232b; }
@@ -184,7 +185,7 @@ def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary
                   title: str = "sae_lab features") -> Path:
     """Write out/index.html atomically (a temporary directory, then rename over `out`); an
     existing `out` is replaced only when it is an earlier browser."""
-    with atomic_dir(out, "inspect", known=(INDEX,)) as tmp:
+    with atomic_dir(out, "inspect", known=BROWSER_FILES) as tmp:
         (tmp / INDEX).write_text(render_html(latents, summary, title), encoding="utf-8")
     return Path(out) / INDEX
 
@@ -242,6 +243,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from sae_lab.data.shards import iter_blocks, read_manifest
     from sae_lab.evaluate import check_shards
 
+    check_output_dir(args.out, "inspect", BROWSER_FILES)  # before minutes of work, not after
     device = resolve_device(args.device)
     sae = load_sae_dir(args.sae_dir, device)
     manifest = read_manifest(args.shards)
@@ -258,7 +260,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
     promoted = None
     if args.top_logits != 0:
-        say(f"loading {name} for the promoted-token view (--top-logits 0 skips it)")
+        say("loading the model for the promoted-token view (--top-logits 0 skips it)")
         model = load_model(name, device)
         try:
             W_U = unembedding_for(model, sae.d_in, name)
