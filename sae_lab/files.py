@@ -36,8 +36,8 @@ from typing import Any
 
 MARKER = ".sae_lab_output"
 # Directories named like mkdtemp's (".NAME.xxxxxxxx") without a pid, left by versions before
-# this module, are removed only once they are this old (seconds): a live writer is never that slow
-# to finish a single SAE or page.
+# this module, are removed only once they are this old (seconds), a live writer is never that slow
+# to finish a single SAE or page, and only when they hold nothing but the command's own files.
 LEGACY_TMP_AGE = 6 * 3600
 # What `SAE.save` writes (the default writer of `atomic_dir`), plus the eval/ that `sae-lab eval`
 # adds beside it: a directory holding only these is an earlier SAE and may be replaced.
@@ -116,15 +116,15 @@ def check_output_dir(directory: str | os.PathLike, command: str | None,
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir() or target.is_symlink():
-        raise OutputDirError(f"{target}: exists and is not a directory; choose another output")
+        raise OutputDirError(f"{target}: exists and is not a plain directory; choose another "
+                             "output")
     names = {p.name for p in target.iterdir()}
     if not names:
         return
     owner = _marker_command(target)
     if owner is not None and owner == command:
         return
-    known = tuple(known)
-    if owner is None and all(any(fnmatch.fnmatchcase(n, k) for k in known) for n in names):
+    if owner is None and _only(names, known):
         return
     what = f"an output of `{owner}`" if owner else "files sae_lab did not write"
     shown = ", ".join(sorted(names - {MARKER})[:3]) + (", ..." if len(names - {MARKER}) > 3 else "")
@@ -132,6 +132,11 @@ def check_output_dir(directory: str | os.PathLike, command: str | None,
         f"{target}: exists and holds {what} ({shown}); it would be replaced. Choose a new or "
         f"empty directory, or remove it first"
     )
+
+
+def _only(names: Iterable[str], patterns: Iterable[str]) -> bool:
+    patterns = tuple(patterns)
+    return all(any(fnmatch.fnmatchcase(n, k) for k in patterns) for n in names)
 
 
 def _marker_command(directory: Path) -> str | None:
@@ -157,7 +162,7 @@ def atomic_dir(directory: str | os.PathLike, command: str | None = None,
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover(target, say)
+    recover(target, say, known)
     check_output_dir(target, command, known)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
@@ -183,11 +188,13 @@ def replace_dir(src: Path, target: Path) -> None:
         os.replace(src, target)
 
 
-def recover(directory: str | os.PathLike, say: Callable[[str], None] | None = None) -> list[Path]:
+def recover(directory: str | os.PathLike, say: Callable[[str], None] | None = None,
+            known: Iterable[str] = SAE_FILES) -> list[Path]:
     """Clean up after interrupted `atomic_dir` writes to `directory`; returns what was removed.
 
     A copy in .NAME.old with NAME missing is moved back (a crash between the two renames); with
-    NAME present it is stale and removed, as are .NAME.PID.* directories of processes that are gone.
+    NAME present it is stale and removed, as are .NAME.PID.* directories of processes that are
+    gone, and .NAME.xxxxxxxx ones (older versions) once old and holding only `known` files.
     """
     say = say or _stderr
     target = Path(directory)
@@ -212,7 +219,8 @@ def recover(directory: str | os.PathLike, say: Callable[[str], None] | None = No
         if m.group(1) is not None:
             stale = not _alive(int(m.group(1)))
         else:
-            stale = now - p.stat().st_mtime > LEGACY_TMP_AGE
+            stale = (now - p.stat().st_mtime > LEGACY_TMP_AGE
+                     and _only((q.name for q in p.iterdir()), (MARKER, *known)))
         if stale:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

@@ -80,7 +80,7 @@ def test_empty_or_missing_directory_is_fine(tmp_path):
     (tmp_path / "empty").mkdir()
     check_output_dir(tmp_path / "empty", "export")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputDirError, match="not a directory"):
+    with pytest.raises(OutputDirError, match="not a plain directory"):
         check_output_dir(tmp_path / "file", "export")
 
 
@@ -149,3 +149,22 @@ def test_sae_save_replaces_an_sae_but_not_other_files(tmp_path):
     export_saelens(sae, tmp_path / "exp")
     with pytest.raises(OutputDirError, match="export"):
         sae.save(tmp_path / "exp")
+
+
+def test_old_style_temp_dirs_are_removed_only_when_old_and_ours(tmp_path):
+    import time
+
+    legacy = tmp_path / ".x.k2j4_9ab"  # mkdtemp(prefix=".x.") of earlier versions
+    (legacy).mkdir()
+    (legacy / "sae_weights.safetensors").write_bytes(b"0" * 10)
+    backup = tmp_path / ".x.backup12"  # a user's directory that happens to look alike
+    backup.mkdir()
+    (backup / "notes.txt").write_text("keep")
+    fresh = tmp_path / ".x.abcdefgh"
+    fresh.mkdir()
+    day_ago = time.time() - 86400
+    for p in (legacy, backup):
+        os.utime(p, (day_ago, day_ago))
+    recover(tmp_path / "x", known=("cfg.json", "sae_weights.safetensors"))
+    assert not legacy.exists()
+    assert backup.exists() and fresh.exists()
