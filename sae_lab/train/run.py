@@ -29,6 +29,8 @@ from sae_lab.train.module import SAEModule, finite_rows
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
 warnings.filterwarnings("ignore", ".*IterableDataset.*has `__len__` defined.*")
+# --resume continues in the run's own checkpoint directory, which is therefore not empty.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 # Manifest fields that travel with the SAE so eval/inspect/steer/export know where it came from.
 MANIFEST_KEYS = ("model", "revision", "layer", "hook", "hook_name", "ctx_len", "tokenizer",
