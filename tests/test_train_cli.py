@@ -123,6 +123,7 @@ def test_ctrl_c_exits_130_with_the_command_that_continues(tmp_path, capsys, monk
     assert code == 0 and "tokens=1280" in out
 
 
+@pytest.mark.slow
 def test_real_sigint_exits_130(tmp_path):
     cfg = write_config(tmp_path, max_tokens=128 * 2000)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

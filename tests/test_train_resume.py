@@ -74,6 +74,7 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, data):
     straight = train(config(tmp_path, "straight", data), logger=False)
     cfg = config(tmp_path, "stopped", data)
@@ -87,6 +88,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, data):
     assert not list((tmp_path / "stopped" / "checkpoints").glob("last-v*"))
 
 
+@pytest.mark.slow
 def test_killed_after_a_validation_then_resumed_equals_uninterrupted(tmp_path, data):
     """The sweep's case: the process dies, the trial restarts from the last validation's
     checkpoint (step 10), so the stream must restart at batch 10 with the pool as it was."""
