@@ -59,31 +59,54 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set sae.k=64 --set lr=1e-3")
     p.add_argument("--resume", action="store_true",
-                   help="continue from out_dir/checkpoints/last.ckpt if it exists")
+                   help="continue the run in out_dir from checkpoints/last.ckpt (without it, an "
+                   "existing run directory is refused)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
 
+DATA_SOURCES = ("synthetic", "npy", "shards")
+
+
+def _data_source_overrides(overrides: list[str]) -> list[str]:
+    """`--set data.shards=...` replaces the data source of the file (a printed config names the
+    default synthetic one): the other sources are set to null first."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    chosen = [s for s in DATA_SOURCES if any(k == f"data.{s}" or k.startswith(f"data.{s}.")
+                                              for k in keys)]
+    if len(chosen) != 1:
+        return overrides
+    return [f"data.{s}=null" for s in DATA_SOURCES if s != chosen[0]] + overrides
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    import shlex
 
     import yaml
 
     from sae_lab.train.config import TrainConfig, apply_overrides
 
+    overrides = _data_source_overrides(args.overrides)
     if args.config:
-        cfg = TrainConfig.from_yaml(args.config, args.overrides)
+        cfg = TrainConfig.from_yaml(args.config, overrides)
     else:
-        cfg = TrainConfig.from_dict(apply_overrides({}, args.overrides))
+        cfg = TrainConfig.from_dict(apply_overrides({}, overrides))
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return
-    from sae_lab.train.run import train
+    from sae_lab.train.run import TrainingInterrupted, resume_point, train
 
-    ckpt = Path(cfg.out_dir) / "checkpoints" / "last.ckpt"
-    result = train(cfg, ckpt_path=ckpt if args.resume and ckpt.is_file() else None)
+    ckpt = resume_point(cfg, args.resume)  # checks the run directory; writes nothing
+    try:
+        result = train(cfg, ckpt_path=ckpt)
+    except TrainingInterrupted as e:
+        again = ["sae-lab", "train", *([args.config] if args.config else []),
+                 *(a for o in args.overrides for a in ("--set", o)), "--resume"]
+        print(f"sae-lab train: {e}; continue with: {shlex.join(again)}", file=sys.stderr)
+        sys.exit(130)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+    print(f"final metrics on {result.held_out}")
     print(f"saved: {result.out_dir / 'final'}")
 
 

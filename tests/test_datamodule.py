@@ -157,3 +157,33 @@ def test_sae_width_that_disagrees_with_the_manifest_names_both(shard_dir):
     cfg = TrainConfig(sae=SAEConfig(d_in=512), data=data, batch_size=256, max_tokens=1024)
     with pytest.raises(ConfigError, match=r"sae.d_in=512 .*d_in=4"):
         build_module(cfg, ShardDataModule(data, 256))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_restarted_at_a_position_continues_it_exactly(shard_dir, workers):
+    """What --resume relies on: the stream from position P (the shuffle pool as it was, each
+    worker in its turn) is the uninterrupted stream minus its first P batches."""
+    from itertools import islice
+
+    data = DataConfig(shards=str(shard_dir), shuffle_buffer=1000, num_workers=workers)
+    full = [b[:, 0].tolist() for b in islice(ShardDataModule(data, 300, seed=3)
+                                             .train_dataloader(), 40)]
+    for position in (7, 31):  # 31: past the end of the first epoch (25 batches)
+        dm = ShardDataModule(data, 300, seed=3)
+        dm.load_state_dict(dm.state_dict() | {"train_batches": position})
+        rest = [b[:, 0].tolist() for b in islice(dm.train_dataloader(), 40 - position)]
+        assert rest == full[position:], position
+
+
+def test_array_stream_restarted_at_a_position_continues_it_exactly():
+    from itertools import islice
+
+    from sae_lab.data.arrays import ArrayDataModule
+
+    rows = torch.arange(1000, dtype=torch.float32)[:, None].repeat(1, D)
+    dm = ArrayDataModule(rows[:900], rows[900:], 128, seed=2)
+    full = [b[:, 0].tolist() for b in islice(dm.train_dataloader(), 20)]
+    assert sorted(sum(full[:7], [])) != sum(full[:7], [])  # shuffled
+    assert len(set(sum(full[:7], []))) == 7 * 128  # each row at most once a pass
+    dm.load_state_dict({"train_batches": 9})  # 7 batches a pass: inside the second
+    assert [b[:, 0].tolist() for b in islice(dm.train_dataloader(), 11)] == full[9:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +12,43 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from sae_lab.data.position import StreamPosition
+
 
 class BatchStream(IterableDataset):
-    """Whole batches of rows, reshuffled at every pass; `shuffle=False` keeps the order."""
+    """Batches of rows in order (validation: the last one may be partial), one pass."""
 
-    def __init__(self, rows: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = True) -> None:
-        self.rows, self.batch_size, self.shuffle = rows, batch_size, shuffle
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, rows: Tensor, batch_size: int) -> None:
+        self.rows, self.batch_size = rows, batch_size
 
     def __len__(self) -> int:
-        n = len(self.rows)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-len(self.rows) // self.batch_size)
 
-    def __iter__(self):
-        n = len(self.rows)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
-            yield self.rows[order[sl]] if order is not None else self.rows[sl]
+    def __iter__(self) -> Iterator[Tensor]:
+        for i in range(0, len(self.rows), self.batch_size):
+            yield self.rows[i : i + self.batch_size]
 
 
-class ArrayDataModule(pl.LightningDataModule):
+class ShuffledStream(IterableDataset):
+    """Whole batches forever: pass p draws the rows in the order of a permutation seeded by
+    (seed, p), so the stream from any position is known without replaying it; `skip` batches of
+    it are dropped (a resumed run's start)."""
+
+    def __init__(self, rows: Tensor, batch_size: int, seed: int = 0, skip: int = 0) -> None:
+        self.rows, self.batch_size, self.seed, self.skip = rows, batch_size, seed, skip
+
+    def __iter__(self) -> Iterator[Tensor]:
+        per_pass = len(self.rows) // self.batch_size
+        p, start = divmod(self.skip, per_pass)
+        while True:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            order = torch.randperm(len(self.rows), generator=gen)
+            for i in range(start, per_pass):
+                yield self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
+            p, start = p + 1, 0
+
+
+class ArrayDataModule(StreamPosition, pl.LightningDataModule):
     """Train/validation split of a [N, d_in] array; validation rows are the last val_fraction."""
 
     def __init__(self, train: Tensor, val: Tensor, batch_size: int, seed: int = 0,
@@ -50,12 +65,17 @@ class ArrayDataModule(pl.LightningDataModule):
         return self.train_rows.shape[1]
 
     def train_dataloader(self) -> DataLoader:
-        stream = BatchStream(self.train_rows, self.batch_size, shuffle=True, seed=self.seed)
+        stream = ShuffledStream(self.train_rows, self.batch_size, self.seed, skip=self.position)
         return DataLoader(stream, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        stream = BatchStream(self.val_rows, self.batch_size, shuffle=False, drop_last=False)
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(BatchStream(self.val_rows, self.batch_size), batch_size=None)
+
+    def held_out(self, rows: int) -> str:
+        return f"all {rows} held-out rows of {self.metadata.get('source', 'the array')}"
+
+    def locate_val_row(self, row: int) -> str:
+        return f"held-out row {row} of {self.metadata.get('source', 'the array')}"
 
     @classmethod
     def from_npy(cls, path: str | Path, val_fraction: float, batch_size: int,

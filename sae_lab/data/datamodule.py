@@ -8,6 +8,9 @@ Training streams forever by default (epoch after epoch, each a fresh shard order
 stops at max_tokens); every epoch yields each training row exactly once, and rows left over at
 an epoch's end start the next epoch's batches, so every batch is whole. The last `val_shards`
 shards of the manifest are held out and read in manifest order, so validation is deterministic.
+The number of training batches consumed is saved in checkpoints (`StreamPosition`); a resumed run
+replays the stream to that point, so it sees the same batches in the same order as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from sae_lab.data.position import StreamPosition, worker_resume
 from sae_lab.data.shards import ShardError, join, read_manifest, read_shard, shard_source
 from sae_lab.train.config import DataConfig
 
@@ -34,7 +38,7 @@ class RowStream(IterableDataset):
     def __init__(self, urls: list[str], rows: list[int], manifest: dict[str, Any],
                  batch_size: int, shuffle_buffer: int = 0, shuffle_shards: bool = False,
                  seed: int = 0, epochs: int | None = 1, split: bool = True,
-                 node: tuple[int, int] | None = None) -> None:
+                 node: tuple[int, int] | None = None, skip: int = 0) -> None:
         self.urls, self.rows = list(urls), list(rows)
         self.d_in, self.dtype = manifest["d_in"], manifest["dtype"]
         self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
@@ -43,6 +47,8 @@ class RowStream(IterableDataset):
         self.node = node
         """(rank, world size) when known up front (Lightning's trainer); else webdataset reads
         them from torch.distributed or the RANK/WORLD_SIZE environment variables."""
+        self.skip = skip
+        """Batches of the whole stream (all workers) already consumed: a resumed run's start."""
 
     def _ranks(self) -> tuple[int, int, int, int]:
         import webdataset as wds
@@ -58,12 +64,14 @@ class RowStream(IterableDataset):
                 "worker(s): each reader needs at least one shard; lower data.num_workers or "
                 "harvest smaller shards (--shard-rows)"
             )
+        worker, skip = worker_resume(self.skip, worker, workers)
         gen = torch.Generator().manual_seed(hash((self.seed, rank, worker)) % 2**63)
-        for batch in shuffle_batches(self._blocks(), self.batch_size, self.shuffle_buffer, gen,
-                                     partial_last=self.epochs is not None):
+        batches = shuffle_batches(self._blocks(worker, workers), self.batch_size,
+                                  self.shuffle_buffer, gen, partial_last=self.epochs is not None)
+        for batch in islice(batches, skip, None):
             yield batch.float()
 
-    def _blocks(self) -> Iterator[Tensor]:
+    def _blocks(self, worker: int, workers: int) -> Iterator[Tensor]:
         import webdataset as wds
 
         epochs = count() if self.epochs is None else range(self.epochs)
@@ -80,7 +88,7 @@ class RowStream(IterableDataset):
                 else:
                     rank, world = self.node
                     mine = islice(mine, rank, None, world)
-                mine = wds.split_by_worker(mine)
+                mine = islice(mine, worker, None, workers)  # as wds.split_by_worker
             for i in mine:
                 for block in read_shard(self.urls[i], self.rows[i], self.d_in, self.dtype):
                     yield block["acts"]
@@ -152,7 +160,7 @@ def _take(queue: deque[Tensor], n: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-class ShardDataModule(pl.LightningDataModule):
+class ShardDataModule(StreamPosition, pl.LightningDataModule):
     """Training and validation batches from a shard set written by `sae-lab harvest`.
 
     `epochs=None` streams the training shards forever; an integer stops after that many passes
@@ -200,7 +208,7 @@ class ShardDataModule(pl.LightningDataModule):
             self._manifest, self.batch_size,
             shuffle_buffer=self.data.shuffle_buffer if train else 0,
             shuffle_shards=train, seed=self.seed, epochs=self.epochs if train else 1,
-            split=train, node=node,
+            split=train, node=node, skip=self.position if train else 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -213,3 +221,15 @@ class ShardDataModule(pl.LightningDataModule):
         # One process, manifest order, no shuffling: the same rows in the same batches every
         # time, so a validation FVU computed later is identical.
         return DataLoader(self._stream(self.val_shards, False), batch_size=None)
+
+    def held_out(self, rows: int) -> str:
+        names = [s["name"] for s in self.val_shards]
+        return f"all {rows} rows of held-out shard(s) {names}"
+
+    def locate_val_row(self, row: int) -> str:
+        """'shard NAME row R' of row `row` of the validation stream (manifest order)."""
+        for s in self.val_shards:
+            if row < s["rows"]:
+                return f"held-out shard {s['name']} row {row}"
+            row -= s["rows"]
+        return f"held-out row {row} past the last shard"

@@ -66,11 +66,16 @@ class TuneReport(pl.Callback):
         self.last_tokens = restored["tokens"] if restored else -1.0
         self.wall_start = time.monotonic() - (restored["wall_time_s"] if restored else 0.0)
 
-    def metrics(self, val: dict[str, float], d_in: int, tokens: float) -> dict[str, Any]:
+    def metrics(self, val: dict[str, float], d_in: int, tokens: float,
+                final: bool = False) -> dict[str, Any]:
         # Tune's status table shows the first four keys
         m = {"objective": objective(float(val["fvu"]), float(val["l0"]), d_in, self.l0_weight)}
         m.update({k: float(val[k]) for k in ("fvu", "l0", "mse", "l1", "dead_frac")})
         m["tokens"] = float(tokens)
+        # Periodic validations use val_batches; the final report, the one the sweep ranks on,
+        # the whole held-out set (final=1).
+        m["val_tokens"] = float(val.get("val_tokens", 0.0))
+        m["final"] = float(final)
         m["wall_time_s"] = time.monotonic() - self.wall_start  # across restores of this trial
         return {**m, **self.info}
 
@@ -82,6 +87,7 @@ class TuneReport(pl.Callback):
             return
         cm = trainer.callback_metrics
         val = {k: float(cm[f"val/{k}"]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
+        val["val_tokens"] = float(cm["val/tokens"]) if "val/tokens" in cm else 0.0
         metrics = self.metrics(val, pl_module.sae.d_in, tokens)
         with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
             trainer.save_checkpoint(Path(tmp) / TRAINER_CKPT, weights_only=False)
@@ -90,10 +96,10 @@ class TuneReport(pl.Callback):
         self.last_tokens = tokens
 
     def final(self, result: Any) -> None:
-        """After training: report the final metrics if the last validation came earlier."""
-        if result.metrics["tokens"] <= self.last_tokens:
-            return
-        metrics = self.metrics(result.metrics, result.sae.d_in, result.metrics["tokens"])
+        """After training: report the final metrics, on the whole held-out set (the last
+        validation, at the same step maybe, saw only val_batches of it)."""
+        metrics = self.metrics(result.metrics, result.sae.d_in, result.metrics["tokens"],
+                               final=True)
         with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
             _save_sae(result.sae, Path(tmp), metrics)
             _report(metrics, tmp)
@@ -145,17 +151,34 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         last = json.loads((local / METRICS_FILE).read_text())
         if last["tokens"] >= cfg.max_steps * cfg.batch_size:
             # Finished before the sweep was killed, but Tune's experiment state (saved every
-            # ~10 s) had not caught up: report the result again instead of training again.
+            # ~10 s) had not caught up: report the result again instead of training again,
+            # measured on the whole held-out set if the final report had not been made.
+            if not last.get("final"):
+                last = _final_from_checkpoint(local, cfg, spec.objective.l0_weight, info, last)
             tune.report(last, checkpoint=checkpoint)
             return
         ckpt_path = local / TRAINER_CKPT
     report = TuneReport(spec.objective.l0_weight, cfg.batch_size, info, restored=last)
     try:
-        result = train(cfg, callbacks=[report], ckpt_path=ckpt_path, logger=True)
+        result = train(cfg, callbacks=[report], ckpt_path=ckpt_path, logger=True,
+                       progress_lines=False)
     except Exception as e:  # Tune retries it; results.csv shows this line and where it died
         raise TrialError(f"{type(e).__name__}: {e} (on host {info['hostname']}, node "
                          f"{info['node'][:8]})") from e
     report.final(result)
+
+
+def _final_from_checkpoint(local: Path, cfg: Any, l0_weight: float, info: dict[str, Any],
+                           last: dict[str, Any]) -> dict[str, Any]:
+    """The final metrics of a trial's saved SAE on the whole held-out set."""
+    from sae_lab.sae.base import load
+    from sae_lab.train.run import evaluate_held_out, make_datamodule
+
+    sae = load(local / SAE_DIR)
+    val, _ = evaluate_held_out(sae, make_datamodule(cfg), cfg.nan_policy)
+    val["dead_frac"] = last["dead_frac"]
+    report = TuneReport(l0_weight, cfg.batch_size, info, restored=last)
+    return report.metrics(val, sae.d_in, last["tokens"], final=True)
 
 
 class TrialError(RuntimeError):

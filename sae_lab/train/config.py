@@ -115,11 +115,13 @@ class TrainConfig:
     val_every_steps: int = 100
     """Validate every this many steps (and at the end)."""
     val_batches: int = 8
-    """Batches per validation (0: the whole validation set)."""
+    """Batches per periodic validation (0: the whole validation set); the final metrics always
+    use the whole held-out set."""
     log_every_steps: int = 10
     """Training metrics are logged every this many steps."""
     nan_policy: Literal["error", "skip"] = "error"
-    """On a NaN or inf batch: stop with an error naming the step, or skip and count it."""
+    """On a NaN or inf batch (or held-out row): stop with an error naming the step (the shard),
+    or skip and count it."""
     precision: Literal["32", "bf16-mixed"] = "32"
     """Lightning precision; bf16-mixed only applies on CUDA (CPU falls back to 32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

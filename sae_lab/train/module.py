@@ -22,6 +22,23 @@ class NonFiniteBatchError(FloatingPointError):
     """A batch produced a NaN or inf loss."""
 
 
+def finite_rows(batch: Tensor, first_row: int, policy: str,
+                locate=None) -> tuple[Tensor, int]:
+    """The rows of a held-out batch that are finite, and how many were dropped. policy 'error':
+    a non-finite row is an error naming where it came from (`locate(row)`, e.g. its shard)."""
+    ok = torch.isfinite(batch).all(dim=-1)
+    if bool(ok.all()):
+        return batch, 0
+    if policy == "error":
+        row = first_row + int((~ok).nonzero()[0])
+        where = locate(row) if locate is not None else f"held-out row {row}"
+        raise NonFiniteBatchError(
+            f"non-finite activations (NaN or inf) in {where} ({int((~ok).sum())} row(s) in this "
+            "batch); set nan_policy: skip to leave such rows out and count them"
+        )
+    return batch[ok], int((~ok).sum())
+
+
 class SAEModule(pl.LightningModule):
     def __init__(self, sae: SAE, cfg: TrainConfig) -> None:
         super().__init__()
@@ -30,6 +47,8 @@ class SAEModule(pl.LightningModule):
         # Inputs are multiplied by input_scale so that E||x||^2 = d_in (1 when not normalising).
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("skipped_batches", torch.zeros((), dtype=torch.long))
+        self.skipped_val_rows = 0
+        """Non-finite held-out rows left out of the last validation (nan_policy: skip)."""
         self._val: ReconStats | None = None
 
     @torch.no_grad()
@@ -70,6 +89,8 @@ class SAEModule(pl.LightningModule):
         with torch.no_grad():
             var = (x - x.mean(dim=0)).pow(2).sum()
             metrics["train/fvu"] = (out.x_hat.detach() - x).pow(2).sum() / var
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
+        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         metrics["train/dead_frac"] = self.sae.dead_mask.float().mean()
         metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         metrics["train/skipped_batches"] = self.skipped_batches.float()
@@ -88,8 +109,16 @@ class SAEModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = ReconStats()
+        self.skipped_val_rows = 0
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        dm = self.trainer.datamodule
+        locate = getattr(dm, "locate_val_row", None)
+        batch, skipped = finite_rows(batch, batch_idx * self.cfg.batch_size, self.cfg.nan_policy,
+                                     locate)
+        self.skipped_val_rows += skipped
+        if not len(batch):
+            return
         x = self._scaled(batch)
         z = self.sae.encode(x)
         x_hat = self.sae.decode(z) / self.input_scale.to(x.dtype)
@@ -100,6 +129,8 @@ class SAEModule(pl.LightningModule):
             return
         metrics = {f"val/{k}": v for k, v in self._val.compute().items()}
         metrics["val/dead_frac"] = self.sae.dead_mask.float().mean().item()
+        metrics["val/tokens"] = float(self._val.n)
+        metrics["val/skipped_rows"] = float(self.skipped_val_rows)
         metrics["tokens"] = float(self.global_step * self.cfg.batch_size)
         self.log_dict(metrics, on_step=False, on_epoch=True)
 
