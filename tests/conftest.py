@@ -9,30 +9,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Session fixtures over tests/tiny.py: built once, shared by the tests that need them.
+@functools.cache
+def _corpus(base: Path) -> Path:
+    from tiny import write_corpus
+
+    return write_corpus(base / "corpus.txt")
 
 
-@pytest.fixture
-def shakespeare() -> Path:
-    path = SHARED_DATA / "tinyshakespeare.txt"
-    assert path.is_file(), f"test data missing: {path} (CI has ../shared beside the checkout)"
-    return path
-
-
-# Session fixtures over tests/tiny.py: built once, shared by the eval/inspect/steer tests.
 @functools.cache
 def _tiny_lm(base: Path) -> Path:
     from tiny import build_tiny_lm
 
-    return build_tiny_lm(base / "tiny-gpt2")
+    return build_tiny_lm(base / "tiny-gpt2", _corpus(base))
 
 
 @functools.cache
 def _tiny_shards(base: Path) -> Path:
     from tiny import write_tiny_shards
 
-    return write_tiny_shards(_tiny_lm(base), base / "tiny-acts")
+    return write_tiny_shards(_tiny_lm(base), _corpus(base), base / "tiny-acts")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A ~420 kB text file (stdlib docstrings, one paragraph each), generated once a session."""
+    return _corpus(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import CTX, HOOK, LAYER, SHAKESPEARE, identity_sae, make_sae
+from tiny import CTX, HOOK, LAYER, identity_sae, make_sae
 
 from sae_lab.cli import main
 from sae_lab.evaluate import evaluate_sae, shard_activations
@@ -34,9 +34,9 @@ def run_error(argv, capsys) -> str:
 
 
 @pytest.mark.slow
-def test_eval_then_export(tiny_lm, tiny_shards, tmp_path, capsys):
+def test_eval_then_export(tiny_lm, tiny_shards, corpus, tmp_path, capsys):
     sae_dir = saved_sae(tmp_path / "sae", tiny_lm)
-    main(["eval", str(sae_dir), "--shards", str(tiny_shards), "--dataset", str(SHAKESPEARE),
+    main(["eval", str(sae_dir), "--shards", str(tiny_shards), "--dataset", str(corpus),
           "--n-seqs", "4", "--device", "cpu"])
     out = capsys.readouterr().out
     assert re.search(r"^fvu\s+\d", out, re.M) and re.search(r"^ce_score\s+", out, re.M)
@@ -74,9 +74,9 @@ def test_eval_then_export(tiny_lm, tiny_shards, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_identity_sae_scores_one(tiny_lm, tmp_path, capsys):
+def test_eval_identity_sae_scores_one(tiny_lm, corpus, tmp_path, capsys):
     sae_dir = saved_sae(tmp_path / "ident", tiny_lm, identity_sae(64))
-    main(["eval", str(sae_dir), "--dataset", str(SHAKESPEARE), "--n-seqs", "3",
+    main(["eval", str(sae_dir), "--dataset", str(corpus), "--n-seqs", "3",
           "--out", str(tmp_path / "ev")])
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["ce_score"] == pytest.approx(1.0, abs=1e-5)

@@ -20,18 +20,9 @@ from sae_lab.data.layers import LayerError
 from sae_lab.data.shards import iter_blocks, read_manifest, verify
 from sae_lab.data.text import DatasetError, iter_texts, window_batches
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 HARVEST = [sys.executable, "-m", "sae_lab.cli", "harvest"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
-    path.write_text(SHAKESPEARE.read_text()[:150_000])
-    return path
 
 
 @pytest.fixture(scope="module")

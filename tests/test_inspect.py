@@ -1,7 +1,7 @@
 """Top-activating contexts, promoted tokens, and the HTML feature browser in headless Chromium.
 
-Also home of the tiny language model and shard set that the eval/steer end-to-end tests import:
-a byte-level BPE tokenizer trained on a slice of tinyshakespeare and a 2-layer random GPT-2.
+The tiny language model and shards (tests/tiny.py): a byte-level BPE tokenizer trained on a slice
+of the generated test corpus and a 2-layer random GPT-2.
 """
 
 from __future__ import annotations

@@ -65,12 +65,12 @@ def test_budget_sends_sigint_when_time_is_up():
 
 
 @pytest.mark.slow
-def test_smoke_run_harvests_sweeps_and_exports(tmp_path, shakespeare):
+def test_smoke_run_harvests_sweeps_and_exports(tmp_path, corpus):
     out = tmp_path / "kaggle"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out),
-           "--dataset", str(shakespeare)]
+           "--dataset", str(corpus)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -78,7 +78,7 @@ def test_smoke_run_harvests_sweeps_and_exports(tmp_path, shakespeare):
     assert json.loads((out / "tiny-gpt2" / "config.json").read_text())["n_layer"] == 2
     manifest = json.loads((out / "shards" / "layer_1" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["tokens"] == 8192
-    assert manifest["dataset"]["path"] == str(shakespeare)
+    assert manifest["dataset"]["path"] == str(corpus)
 
     with open(out / "sweep" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -163,12 +164,32 @@ def test_nan_batch_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in result.sae.parameters())
 
 
-def test_resume_from_last_checkpoint_continues(tmp_path):
-    cfg = tiny(tmp_path)
-    first = train(cfg)
-    longer = TrainConfig.from_dict({**cfg.to_dict(), "max_tokens": 256 * 30})
-    resumed = train(longer, ckpt_path=first.out_dir / "checkpoints" / "last.ckpt")
-    assert resumed.metrics["tokens"] == 256 * 30
+class _Crash(pl.Callback):
+    """Kills the run (an exception out of the training loop) after `step` optimiser steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed at step {self.step}")
+
+
+def test_run_resumed_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    steps = {"max_tokens": 256 * 30, "val_every_steps": 10}
+    whole = train(tiny(tmp_path / "whole", **steps))
+    cfg = tiny(tmp_path / "crashed", **steps)
+    with pytest.raises(RuntimeError, match="killed at step 15"):
+        train(cfg, callbacks=[_Crash(15)])
+    last = cfg.out_dir + "/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # mid-run, not the end
+    resumed = train(cfg, ckpt_path=last)
+    assert resumed.metrics["tokens"] == whole.metrics["tokens"] == 256 * 30
+    # Same data order from the checkpoint on, same optimiser state and schedules: same weights.
+    for name, want in whole.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], want, rtol=0, atol=1e-6,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    assert resumed.metrics["fvu"] == pytest.approx(whole.metrics["fvu"], rel=1e-6)
 
 
 def test_save_checkpoints_off_leaves_no_checkpoint_files(tmp_path):

@@ -1,5 +1,6 @@
-"""Tiny shared test assets: a 2-layer random GPT-2 with its own small tokenizer, shards harvested
-from it, and a slightly perturbed SAE. Session fixtures over them live in conftest.py."""
+"""Tiny shared test assets: a text corpus, a 2-layer random GPT-2 with its own small tokenizer,
+shards harvested from it, and a slightly perturbed SAE. Session fixtures over them live in
+conftest.py. Nothing here reads outside the repository: the corpus is generated."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import torch
 
 from sae_lab.sae import ARCHITECTURES, SAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 LAYER, HOOK, CTX = 1, "resid_post", 32
+# ~420k characters: enough for the largest harvest in the suite (51,200 MiniLM tokens).
+CORPUS_TOKENS = 70_000
 
 
-def build_tiny_lm(out: Path, n_embd: int = 64) -> Path:
+def write_corpus(path: Path, tokens: int = CORPUS_TOKENS) -> Path:
+    """The test corpus: docstrings of this Python's standard library, one paragraph each (the
+    demo's corpus, so a clone needs nothing beside it). Kept if `path` exists."""
+    from sae_lab.demo import write_corpus as write_docstrings
+
+    return write_docstrings(path, tokens)
+
+
+def build_tiny_lm(out: Path, corpus: Path, n_embd: int = 64) -> Path:
     """A local 'model name': GPT-2 (2 layers, random weights) + a 300-token byte-level BPE."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    text = SHAKESPEARE.read_text()[:100_000]
+    text = corpus.read_text()[:100_000]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -37,11 +46,11 @@ def build_tiny_lm(out: Path, n_embd: int = 64) -> Path:
     return out
 
 
-def write_tiny_shards(lm_dir: Path, out: Path, max_tokens: int = 3000) -> Path:
-    """`sae-lab harvest` of LAYER/HOOK of the tiny model over tinyshakespeare."""
+def write_tiny_shards(lm_dir: Path, corpus: Path, out: Path, max_tokens: int = 3000) -> Path:
+    """`sae-lab harvest` of LAYER/HOOK of the tiny model over the corpus."""
     from sae_lab.data.harvest import HarvestConfig, harvest
 
-    cfg = HarvestConfig(model=str(lm_dir), dataset=str(SHAKESPEARE), out=str(out),
+    cfg = HarvestConfig(model=str(lm_dir), dataset=str(corpus), out=str(out),
                         layers=(LAYER,), hook=HOOK, ctx_len=CTX, batch_size=16,
                         max_tokens=max_tokens, dtype="float32", device="cpu", shard_rows=2048,
                         block_rows=1024, progress=False)
