@@ -3,7 +3,7 @@ resume, and any Ray cluster (`address`).
 
     sweep YAML --validate--> Tuner(trainable, param_space, ASHA, FailureConfig) --fit-->
         trials: train(cfg, callbacks=[TuneReport]) --tune.report(metrics, checkpoint)-->
-    results.csv, pareto.png, best/   (sae_lab.sweep.report)
+    SweepResult --> results.csv, pareto.png, best/   (sae_lab.sweep.report)
 
 Every trial reports at each validation with a checkpoint holding the Lightning state (to resume a
 retried or interrupted trial) and the SAE with input normalisation folded in (to export).
@@ -28,6 +28,7 @@ import yaml
 from ray.tune import Callback
 
 from sae_lab.sae.config import ConfigError
+from sae_lab.sweep.report import FINISHED, VAL_METRICS, SweepResult, load_result
 from sae_lab.sweep.scheduler import architecture_of, build_scheduler
 from sae_lab.sweep.space import (
     SweepConfig,
@@ -68,7 +69,7 @@ class TuneReport(pl.Callback):
     def metrics(self, val: dict[str, float], d_in: int, tokens: float) -> dict[str, Any]:
         # Tune's status table shows the first four keys
         m = {"objective": objective(float(val["fvu"]), float(val["l0"]), d_in, self.l0_weight)}
-        m.update({k: float(val[k]) for k in ("fvu", "l0", "mse", "l1", "dead_frac")})
+        m.update({k: float(val[k]) for k in VAL_METRICS})
         m["tokens"] = float(tokens)
         m["wall_time_s"] = time.monotonic() - self.wall_start  # across restores of this trial
         return {**m, **self.info}
@@ -80,7 +81,7 @@ class TuneReport(pl.Callback):
         if tokens <= self.last_tokens:
             return
         cm = trainer.callback_metrics
-        val = {k: float(cm[f"val/{k}"]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
+        val = {k: float(cm[f"val/{k}"]) for k in VAL_METRICS}
         metrics = self.metrics(val, pl_module.sae.d_in, tokens)
         with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
             trainer.save_checkpoint(Path(tmp) / TRAINER_CKPT, weights_only=False)
@@ -167,9 +168,13 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     verbose: int = 1,
-) -> list[dict[str, Any]]:
+) -> SweepResult:
     """Validate, launch (or resume) the sweep under `out`, then write its report (results.csv,
-    pareto.png, best/). Returns the rows of results.csv."""
+    pareto.png, best/) and return it. Trials still unfinished (the sweep was stopped with Ctrl-C
+    or SIGTERM) have status "unfinished".
+
+    resume=True unpickles OUT/tune/tuner.pkl through Ray: a crafted file there runs code. Resume
+    only output directories this user created."""
     import ray
     from ray import tune
 
@@ -214,6 +219,37 @@ def run_sweep(
             signal.signal(signal.SIGTERM, old_handler)
         if started_ray:
             ray.shutdown()
+
+
+def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
+                  verbose: int = 0) -> tuple[SweepResult, str]:
+    """(result, what happened: "reused", "resumed" or "ran"): reuse the finished sweep in `out`,
+    resume an interrupted one, or start it. progress=True prints a line per trial event while
+    Tune runs quietly (verbose=1 and 2 are Tune's own status tables). A sweep stopped part-way
+    (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues."""
+    from ray.tune import Tuner
+
+    from sae_lab.sweep.progress import TrialProgress
+
+    out = Path(out).resolve()
+    recorded = out / "sweep.yaml"
+    if recorded.is_file() and yaml.safe_load(recorded.read_text()) != sweep.to_dict():
+        raise ConfigError(f"{out} holds a different sweep (see {recorded}); delete {out} to "
+                          "run this one in its place, or choose another output directory")
+    resume = Tuner.can_restore(out / EXPERIMENT)
+    if resume and (out / "results.csv").is_file():
+        done = load_result(out, sweep)
+        if done.trials and all(t.status in FINISHED for t in done.trials):
+            return done, "reused"
+    if resume:
+        print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
+              flush=True)
+    if progress and not verbose:
+        with TrialProgress(out, sweep.num_trials):
+            result = run_sweep(sweep, out, resume=resume, verbose=0)
+    else:
+        result = run_sweep(sweep, out, resume=resume, verbose=verbose)
+    return result, "resumed" if resume else "ran"
 
 
 def _sigterm_as_sigint() -> Any:
