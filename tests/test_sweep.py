@@ -316,7 +316,9 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     from sae_lab.sweep.report import load_result
 
     again = load_result(out, sweep)
-    assert again.rows() == result.rows() and again.best().trial == result.best().trial
+    for a, b in zip(again.rows(), result.rows(), strict=True):
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
+    assert again.best().trial == result.best().trial
     val = make_datamodule(sweep.train_config("topk", {})).val_dataloader()
     for name, row in summary.items():
         sae = sae_lab.load(out / "best" / name)

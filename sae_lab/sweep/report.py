@@ -234,10 +234,13 @@ def _record(name: str, result: Any, state: Any, cfg: Any, extra: list[str]) -> T
     m = result.metrics or {}
     metrics = {k: float(m[k]) for k in METRIC_COLUMNS if isinstance(m.get(k), (int, float))}
     status, error = _status(result, metrics, state.status if state else None, cfg)
+    # where the trial reported from (TuneReport); Ray's own "hostname" of a trial that never
+    # reported is in a live ResultGrid but not in the one read back from disk
+    where = m if "tokens" in metrics else {}
     return TrialRecord(
         trial=name, architecture=cfg.sae.architecture, config=config, metrics=metrics,
         status=status, error=error, failures=state.num_failures if state else 0,
-        node=m.get("node"), hostname=m.get("hostname"),
+        node=where.get("node"), hostname=where.get("hostname"),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
     )
 
