@@ -10,8 +10,7 @@
 
 Every step reuses what an earlier run finished (the harvest continues after its last complete
 shard, an interrupted sweep resumes), so re-running the same command continues. The steps are
-library functions (sae_lab.assets, sae_lab.data.harvest, sae_lab.sweep.run, sae_lab.pipeline),
-the same ones the notebook and the Kaggle runner call.
+the library functions the notebook and the Kaggle runner call (sae_lab.pipeline).
 """
 
 from __future__ import annotations
@@ -143,7 +142,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
 
     stage("corpus")
     corpus = Path(cfg.text) if cfg.text else assets.write_corpus(out / "corpus.txt", cfg.tokens)
-    print(f"{'text' if cfg.text else 'docstrings of this Python standard library'}: {corpus} "
+    print(f"{'text' if cfg.text else 'standard-library docstrings'}: {corpus} "
           f"({corpus.stat().st_size / 1e6:.1f} MB)")
     stage(f"harvest {cfg.tokens} tokens of {cfg.model or 'all-MiniLM-L6-v2'}, layer {cfg.layer} "
           "resid_post")
@@ -156,8 +155,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
         result, how = run_or_resume(sweep, out / "sweep")
     finally:
         ray.shutdown()
-    if how == "reused":
-        print(f"finished in an earlier run: {out / 'sweep' / 'results.csv'}")
+    print(f"finished in an earlier run: {out / 'sweep'}" if how == "reused" else "")
     print(result.table())
     if result.unfinished:
         raise KeyboardInterrupt(f"sweep stopped with unfinished trials; its state is saved in "
