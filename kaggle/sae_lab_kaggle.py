@@ -183,34 +183,29 @@ def restore_previous_output(out: Path) -> None:
         return
 
 
-def _saes_in(best: Path) -> bool:
-    return best.is_dir() and any(p.is_dir() and not p.name.startswith(("frontier_", "."))
-                                 for p in best.iterdir())
-
-
-def partial_best(sweep_dir: Path, metric: str, mode: str) -> Path | None:
-    """When the budget stopped the sweep before any trial finished: the latest checkpoint of
-    each architecture's best trial so far (by `metric`), copied to OUT/partial_best/<arch>/ with a
-    summary.json like best/'s. None when no trial has reported yet."""
+def partial_best(result, target: Path) -> dict:
+    """When the budget stopped the sweep before any trial finished: each architecture's best
+    trial so far (by the sweep's metric) at its latest checkpoint, copied to target/<arch>/ with
+    a summary.json like best/'s. Returns architecture -> TrialRecord (empty: nothing reported)."""
     import json
+    import math
 
-    from sae_lab.demo import read_results
-
-    path = sweep_dir / "results.csv"
-    rows = [r for r in read_results(path) if r["checkpoint"] != "n/a"
-            and isinstance(r.get(metric), float)] if path.is_file() else []
-    if not rows:
-        return None
-    target = sweep_dir.parent / "partial_best"
+    sign = 1 if result.mode == "min" else -1
+    picks = {}
+    for t in result.trials:
+        value = t.metrics.get(result.metric, math.nan)
+        if t.checkpoint is None or not math.isfinite(value):
+            continue
+        best = picks.get(t.architecture)
+        if best is None or sign * value < sign * best.metrics[result.metric]:
+            picks[t.architecture] = t
     shutil.rmtree(target, ignore_errors=True)
-    sign = 1 if mode == "min" else -1
-    summary = {}
-    for arch in sorted({r["architecture"] for r in rows}):
-        row = min((r for r in rows if r["architecture"] == arch), key=lambda r: sign * r[metric])
-        shutil.copytree(sweep_dir / row["checkpoint"] / "sae", target / arch)
-        summary[arch] = row
-    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return target
+    for arch, t in picks.items():
+        shutil.copytree(Path(t.checkpoint) / "sae", target / arch)
+    if picks:
+        summary = {arch: t.row(result.out) for arch, t in sorted(picks.items())}
+        (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return picks
 
 
 def middle_layer(model: str) -> int:
@@ -223,32 +218,62 @@ def middle_layer(model: str) -> int:
     return n // 2
 
 
+def inputs(args: argparse.Namespace, out: Path) -> tuple[str, str | None]:
+    """(model, dataset): with --smoke, a tiny random GPT-2 and (without --dataset) the standard
+    library's docstrings."""
+    from sae_lab.assets import tiny_causal_lm, write_corpus
+
+    model, dataset = args.model, args.dataset or (None if args.smoke else DATASET)
+    if args.smoke:
+        if dataset is None:
+            dataset = str(write_corpus(out / "corpus.txt", args.tokens))
+        model = str(tiny_causal_lm(dataset, out / "tiny-gpt2"))
+        print(f"smoke run: a tiny GPT-2 with RANDOM weights ({model}) on {dataset}", flush=True)
+    return model, dataset
+
+
+def harvest_and_sweep(args, sweep, model: str, dataset: str, layer: int, shards_root: Path,
+                      out: Path, stage, budget: Budget):
+    """Harvest (continuing a partial one), then run or resume the sweep; returns its
+    SweepResult (trials the budget cut short are unfinished), or None if the budget ran out
+    before the sweep started."""
+    from sae_lab.data.harvest import HarvestConfig, harvest
+    from sae_lab.data.shards import read_manifest
+    from sae_lab.pipeline import quiet_ray, val_shards
+    from sae_lab.sweep.run import run_or_resume
+
+    if budget.fired:
+        return None
+    stage(f"harvest {args.tokens} tokens of {model}, layer {layer} (budget left {budget.left()})")
+    harvest(HarvestConfig(
+        model=model, dataset=dataset, out=str(shards_root), layers=(layer,), hook="resid_post",
+        ctx_len=args.ctx_len, batch_size=args.harvest_batch_size, max_tokens=args.tokens,
+        dtype="float16", model_dtype=args.model_dtype, shard_rows=args.shard_rows,
+        block_rows=min(4096, args.shard_rows), split=args.split, text_column=args.text_column,
+        dataset_name=args.dataset_name or (DATASET_NAME if dataset == DATASET else None),
+        progress=True,
+    ))
+    shards = shards_root / f"layer_{layer}"
+    n_shards, held_out = len(read_manifest(shards)["shards"]), val_shards(sweep)
+    if n_shards <= held_out:
+        raise ValueError(f"{shards}: {n_shards} shard(s) for {held_out} held out; harvest more "
+                         "--tokens or lower --shard-rows")
+    stage(f"sweep: {sweep.num_trials} trials (budget left {budget.left()})")
+    quiet_ray()
+    result, how = run_or_resume(sweep, out / "sweep")
+    print(f"sweep: {how}")
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     # --smoke tests the sae_lab it runs next to; a real run installs one first.
     sweeps_dir = (_checkout() / "sweeps" if args.smoke
                   else install(args.repo, args.ref, args.pip_spec))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if args.smoke:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-    from sae_lab.data.harvest import HarvestConfig, harvest
-    from sae_lab.data.shards import read_manifest
-    from sae_lab.demo import (
-        best_overall,
-        export_best,
-        heldout_table,
-        is_causal_model,
-        quiet_ray,
-        read_results,
-        results_table,
-        run_sweep_or_resume,
-        tiny_causal_lm,
-        write_corpus,
-    )
+    from sae_lab import pipeline
+    from sae_lab.sweep.report import load_result
     from sae_lab.sweep.space import load_sweep
 
+    pipeline.quiet_env(offline=args.smoke)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards_root = Path(args.shards_dir) if args.shards_dir else out / "shards"
@@ -256,42 +281,16 @@ def run(args: argparse.Namespace) -> int:
     if sweeps_dir is not None and not Path(sweep_file).is_file():
         sweep_file = str(sweeps_dir / sweep_file)
     restore_previous_output(out)
-
-    model, dataset = args.model, args.dataset or (None if args.smoke else DATASET)
-    if args.smoke:
-        if dataset is None:  # no local file given: the standard library's docstrings
-            dataset = str(write_corpus(out / "corpus.txt", args.tokens))
-        model = str(tiny_causal_lm(dataset, out / "tiny-gpt2"))
-        print(f"smoke run: a tiny GPT-2 with RANDOM weights ({model}) on {dataset}", flush=True)
+    model, dataset = inputs(args, out)
     layer = args.layer if args.layer >= 0 else middle_layer(model)
     shards = shards_root / f"layer_{layer}"
     sweep = load_sweep(sweep_file, args.overrides, shards=str(shards))  # errors before work
-    val_shards = int(sweep.base.get("data", {}).get("val_shards", 1))
-
+    stage = pipeline.Stages(4)
+    result = None
     with Budget(args.budget_hours, args.reserve_minutes) as budget:
         try:
-            if budget.fired:
-                raise KeyboardInterrupt("no time left in --budget-hours")
-            print(f"\n== harvest {args.tokens} tokens of {model}, layer {layer} "
-                  f"(budget left {budget.left()})", flush=True)
-            harvest(HarvestConfig(
-                model=model, dataset=dataset, out=str(shards_root), layers=(layer,),
-                hook="resid_post", ctx_len=args.ctx_len, batch_size=args.harvest_batch_size,
-                max_tokens=args.tokens, dtype="float16", model_dtype=args.model_dtype,
-                shard_rows=args.shard_rows, block_rows=min(4096, args.shard_rows),
-                split=args.split, text_column=args.text_column,
-                dataset_name=args.dataset_name or (DATASET_NAME if dataset == DATASET else None),
-                progress=True,
-            ))
-            n_shards = len(read_manifest(shards)["shards"])
-            if n_shards <= val_shards:
-                raise ValueError(f"{shards}: {n_shards} shard(s) for {val_shards} held out; "
-                                 "harvest more --tokens or lower --shard-rows")
-            print(f"\n== sweep {sweep_file}: {sweep.num_trials} trials "
-                  f"(budget left {budget.left()})", flush=True)
-            quiet_ray()
-            _, how = run_sweep_or_resume(sweep, out / "sweep")
-            print(f"sweep: {how}")
+            result = harvest_and_sweep(args, sweep, model, dataset, layer, shards_root, out,
+                                       stage, budget)
         except KeyboardInterrupt as e:
             if not budget.fired:
                 raise
@@ -300,35 +299,43 @@ def run(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
+    if result is None and (out / "sweep" / "tune").is_dir():
+        result = load_result(out / "sweep", sweep)
+    return export(args, sweep, result, shards, out, model, stage, budget.fired)
 
+
+def export(args, sweep, result, shards: Path, out: Path, model: str, stage, stopped: bool) -> int:
+    """Held-out metrics, SAELens exports and the feature browser of the best SAEs the sweep
+    finished (or, if none finished, of its best unfinished trials)."""
+    from sae_lab import pipeline
+
+    if result is None:
+        print("no trial has reported yet: nothing to export; run again to continue")
+        return 130 if stopped else 1
+    print(result.table())
     best = out / "sweep" / "best"
-    if (out / "sweep" / "results.csv").is_file():
-        print(results_table(read_results(out / "sweep" / "results.csv"), sweep.metric))
-    if not _saes_in(best):
-        best = partial_best(out / "sweep", sweep.metric, sweep.mode)
-        if best is None:
+    picks = {a: result.best(a) for a in pipeline.best_dirs(result)}
+    if not picks:
+        best = out / "partial_best"
+        picks = partial_best(result, best)
+        if not picks:
             print("no trial has reported yet: nothing to export; run again to continue")
-            return 130 if budget.fired else 1
-        print(f"no trial has finished yet: exporting each architecture's best unfinished trial "
+            return 130 if stopped else 1
+        print("no trial has finished yet: exporting each architecture's best unfinished trial "
               f"at its latest checkpoint ({best})")
-    print("\n== held-out metrics and SAELens exports", flush=True)
-    print(heldout_table(export_best(best, str(shards), out, val_shards)))
-    winner = best_overall(best, sweep.metric, sweep.mode)
-    if winner is not None:
-        from sae_lab.cli import build_parser
-
-        cli = ["inspect", str(best / winner), "--shards", str(shards), "--out",
-               str(out / "browser"), "--max-latents", str(args.browser_latents)]
-        if not is_causal_model(model):
-            cli += ["--top-logits", "0"]
-        ns = build_parser().parse_args(cli)
-        ns.func(ns)
-    print(f"\nresults: {out / 'sweep' / 'results.csv'}, {out / 'sweep' / 'pareto.png'}\n"
-          f"checkpoints (sae_lab.load): {best}\nexports (SAELens): {out / 'exports'}\n"
-          f"held-out metrics: {out / 'eval'}")
-    if winner is not None:
-        print(f"feature browser: {out / 'browser' / 'index.html'}")
-    if budget.fired:
+    stage("held-out metrics and SAELens exports")
+    saes = {arch: best / arch for arch in picks}
+    print(pipeline.heldout_table(pipeline.evaluate_and_export(
+        saes, shards, out, pipeline.val_shards(sweep))))
+    sign = 1 if result.mode == "min" else -1
+    winner = min(picks, key=lambda a: sign * picks[a].metrics[result.metric])
+    stage(f"feature browser of the best SAE ({winner})")
+    browser = pipeline.browse(saes[winner], shards, out / "browser", model, args.browser_latents)
+    pipeline.print_outputs({
+        "results": out / "sweep" / "results.csv", "Pareto plot": out / "sweep" / "pareto.png",
+        "checkpoints (sae_lab.load)": best, "exports (SAELens)": out / "exports",
+        "held-out metrics": out / "eval", "feature browser": browser})
+    if stopped:
         print("the budget ran out before the sweep finished: run again to continue")
         return 130
     return 0

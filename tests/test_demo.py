@@ -14,8 +14,11 @@ import pytest
 from safetensors.torch import load_file
 
 import sae_lab
+from sae_lab.assets import stdlib_docstrings
 from sae_lab.cli import main
-from sae_lab.demo import DemoConfig, results_table, stdlib_docstrings
+from sae_lab.config import ConfigError, parse
+from sae_lab.demo import DemoConfig
+from sae_lab.pipeline import Stages
 from sae_lab.sweep.space import load_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -31,8 +34,13 @@ def test_stdlib_corpus_is_deterministic_and_bounded():
 
 
 def test_bad_settings_are_one_line_errors(capsys):
-    with pytest.raises(ValueError, match="--tokens=4096: must be >= 2 \\* shard_rows"):
-        DemoConfig(tokens=4096, shard_rows=4096)
+    with pytest.raises(ConfigError, match=r"^tokens=4096: must be >= 2 \* shard_rows"):
+        parse(DemoConfig, {"tokens": 4096, "shard_rows": 4096})
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--layer", "-1", "--out", "unused"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sae-lab demo: error: layer=-1: ") and "\n" not in err
     with pytest.raises(SystemExit) as e:
         main(["demo", "--text", "no/such/corpus.txt", "--out", "unused"])
     assert e.value.code == 2
@@ -40,19 +48,30 @@ def test_bad_settings_are_one_line_errors(capsys):
     assert err == "sae-lab demo: error: --text no/such/corpus.txt: no such file"
 
 
-def test_results_table_ranks_by_metric_and_prints_knobs():
-    rows = [
-        {"trial": "relu_1", "architecture": "relu", "k": "n/a", "sparsity_coef": 2.5,
-         "l0": 40.0, "fvu": 0.3, "dead_frac": 0.0, "objective": 0.5, "status": "done"},
-        {"trial": "topk_2", "architecture": "topk", "k": 8, "sparsity_coef": "n/a",
-         "l0": 8.0, "fvu": 0.2, "dead_frac": 0.01, "objective": 0.25, "status": "done"},
-        {"trial": "relu_3", "architecture": "relu", "k": "n/a", "sparsity_coef": 9.0,
-         "l0": "n/a", "fvu": "n/a", "dead_frac": "n/a", "objective": "n/a", "status": "failed"},
-    ]
-    lines = results_table(rows).splitlines()[2:]
-    assert [ln.split()[0] for ln in lines] == ["topk_2", "relu_1", "relu_3"]
-    assert lines[0].split()[2] == "8" and lines[1].split()[2] == "2.5"
-    assert lines[2].split()[-1] == "failed"
+def test_flags_come_from_the_config_fields():
+    """Every DemoConfig field is a flag (its docstring the help); values reach the config."""
+    import argparse
+
+    from sae_lab.cli_args import add_config_args, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, DemoConfig, flags={"overrides": "--set"})
+    assert config_from_args(DemoConfig, p.parse_args([])) == DemoConfig()
+    cfg = config_from_args(DemoConfig, p.parse_args(
+        ["--layer", "2", "--set", "num_samples=2", "--set", "seed=1", "--tiny", "--text", "t.txt"]))
+    assert (cfg.layer, cfg.overrides, cfg.text, cfg.tokens) == (2, ["num_samples=2", "seed=1"],
+                                                                "t.txt", 8192)
+    assert cfg.sweep_overrides[-2:] == ["num_samples=2", "seed=1"]
+    assert config_from_args(DemoConfig, p.parse_args([])).overrides == []  # default not shared
+    assert "Rows per shard. (default: 16384)" in " ".join(p.format_help().split())
+
+
+def test_stages_are_numbered(capsys):
+    stage = Stages(3)
+    stage("corpus")
+    stage("harvest")
+    assert capsys.readouterr().out.split("\n")[1:] == [
+        "[1/3] corpus  (0m00s)", "", "[2/3] harvest  (0m00s)", ""]
 
 
 @pytest.mark.slow
@@ -100,6 +119,9 @@ def test_tiny_demo_end_to_end_then_resumes(tmp_path, capsys):
     assert '"contexts":[{' in html  # latents with decoded top-activating contexts
     for line in ("sweep results", "Pareto plot", "SAELens exports", "feature browser"):
         assert line in log
+    stages = [ln.split("  (")[0] for ln in log.splitlines() if ln.startswith("[")]
+    assert [s[:5] for s in stages] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"], stages
+    assert "trial " in log and "finished" in log  # a line per trial event during the sweep
     assert str(out / "browser" / "index.html") in log
 
     # re-run: harvest and sweep are reused (no trial runs again), outputs rebuilt

@@ -20,7 +20,6 @@ import yaml
 
 import sae_lab
 from sae_lab.sae.config import ConfigError
-from sae_lab.sweep.report import pareto_front
 from sae_lab.sweep.scheduler import build_scheduler
 from sae_lab.sweep.space import (
     check_resources,
@@ -265,10 +264,13 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     sweep = sweep_from_dict(d)
     assert sweep.num_trials == 5
     out = tmp_path / "sweep"
-    run_sweep(sweep, out, verbose=0)
+    result = run_sweep(sweep, out, verbose=0)
 
     rows = read_rows(out)
     assert len(rows) == 5
+    # results.csv is the typed result written out: same trials, statuses and values
+    assert [{k: str(v) for k, v in r.items()} for r in result.rows()] == rows
+    assert [t.status for t in result.trials] == [r["status"] for r in rows]
     assert all(v != "" for r in rows for v in r.values()), "every column filled"
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and float(failed[0]["lr"]) == 1e30
@@ -300,9 +302,7 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     # best/: one SAE per architecture plus the frontier; reloaded, each reproduces its FVU.
     summary = json.loads((out / "best" / "summary.json").read_text())
     assert {"relu", "topk", "jumprelu"} <= set(summary)
-    parsed = [{**r, "fvu": float(r["fvu"]), "l0": float(r["l0"])} if r in ok else r
-              for r in rows]
-    front = [parsed[i]["trial"] for i in pareto_front(parsed)]
+    front = [t.trial for t in result.frontier()]
     assert [summary[f"frontier_{i}"]["trial"] for i in range(len(front))] == front
     for r in ok:  # nothing measured beats a frontier point on both axes
         for t in front:
@@ -311,6 +311,14 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     for arch in ("relu", "topk", "jumprelu"):
         cands = [r for r in ok if r["architecture"] == arch]
         assert summary[arch]["trial"] == min(cands, key=lambda r: float(r["objective"]))["trial"]
+        assert result.best(arch).trial == summary[arch]["trial"]
+    # rebuilt from Tune's saved state (what a re-run reuses), not from results.csv
+    from sae_lab.sweep.report import load_result
+
+    again = load_result(out, sweep)
+    for a, b in zip(again.rows(), result.rows(), strict=True):
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
+    assert again.best().trial == result.best().trial
     val = make_datamodule(sweep.train_config("topk", {})).val_dataloader()
     for name, row in summary.items():
         sae = sae_lab.load(out / "best" / name)
@@ -401,7 +409,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
     assert 1 <= len(finished_before) < len(rows) < 4
     assert sum(r["status"] == "unfinished" for r in rows) == len(rows) - len(finished_before)
 
-    rows = run_sweep(sweep_from_dict(d), out, resume=True, verbose=0)
+    rows = run_sweep(sweep_from_dict(d), out, resume=True, verbose=0).rows()
     assert {r["status"] for r in rows} <= {"done", "stopped_early"} and len(rows) == 4
     after = events(out)[len(before):]
     assert not {e["trial"] for e in after} & finished_before, "a finished trial ran again"

@@ -231,6 +231,23 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    index = feature_browser(
+        args.sae_dir, args.shards, args.out, model=args.model, latents=args.latents,
+        max_latents=args.max_latents, top=args.top, context_left=args.context_left,
+        context_right=args.context_right, top_logits=args.top_logits,
+        max_tokens=args.max_tokens, batch_size=args.batch_size, device=args.device,
+        progress=args.progress)
+    print(f"saved: {index}")
+
+
+def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
+                    out: str | os.PathLike, *, model: str | None = None,
+                    latents: str | None = None, max_latents: int = 1000, top: int = 10,
+                    context_left: int = 12, context_right: int = 4,
+                    top_logits: int | None = None, max_tokens: int | None = None,
+                    batch_size: int = 4096, device: str = "auto",
+                    progress: bool = True) -> Path:
+    """`sae-lab inspect` as a function (the flags are its arguments); returns OUT/index.html."""
     from sae_lab.analysis.contexts import TokenText, latent_records, parse_latents, top_activations
     from sae_lab.analysis.lm import (
         load_model,
@@ -243,50 +260,50 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from sae_lab.data.shards import iter_blocks, read_manifest
     from sae_lab.evaluate import check_shards
 
-    check_output_dir(args.out, "inspect", BROWSER_FILES)  # before minutes of work, not after
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    manifest = read_manifest(args.shards)
-    for w in check_shards(sae, manifest, args.shards):
+    check_output_dir(out, "inspect", BROWSER_FILES)  # before minutes of work, not after
+    device = resolve_device(device)
+    sae = load_sae_dir(sae_dir, device)
+    manifest = read_manifest(shards)
+    for w in check_shards(sae, manifest, shards):
         print(f"warning: {w}", file=sys.stderr)
-    latents = parse_latents(args.latents, sae.d_sae, args.max_latents)
-    name = args.model or sae.metadata.get("model") or manifest.get("model")
+    ids = parse_latents(latents, sae.d_sae, max_latents)
+    name = model or sae.metadata.get("model") or manifest.get("model")
     if not name:
         raise ValueError("neither the SAE nor the shards name a model; pass --model")
-    tokenizer = load_tokenizer(args.model or manifest.get("tokenizer") or name)
+    tokenizer = load_tokenizer(model or manifest.get("tokenizer") or name)
+
     def say(msg: str) -> None:
-        if args.progress:
+        if progress:
             print(msg, file=sys.stderr)
 
     promoted = None
-    if args.top_logits != 0:
+    if top_logits != 0:
         say("loading the model for the promoted-token view (--top-logits 0 skips it)")
-        model = load_model(name, device)
+        lm = load_model(name, device)
         try:
-            W_U = unembedding_for(model, sae.d_in, name)
+            W_U = unembedding_for(lm, sae.d_in, name)
         except ValueError as e:
-            if args.top_logits is not None:
+            if top_logits is not None:
                 raise
             print(f"note: {e}; skipping the promoted-token view", file=sys.stderr)
             W_U = None
         if W_U is not None:
-            promoted = promoted_tokens(sae.W_dec, W_U, args.top_logits or 10)
-        del model
+            promoted = promoted_tokens(sae.W_dec, W_U, top_logits or 10)
+        del lm
     total = manifest.get("tokens") or None
-    if args.max_tokens and total:
-        total = min(total, args.max_tokens)
-    top = top_activations(sae, _counted(iter_blocks(args.shards), total, args.progress),
-                          args.top, args.batch_size, args.max_tokens, device)
-    say(f"writing contexts of {len(latents)} latents")
-    records = latent_records(top, latents, TokenText(tokenizer), args.context_left,
-                             args.context_right, promoted)
+    if max_tokens and total:
+        total = min(total, max_tokens)
+    found = top_activations(sae, _counted(iter_blocks(shards), total, progress), top, batch_size,
+                            max_tokens, device)
+    say(f"writing contexts of {len(ids)} latents")
+    records = latent_records(found, ids, TokenText(tokenizer), context_left, context_right,
+                             promoted)
     meta = sae.metadata
     summary = (f"{sae.cfg.architecture} SAE, {sae.d_sae} latents on d_in={sae.d_in}; model "
                f"{name}, layer {meta.get('layer', manifest.get('layer'))} "
-               f"{meta.get('hook', manifest.get('hook'))}; {top.n_rows} tokens from "
-               f"{args.shards}; showing {len(latents)} latents")
-    index = write_browser(records, args.out, summary, title=f"sae_lab: {Path(args.sae_dir).name}")
-    print(f"saved: {index}")
+               f"{meta.get('hook', manifest.get('hook'))}; {found.n_rows} tokens from "
+               f"{shards}; showing {len(ids)} latents")
+    return write_browser(records, out, summary, title=f"sae_lab: {Path(sae_dir).name}")
 
 
 def _counted(blocks: Iterator[dict[str, Any]], total: int | None, show: bool

@@ -6,14 +6,21 @@ Kept free of heavy imports: Ray and Lightning load only when a sweep runs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections import Counter
+from pathlib import Path
 
 DESCRIPTION = """\
 Run a Ray Tune sweep of SAE trainings described by SWEEP.yaml (see sweeps/demo.yaml), then write
 results.csv, pareto.png and best/ (loadable with sae_lab.load) under --out. The same file runs on
 a laptop CPU, a GPU, Kaggle's two GPUs or a Ray cluster (--address). Ctrl-C (or SIGTERM) stops
-the sweep with its state saved; --resume continues it without re-running finished trials."""
+the sweep with its state saved; --resume continues it without re-running finished trials.
+Exit codes: 0 some trials measured, 1 every trial failed, 2 bad input, 130 interrupted."""
+
+RESUME_HELP = ("continue an interrupted sweep in --out. Resuming unpickles OUT/tune/tuner.pkl "
+               "(Ray's format), and a crafted file there runs code: resume only directories you "
+               "created")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("config", help="sweep YAML (a path, or the name of one in sweeps/)")
     p.add_argument("--out", help="output directory (default: runs/sweeps/<name>)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 or auto")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep field, e.g. --set num_samples=4 "
                         "--set base.max_tokens=1000000 (repeatable)")
@@ -38,11 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(args: argparse.Namespace) -> None:
     """Run (or --check) the sweep. Bad input raises ConfigError/FileNotFoundError naming the
-    culprit; a sweep stopped with unfinished trials raises KeyboardInterrupt (exit code 130)."""
+    culprit; a sweep stopped with unfinished trials raises KeyboardInterrupt (exit code 130); a
+    sweep in which no trial measured anything exits with code 1."""
     from sae_lab.sweep.space import load_sweep, validate
 
     sweep = load_sweep(args.config, args.set, args.shards)
-    out = args.out or f"runs/sweeps/{sweep.name}"
+    out = args.out or default_out(sweep.name)
     if args.check:
         d_ins = validate(sweep)
         for arch in sweep.architectures:
@@ -53,23 +61,26 @@ def main(args: argparse.Namespace) -> None:
         return
     from sae_lab.sweep.run import run_sweep
 
-    rows = run_sweep(sweep, out, address=args.address, resume=args.resume,
-                     verbose=0 if args.quiet else 1)
-    print(summary(rows, out))
-    unfinished = sum(r["status"] == "unfinished" for r in rows)
-    if unfinished:
-        raise KeyboardInterrupt(f"{unfinished} trial(s) unfinished; continue with: sae-lab sweep "
-                                f"{args.config} --resume --out {out}")
+    result = run_sweep(sweep, out, address=args.address, resume=args.resume,
+                       verbose=0 if args.quiet else 1)
+    print(result.summary())
+    if result.unfinished:
+        raise KeyboardInterrupt(f"{len(result.unfinished)} trial(s) unfinished; continue with: "
+                                f"sae-lab sweep {args.config} --resume --out {out}")
+    if not result.measured:
+        print(f"sae-lab sweep: error: no trial finished with finite metrics "
+              f"({len(result.trials)} trials); see {result.out}/results.csv", file=sys.stderr)
+        raise SystemExit(1)
 
 
-def summary(rows: list[dict], out: str) -> str:
-    counts = Counter(r["status"] for r in rows)
-    lines = [f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    for r in rows:
-        if r["status"] == "failed":
-            lines.append(f"  failed {r['trial']}: {r['error']}")
-    lines.append(f"results: {out}/results.csv, {out}/pareto.png, best checkpoints in {out}/best/")
-    return "\n".join(lines)
+def default_out(name: str) -> str:
+    """runs/sweeps/<name>; a name that is not a plain folder name ("../x", "a/b") is an error."""
+    from sae_lab.sae.config import ConfigError
+
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"name={name!r}: must be a plain folder name (letters, digits, ._-; "
+                          "no / or ..), since the default --out is runs/sweeps/<name>")
+    return str(Path("runs/sweeps") / name)
 
 
 def _standalone(argv: list[str] | None = None) -> int:

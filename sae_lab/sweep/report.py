@@ -1,4 +1,4 @@
-"""A finished (or interrupted) sweep -> results.csv, pareto.png and best/.
+"""A finished (or interrupted) sweep -> a typed SweepResult -> results.csv, pareto.png and best/.
 
     results.csv          one row per trial: architecture, hyperparameters, final validation
                          metrics, tokens, wall time, status, error, node
@@ -7,9 +7,11 @@
     best/frontier_<i>/   the Pareto-optimal trials, i = 0 the sparsest
     best/summary.json    which trial each directory came from, with its metrics
 
-Every directory in best/ is an SAE saved by SAE.save (input normalisation folded in), loadable
-with `sae_lab.load`. "n/a" marks a value that does not apply (k of a ReLU SAE, the error of a
-trial that did not fail, the metrics of a trial that failed before its first validation).
+The library works on SweepResult (records with typed values); results.csv is written from it for
+people and spreadsheets, never read back. Every directory in best/ is an SAE saved by SAE.save
+(input normalisation folded in), loadable with `sae_lab.load`. In results.csv "n/a" marks a value
+that does not apply (k of a ReLU SAE, the error of a trial that did not fail, the metrics of a
+trial that failed before its first validation); in a TrialRecord that is None or a missing key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import csv
 import json
 import math
 import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,66 +30,218 @@ from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
 
 NA = "n/a"
-METRIC_COLUMNS = ("fvu", "mse", "l0", "l1", "dead_frac", "objective", "tokens", "wall_time_s")
+VAL_METRICS = ("fvu", "mse", "l0", "l1", "dead_frac")
+"""What every trial reports from validation (logged as val/<name> by the LightningModule)."""
+OBJECTIVE = "objective"
+"""fvu + l0_weight * l0 / d_in (sae_lab.sweep.space.objective): the default ranking metric."""
+METRIC_COLUMNS = (*VAL_METRICS, OBJECTIVE, "tokens", "wall_time_s")
+"""The metrics of a TrialRecord and their columns in results.csv."""
 STANDARD_PARAMS = ("lr", "sparsity_coef", "k", "expansion_factor")
+STATUSES = ("done", "stopped_early", "failed", "unfinished")
+FINISHED = ("done", "stopped_early", "failed")
+"""Statuses a resumed sweep does not run again."""
 
 
-def write_report(grid: Any, sweep: SweepConfig, out: str | Path) -> list[dict[str, Any]]:
+@dataclass
+class TrialRecord:
+    """One trial of a sweep as it ended (or stands, if the sweep was interrupted)."""
+
+    trial: str
+    """Tune's trial directory name: <architecture>_<trial id>."""
+    architecture: str
+    config: dict[str, Any]
+    """lr, sparsity_coef, k, expansion_factor and any other searched key; None: does not apply."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The last reported METRIC_COLUMNS; empty if the trial never reported."""
+    status: str = "unfinished"
+    """done (trained to max_tokens), stopped_early (by ASHA), failed, or unfinished."""
+    error: str | None = None
+    """The failed trial's last error line."""
+    failures: int = 0
+    node: str | None = None
+    hostname: str | None = None
+    checkpoint: str | None = None
+    """The latest checkpoint (a directory holding sae/): a local path or a storage URI."""
+
+    @property
+    def measured(self) -> bool:
+        """Finished with finite FVU and L0: a point that can be ranked and plotted."""
+        return self.status in ("done", "stopped_early") and all(
+            math.isfinite(self.metrics.get(k, math.nan)) for k in ("fvu", "l0"))
+
+    def row(self, out: Path | None = None) -> dict[str, Any]:
+        """The results.csv row: flat, "n/a" for what is missing, checkpoint relative to `out`."""
+        row: dict[str, Any] = {"trial": self.trial, "architecture": self.architecture}
+        row.update({k: NA if v is None else v for k, v in self.config.items()})
+        for key in METRIC_COLUMNS:
+            row[key] = self.metrics.get(key, NA)
+        if row["wall_time_s"] != NA:
+            row["wall_time_s"] = round(row["wall_time_s"], 3)
+        ckpt = self.checkpoint
+        if ckpt and out is not None and Path(ckpt).is_relative_to(out):
+            ckpt = str(Path(ckpt).relative_to(out))
+        row.update(status=self.status, failures=self.failures, error=self.error or NA,
+                   node=self.node or NA, hostname=self.hostname or NA, checkpoint=ckpt or NA)
+        return row
+
+
+@dataclass
+class SweepResult:
+    """Every trial of a sweep, with the ranking the sweep was run with."""
+
+    trials: list[TrialRecord]
+    metric: str = OBJECTIVE
+    mode: str = "min"
+    out: Path | None = None
+    """The sweep's output directory (results.csv, pareto.png, best/)."""
+    checkpoints: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Trial name -> Tune Checkpoint (reads remote storage too); filled by collect()."""
+
+    def counts(self) -> dict[str, int]:
+        """Status -> number of trials."""
+        return dict(sorted(Counter(t.status for t in self.trials).items()))
+
+    @property
+    def unfinished(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.status == "unfinished"]
+
+    @property
+    def measured(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.measured]
+
+    def best(self, architecture: str | None = None) -> TrialRecord | None:
+        """The measured trial (of `architecture`, or of all) that scores best on the metric."""
+        sign = 1 if self.mode == "min" else -1
+        cands = [t for t in self.measured if architecture in (None, t.architecture)
+                 and math.isfinite(t.metrics.get(self.metric, math.nan))]
+        return min(cands, key=lambda t: sign * t.metrics[self.metric]) if cands else None
+
+    def frontier(self) -> list[TrialRecord]:
+        """Trials no other trial beats on both L0 and FVU (lower is better), sparsest first."""
+        return [self.measured[i] for i in pareto_front(self.measured)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of results.csv."""
+        return [t.row(self.out) for t in self.trials]
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame of the rows, with None (not "n/a") where a value is missing."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("SweepResult.to_frame needs pandas: pip install pandas") from None
+        rows = [{k: (None if v == NA else v) for k, v in r.items()} for r in self.rows()]
+        return pd.DataFrame(rows)
+
+    def table(self) -> str:
+        """One line per trial, best first: architecture, its sparsity knob, L0, FVU, dead,
+        metric, status."""
+        sign = 1 if self.mode == "min" else -1
+
+        def key(t: TrialRecord) -> float:
+            v = t.metrics.get(self.metric, math.nan)
+            return sign * v if t.measured and math.isfinite(v) else math.inf
+
+        head = (f"{'trial':<24} {'arch':<9} {'k/lambda':>9} {'L0':>8} {'FVU':>7} {'dead':>6} "
+                f"{self.metric:>9}  status")
+        lines = [head, "-" * len(head)]
+        for t in sorted(self.trials, key=key):
+            knob = t.config.get("k") if t.config.get("k") is not None \
+                else t.config.get("sparsity_coef")
+            m = t.metrics
+            lines.append(f"{t.trial:<24} {t.architecture:<9} {_num(knob, '.3g'):>9} "
+                         f"{_num(m.get('l0'), '.1f'):>8} {_num(m.get('fvu'), '.4f'):>7} "
+                         f"{_num(m.get('dead_frac'), '.1%'):>6} "
+                         f"{_num(m.get(self.metric), '.4f'):>9}  {t.status}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """`N trials: a done, b failed`, each failure's error, and where the outputs are."""
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        lines = [f"{len(self.trials)} trials: {counts}"]
+        lines += [f"  failed {t.trial}: {t.error}" for t in self.trials if t.status == "failed"]
+        out = self.out
+        lines.append(f"results: {out}/results.csv, {out}/pareto.png, best checkpoints in "
+                     f"{out}/best/")
+        return "\n".join(lines)
+
+
+def _num(v: Any, fmt: str) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return NA
+    if fmt == ".3g" and float(v).is_integer():  # k: 8, not 8.0
+        return str(int(v))
+    return format(float(v), fmt)
+
+
+# --- from Tune ---------------------------------------------------------------------------------
+
+
+def write_report(grid: Any, sweep: SweepConfig, out: str | Path) -> SweepResult:
     """Write results.csv, pareto.png and best/ under `out` from a Tune ResultGrid."""
-    out = Path(out)
-    rows, checkpoints = collect_rows(grid, sweep, out)
-    write_csv(rows, out / "results.csv")
-    front = pareto_front(rows)
-    plot_pareto(rows, front, out / "pareto.png")
-    export_best(rows, checkpoints, front, sweep, out / "best")
-    return rows
+    result = collect(grid, sweep, Path(out))
+    write_csv(result.rows(), result.out / "results.csv")
+    plot_pareto(result, result.out / "pareto.png")
+    export_best(result, sweep, result.out / "best")
+    return result
 
 
-def collect_rows(grid: Any, sweep: SweepConfig, out: Path) -> tuple[list[dict], dict[str, Any]]:
-    """(rows, trial -> Tune checkpoint) with every column of results.csv filled."""
+def load_result(out: str | Path, sweep: SweepConfig) -> SweepResult:
+    """The SweepResult of the sweep in `out`, from Tune's saved experiment state (no Ray needed;
+    results.csv is not read). Raises FileNotFoundError when `out` holds no sweep."""
+    from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
+
+    from sae_lab.sweep.run import EXPERIMENT
+
+    exp = Path(out).resolve() / EXPERIMENT
+    if not Tuner.can_restore(exp):
+        raise FileNotFoundError(f"{out}: no sweep here (no Tune experiment in {exp})")
+    return collect(ResultGrid(ExperimentAnalysis(str(exp))), sweep, Path(out).resolve())
+
+
+def collect(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
+    """A SweepResult from a Tune ResultGrid, sorted by architecture then trial."""
     trials = _trials(grid)
     extra = sorted({k for p in sweep.params.values() for k in p}
                    - {"lr", *(f"sae.{n}" for n in STANDARD_PARAMS)})
-    rows, checkpoints = [], {}
+    records, checkpoints = [], {}
     for result in grid:
-        trial = Path(result.path).name
-        state = trials.get(trial)
+        name = Path(result.path).name
+        state = trials.get(name)
         # a trial that never reported (queued when the sweep was stopped) has no result.config
         config = result.config or (state.config if state else None)
         if not config:
             continue
-        arch, values = trial_values(sweep, config)
-        cfg = sweep.train_config(arch, values)
-        cls = ARCHITECTURES[arch]
-        m = result.metrics or {}
-        row: dict[str, Any] = {"trial": trial, "architecture": arch, "lr": cfg.lr}
-        row["sparsity_coef"] = cfg.sae.lam if "sparsity_coef" in cls.uses else NA
-        row["k"] = cfg.sae.k if "k" in cls.uses else NA
-        row["expansion_factor"] = cfg.sae.expansion_factor if not cfg.sae.d_sae else NA
-        for key in extra:
-            row[key] = _get_path(cfg, key)
-        for key in METRIC_COLUMNS:
-            row[key] = m.get(key, NA)
-        if row["wall_time_s"] != NA:
-            row["wall_time_s"] = round(row["wall_time_s"], 3)
-        row["status"] = _status(result, m, state.status if state else None, cfg)
-        row["failures"] = state.num_failures if state else 0
-        row["error"] = _one_line(result.error) if result.error else NA
-        row["node"] = m.get("node", NA)
-        row["hostname"] = m.get("hostname", NA)
-        ckpt = result.checkpoint
-        row["checkpoint"] = _relative(ckpt.path, out) if ckpt else NA
-        if ckpt:
-            checkpoints[trial] = ckpt
-        rows.append(row)
-    rows.sort(key=lambda r: (r["architecture"], r["trial"]))
-    return rows, checkpoints
+        record = _record(name, result, state, sweep.train_config(*trial_values(sweep, config)),
+                         extra)
+        if result.checkpoint:
+            checkpoints[name] = result.checkpoint
+        records.append(record)
+    records.sort(key=lambda r: (r.architecture, r.trial))
+    return SweepResult(records, sweep.metric, sweep.mode, out, checkpoints)
 
 
-def _relative(path: str, out: Path) -> str:
-    """A checkpoint path relative to the output directory when it lies under it (local)."""
-    p = Path(path)
-    return str(p.relative_to(out)) if p.is_relative_to(out) else path
+def _record(name: str, result: Any, state: Any, cfg: Any, extra: list[str]) -> TrialRecord:
+    uses = ARCHITECTURES[cfg.sae.architecture].uses
+    config = {
+        "lr": cfg.lr,
+        "sparsity_coef": cfg.sae.lam if "sparsity_coef" in uses else None,
+        "k": cfg.sae.k if "k" in uses else None,
+        "expansion_factor": cfg.sae.expansion_factor if not cfg.sae.d_sae else None,
+        **{key: _get_path(cfg, key) for key in extra},
+    }
+    m = result.metrics or {}
+    metrics = {k: float(m[k]) for k in METRIC_COLUMNS if isinstance(m.get(k), (int, float))}
+    status, error = _status(result, metrics, state.status if state else None, cfg)
+    # where the trial reported from (TuneReport); Ray's own "hostname" of a trial that never
+    # reported is in a live ResultGrid but not in the one read back from disk
+    where = m if "tokens" in metrics else {}
+    return TrialRecord(
+        trial=name, architecture=cfg.sae.architecture, config=config, metrics=metrics,
+        status=status, error=error, failures=state.num_failures if state else 0,
+        node=where.get("node"), hostname=where.get("hostname"),
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+    )
 
 
 def _trials(grid: Any) -> dict[str, Any]:
@@ -95,13 +251,18 @@ def _trials(grid: Any) -> dict[str, Any]:
     return {Path(t.path).name: t for t in ExperimentAnalysis(grid.experiment_path).trials}
 
 
-def _status(result: Any, m: dict, tune_status: str | None, cfg: Any) -> str:
-    """done: trained to max_tokens; stopped_early: ASHA stopped it; failed; unfinished."""
+def _status(result: Any, m: dict[str, float], tune_status: str | None, cfg: Any
+            ) -> tuple[str, str | None]:
+    """(status, error). A trial that ended with non-finite FVU or L0 measured nothing: failed."""
     if result.error:
-        return "failed"
+        return "failed", _one_line(result.error)
     if tune_status in ("PENDING", "RUNNING", "PAUSED") or "tokens" not in m:
-        return "unfinished"
-    return "done" if m["tokens"] >= cfg.max_steps * cfg.batch_size else "stopped_early"
+        return "unfinished", None
+    bad = [f"{k}={m.get(k, math.nan)}" for k in ("fvu", "l0")
+           if not math.isfinite(m.get(k, math.nan))]
+    if bad:
+        return "failed", f"non-finite validation metrics: {', '.join(bad)}"
+    return ("done" if m["tokens"] >= cfg.max_steps * cfg.batch_size else "stopped_early"), None
 
 
 def _one_line(error: BaseException) -> str:
@@ -121,6 +282,9 @@ def _get_path(cfg: Any, key: str) -> Any:
     return node
 
 
+# --- outputs -----------------------------------------------------------------------------------
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     columns = list(rows[0]) if rows else ["trial", "architecture", *METRIC_COLUMNS, "status"]
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
@@ -129,24 +293,20 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _measured(row: dict[str, Any]) -> bool:
-    return (row["status"] in ("done", "stopped_early")
-            and all(isinstance(row[k], float) and math.isfinite(row[k]) for k in ("fvu", "l0")))
-
-
-def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
-    """Indices of rows no other row beats on both L0 and FVU (lower is better), by L0."""
-    idx = sorted((i for i, r in enumerate(rows) if _measured(r)),
-                 key=lambda i: (rows[i]["l0"], rows[i]["fvu"]))
+def pareto_front(trials: list[TrialRecord]) -> list[int]:
+    """Indices of measured trials no other trial beats on both L0 and FVU (lower is better),
+    by L0."""
+    idx = sorted((i for i, t in enumerate(trials) if t.measured),
+                 key=lambda i: (trials[i].metrics["l0"], trials[i].metrics["fvu"]))
     front, best_fvu = [], math.inf
     for i in idx:
-        if rows[i]["fvu"] < best_fvu:
+        if trials[i].metrics["fvu"] < best_fvu:
             front.append(i)
-            best_fvu = rows[i]["fvu"]
+            best_fvu = trials[i].metrics["fvu"]
     return front
 
 
-def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> None:
+def plot_pareto(result: SweepResult, path: Path) -> None:
     """L0 (x) against FVU (y): a colour per architecture, hollow markers for trials ASHA stopped,
     the frontier as a staircase."""
     # A bare Figure, not pyplot: the caller's backend (a notebook's inline one) stays as it is.
@@ -155,24 +315,22 @@ def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> Non
 
     fig = Figure(figsize=(6.4, 4.4), dpi=120)
     ax = fig.subplots()
-    archs = sorted({r["architecture"] for r in rows})
+    measured = result.measured
     colours = colormaps["tab10"]
-    for c, arch in enumerate(archs):
+    for c, arch in enumerate(sorted({t.architecture for t in result.trials})):
         label = arch
         for status, fill in (("done", True), ("stopped_early", False)):
-            pts = [r for r in rows if r["architecture"] == arch and r["status"] == status
-                   and _measured(r)]
+            pts = [t.metrics for t in measured if t.architecture == arch and t.status == status]
             if pts:
-                ax.scatter([r["l0"] for r in pts], [r["fvu"] for r in pts], s=36, label=label,
+                ax.scatter([m["l0"] for m in pts], [m["fvu"] for m in pts], s=36, label=label,
                            facecolors=colours(c) if fill else "none", edgecolors=colours(c))
                 label = None
+    front = [t.metrics for t in result.frontier()]
     if front:
-        xs = [rows[i]["l0"] for i in front]
-        ys = [rows[i]["fvu"] for i in front]
-        ax.plot(xs, ys, drawstyle="steps-post", color="black", lw=1, marker="o", ms=11,
-                mfc="none", label="Pareto frontier")
-    measured = [r["l0"] for r in rows if _measured(r) and r["l0"] > 0]
-    if measured and max(measured) / min(measured) > 20:
+        ax.plot([m["l0"] for m in front], [m["fvu"] for m in front], drawstyle="steps-post",
+                color="black", lw=1, marker="o", ms=11, mfc="none", label="Pareto frontier")
+    l0s = [t.metrics["l0"] for t in measured if t.metrics["l0"] > 0]
+    if l0s and max(l0s) / min(l0s) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU (fraction of variance unexplained)")
@@ -185,24 +343,26 @@ def plot_pareto(rows: list[dict[str, Any]], front: list[int], path: Path) -> Non
         fig.savefig(tmp, format="png")
 
 
-def export_best(rows: list[dict[str, Any]], checkpoints: dict[str, Any], front: list[int],
-                sweep: SweepConfig, target: Path) -> None:
+def best_picks(result: SweepResult, architectures: list[str]) -> dict[str, TrialRecord]:
+    """best/'s directories: <arch> (best by the metric) and frontier_<i>, each with a
+    checkpoint."""
+    picks = {arch: result.best(arch) for arch in architectures}
+    picks.update({f"frontier_{n}": t for n, t in enumerate(result.frontier())})
+    return {name: t for name, t in picks.items() if t is not None and t.checkpoint}
+
+
+def export_best(result: SweepResult, sweep: SweepConfig, target: Path) -> None:
     """best/<arch>/ by the sweep's metric and best/frontier_<i>/, built aside then swapped in."""
-    sign = 1 if sweep.mode == "min" else -1
-    picks: dict[str, dict[str, Any]] = {}
-    for arch in sweep.architectures:
-        cands = [r for r in rows if r["architecture"] == arch and _measured(r)
-                 and isinstance(r[sweep.metric], float) and r["trial"] in checkpoints]
-        if cands:
-            picks[arch] = min(cands, key=lambda r: sign * r[sweep.metric])
-    for n, i in enumerate(front):
-        if rows[i]["trial"] in checkpoints:
-            picks[f"frontier_{n}"] = rows[i]
+    picks = best_picks(result, sweep.architectures)
     with atomic_dir(target, "sweep best", known=("summary.json", "frontier_*", *ARCHITECTURES)
                     ) as tmp:
-        for name, row in picks.items():
-            with checkpoints[row["trial"]].as_directory() as ckpt:
-                shutil.copytree(Path(ckpt) / "sae", tmp / name)
-        summary = {name: {k: row[k] for k in row if k != "checkpoint"}
-                   for name, row in picks.items()}
+        for name, t in picks.items():
+            ckpt = result.checkpoints.get(t.trial)
+            if ckpt is None:  # a result rebuilt from a plain path
+                shutil.copytree(Path(t.checkpoint) / "sae", tmp / name)
+                continue
+            with ckpt.as_directory() as local:
+                shutil.copytree(Path(local) / "sae", tmp / name)
+        summary = {name: {k: v for k, v in t.row(result.out).items() if k != "checkpoint"}
+                   for name, t in picks.items()}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

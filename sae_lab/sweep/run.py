@@ -3,7 +3,7 @@ resume, and any Ray cluster (`address`).
 
     sweep YAML --validate--> Tuner(trainable, param_space, ASHA, FailureConfig) --fit-->
         trials: train(cfg, callbacks=[TuneReport]) --tune.report(metrics, checkpoint)-->
-    results.csv, pareto.png, best/   (sae_lab.sweep.report)
+    SweepResult --> results.csv, pareto.png, best/   (sae_lab.sweep.report)
 
 Every trial reports at each validation with a checkpoint holding the Lightning state (to resume a
 retried or interrupted trial) and the SAE with input normalisation folded in (to export).
@@ -29,6 +29,7 @@ from ray.tune import Callback
 
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
+from sae_lab.sweep.report import FINISHED, VAL_METRICS, SweepResult, load_result
 from sae_lab.sweep.scheduler import architecture_of, build_scheduler
 from sae_lab.sweep.space import (
     SweepConfig,
@@ -70,7 +71,7 @@ class TuneReport(pl.Callback):
                 final: bool = False) -> dict[str, Any]:
         # Tune's status table shows the first four keys
         m = {"objective": objective(float(val["fvu"]), float(val["l0"]), d_in, self.l0_weight)}
-        m.update({k: float(val[k]) for k in ("fvu", "l0", "mse", "l1", "dead_frac")})
+        m.update({k: float(val[k]) for k in VAL_METRICS})
         m["tokens"] = float(tokens)
         # Periodic validations use val_batches; the final report, the one the sweep ranks on,
         # the whole held-out set (final=1).
@@ -86,7 +87,7 @@ class TuneReport(pl.Callback):
         if tokens <= self.last_tokens:
             return
         cm = trainer.callback_metrics
-        val = {k: float(cm[f"val/{k}"]) for k in ("fvu", "mse", "l0", "l1", "dead_frac")}
+        val = {k: float(cm[f"val/{k}"]) for k in VAL_METRICS}
         val["val_tokens"] = float(cm["val/tokens"]) if "val/tokens" in cm else 0.0
         metrics = self.metrics(val, pl_module.sae.d_in, tokens)
         with tempfile.TemporaryDirectory(prefix="sae_lab_ckpt_") as tmp:
@@ -191,9 +192,13 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     verbose: int = 1,
-) -> list[dict[str, Any]]:
+) -> SweepResult:
     """Validate, launch (or resume) the sweep under `out`, then write its report (results.csv,
-    pareto.png, best/). Returns the rows of results.csv."""
+    pareto.png, best/) and return it. Trials still unfinished (the sweep was stopped with Ctrl-C
+    or SIGTERM) have status "unfinished".
+
+    resume=True unpickles OUT/tune/tuner.pkl through Ray: a crafted file there runs code. Resume
+    only output directories this user created."""
     import ray
     from ray import tune
 
@@ -238,6 +243,37 @@ def run_sweep(
             signal.signal(signal.SIGTERM, old_handler)
         if started_ray:
             ray.shutdown()
+
+
+def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
+                  verbose: int = 0) -> tuple[SweepResult, str]:
+    """(result, what happened: "reused", "resumed" or "ran"): reuse the finished sweep in `out`,
+    resume an interrupted one, or start it. progress=True prints a line per trial event while
+    Tune runs quietly (verbose=1 and 2 are Tune's own status tables). A sweep stopped part-way
+    (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues."""
+    from ray.tune import Tuner
+
+    from sae_lab.sweep.progress import TrialProgress
+
+    out = Path(out).resolve()
+    recorded = out / "sweep.yaml"
+    if recorded.is_file() and yaml.safe_load(recorded.read_text()) != sweep.to_dict():
+        raise ConfigError(f"{out} holds a different sweep (see {recorded}); delete {out} to "
+                          "run this one in its place, or choose another output directory")
+    resume = Tuner.can_restore(out / EXPERIMENT)
+    if resume and (out / "results.csv").is_file():
+        done = load_result(out, sweep)
+        if done.trials and all(t.status in FINISHED for t in done.trials):
+            return done, "reused"
+    if resume:
+        print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
+              flush=True)
+    if progress and not verbose:
+        with TrialProgress(out, sweep.num_trials):
+            result = run_sweep(sweep, out, resume=resume, verbose=0)
+    else:
+        result = run_sweep(sweep, out, resume=resume, verbose=verbose)
+    return result, "resumed" if resume else "ran"
 
 
 def _sigterm_as_sigint() -> Any:

@@ -470,7 +470,12 @@ def data_d_in(cfg: TrainConfig) -> int | None:
     manifest = Path(shards) / "manifest.json"
     if not manifest.is_file():
         raise ConfigError(f"base.data.shards: no manifest.json in {shards}")
-    d_in = json.loads(manifest.read_text()).get("d_in")
+    info = json.loads(manifest.read_text())
+    n_shards = len(info.get("shards", []))
+    if n_shards and n_shards <= data.val_shards:  # every trial would fail at its first step
+        raise ConfigError(f"base.data.val_shards={data.val_shards} leaves no training shards: "
+                          f"{shards} has {n_shards} shard(s)")
+    d_in = info.get("d_in")
     return int(d_in) if d_in else None
 
 

@@ -1,0 +1,140 @@
+"""The typed sweep result (records, best, frontier, table, rows) and the sweep command's
+outcomes, without a Ray cluster: statuses from hand-made Tune results, known answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sae_lab.sweep.cli import RESUME_HELP, _standalone
+from sae_lab.sweep.report import (
+    NA,
+    SweepResult,
+    TrialRecord,
+    _status,
+    pareto_front,
+    write_csv,
+)
+
+
+def rec(name: str, arch: str, fvu: float, l0: float, status: str = "done", **config) -> TrialRecord:
+    metrics = {"fvu": fvu, "l0": l0, "objective": fvu + l0 / 16, "tokens": 4096.0}
+    return TrialRecord(name, arch, {"lr": 1e-3, "k": None, **config}, metrics, status,
+                       checkpoint=f"/sweeps/x/tune/{name}/checkpoint_000003")
+
+
+def test_best_frontier_and_table_are_known_answers():
+    trials = [
+        rec("relu_a", "relu", fvu=0.15, l0=8.0, sparsity_coef=2.5),   # objective 0.65
+        rec("relu_b", "relu", fvu=0.10, l0=12.0, sparsity_coef=1.0),  # 0.85; on the frontier
+        rec("topk_c", "topk", fvu=0.20, l0=4.0, k=4),                 # 0.45: best overall
+        rec("topk_d", "topk", fvu=0.25, l0=6.0, k=6),                 # beaten by topk_c on both
+        TrialRecord("relu_e", "relu", {"lr": 1e-3}, {}, "failed", error="ValueError: boom"),
+    ]
+    result = SweepResult(trials, "objective", "min", Path("/sweeps/x"))
+    assert result.best().trial == "topk_c"
+    assert result.best("relu").trial == "relu_a"
+    assert [t.trial for t in result.frontier()] == ["topk_c", "relu_a", "relu_b"]
+    assert result.counts() == {"done": 4, "failed": 1}
+    lines = result.table().splitlines()[2:]
+    assert [ln.split()[0] for ln in lines] == ["topk_c", "topk_d", "relu_a", "relu_b", "relu_e"]
+    assert lines[0].split()[2] == "4" and lines[2].split()[2] == "2.5"  # k, else lambda
+    assert lines[-1].split()[2:] == [NA, NA, NA, NA, NA, "failed"]
+    assert SweepResult(trials, "objective", "max").best().trial == "relu_b"
+
+
+def test_rows_are_flat_with_na_and_relative_checkpoints(tmp_path):
+    result = SweepResult([rec("topk_c", "topk", 0.2, 4.0, k=4),
+                          TrialRecord("relu_e", "relu", {"lr": 1e-3, "k": None}, {}, "failed",
+                                      error="ValueError: boom")],
+                         out=Path("/sweeps/x"))
+    done, failed = result.rows()
+    assert done["checkpoint"] == "tune/topk_c/checkpoint_000003"
+    assert done["k"] == 4 and done["fvu"] == 0.2 and done["error"] == NA
+    assert failed["fvu"] == NA and failed["k"] == NA and failed["error"] == "ValueError: boom"
+    write_csv(result.rows(), tmp_path / "results.csv")
+    with open(tmp_path / "results.csv", newline="") as f:
+        back = list(csv.DictReader(f))
+    assert list(back[0]) == list(done) and back[1]["checkpoint"] == NA
+
+
+def test_to_frame_keeps_types():
+    pd = pytest.importorskip("pandas")
+    frame = SweepResult([rec("topk_c", "topk", 0.2, 4.0, k=4)]).to_frame()
+    assert isinstance(frame, pd.DataFrame) and frame.loc[0, "fvu"] == 0.2
+
+
+def tune_result(metrics: dict, error: BaseException | None = None) -> SimpleNamespace:
+    return SimpleNamespace(metrics=metrics, error=error)
+
+
+def test_nan_metrics_are_a_failed_trial_not_done():
+    """Issue 10.9: a trial that ran to the end with NaN FVU counted as "done"."""
+    cfg = SimpleNamespace(max_steps=16, batch_size=256)
+    full = {"tokens": 4096.0, "fvu": math.nan, "l0": 3.0}
+    status, error = _status(tune_result(full), full, "TERMINATED", cfg)
+    assert status == "failed" and error == "non-finite validation metrics: fvu=nan"
+    ok = {**full, "fvu": 0.2}
+    assert _status(tune_result(ok), ok, "TERMINATED", cfg) == ("done", None)
+    half = {**ok, "tokens": 1024.0}
+    assert _status(tune_result(half), half, "TERMINATED", cfg) == ("stopped_early", None)
+    assert _status(tune_result({}), {}, "PENDING", cfg) == ("unfinished", None)
+    # and such a trial is not ranked, plotted or exported
+    nan = rec("relu_n", "relu", math.nan, 3.0)
+    assert not nan.measured and SweepResult([nan]).best() is None
+    assert pareto_front([nan]) == []
+
+
+def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, capsys):
+    """Issue 10.9: "3 trials: 3 failed" exited 0."""
+    import sae_lab.sweep.run as run
+
+    failed = [TrialRecord(f"relu_{i}", "relu", {}, {}, "failed", error="ValueError: x")
+              for i in range(3)]
+    monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(failed, out=tmp_path))
+    with pytest.raises(SystemExit) as e:
+        _standalone(["demo.yaml", "--out", str(tmp_path)])
+    assert e.value.code == 1
+    captured = capsys.readouterr()
+    assert "3 trials: 3 failed" in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"sae-lab sweep: error: no trial finished with finite metrics (3 trials); see "
+        f"{tmp_path}/results.csv"]
+    one_ok = [*failed[:2], rec("topk_c", "topk", 0.2, 4.0)]
+    monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(one_ok, out=tmp_path))
+    assert _standalone(["demo.yaml", "--out", str(tmp_path)]) == 0
+
+
+def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
+    """Issue 10.9: every trial failed at its first step; --check said OK."""
+    shards = [{"name": f"shard-{i:05d}.tar"} for i in range(2)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"d_in": 384, "shards": shards}))
+    base = ["demo.yaml", "--check", "--shards", str(tmp_path)]
+    assert _standalone([*base, "--set", "base.data.val_shards=1"]) == 0
+    capsys.readouterr()
+    assert _standalone([*base, "--set", "base.data.val_shards=2"]) == 2
+    err = capsys.readouterr().err
+    assert "base.data.val_shards=2 leaves no training shards" in err
+    assert f"{tmp_path} has 2 shard(s)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/x", ".."])
+def test_a_sweep_name_cannot_leave_the_sweeps_folder(name, capsys):
+    """Issue 10.11: name: ../x made the default --out runs/sweeps/../x."""
+    assert _standalone(["demo.yaml", "--check", "--set", f"name={name}"]) == 2
+    assert f"name='{name}': must be a plain folder name" in capsys.readouterr().err
+
+
+def test_resume_help_warns_that_it_unpickles(capsys):
+    """Issue 10.11: --resume loads OUT/tune/tuner.pkl with pickle."""
+    with pytest.raises(SystemExit):
+        _standalone(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "unpickles OUT/tune/tuner.pkl" in help_text and "only directories you created" \
+        in help_text
+    assert "crafted file" in RESUME_HELP
