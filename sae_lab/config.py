@@ -17,13 +17,15 @@ unknown keys are refused, and the docstring under each field is its documentatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from functools import cache
-from typing import Any, TypeVar
+import types
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic.json_schema import GenerateJsonSchema
 
 T = TypeVar("T")
 
@@ -37,11 +39,22 @@ class ConfigError(ValueError):
 
 def config(cls: type[T]) -> type[T]:
     """Declare a config dataclass: typed fields, one docstring per field, validated on
-    construction."""
-    return _pydantic_dataclass(cls, config=CONFIG)
+    construction (`Foo(n=0)` raises the same one-line ConfigError as `parse`)."""
+    out = _pydantic_dataclass(cls, config=CONFIG)
+    init = out.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise ConfigError(format_error(e)) from None
+
+    out.__init__ = __init__
+    return out
 
 
-@cache
+@functools.cache
 def _adapter(tp: Any) -> TypeAdapter:
     return TypeAdapter(tp)
 
@@ -61,17 +74,50 @@ def format_error(e: ValidationError, where: str = "") -> str:
     first = errors[0]
     loc = [str(p) for p in first["loc"] if not _is_tag(p)]
     name = ".".join([where, *loc] if where else loc) or where or "config"
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = _message(first)
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         text = f"unknown field {name!r}"
+        new = _RENAMED.get(".".join(loc)) or _RENAMED.get(loc[-1] if loc else "")
+        if new:
+            text += f": renamed, use {new!r}"
     elif first["type"] == "missing":
         text = f"{name}: required field is missing"
-    elif first["type"] == "value_error" and "=" in msg.split(":")[0]:
-        text = msg  # a __post_init__ check that already names its field and value
+    elif first["type"] == "value_error":
+        text = _check_message(first, [where, *loc] if where else loc, msg)
     else:
         text = f"{name}={first.get('input')!r}: {msg}"
     more = len(errors) - 1
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+def _check_message(error: Any, path: list[str], msg: str) -> str:
+    """A `__post_init__` check: `require` names a field of the class that raised it (the path
+    is put in front); other messages name their section, or already their full field name."""
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        return f"{'.'.join([*path, cause.name])}={cause.value!r}: must be {cause.allowed}"
+    name = ".".join(path) or "config"
+    if "=" in msg.split(":")[0] or msg.startswith(name):
+        return msg
+    return f"{name}: {msg}"
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, shortened: "must be >= 1" rather than "Input should be greater than
+    or equal to 1"."""
+    if error["type"] in _BOUNDS:
+        key, op = _BOUNDS[error["type"]]
+        bound = error["ctx"][key]
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # "must be > 0", not "> 0.0"
+        return f"must be {op} {bound}"
+    msg = error["msg"].removeprefix("Value error, ")
+    msg = re.sub(r"^\w+ should have (.*?)(?: after validation)?, not \d+$", r"must have \1", msg)
+    return re.sub(r"^Input should be ", "must be ", msg)
 
 
 def _is_tag(part: Any) -> bool:
@@ -87,10 +133,28 @@ def register_tags(*tags: str) -> None:
     _TAGS.update(tags)
 
 
+_RENAMED: dict[str, str] = {}
+
+
+def register_renamed(renamed: dict[str, str]) -> None:
+    """Old key (a dotted path such as "sae.l1_coef", or a bare field name) -> what replaced it,
+    so that an old YAML fails with one line saying what to write instead."""
+    _RENAMED.update(renamed)
+
+
+class FieldError(ConfigError):
+    """A `require` check failed: `name` is a field of the config that raised it."""
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{name}={value!r}: must be {allowed}")
+        self.name, self.value, self.allowed = name, value, allowed
+
+
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:
-    """For `__post_init__` checks: raise ConfigError("name=value: must be allowed")."""
+    """For `__post_init__` checks: raise ConfigError("name=value: must be allowed"). `name` is
+    the field of this class; errors name the full dotted path (`data.synthetic.active=...`)."""
     if not ok:
-        raise ConfigError(f"{name}={value!r}: must be {allowed}")
+        raise FieldError(name, value, allowed)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -98,13 +162,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _adapter(type(cfg)).dump_python(cfg, mode="json")
 
 
-def json_schema(tp: Any) -> dict[str, Any]:
-    """JSON Schema of a config type, with the field docstrings as descriptions."""
-    return _adapter(tp).json_schema()
+class _DocumentedSchema(GenerateJsonSchema):
+    """pydantic reads field docstrings from each class's own source only; inherited fields get
+    their docs from the class that declared them."""
+
+    def dataclass_schema(self, schema: Any) -> Any:
+        out = super().dataclass_schema(schema)
+        docs = field_docs(schema["cls"])
+        for name, prop in out.get("properties", {}).items():
+            if "description" not in prop and name in docs:
+                prop["description"] = docs[name]
+        return out
+
+
+def json_schema(tp: Any, title: str | None = None) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a config type, field docstrings as descriptions."""
+    schema = _adapter(tp).json_schema(schema_generator=_DocumentedSchema)
+    head = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    return {**head, **({"title": title} if title else {}), **schema}
 
 
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its docstring, inherited ones included."""
+    if not hasattr(cls, "__pydantic_fields__"):  # a plain dataclass: pydantic reads it too
+        defs = TypeAdapter(list[cls], config=CONFIG).json_schema()["$defs"]  # type: ignore
+        props = next(d for d in defs.values() if d.get("title") == cls.__name__)["properties"]
+        return {name: p["description"] for name, p in props.items() if "description" in p}
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         fields_info = getattr(klass, "__pydantic_fields__", None)
@@ -162,7 +245,72 @@ def is_config(obj: Any) -> bool:
     return dataclasses.is_dataclass(obj) and hasattr(obj, "__pydantic_fields__")
 
 
+# --- reference rows (README tables, --help epilogs) -----------------------------------------
+
+
+def reference(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, doc) of every field; a nested section is expanded into its
+    fields, an optional one (default None) gets its own row first. The members of a union of
+    sections (one config per architecture) are merged, each field listed once."""
+    rows: list[tuple[str, str, Any, str]] = []
+    docs = field_docs(cls)
+    infos = getattr(cls, "__pydantic_fields__", {})
+    hints = get_type_hints(cls) if not infos else {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        info = infos.get(f.name)
+        tp = info.annotation if info is not None else hints[f.name]
+        default = _default(f)
+        sections = _sections(tp)
+        if not sections or default is None:
+            shown = "{...}" if dataclasses.is_dataclass(default) else default
+            rows.append((name, _type_name(tp, info), shown, docs.get(f.name, "")))
+        seen = {row[0] for row in rows}
+        for section in sections:
+            for row in reference(section, f"{name}."):
+                if row[0] not in seen:
+                    rows.append(row)
+                    seen.add(row[0])
+    return rows
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _sections(tp: Any) -> list[type]:
+    """The dataclasses a field's type is made of (`X`, `X | None`, `Annotated[A | B, ...]`)."""
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    args = get_args(tp)
+    if get_origin(tp) in (Union, types.UnionType) or (args and hasattr(tp, "__metadata__")):
+        return [s for a in args for s in _sections(a)]
+    return []
+
+
+def _type_name(tp: Any, info: Any = None) -> str:
+    if get_origin(tp) is Literal:
+        name = " | ".join(repr(a) for a in get_args(tp))
+    elif get_origin(tp) in (Union, types.UnionType):
+        name = " | ".join(_type_name(a) for a in get_args(tp))
+    elif tp is type(None):
+        name = "None"
+    else:
+        name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        if get_args(tp):
+            name = str(tp).replace("typing.", "")
+    bounds = [f"{op} {getattr(m, key)}" for m in getattr(info, "metadata", ())
+              for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+              if getattr(m, key, None) is not None]
+    return name + (f" ({', '.join(bounds)})" if bounds else "")
+
+
 __all__ = [
-    "CONFIG", "ConfigError", "config", "parse", "format_error", "register_tags", "require",
-    "to_dict", "json_schema", "field_docs", "load_yaml", "apply_overrides", "is_config",
+    "CONFIG", "ConfigError", "config", "parse", "format_error", "register_tags",
+    "register_renamed", "require", "to_dict", "json_schema", "field_docs", "load_yaml",
+    "apply_overrides", "is_config", "reference",
 ]

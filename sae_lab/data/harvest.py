@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 
+from sae_lab.cli_args import add_config_arguments, config_from_args
+from sae_lab.config import config, require
 from sae_lab.data import layers as L
 from sae_lab.data.shards import DTYPES, ShardSetWriter
 from sae_lab.data.text import DatasetError, iter_texts, window_batches
@@ -26,7 +28,7 @@ from sae_lab.data.text import DatasetError, iter_texts, window_batches
 SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well (webdataset docs)
 
 
-@dataclass
+@config
 class HarvestConfig:
     """What to harvest and where to put it."""
 
@@ -36,15 +38,15 @@ class HarvestConfig:
     """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
     out: str
     """Output directory; each layer goes to OUT/layer_{L}/."""
-    layers: tuple[int, ...] = (0,)
+    layers: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)] = (0,)
     """Layer(s) to harvest, 0-based; one forward pass serves all of them."""
     hook: Literal["resid_post", "mlp_out", "attn_out"] = "resid_post"
     """Hook point: the block output, or what the MLP / attention adds to the residual stream."""
-    ctx_len: int = 128
+    ctx_len: Annotated[int, Field(ge=2)] = 128
     """Tokens per window, special tokens included."""
-    batch_size: int = 32
+    batch_size: Annotated[int, Field(ge=1)] = 32
     """Windows per forward pass."""
-    max_tokens: int = 0
+    max_tokens: Annotated[int, Field(ge=0)] = 0
     """Stop after storing this many rows per layer (0: the whole dataset)."""
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Dtype of the stored activations."""
@@ -52,9 +54,9 @@ class HarvestConfig:
     """Dtype the model runs in."""
     device: str = "auto"
     """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
-    shard_rows: int = 0
+    shard_rows: Annotated[int, Field(ge=0)] = 0
     """Rows per shard; 0 picks about 256 MB per shard."""
-    block_rows: int = 4096
+    block_rows: Annotated[int, Field(ge=1024)] = 4096
     """Rows per WebDataset sample (>= 1024)."""
     split: str = "train"
     """Hub datasets: the split to read."""
@@ -76,23 +78,9 @@ class HarvestConfig:
     """Show a progress bar with tokens/s and ETA."""
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(x) for x in self.layers)
-        checks = {
-            "layers": (len(self.layers) > 0 and len(set(self.layers)) == len(self.layers)
-                       and all(x >= 0 for x in self.layers), "distinct layers >= 0"),
-            "hook": (self.hook in L.HOOKS, f"one of {list(L.HOOKS)}"),
-            "ctx_len": (self.ctx_len >= 2, ">= 2"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "max_tokens": (self.max_tokens >= 0, ">= 0"),
-            "dtype": (self.dtype in DTYPES, f"one of {list(DTYPES)}"),
-            "model_dtype": (self.model_dtype in DTYPES, f"one of {list(DTYPES)}"),
-            "shard_rows": (self.shard_rows == 0 or self.shard_rows >= self.block_rows,
-                           "0 or >= block_rows"),
-            "block_rows": (self.block_rows >= 1024, ">= 1024"),
-        }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"harvest: {name}={getattr(self, name)!r} must be {allowed}")
+        require(len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct")
+        require(self.shard_rows == 0 or self.shard_rows >= self.block_rows, "shard_rows",
+                self.shard_rows, f"0 or >= block_rows={self.block_rows}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -266,30 +254,8 @@ def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from sae_lab.train.config import field_docs
-
-    docs = field_docs(HarvestConfig)
-    required = {"model", "dataset", "out"}
-    for f in fields(HarvestConfig):
-        flag = "--" + {"layers": "layer"}.get(f.name, f.name).replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, "")}
-        if f.name in required:
-            kw["required"] = True
-        elif f.type in ("bool", bool):
-            kw["action"] = argparse.BooleanOptionalAction
-            kw["default"] = f.default
-        else:
-            kw["default"] = f.default
-        if f.name == "layers":
-            kw.update(nargs="+", type=int, default=list(f.default))
-        elif f.type in ("int", int):
-            kw["type"] = int
-        choices = {"hook": L.HOOKS, "dtype": tuple(DTYPES), "model_dtype": tuple(DTYPES)}
-        if f.name in choices:
-            kw["choices"] = choices[f.name]
-        p.add_argument(flag, **kw)
+    add_config_arguments(p, HarvestConfig, flags={"layers": "--layer"})
 
 
 def run_cli(args: argparse.Namespace) -> None:
-    names = {f.name for f in fields(HarvestConfig)}
-    harvest(HarvestConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    harvest(config_from_args(HarvestConfig, args))

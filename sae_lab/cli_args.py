@@ -1,0 +1,75 @@
+"""Command-line flags from a config dataclass: one `--flag` per field, its default, its type or
+choices, and its docstring as the help, so a command's options cannot drift from its config.
+
+    add_config_arguments(parser, HarvestConfig, flags={"layers": "--layer"})
+    cfg = config_from_args(HarvestConfig, args, "harvest")   # validated, one-line ConfigError
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+from collections.abc import Iterable
+from typing import Any, Literal, Union, get_args, get_origin
+
+from sae_lab.config import field_docs, parse
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    flags: dict[str, str] | None = None,
+    skip: Iterable[str] = (),
+) -> None:
+    """Add one option per field of `cls`: `--field-name` (or `flags[name]`), required when the
+    field has no default; bools get `--x / --no-x`; Literal fields get their choices; tuples and
+    lists take one or more values."""
+    flags = flags or {}
+    docs = field_docs(cls)
+    infos = getattr(cls, "__pydantic_fields__", {})
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = infos[f.name].annotation if f.name in infos else f.type
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        kw: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, ""), **_kind(tp)}
+        default = _default(f)
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = list(default) if isinstance(default, tuple) else default
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, where: str = "") -> Any:
+    """The config named by the parsed flags (fields only), validated."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return parse(cls, {k: v for k, v in vars(args).items() if k in names}, where)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _kind(tp: Any) -> dict[str, Any]:
+    """argparse keywords for a field type: type=, choices=, nargs=, action=."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, types.UnionType):  # X | None: the flag takes an X
+        return _kind(next(a for a in args if a is not type(None)))
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(tp) is Literal:
+        return {"choices": args, "type": type(args[0])}
+    if get_origin(tp) in (tuple, list):
+        return {**_kind(args[0]), "nargs": "+"}
+    if hasattr(tp, "__metadata__"):  # Annotated[int, Field(...)]
+        return _kind(args[0])
+    return {"type": tp} if tp in (int, float) else {}
+
+
+__all__ = ["add_config_arguments", "config_from_args"]
