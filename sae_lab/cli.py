@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from sae_lab.sae.config import ConfigError
+from sae_lab.config import ConfigError
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2.
 USER_ERRORS = (ConfigError, OSError, ValueError, KeyError, FloatingPointError)
@@ -72,6 +72,7 @@ COMMANDS = [
     "sae_lab.analysis.browser:add_inspect_parser",
     "sae_lab.analysis.steer:add_steer_parser",
     "sae_lab.demo:add_parser",
+    "sae_lab.schema:add_schema_parser",
 ]
 
 

@@ -17,19 +17,29 @@ unknown keys are refused, and the docstring under each field is its documentatio
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import os
 import re
 import types
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic.json_schema import GenerateJsonSchema
 
 T = TypeVar("T")
 
 CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, arbitrary_types_allowed=True)
+
+
+def _fspath(v: Any) -> Any:
+    return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+"""A path field: written as a string in YAML, given as a str or a pathlib.Path in Python."""
 
 
 class ConfigError(ValueError):
@@ -48,7 +58,7 @@ def config(cls: type[T]) -> type[T]:
         try:
             init(self, *args, **kwargs)
         except ValidationError as e:
-            raise ConfigError(format_error(e)) from None
+            raise ConfigError(format_error(e, "", out)) from None
 
     out.__init__ = __init__
     return out
@@ -65,10 +75,10 @@ def parse(tp: Any, data: Any, where: str = "") -> Any:
     try:
         return _adapter(tp).validate_python(data)
     except ValidationError as e:
-        raise ConfigError(format_error(e, where)) from None
+        raise ConfigError(format_error(e, where, tp)) from None
 
 
-def format_error(e: ValidationError, where: str = "") -> str:
+def format_error(e: ValidationError, where: str = "", tp: Any = None) -> str:
     """One line: `field.path=value: message`, first error only (plus how many more)."""
     errors = e.errors(include_url=False)
     first = errors[0]
@@ -78,8 +88,11 @@ def format_error(e: ValidationError, where: str = "") -> str:
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         text = f"unknown field {name!r}"
         new = _RENAMED.get(".".join(loc)) or _RENAMED.get(loc[-1] if loc else "")
+        close = difflib.get_close_matches(loc[-1], _fields_at(tp, loc[:-1]), 1) if loc else []
         if new:
             text += f": renamed, use {new!r}"
+        elif close:
+            text += f"; did you mean {close[0]!r}?"
     elif first["type"] == "missing":
         text = f"{name}: required field is missing"
     elif first["type"] == "value_error":
@@ -88,6 +101,20 @@ def format_error(e: ValidationError, where: str = "") -> str:
         text = f"{name}={first.get('input')!r}: {msg}"
     more = len(errors) - 1
     return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+def _fields_at(tp: Any, path: list[str]) -> list[str]:
+    """Field names of the config section at `path` inside `tp` (for "did you mean")."""
+    sections = _sections(tp)
+    for part in path:
+        hints = [_hints(c) for c in sections]
+        sections = [s for h in hints if part in h for s in _sections(h[part])]
+    return sorted({f.name for c in sections for f in dataclasses.fields(c)})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    infos = getattr(cls, "__pydantic_fields__", None)
+    return {n: i.annotation for n, i in infos.items()} if infos else get_type_hints(cls)
 
 
 def _check_message(error: Any, path: list[str], msg: str) -> str:
@@ -284,33 +311,48 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _sections(tp: Any) -> list[type]:
     """The dataclasses a field's type is made of (`X`, `X | None`, `Annotated[A | B, ...]`)."""
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return [tp]
-    args = get_args(tp)
-    if get_origin(tp) in (Union, types.UnionType) or (args and hasattr(tp, "__metadata__")):
-        return [s for a in args for s in _sections(a)]
+    if hasattr(tp, "__metadata__"):  # Annotated[X, ...]
+        return _sections(get_args(tp)[0])
+    if get_origin(tp) in (Union, types.UnionType):
+        return [s for a in get_args(tp) for s in _sections(a)]
     return []
 
 
+class TypeName:
+    """`Annotated[..., TypeName("param")]`: how the reference tables show a long type."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 def _type_name(tp: Any, info: Any = None) -> str:
-    if get_origin(tp) is Literal:
-        name = " | ".join(repr(a) for a in get_args(tp))
-    elif get_origin(tp) in (Union, types.UnionType):
-        name = " | ".join(_type_name(a) for a in get_args(tp))
-    elif tp is type(None):
-        name = "None"
-    else:
-        name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        if get_args(tp):
-            name = str(tp).replace("typing.", "")
+    name = _name(tp)
     bounds = [f"{op} {getattr(m, key)}" for m in getattr(info, "metadata", ())
               for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
               if getattr(m, key, None) is not None]
     return name + (f" ({', '.join(bounds)})" if bounds else "")
 
 
+def _name(tp: Any) -> str:
+    args = get_args(tp)
+    if hasattr(tp, "__metadata__"):  # Annotated[X, ...]
+        named = [m.name for m in tp.__metadata__ if isinstance(m, TypeName)]
+        return named[0] if named else _name(args[0])
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in args)
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_name(a) for a in args)
+    if tp is type(None) or tp is Ellipsis:
+        return "None" if tp is type(None) else "..."
+    if get_origin(tp) is not None and args:
+        return f"{_name(get_origin(tp))}[{', '.join(_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
 __all__ = [
-    "CONFIG", "ConfigError", "config", "parse", "format_error", "register_tags",
+    "CONFIG", "ConfigError", "PathStr", "config", "parse", "format_error", "register_tags",
     "register_renamed", "require", "to_dict", "json_schema", "field_docs", "load_yaml",
-    "apply_overrides", "is_config", "reference",
+    "apply_overrides", "is_config", "reference", "TypeName",
 ]

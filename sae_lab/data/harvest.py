@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from sae_lab.cli_args import add_config_arguments, config_from_args
-from sae_lab.config import config, require
+from sae_lab.config import PathStr, config, require
 from sae_lab.data import layers as L
 from sae_lab.data.shards import DTYPES, ShardSetWriter
 from sae_lab.data.text import DatasetError, iter_texts, window_batches
@@ -32,11 +32,11 @@ SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well 
 class HarvestConfig:
     """What to harvest and where to put it."""
 
-    model: str
+    model: PathStr
     """Hugging Face model id or local directory."""
-    dataset: str
+    dataset: PathStr
     """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
-    out: str
+    out: PathStr
     """Output directory; each layer goes to OUT/layer_{L}/."""
     layers: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)] = (0,)
     """Layer(s) to harvest, 0-based; one forward pass serves all of them."""
@@ -50,7 +50,7 @@ class HarvestConfig:
     """Stop after storing this many rows per layer (0: the whole dataset)."""
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Dtype of the stored activations."""
-    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    model_dtype: Literal["float16", "bfloat16", "float32"] = "float32"
     """Dtype the model runs in."""
     device: str = "auto"
     """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
@@ -66,7 +66,7 @@ class HarvestConfig:
     """Hub datasets: the configuration name, if the dataset has several."""
     revision: str | None = None
     """Hub models: branch, tag or commit."""
-    tokenizer: str | None = None
+    tokenizer: PathStr | None = None
     """Tokenizer id or path, when it is not stored with the model."""
     keep_special: bool = False
     """Also store rows for BOS/EOS/PAD/CLS/SEP tokens (excluded by default)."""

@@ -34,6 +34,7 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag
 
 from sae_lab.config import (
     ConfigError,
+    TypeName,
     apply_overrides,
     config,
     load_yaml,
@@ -135,6 +136,7 @@ ParamSpec = Annotated[
     | Annotated[float | int | bool | str | list | None, Tag(_SPEC_TAGS["constant"])],
     Discriminator(_spec_tag, custom_error_type="param_spec",
                   custom_error_message=f"expected {SPEC_SHAPES}"),
+    TypeName("param"),
 ]
 """One entry of `space.<architecture>`: a constant, or a distribution to draw it from."""
 
@@ -234,8 +236,9 @@ class SweepConfig:
     """Whether lower (min) or higher (max) metric is better."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     """Sparsity price in the objective metric."""
-    scheduler: Annotated[SchedulerConfig, BeforeValidator(_scheduler_shorthand)] = field(
-        default_factory=SchedulerConfig)
+    scheduler: Annotated[SchedulerConfig, BeforeValidator(
+        _scheduler_shorthand, json_schema_input_type=SchedulerConfig | Literal["asha", "none"],
+    )] = field(default_factory=SchedulerConfig)
     """Early stopping."""
     search: Literal["random", "grid", "optuna"] = "random"
     """random (grid params expanded, the rest sampled), grid (every param a grid), optuna (TPE)."""

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from sae_lab.config import (
     ConfigError,
+    PathStr,
     apply_overrides,
     config,
     load_yaml,
@@ -68,9 +69,9 @@ class DataConfig:
 
     synthetic: SyntheticConfig | None = None
     """Generate activations from known sparse features."""
-    npy: str | None = None
+    npy: PathStr | None = None
     """Path of a .npy array of shape [N, d_in]."""
-    shards: str | None = None
+    shards: PathStr | None = None
     """Shard directory (or URL) written by `sae-lab harvest`."""
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """synthetic/npy: fraction of rows held out for validation."""
@@ -131,7 +132,7 @@ class TrainConfig:
     """Where to train; auto picks CUDA when present."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    out_dir: str = "runs/sae"
+    out_dir: PathStr = "runs/sae"
     """Output directory: TensorBoard logs, checkpoints, the final SAE in final/."""
     save_checkpoints: bool = True
     """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
