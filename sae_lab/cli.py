@@ -21,12 +21,14 @@ USER_ERRORS = (ConfigError, OSError, ValueError, KeyError, FloatingPointError)
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from sae_lab.train.config import reference
 
-    rows = "\n".join(f"  {name} = {dflt!r}\n      {doc}" for name, _, dflt, doc in reference())
+    rows = "\n".join(f"  {name}: {tp} = {default!r}\n      {doc}"
+                     for name, tp, default, doc in reference())
     p = sub.add_parser(
         "train",
         help="train one SAE from a YAML config",
         description="Train one SAE. The config is YAML; any field can be set with --set.",
-        epilog="config fields (name = default):\n" + rows,
+        epilog="config fields (name: type = default; `sae-lab schema` writes them as JSON "
+        "Schema for editors):\n" + rows,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config (omit to use every default)")

@@ -93,6 +93,29 @@ def test_bad_sweep_base_is_caught_before_launch(tmp_path, capsys):
     assert "base.batch_size=512.5: must be a valid integer" in lines[0]
 
 
+def test_precision_32_written_as_a_number():
+    assert TrainConfig.from_dict({"precision": 32}).precision == "32"
+    with pytest.raises(ConfigError, match=r"^precision='16': must be '32' or 'bf16-mixed'$"):
+        TrainConfig.from_dict({"precision": 16})
+
+
+def test_sweep_round_trips_through_its_dict():
+    from sae_lab.sweep.space import sweep_from_dict
+
+    d = {"architectures": ["relu", "topk"], "scheduler": "none",
+         "base": {"data": {"synthetic": {"d": 8}}, "lr": "3e-4"},
+         "space": {"all": {"lr": {"loguniform": ["1e-4", 1e-2]}, "seed": 3},
+                   "topk": {"k": {"uniform": [2, 6.4]}, "k_aux": {"choice": [0, 4]}}}}
+    sweep = sweep_from_dict(d)
+    assert sweep.scheduler.type == "none"
+    again = sweep_from_dict(sweep.to_dict())
+    assert again.to_dict() == sweep.to_dict() and again.params == sweep.params
+    k = sweep.params["topk"]["sae.k"]
+    assert (k.kind, k.values, k.integer) == ("uniform", [2, 6], True)  # integer field
+    assert sweep.params["relu"]["lr"].values == [1e-4, 1e-2]
+    assert sweep.params["relu"]["seed"].kind == "constant"
+
+
 def test_direct_construction_raises_the_same_one_line_error():
     with pytest.raises(ConfigError, match=r"^lr=-1: must be > 0$"):
         TrainConfig(lr=-1)

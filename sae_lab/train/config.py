@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from sae_lab.config import (
     ConfigError,
@@ -33,6 +33,11 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _int_as_str(v: Any) -> Any:
+    """YAML reads `precision: 32` as a number; it means "32"."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 @config
@@ -126,7 +131,8 @@ class TrainConfig:
     """Training metrics are logged every this many steps."""
     nan_policy: Literal["error", "skip"] = "error"
     """On a NaN or inf batch: stop with an error naming the step, or skip and count it."""
-    precision: Literal["32", "bf16-mixed"] = "32"
+    precision: Annotated[Literal["32", "bf16-mixed"], BeforeValidator(
+        _int_as_str, json_schema_input_type=Literal["32", "bf16-mixed", 32])] = "32"
     """Lightning precision; bf16-mixed only applies on CUDA (CPU falls back to 32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto picks CUDA when present."""
