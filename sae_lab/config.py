@@ -4,7 +4,12 @@ Configs are plain dataclasses validated by pydantic v2 (`@config`): types are ch
 on construction (YAML 1.1's `1e-3` string becomes a float, `512.5` for an int is refused),
 unknown keys are refused, and the docstring under each field is its documentation, used by
 `--help`, the README reference and the JSON Schema (`sae-lab schema`). Cross-field checks go in
-`__post_init__` and raise `ConfigError` (or ValueError) naming the field.
+`__post_init__` as `require(ok, field, value, "what it must be")`; the error names the full
+dotted path (`data.synthetic.active=600.0: must be <= n_features=512`).
+
+Why pydantic: typed coercion and strictness, error locations, field docstrings
+(`use_attribute_docstrings`) and JSON Schema come with it, over the plain dataclasses the code
+already used; it is ubiquitous and well kept.
 
     @config
     class Foo:
@@ -123,8 +128,8 @@ def _check_message(error: Any, path: list[str], msg: str) -> str:
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, FieldError):
         return f"{'.'.join([*path, cause.name])}={cause.value!r}: must be {cause.allowed}"
-    name = ".".join(path) or "config"
-    if "=" in msg.split(":")[0] or msg.startswith(name):
+    name = ".".join(path)
+    if not name or "=" in msg.split(":")[0] or msg.startswith(name):
         return msg
     return f"{name}: {msg}"
 

@@ -174,6 +174,14 @@ def test_require_names_the_full_dotted_path():
     assert parse(Outer, {"rate": "2.5e-1"}).rate == 0.25
 
 
+def test_sweep_errors_raised_after_parsing_are_not_prefixed():
+    from sae_lab.sweep.space import sweep_from_dict
+
+    with pytest.raises(ConfigError, match=r"^space\.relu: empty search space"):
+        sweep_from_dict({"architectures": ["relu"], "space": {"relu": {"lr": 1e-3}},
+                         "base": {"data": {"synthetic": {"d": 8}}}})
+
+
 def test_renamed_key_says_what_replaced_it(monkeypatch):
     import sae_lab.config as C
 
