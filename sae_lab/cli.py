@@ -47,12 +47,14 @@ class DefaultsFormatter(argparse.HelpFormatter):
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from sae_lab.train.config import reference
 
-    rows = "\n".join(f"  {name} = {dflt!r}\n      {doc}" for name, _, dflt, doc in reference())
+    rows = "\n".join(f"  {name}: {tp} = {default!r}\n      {doc}"
+                     for name, tp, default, doc in reference())
     p = sub.add_parser(
         "train",
         help="train one SAE from a YAML config",
         description="Train one SAE. The config is YAML; any field can be set with --set.",
-        epilog="config fields (name = default):\n" + rows,
+        epilog="config fields (name: type = default; `sae-lab schema` writes them as JSON "
+        "Schema for editors):\n" + rows,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config (omit to use every default)")
@@ -130,6 +132,8 @@ COMMANDS = [
      "sae_lab.analysis.steer:add_steer_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
+    ("schema", "write JSON Schemas of the train and sweep YAML files, for editors",
+     "sae_lab.schema:add_schema_parser"),
 ]
 
 

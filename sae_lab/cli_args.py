@@ -1,61 +1,90 @@
-"""Command-line flags from a config dataclass (sae_lab.config): one `--field-name` per field, its
-type and default from the field, its help from the field's docstring; and back to the config."""
+"""Command-line flags from a config dataclass: one `--flag` per field, its default, its type or
+choices, and its docstring as the help, so a command's options cannot drift from its config.
+
+    add_config_arguments(parser, HarvestConfig, flags={"layers": "--layer"})
+    cfg = config_from_args(HarvestConfig, args, "harvest")   # validated, one-line ConfigError
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import types
-import typing
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Any, Literal, Union, get_args, get_origin
 
 from sae_lab.config import field_docs, parse
 
-T = TypeVar("T")
 
-
-def add_config_args(parser: argparse.ArgumentParser, cls: type,
-                    flags: dict[str, str] | None = None,
-                    metavars: dict[str, str] | None = None) -> None:
-    """Add a flag per field of `cls` (dest = the field name). `flags` renames some
-    (e.g. {"overrides": "--set"}); list fields repeat (`--set a=1 --set b=2`), bools switch on."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    flags: dict[str, str] | None = None,
+    skip: Iterable[str] = (),
+    metavars: dict[str, str] | None = None,
+) -> None:
+    """Add one option per field of `cls`: `--field-name` (or `flags[name]`), required when the
+    field has no default; bools get `--x / --no-x`; Literal fields get their choices; tuples take
+    one or more values; list fields repeat the flag (`--set a=1 --set b=2`)."""
+    flags, metavars = flags or {}, metavars or {}
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
+    infos = getattr(cls, "__pydantic_fields__", {})
     for f in dataclasses.fields(cls):
-        flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
-            else f.default
-        doc = " ".join(docs.get(f.name, "").split())
-        kind = _plain(hints[f.name])
-        metavar = (metavars or {}).get(f.name, "N" if kind is int else f.name.upper())
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=default,
-                                help=doc)
-        elif typing.get_origin(kind) is list:  # default None: append would grow the default
-            parser.add_argument(flag, dest=f.name, action="append", metavar=metavar,
-                                type=typing.get_args(kind)[0], help=f"{doc} (repeatable)")
-        elif typing.get_origin(kind) is Literal:
-            parser.add_argument(flag, dest=f.name, choices=typing.get_args(kind),
-                                default=default, help=f"{doc} (default: %(default)s)")
+        if f.name in skip:
+            continue
+        tp = infos[f.name].annotation if f.name in infos else f.type
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        kw: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, ""), **_kind(tp)}
+        if f.name in metavars:
+            kw["metavar"] = metavars[f.name]
+        default = _default(f)
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        elif kw.get("action") == "append":
+            kw["help"] += " (repeatable)"  # default None: config_from_args keeps the field's
         else:
-            default_note = "" if default is None else " (default: %(default)s)"
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, metavar=metavar,
-                                help=doc + default_note)
+            kw["default"] = list(default) if isinstance(default, tuple) else default
+        parser.add_argument(flag, **kw)
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """The config the flags describe (flags not given keep the field's default); errors are one
-    ConfigError line naming the field."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    return parse(cls, {k: v for k, v in values.items() if v is not None})
+def config_from_args(cls: type, args: argparse.Namespace, where: str = "") -> Any:
+    """The config named by the parsed flags (fields only), validated."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return parse(cls, {k: v for k, v in given.items() if v is not None or _optional(cls, k)},
+                 where)
 
 
-def _plain(tp: Any) -> Any:
-    """`int | None` -> int; Annotated[int, ...] -> int; others unchanged."""
-    if typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return _plain(args[0])
-    return tp
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _kind(tp: Any) -> dict[str, Any]:
+    """argparse keywords for a field type: type=, choices=, nargs=, action=."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, types.UnionType):  # X | None: the flag takes an X
+        return _kind(next(a for a in args if a is not type(None)))
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(tp) is Literal:
+        return {"choices": args, "type": type(args[0])}
+    if get_origin(tp) is list:
+        return {**_kind(args[0]), "action": "append"}
+    if get_origin(tp) is tuple:
+        return {**_kind(args[0]), "nargs": "+"}
+    if hasattr(tp, "__metadata__"):  # Annotated[int, Field(...)]
+        return _kind(args[0])
+    return {"type": tp} if tp in (int, float) else {}
+
+
+def _optional(cls: type, name: str) -> bool:
+    """Whether None is a value of the field (else a None from argparse means "not given")."""
+    tp = cls.__pydantic_fields__[name].annotation
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+__all__ = ["add_config_arguments", "config_from_args"]

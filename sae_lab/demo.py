@@ -195,7 +195,8 @@ def report(out: Path, corpus: Path, shards: Path, best: Path, elapsed: str) -> d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli_args import add_config_args
+    from sae_lab.cli import DefaultsFormatter
+    from sae_lab.cli_args import add_config_arguments
 
     p = sub.add_parser(
         "demo",
@@ -204,9 +205,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "docstrings (or --text), run sweeps/demo.yaml on them with Ray Tune, print the results, "
         "write pareto.png, export the best SAEs for SAELens and build a feature browser. A few "
         "minutes on 2 CPU cores; re-running continues an interrupted run.",
+        formatter_class=DefaultsFormatter,
     )
-    add_config_args(p, DemoConfig, flags={"overrides": "--set"},
-                    metavars={"overrides": "KEY=VALUE", "text": "FILE", "out": "DIR"})
+    add_config_arguments(p, DemoConfig, flags={"overrides": "--set"},
+                         metavars={"overrides": "KEY=VALUE", "text": "FILE", "out": "DIR"})
     p.set_defaults(func=cmd_demo)
 
 

@@ -7,8 +7,9 @@ A generated section sits between `<!-- BEGIN GENERATED: NAME -->` and
 `<!-- END GENERATED: NAME -->`:
 
     cli     every `sae-lab` command with each option's default and help (from argparse)
-    config  every training-config field: dotted name, type, default, docstring (TrainConfig,
-            SAEConfig, DataConfig, SyntheticConfig), then the sweep YAML's fields (SweepConfig)
+    config  every training-config field: dotted name, type (with its bounds), default, docstring
+            (TrainConfig and its sections), then the sweep YAML's fields (SweepConfig); rows
+            come from sae_lab.config.reference
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def _table(rows: list[tuple[str, str, Any, str]]) -> str:
 
 
 def config_reference() -> str:
+    from sae_lab.config import reference
     from sae_lab.sweep.space import SweepConfig
-    from sae_lab.train.config import TrainConfig, reference
+    from sae_lab.train.config import TrainConfig
 
     return "\n".join([
         "**Training config** (`sae-lab train CONFIG.yaml`, `sae_lab.TrainConfig`, the `base:` of "

@@ -22,7 +22,8 @@ def test_generated_sections_are_current():
 
 
 def test_check_mode_names_a_stale_section(tmp_path, capsys):
-    from sae_lab.train.config import TrainConfig, field_docs
+    from sae_lab.config import field_docs
+    from sae_lab.train.config import TrainConfig
 
     doc = field_docs(TrainConfig)["lr"]
     stale = tmp_path / "README.md"

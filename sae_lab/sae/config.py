@@ -9,16 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from sae_lab.config import ConfigError  # one error class for every config
+
 ARCHITECTURE_NAMES = ("relu", "topk", "batchtopk", "gated", "jumprelu")
 
 # Fields every architecture uses; all other fields belong to some architectures only.
 COMMON_FIELDS = frozenset(
     {"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens"}
 )
-
-
-class ConfigError(ValueError):
-    """A config value is out of range or does not apply; the message names the field."""
 
 
 @dataclass

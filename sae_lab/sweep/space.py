@@ -26,15 +26,26 @@ import copy
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import BeforeValidator, Discriminator, Field, Tag
 
+from sae_lab.config import (
+    ConfigError,
+    TypeName,
+    apply_overrides,
+    config,
+    load_yaml,
+    parse,
+    register_tags,
+    require,
+    to_dict,
+)
 from sae_lab.sae.base import check_applies
-from sae_lab.sae.config import ConfigError, SAEConfig
-from sae_lab.train.config import TrainConfig, apply_overrides, build
+from sae_lab.sae.config import SAEConfig
+from sae_lab.train.config import TrainConfig
 
 METRICS = ("objective", "fvu", "mse", "l0", "l1", "dead_frac")
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
@@ -59,9 +70,80 @@ def objective(fvu: float, l0: float, d_in: int, l0_weight: float) -> float:
     return fvu + l0_weight * l0 / d_in
 
 
+# --- how a parameter is written in the YAML --------------------------------------------------
+
+
+@config
+class LogUniform:
+    """Drawn log-uniformly from [lo, hi] (integers for integer fields)."""
+
+    loguniform: tuple[float, float]
+    """[lo, hi] with 0 < lo < hi."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.loguniform
+        require(0 < lo < hi, "loguniform", list(self.loguniform), "[lo, hi] with 0 < lo < hi")
+
+
+@config
+class Uniform:
+    """Drawn uniformly from [lo, hi] (integers for integer fields)."""
+
+    uniform: tuple[float, float]
+    """[lo, hi] with lo < hi."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.uniform
+        require(lo < hi, "uniform", list(self.uniform), "[lo, hi] with lo < hi")
+
+
+@config
+class Choice:
+    """One of the listed values, drawn at random (every one with `search: grid`)."""
+
+    choice: Annotated[list[Any], Field(min_length=1)]
+    """The options."""
+
+
+@config
+class Grid:
+    """Every listed value, each in its own trial(s)."""
+
+    grid: Annotated[list[Any], Field(min_length=1)]
+    """The values."""
+
+
+SPEC_SHAPES = ("a constant or one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, "
+               "{choice: [...]}, {grid: [...]}")
+_SPEC_TAGS = {name: f"<{name}>" for name in (*DISTRIBUTIONS, "constant")}
+register_tags(*_SPEC_TAGS.values())
+
+
+def _spec_tag(v: Any) -> str | None:
+    if isinstance(v, (LogUniform, Uniform, Choice, Grid)):
+        return _SPEC_TAGS[fields(v)[0].name]
+    if not isinstance(v, dict):
+        return _SPEC_TAGS["constant"]
+    kind = next(iter(v)) if len(v) == 1 else None
+    return _SPEC_TAGS.get(kind) if kind in DISTRIBUTIONS else None
+
+
+ParamSpec = Annotated[
+    Annotated[LogUniform, Tag(_SPEC_TAGS["loguniform"])]
+    | Annotated[Uniform, Tag(_SPEC_TAGS["uniform"])]
+    | Annotated[Choice, Tag(_SPEC_TAGS["choice"])]
+    | Annotated[Grid, Tag(_SPEC_TAGS["grid"])]
+    | Annotated[float | int | bool | str | list | None, Tag(_SPEC_TAGS["constant"])],
+    Discriminator(_spec_tag, custom_error_type="param_spec",
+                  custom_error_message=f"expected {SPEC_SHAPES}"),
+    TypeName("param"),
+]
+"""One entry of `space.<architecture>`: a constant, or a distribution to draw it from."""
+
+
 @dataclass
 class Param:
-    """One searched (or fixed) hyperparameter."""
+    """One searched (or fixed) hyperparameter, resolved against the base config."""
 
     kind: Literal["constant", "loguniform", "uniform", "choice", "grid"]
     values: list[Any]
@@ -93,39 +175,48 @@ class Param:
         return self.values[0] if self.kind == "constant" else {self.kind: list(self.values)}
 
 
-@dataclass
+@config
 class ObjectiveConfig:
     """How `objective` prices sparsity."""
 
-    l0_weight: float = 1.0
+    l0_weight: Annotated[float, Field(ge=0)] = 1.0
     """FVU one active latent per token must buy, times d_in (see sae_lab.sweep.space.objective)."""
 
 
-@dataclass
+@config
 class SchedulerConfig:
     """Early stopping: ASHA on `metric` within each architecture (sae_lab.sweep.scheduler)."""
 
     type: Literal["asha", "none"] = "asha"
     """asha: stop trials in the worst part of their architecture's rung; none: run all out."""
-    grace_tokens: int = 0
+    grace_tokens: Annotated[int, Field(ge=0)] = 0
     """Training tokens before a trial can be stopped; 0 means max_tokens // 4."""
-    reduction_factor: float = 2.0
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
     """Only the best 1/reduction_factor of trials at a rung go on to the next."""
-    brackets: int = 1
+    brackets: Annotated[int, Field(ge=1)] = 1
     """ASHA brackets (1: plain successive halving)."""
 
 
-@dataclass
+@config
 class ResourcesConfig:
     """Resources reserved for each trial."""
 
-    cpus: float = 1.0
+    cpus: Annotated[float, Field(gt=0)] = 1.0
     """CPU cores per trial (also torch's thread count)."""
-    gpus: float = 0.0
+    gpus: Annotated[float, Field(ge=0)] = 0.0
     """GPUs per trial; a fraction (0.5) packs several trials on one GPU."""
 
+    def __post_init__(self) -> None:
+        require(self.gpus <= 1 or float(self.gpus).is_integer(), "gpus", self.gpus,
+                "0, a fraction of one GPU, or a whole number")
 
-@dataclass
+
+def _scheduler_shorthand(v: Any) -> Any:
+    """`scheduler: none` means `scheduler: {type: none}`."""
+    return {"type": v} if isinstance(v, str) else v
+
+
+@config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
 
@@ -133,11 +224,11 @@ class SweepConfig:
     """Experiment name (the Tune directory under the output directory)."""
     base: dict[str, Any] = field(default_factory=dict)
     """A TrainConfig (as in `sae-lab train`) every trial starts from."""
-    architectures: list[str] = field(default_factory=list)
+    architectures: Annotated[list[str], Field(min_length=1)] = field(default_factory=list)
     """Architectures to compare."""
-    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
     """Per architecture (and `all`): parameter -> constant or distribution."""
-    num_samples: int = 1
+    num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples per architecture (random search); grids are repeated this many times."""
     metric: Literal["objective", "fvu", "mse", "l0", "l1", "dead_frac"] = "objective"
     """What ASHA and the search rank trials on, and `best/` picks by."""
@@ -145,16 +236,19 @@ class SweepConfig:
     """Whether lower (min) or higher (max) metric is better."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     """Sparsity price in the objective metric."""
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: Annotated[SchedulerConfig, BeforeValidator(
+        _scheduler_shorthand, json_schema_input_type=SchedulerConfig | Literal["asha", "none"],
+    )] = field(default_factory=SchedulerConfig)
     """Early stopping."""
     search: Literal["random", "grid", "optuna"] = "random"
     """random (grid params expanded, the rest sampled), grid (every param a grid), optuna (TPE)."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     """Per trial."""
-    max_concurrent: int = 0
+    max_concurrent: Annotated[int, Field(ge=0)] = 0
     """At most this many trials at once (0: as many as resources allow)."""
-    max_failures: int = 1
-    """Retries of a failed trial (from its last checkpoint) before it is marked failed."""
+    max_failures: Annotated[int, Field(ge=-1)] = 1
+    """Retries of a failed trial (from its last checkpoint) before it is marked failed (-1:
+    retry forever)."""
     reuse_actors: bool = True
     """Run the next trial in the worker process of a finished one (saves seconds of imports per
     trial); false starts a fresh process for every trial."""
@@ -162,23 +256,17 @@ class SweepConfig:
     """Seed of the search algorithm."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.objective, dict):
-            self.objective = build(ObjectiveConfig, self.objective, "objective")
-        if isinstance(self.scheduler, str):
-            self.scheduler = {"type": self.scheduler}
-        if isinstance(self.scheduler, dict):
-            self.scheduler = build(SchedulerConfig, self.scheduler, "scheduler")
-        if isinstance(self.resources, dict):
-            self.resources = build(ResourcesConfig, self.resources, "resources")
+        if self.metric == "objective":
+            require(self.mode == "min", "mode", self.mode,
+                    "min for metric: objective (lower is better)")
+            require(self.objective.l0_weight > 0, "objective.l0_weight",
+                    self.objective.l0_weight,
+                    "> 0 (0 ranks on raw FVU, which favours the densest SAE)")
         self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
-        _check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("objective", "scheduler", "resources"):
-            d[name] = asdict(d[name])
-        return copy.deepcopy(d)
+        return to_dict(self)
 
     def train_config(self, architecture: str, values: dict[str, Any]) -> TrainConfig:
         """The TrainConfig of one trial: base, then the architecture, then the drawn values."""
@@ -212,7 +300,7 @@ def load_sweep(
 ) -> SweepConfig:
     """Read a sweep YAML; `overrides` are `key.sub=value` strings, `shards` replaces base.data."""
     path = resolve_sweep_path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, list(overrides))
@@ -239,17 +327,15 @@ def resolve_sweep_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"sweep file not found: {path}")
 
 
-def sweep_from_dict(d: dict[str, Any]) -> SweepConfig:
-    return build(SweepConfig, d, "")
+def sweep_from_dict(d: Any) -> SweepConfig:
+    """Validate a sweep mapping (from YAML); errors name the dotted field."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"sweep: expected a mapping, got {d!r}")
+    return parse(SweepConfig, d)
 
 
 def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
-    if not isinstance(sweep.space, dict):
-        raise ConfigError(f"space: expected a mapping of architecture -> parameters, "
-                          f"got {sweep.space!r}")
-    if not isinstance(sweep.architectures, list) or not sweep.architectures:
-        raise ConfigError("architectures: list at least one architecture")
     from sae_lab.sae.registry import ARCHITECTURES
 
     for arch in sweep.architectures:
@@ -277,38 +363,24 @@ def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     return out
 
 
-def _parse_params(d: Any, where: str, base: TrainConfig) -> dict[str, Param]:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping of parameter -> distribution, got {d!r}")
+def _parse_params(d: dict[str, Any], where: str, base: TrainConfig) -> dict[str, Param]:
     out = {}
     for key, spec in d.items():
         canon = canonical_key(key)
         if canon in _OWNED_BY_SWEEP:
             raise ConfigError(f"{where}.{key}: set by the sweep itself, cannot be searched")
-        out[canon] = _parse_param(spec, f"{where}.{key}", _is_int_field(base, canon, where, key))
+        out[canon] = _parse_param(spec, _is_int_field(base, canon, where, key))
     return out
 
 
-def _parse_param(spec: Any, where: str, integer: bool) -> Param:
-    if not isinstance(spec, dict):
-        return Param("constant", [_number(spec)], integer)
-    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: expected a constant or one of "
-                          f"{{{', '.join(f'{k}: [...]' for k in DISTRIBUTIONS)}}}, got {spec!r}")
-    kind, values = next(iter(spec.items()))
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
-    values = [_number(v) for v in values]
+def _parse_param(spec: Any, integer: bool) -> Param:
+    """A validated ParamSpec -> Param; integer ranges are rounded to integers."""
+    if not isinstance(spec, (LogUniform, Uniform, Choice, Grid)):
+        return Param("constant", [spec], integer)
+    kind = fields(spec)[0].name
+    values = list(getattr(spec, kind))
     if kind in ("loguniform", "uniform"):
-        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
-            raise ConfigError(f"{where}.{kind}: expected [lo, hi] numbers, got {values}")
-        lo, hi = values
-        if not lo < hi:
-            raise ConfigError(f"{where}.{kind}: lo={lo} must be < hi={hi}")
-        if kind == "loguniform" and lo <= 0:
-            raise ConfigError(f"{where}.loguniform: lo={lo} must be > 0")
-        if integer:
-            values = [int(round(lo)), int(round(hi))]
+        values = [int(round(v)) for v in values] if integer else [float(v) for v in values]
     return Param(kind, values, integer)
 
 
@@ -338,10 +410,7 @@ def _base_config(sweep: SweepConfig) -> TrainConfig:
     if not isinstance(sae, dict):
         raise ConfigError(f"base.sae: expected a mapping, got {sae!r}")
     d["sae"] = {**sae, "architecture": sweep.architectures[0]}
-    try:
-        return TrainConfig.from_dict(d)
-    except ConfigError as e:
-        raise ConfigError(f"base: {e}") from None
+    return TrainConfig.from_dict(d, "base")
 
 
 def _absolute_data_paths(base: Any) -> Any:
@@ -366,47 +435,6 @@ def _set_path(d: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {p} is not a section of the base config")
     node[last] = value
-
-
-def _number(v: Any) -> Any:
-    """YAML 1.1 reads `1e-4` as a string; take it as the number it means."""
-    if isinstance(v, str):
-        try:
-            f = float(v)
-        except ValueError:
-            return v
-        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-    return v
-
-
-def _check_fields(s: SweepConfig) -> None:
-    def need(name: str, ok: bool, allowed: str) -> None:
-        if not ok:
-            value = s
-            for part in name.split("."):
-                value = getattr(value, part)
-            raise ConfigError(f"{name}={value!r}: must be {allowed}")
-
-    need("num_samples", isinstance(s.num_samples, int) and s.num_samples >= 1, ">= 1")
-    need("metric", s.metric in METRICS, f"one of {METRICS}")
-    need("mode", s.mode in ("min", "max"), "min or max")
-    need("search", s.search in ("random", "grid", "optuna"), "random, grid or optuna")
-    need("max_concurrent", isinstance(s.max_concurrent, int) and s.max_concurrent >= 0, ">= 0")
-    need("max_failures", isinstance(s.max_failures, int) and s.max_failures >= -1,
-         ">= 0 (or -1: retry forever)")
-    need("reuse_actors", isinstance(s.reuse_actors, bool), "true or false")
-    need("scheduler.type", s.scheduler.type in ("asha", "none"), "asha or none")
-    need("scheduler.grace_tokens", s.scheduler.grace_tokens >= 0, ">= 0")
-    need("scheduler.reduction_factor", s.scheduler.reduction_factor > 1, "> 1")
-    need("scheduler.brackets", s.scheduler.brackets >= 1, ">= 1")
-    need("resources.cpus", s.resources.cpus > 0, "> 0")
-    need("resources.gpus", s.resources.gpus >= 0 and (s.resources.gpus <= 1 or
-         float(s.resources.gpus).is_integer()), "0, a fraction of one GPU, or a whole number")
-    need("objective.l0_weight", s.objective.l0_weight >= 0, ">= 0")
-    if s.metric == "objective":
-        need("mode", s.mode == "min", "min for metric: objective (lower is better)")
-        need("objective.l0_weight", s.objective.l0_weight > 0,
-             "> 0 (0 ranks on raw FVU, which favours the densest SAE)")
 
 
 # --- validation against the data -------------------------------------------------------------

@@ -1,134 +1,146 @@
-"""Training configuration: nested dataclasses, read from and written to YAML, validated up front.
+"""Training configuration: nested config dataclasses (sae_lab.config), read from and written to
+YAML, validated up front.
 
-Every field has a one-line docstring; the README's config reference and `sae-lab train --help`
-are generated from them.
+Every field has a one-line docstring; the README's config reference, `sae-lab train --help` and
+the JSON Schema (`sae-lab schema`) are generated from them.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import types
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, Field
 
-from sae_lab.sae.config import ConfigError, SAEConfig
+from sae_lab.config import (
+    ConfigError,
+    PathStr,
+    apply_overrides,
+    config,
+    load_yaml,
+    parse,
+    require,
+    to_dict,
+)
+from sae_lab.config import (
+    reference as _reference,
+)
+from sae_lab.sae import AnySAEConfig, SAEConfig
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-@dataclass
+def _int_as_str(v: Any) -> Any:
+    """YAML reads `precision: 32` as a number; it means "32"."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+@config
 class SyntheticConfig:
     """Activations built from known sparse features (see sae_lab.synthetic)."""
 
-    d: int = 64
+    d: PosInt = 64
     """Activation width."""
-    n_features: int = 512
+    n_features: PosInt = 512
     """Number of true unit-norm feature directions."""
-    active: float = 5.0
+    active: Annotated[float, Field(gt=0)] = 5.0
     """Mean number of features active per token."""
     freq_exponent: float = 0.0
     """Feature frequencies follow rank^-freq_exponent (0: all equally frequent)."""
     magnitude_mean: float = 1.0
     """Mean magnitude of an active feature."""
-    magnitude_std: float = 0.25
+    magnitude_std: NonNegFloat = 0.25
     """Standard deviation of an active feature's magnitude (clipped at 0)."""
-    noise_std: float = 0.0
+    noise_std: NonNegFloat = 0.0
     """Gaussian noise added to every coordinate."""
-    n_tokens: int = 200_000
+    n_tokens: PosInt = 200_000
     """Training tokens to generate."""
     seed: int = 0
     """Seed of the features and the samples."""
 
     def __post_init__(self) -> None:
-        for name in ("d", "n_features", "n_tokens"):
-            _require("data.synthetic", self, name, getattr(self, name) >= 1, ">= 1")
-        _require("data.synthetic", self, "active", 0 < self.active <= self.n_features,
-                 "in (0, n_features]")
-        _require("data.synthetic", self, "magnitude_std", self.magnitude_std >= 0, ">= 0")
-        _require("data.synthetic", self, "noise_std", self.noise_std >= 0, ">= 0")
+        require(self.active <= self.n_features, "active", self.active,
+                f"<= n_features={self.n_features}")
 
 
-@dataclass
+@config
 class DataConfig:
     """Where activations come from: exactly one of synthetic, npy, shards."""
 
     synthetic: SyntheticConfig | None = None
     """Generate activations from known sparse features."""
-    npy: str | None = None
+    npy: PathStr | None = None
     """Path of a .npy array of shape [N, d_in]."""
-    shards: str | None = None
+    shards: PathStr | None = None
     """Shard directory (or URL) written by `sae-lab harvest`."""
-    val_fraction: float = 0.05
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """synthetic/npy: fraction of rows held out for validation."""
-    val_shards: int = 1
+    val_shards: PosInt = 1
     """shards: number of shards held out for validation."""
-    shuffle_buffer: int = 65_536
+    shuffle_buffer: NonNegInt = 65_536
     """shards: rows in the shuffle buffer."""
-    num_workers: int = 0
+    num_workers: NonNegInt = 0
     """shards: DataLoader worker processes."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.synthetic, dict):
-            self.synthetic = build(SyntheticConfig, self.synthetic, "data.synthetic")
         chosen = [n for n in ("synthetic", "npy", "shards") if getattr(self, n) is not None]
         if len(chosen) != 1:
             raise ConfigError(
                 f"data: set exactly one of synthetic, npy, shards (got {chosen or 'none'})"
             )
-        _require("data", self, "val_fraction", 0 < self.val_fraction < 1, "in (0, 1)")
-        _require("data", self, "val_shards", self.val_shards >= 1, ">= 1")
-        _require("data", self, "shuffle_buffer", self.shuffle_buffer >= 0, ">= 0")
-        _require("data", self, "num_workers", self.num_workers >= 0, ">= 0")
 
 
-@dataclass
+@config
 class TrainConfig:
     """One SAE training run."""
 
-    sae: SAEConfig = field(default_factory=SAEConfig)
+    sae: AnySAEConfig = field(default_factory=SAEConfig)
     """The autoencoder (see SAEConfig)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(synthetic=SyntheticConfig()))
     """The activations (see DataConfig)."""
-    batch_size: int = 4096
+    batch_size: PosInt = 4096
     """Tokens per optimisation step."""
-    max_tokens: int = 2_000_000
+    max_tokens: PosInt = 2_000_000
     """Training stops after this many tokens."""
-    lr: float = 4e-4
+    lr: Annotated[float, Field(gt=0)] = 4e-4
     """Adam learning rate after warm-up."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[Beta, Beta] = (0.9, 0.999)
     """Adam's beta1 and beta2."""
-    lr_warmup_steps: int = 50
+    lr_warmup_steps: NonNegInt = 50
     """Steps of linear learning-rate warm-up."""
-    lr_decay_start: float = 0.8
+    lr_decay_start: Annotated[float, Field(ge=0, le=1)] = 0.8
     """Fraction of training after which the learning rate decays linearly to 0 (1: no decay)."""
-    sparsity_warmup_steps: int = 0
+    sparsity_warmup_steps: NonNegInt = 0
     """Steps over which the sparsity coefficient rises linearly from 0 to lambda."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegFloat = 1.0
     """Gradient-norm clipping (0: off)."""
     normalize_activations: bool = True
     """Scale inputs so E||x||^2 = d_in; the scale is folded into the weights on save."""
     init_b_dec: bool = True
     """Initialise b_dec at the geometric median of the first batch."""
-    val_every_steps: int = 100
+    val_every_steps: PosInt = 100
     """Validate every this many steps (and at the end)."""
-    val_batches: int = 8
+    val_batches: NonNegInt = 8
     """Batches per periodic validation (0: the whole validation set); the final metrics always
     use the whole held-out set."""
-    log_every_steps: int = 10
+    log_every_steps: PosInt = 10
     """Training metrics are logged every this many steps."""
     nan_policy: Literal["error", "skip"] = "error"
     """On a NaN or inf batch (or held-out row): stop with an error naming the step (the shard),
     or skip and count it."""
-    precision: Literal["32", "bf16-mixed"] = "32"
+    precision: Annotated[Literal["32", "bf16-mixed"], BeforeValidator(
+        _int_as_str, json_schema_input_type=Literal["32", "bf16-mixed", 32])] = "32"
     """Lightning precision; bf16-mixed only applies on CUDA (CPU falls back to 32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto picks CUDA when present."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    out_dir: str = "runs/sae"
+    out_dir: PathStr = "runs/sae"
     """Output directory: TensorBoard logs, checkpoints, the final SAE in final/."""
     save_checkpoints: bool = True
     """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
@@ -136,148 +148,44 @@ class TrainConfig:
     """Show Lightning's progress bar."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.sae, dict):
-            self.sae = SAEConfig.from_dict(self.sae)
-        if isinstance(self.data, dict):
-            self.data = build(DataConfig, self.data, "data")
-        self.adam_betas = tuple(self.adam_betas)  # YAML gives lists
-        _require("", self, "batch_size", self.batch_size >= 1, ">= 1")
-        _require("", self, "max_tokens", self.max_tokens >= self.batch_size, ">= batch_size")
-        _require("", self, "lr", self.lr > 0, "> 0")
-        _require("", self, "adam_betas",
-                 len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
-                 "two numbers in [0, 1)")
-        _require("", self, "lr_warmup_steps", self.lr_warmup_steps >= 0, ">= 0")
-        _require("", self, "lr_decay_start", 0 <= self.lr_decay_start <= 1, "in [0, 1]")
-        _require("", self, "sparsity_warmup_steps", self.sparsity_warmup_steps >= 0, ">= 0")
-        _require("", self, "grad_clip", self.grad_clip >= 0, ">= 0")
-        _require("", self, "val_every_steps", self.val_every_steps >= 1, ">= 1")
-        _require("", self, "val_batches", self.val_batches >= 0, ">= 0")
-        _require("", self, "log_every_steps", self.log_every_steps >= 1, ">= 1")
-        for name in ("nan_policy", "precision", "device"):
-            allowed = _literal_args(type(self), name)
-            _require("", self, name, getattr(self, name) in allowed, f"one of {allowed}")
+        require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,
+                f">= batch_size={self.batch_size}")
 
     @property
     def max_steps(self) -> int:
         return self.max_tokens // self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
+        return to_dict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return build(cls, d, "")
+    def from_dict(cls, d: Any, where: str = "") -> TrainConfig:
+        """Validate a mapping (from YAML or JSON); errors name the dotted field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {d!r}")
+        return parse(cls, d, where)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        d = yaml.safe_load(path.read_text()) or {}
+        d = load_yaml(path.read_text(), str(path)) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         return cls.from_dict(apply_overrides(d, overrides))
 
 
-def build(cls: type, d: dict[str, Any], prefix: str) -> Any:
-    """cls(**d), with unknown keys reported by their dotted name."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        names = [f"{prefix}.{u}" if prefix else u for u in unknown]
-        raise ConfigError(f"unknown config field(s) {names}; known: {sorted(known)}")
-    try:
-        return cls(**d)
-    except TypeError as e:  # a wrong type deep inside; name the section
-        raise ConfigError(f"{prefix or 'config'}: {e}") from e
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` strings; values are parsed as YAML (numbers, lists, null)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        node = d
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
-    return d
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the docstring under it in the class source."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = nxt.value.value
-    return docs
-
-
 def reference(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(dotted name, type, default, doc) of every field, nested sections expanded."""
-    rows = []
-    docs = field_docs(cls)
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        name = f"{prefix}{f.name}"
-        sub = _dataclass_in(hints[f.name])
-        if sub is not None and f.name != "synthetic":
-            rows += reference(sub, f"{name}.")
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if dataclasses.is_dataclass(default):
-            default = "{...}"
-        rows.append((name, _type_name(hints[f.name]), default, docs.get(f.name, "")))
-        if f.name == "synthetic":
-            rows += reference(SyntheticConfig, f"{name}.")
-    return rows
+    return _reference(cls, prefix)
 
 
-def _dataclass_in(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if get_origin(tp) in (Union, types.UnionType):
-        for a in get_args(tp):
-            if dataclasses.is_dataclass(a):
-                return a
-    return None
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _literal_args(cls: type, name: str) -> tuple:
-    return get_args(get_type_hints(cls)[name])
-
-
-def _require(prefix: str, obj: Any, name: str, ok: bool, allowed: str) -> None:
-    if not ok:
-        full = f"{prefix}.{name}" if prefix else name
-        raise ConfigError(f"{full}={getattr(obj, name)!r}: must be {allowed}")
+__all__ = ["ConfigError", "DataConfig", "SyntheticConfig", "TrainConfig", "apply_overrides",
+           "reference"]

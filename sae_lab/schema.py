@@ -1,0 +1,69 @@
+"""`sae-lab schema`: JSON Schemas of the train and sweep YAML files, so that editors complete
+and check them (field docs become hover text).
+
+    sae-lab schema --out schemas/      -> schemas/train.schema.json, schemas/sweep.schema.json
+
+Point an editor with the YAML language server (VS Code's YAML extension, ...) at one by a first
+line `# yaml-language-server: $schema=schemas/train.schema.json` in the YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_lab.config import json_schema
+
+
+def train_schema() -> dict[str, Any]:
+    from sae_lab.train.config import TrainConfig
+
+    return json_schema(TrainConfig, "sae-lab train config")
+
+
+def sweep_schema() -> dict[str, Any]:
+    """The sweep's schema, with `base:` checked as the training config it is."""
+    from sae_lab.sweep.space import SweepConfig
+
+    schema = json_schema(SweepConfig, "sae-lab sweep config")
+    train = train_schema()
+    defs = schema.setdefault("$defs", {})
+    defs.update(train.pop("$defs", {}))
+    train.pop("$schema")
+    defs["TrainConfig"] = train
+    base = schema["properties"]["base"]
+    schema["properties"]["base"] = {"$ref": "#/$defs/TrainConfig",
+                                    "description": base.get("description", "")}
+    return schema
+
+
+SCHEMAS = {"train.schema.json": train_schema, "sweep.schema.json": sweep_schema}
+
+
+def write_schemas(out: str | Path) -> list[Path]:
+    """Write every schema into `out` (created if needed); each file is replaced atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, make in SCHEMAS.items():
+        path = out / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(json.dumps(make(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def add_schema_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schema", help="write JSON Schemas of the train and sweep YAML files",
+                       description="Write train.schema.json and sweep.schema.json, for editors "
+                       "that complete and check YAML (yaml-language-server).")
+    p.add_argument("--out", default=".", help="directory to write them into")
+    p.set_defaults(func=cmd_schema)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    for path in write_schemas(args.out):
+        print(path)
