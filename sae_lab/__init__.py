@@ -18,7 +18,20 @@ __version__ = "0.1.0"
 # Import the subpackage before defining the function of the same name: a first import of
 # sae_lab.train later on would otherwise rebind `sae_lab.train` to the module.
 import sae_lab.train.config  # noqa: E402, F401
-from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load  # noqa: E402
+from sae_lab.sae import (  # noqa: E402
+    ARCHITECTURES,
+    SAE,
+    AnySAEConfig,
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    SAEConfig,
+    TopKConfig,
+    load,
+    parse_sae_config,
+    sae_config,
+)
 from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig  # noqa: E402
 
 if TYPE_CHECKING:
@@ -33,6 +46,7 @@ def train(cfg: TrainConfig, callbacks=(), ckpt_path=None, logger: bool = True) -
 
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "SAEConfig", "DataConfig", "SyntheticConfig", "TrainConfig",
-    "load", "train", "__version__",
+    "ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "sae_config", "parse_sae_config",
+    "TopKConfig", "BatchTopKConfig", "ReLUConfig", "GatedConfig", "JumpReLUConfig",
+    "DataConfig", "SyntheticConfig", "TrainConfig", "load", "train", "__version__",
 ]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from sae_lab.export import export_saelens
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
 D_IN, D_SAE = 16, 64
@@ -31,7 +31,7 @@ SAELENS_SHAPES = {
 def make_sae(arch: str, seed: int = 0):
     torch.manual_seed(seed)
     kw = {"k": 5} if arch in ("topk", "batchtopk") else {}
-    sae = ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, **kw)).eval()
+    sae = ARCHITECTURES[arch](sae_config(arch, d_in=D_IN, d_sae=D_SAE, **kw)).eval()
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.2 * torch.randn_like(p))

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sae_lab.sae import sae_config
 from sae_lab.sae.config import ConfigError, SAEConfig
 
 
@@ -88,7 +89,7 @@ class DataConfig:
 class TrainConfig:
     """One SAE training run."""
 
-    sae: SAEConfig = field(default_factory=SAEConfig)
+    sae: SAEConfig = field(default_factory=sae_config)
     """The autoencoder (see SAEConfig)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(synthetic=SyntheticConfig()))
     """The activations (see DataConfig)."""
@@ -237,6 +238,11 @@ def reference(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str,
     hints = get_type_hints(cls)
     for f in fields(cls):
         name = f"{prefix}{f.name}"
+        if f.name == "sae":  # one section per architecture's own fields
+            from sae_lab.sae.registry import reference_rows
+
+            rows += reference_rows(f"{name}.")
+            continue
         sub = _dataclass_in(hints[f.name])
         if sub is not None and f.name != "synthetic":
             rows += reference(sub, f"{name}.")
