@@ -98,6 +98,7 @@ def sae_lab_step_fn(
         with autocast:
             out = sae.training_loss(x, 1000)
         out.loss.backward()
+        sae.after_step(out, 1000)  # dead counts, thresholds: as SAEModule does
         sae.remove_parallel_grads()
         opt.step()
         opt.zero_grad(set_to_none=True)
