@@ -366,3 +366,31 @@ def test_remove_parallel_grads_keeps_row_norms_to_first_order():
     sae.remove_parallel_grads()
     dot = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
     torch.testing.assert_close(dot, torch.zeros(64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "gated", "jumprelu"])
+def test_sae_saved_with_the_old_flat_config_still_loads(arch, tmp_path):
+    """Before per-architecture configs, cfg.json held every architecture's fields at their
+    defaults (sparsity_coef -1 meaning the architecture's default)."""
+    import json
+
+    old_flat = {
+        "architecture": arch, "d_in": 16, "expansion_factor": 8, "d_sae": 64,
+        "dtype": "float32", "dead_tokens": 1000000, "k": 4 if arch in ("topk", "batchtopk") else 32,
+        "k_start": 0, "k_schedule_steps": 0, "k_schedule": "linear", "k_aux": 0,
+        "aux_coef": 0.03125, "decoder": "sparse", "threshold_momentum": 0.99,
+        "sparsity_coef": -1.0, "bandwidth": 0.1, "threshold_init": 0.5, "threshold_lr_scale": 10.0,
+    }
+    sae = make(arch)
+    sae.save(tmp_path / "s")
+    cfg_path = tmp_path / "s" / "cfg.json"
+    saved = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**saved, "sae": old_flat}))
+    loaded = load(tmp_path / "s")
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    x = torch.randn(8, 16)
+    torch.testing.assert_close(loaded.eval()(x), sae.eval()(x))
+    if arch == "relu":  # a field set away from its old default is still an error naming it
+        cfg_path.write_text(json.dumps({**saved, "sae": {**old_flat, "k": 8}}))
+        with pytest.raises(ConfigError, match=r"sae\.k=8 does not apply"):
+            load(tmp_path / "s")
