@@ -24,7 +24,7 @@ import torch
 
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.shards import ShardSetWriter
-from sae_lab.sae import SAEConfig
+from sae_lab.sae import sae_config
 from sae_lab.train.config import DataConfig, TrainConfig
 from sae_lab.train.run import build_module, first_batch
 
@@ -65,7 +65,7 @@ class StepTimer(pl.Callback):
 
 
 def training_tokens_per_s(directory: str, steps: int, buffer: int) -> float:
-    cfg = TrainConfig(sae=SAEConfig(architecture="topk", d_sae=6144, k=32),
+    cfg = TrainConfig(sae=sae_config("topk", d_sae=6144, k=32),
                       data=DataConfig(shards=directory, shuffle_buffer=buffer),
                       batch_size=BATCH, max_tokens=BATCH * steps, progress_bar=False)
     dm = ShardDataModule(cfg.data, BATCH, seed=0)

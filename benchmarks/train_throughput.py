@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig
 from sae_lab.train.module import SAEModule
 from sae_lab.train.run import train
@@ -86,7 +86,7 @@ def sae_lab_step_fn(
 ) -> Callable[[Tensor], None]:
     """sae_lab's step without Lightning: training_loss, backward and SAEModule's own hooks and
     optimiser, so that only the Trainer's own work separates it from the Lightning rows."""
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=k, decoder=decoder)
+    cfg = sae_config(arch, d_in=d_in, d_sae=d_sae, k=k, decoder=decoder)
     sae = ARCHITECTURES[arch](cfg).to(device)
     if dead_frac:  # AuxK runs on dead latents; make some
         sae.tokens_since_fired[: int(dead_frac * d_sae)] = 10**12
@@ -98,6 +98,7 @@ def sae_lab_step_fn(
         with autocast:
             out = sae.training_loss(x, 1000)
         out.loss.backward()
+        sae.after_step(out, 1000)  # dead counts, thresholds: as SAEModule does
         sae.remove_parallel_grads()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -285,7 +286,7 @@ def lightning_run(
     timer = StepTimer(warmup, device, reference)
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = TrainConfig(
-            sae=SAEConfig(**sae), data=DataConfig(synthetic=synthetic), batch_size=batch,
+            sae=sae_config(**sae), data=DataConfig(synthetic=synthetic), batch_size=batch,
             max_tokens=n_steps * batch, lr_warmup_steps=2, val_every_steps=10**9,
             val_batches=4, progress_bar=False, seed=seed, out_dir=out_dir, precision=precision,
             device="cuda" if device == "cuda" else "cpu",

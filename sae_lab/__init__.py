@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so `import sae_lab` and `sae-lab --help` load no torch.
+_SAE_NAMES = ("ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "sae_config",
+              "parse_sae_config", "load", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
+              "GatedConfig", "JumpReLUConfig")
 _LAZY = {
-    "ARCHITECTURES": "sae_lab.sae", "SAE": "sae_lab.sae", "SAEConfig": "sae_lab.sae",
-    "load": "sae_lab.sae", "DataConfig": "sae_lab.train.config",
-    "SyntheticConfig": "sae_lab.train.config", "TrainConfig": "sae_lab.train.config",
+    **dict.fromkeys(_SAE_NAMES, "sae_lab.sae"),
+    **dict.fromkeys(("DataConfig", "SyntheticConfig", "TrainConfig"), "sae_lab.train.config"),
 }
 
 if TYPE_CHECKING:
-    from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load
-    from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig
+    from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load  # noqa: F401
+    from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig  # noqa: F401
     from sae_lab.train.run import TrainResult
 
 
@@ -59,7 +61,4 @@ def train(cfg: TrainConfig, callbacks=(), ckpt_path=None, logger: bool = True) -
     return _train(cfg, callbacks=callbacks, ckpt_path=ckpt_path, logger=logger)
 
 
-__all__ = [
-    "ARCHITECTURES", "SAE", "SAEConfig", "DataConfig", "SyntheticConfig", "TrainConfig",
-    "load", "train", "__version__",
-]
+__all__ = [*_LAZY, "train", "__version__"]

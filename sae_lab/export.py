@@ -5,7 +5,8 @@
     DIR/sae_weights.safetensors   exactly the tensors that architecture has in SAELens
     DIR/sparsity.safetensors      {"sparsity": log10(feature density + 1e-10)}, when known
 
-How each sae_lab architecture maps onto SAELens v6 (sae_lens/saes/*.py):
+Each architecture says what it maps to (`SAE.saelens_architecture`, `saelens_cfg`,
+`saelens_tensors`); for the shipped ones (SAELens v6, sae_lens/saes/*.py):
 
     relu      -> standard   z = ReLU((x - b_dec) W_enc + b_enc); same maths (SAELens does not
                             require unit-norm decoder rows at inference).
@@ -41,13 +42,6 @@ from sae_lab.files import atomic_dir, check_output_dir
 from sae_lab.models import canonical_name
 from sae_lab.sae.base import SAE
 
-SAELENS_ARCHITECTURE = {
-    "relu": "standard",
-    "topk": "topk",
-    "jumprelu": "jumprelu",
-    "batchtopk": "jumprelu",
-    "gated": "gated",
-}
 # The first SAELens release with this layout (metadata block, architecture-specific classes).
 SAELENS_VERSION = "6.0.0"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -55,20 +49,11 @@ SPARSITY_FILE = "sparsity.safetensors"
 CONFIG_FILE = "cfg.json"
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, SPARSITY_FILE)  # an earlier export, before markers
 
+
 @torch.no_grad()
 def saelens_tensors(sae: SAE) -> dict[str, Tensor]:
     """The SAELens state dict of `sae`: names and shapes of its SAELens architecture."""
-    name = sae.cfg.architecture
-    t = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}  # [d_in, d_sae] [d_sae, d_in]
-    if name == "gated":
-        t.update(b_gate=sae.b_gate, r_mag=sae.r_mag, b_mag=sae.b_mag)
-    else:
-        t["b_enc"] = sae.b_enc
-    if name == "jumprelu":
-        t["threshold"] = sae.threshold  # exp(log_threshold), [d_sae]
-    elif name == "batchtopk":
-        t["threshold"] = sae.threshold.expand(sae.d_sae)  # one global threshold per latent
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in t.items()}
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sae.saelens_tensors().items()}
 
 
 def tl_hook_name(metadata: dict[str, Any]) -> str | None:
@@ -89,7 +74,7 @@ def saelens_config(
     """cfg.json contents; names left None come from `sae.metadata`."""
     meta = sae.metadata
     cfg: dict[str, Any] = {
-        "architecture": SAELENS_ARCHITECTURE[sae.cfg.architecture],
+        "architecture": sae.saelens_architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": sae.cfg.dtype,
@@ -98,9 +83,7 @@ def saelens_config(
         "normalize_activations": "none",
         "reshape_activations": "none",
     }
-    if sae.cfg.architecture == "topk":
-        cfg["k"] = sae.cfg.k
-        cfg["rescale_acts_by_decoder_norm"] = False
+    cfg.update(sae.saelens_cfg())
     cfg["metadata"] = {
         "model_name": canonical_name(str(model_name or meta.get("model") or "")) or None,
         "hook_name": hook_name or tl_hook_name(meta),
@@ -110,7 +93,7 @@ def saelens_config(
         "sae_lens_version": SAELENS_VERSION,
         "sae_lens_training_version": SAELENS_VERSION,
         # Where it came from, in sae_lab's terms (SAELens keeps unknown metadata keys).
-        "sae_lab_architecture": sae.cfg.architecture,
+        "sae_lab_architecture": sae.name,
         "sae_lab_layer": meta.get("layer"),
         "sae_lab_hook": meta.get("hook"),
     }
@@ -196,5 +179,4 @@ def cmd_export(args: argparse.Namespace) -> None:
               "--shards); sparsity.safetensors not written", file=sys.stderr)
     else:
         print(f"feature density from {source}")
-    print(f"saved: {out} (SAELens architecture "
-          f"{SAELENS_ARCHITECTURE[sae.cfg.architecture]!r})")
+    print(f"saved: {out} (SAELens architecture {sae.saelens_architecture!r})")

@@ -148,13 +148,13 @@ def test_too_few_shards_are_reported(shard_dir):
 
 
 def test_sae_width_that_disagrees_with_the_manifest_names_both(shard_dir):
-    from sae_lab.sae import SAEConfig
+    from sae_lab.sae import sae_config
     from sae_lab.sae.config import ConfigError
     from sae_lab.train.config import TrainConfig
     from sae_lab.train.run import build_module
 
     data = DataConfig(shards=str(shard_dir))
-    cfg = TrainConfig(sae=SAEConfig(d_in=512), data=data, batch_size=256, max_tokens=1024)
+    cfg = TrainConfig(sae=sae_config(d_in=512), data=data, batch_size=256, max_tokens=1024)
     with pytest.raises(ConfigError, match=r"sae.d_in=512 .*d_in=4"):
         build_module(cfg, ShardDataModule(data, 256))
 

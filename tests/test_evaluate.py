@@ -17,7 +17,7 @@ from sae_lab.evaluate import (
     sae_reconstruct,
     save_report,
 )
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 from sae_lab.train.metrics import fvu
 
 X = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, -2.0], [1.0, 0.0]])
@@ -25,7 +25,7 @@ X = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, -2.0], [1.0, 0.0]])
 
 def relu_of_x_sae(dec_scale: float = 1.0):
     """x_hat = dec_scale * ReLU(x) with latents 0, 1; latents 2, 3 never fire."""
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=2, d_sae=4))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=2, d_sae=4))
     with torch.no_grad():
         sae.W_enc.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         sae.b_enc.copy_(torch.tensor([0.0, 0, -1, -1]))
@@ -60,7 +60,7 @@ def test_relative_reconstruction_bias_sees_halved_decoder():
 
 def test_streaming_fvu_equals_batch_fvu_of_the_whole_set():
     torch.manual_seed(0)
-    sae = ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=8, d_sae=32, k=3))
+    sae = ARCHITECTURES["topk"](sae_config("topk", d_in=8, d_sae=32, k=3))
     x = torch.randn(103, 8) * 3 + 5  # a large mean: FVU must be about the mean, not zero
     parts = list(x.split([1, 50, 7, 45]))
     m = evaluate_sae(sae, parts).metrics

@@ -27,7 +27,7 @@ from sae_lab.analysis.contexts import (
     top_activations,
 )
 from sae_lab.analysis.lm import load_lm, promoted_tokens, unembedding_for
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 
 # --- top-activating contexts -------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ def fake_blocks(acts: torch.Tensor, docs: list[int], block: int = 7):
 
 
 def identity_relu_sae(d: int):
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=d, d_sae=d))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=d, d_sae=d))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(d))
         sae.W_dec.copy_(torch.eye(d))

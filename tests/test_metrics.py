@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 from sae_lab.train.metrics import ReconStats, fvu, l0
 
 
@@ -38,7 +38,7 @@ def test_recon_stats_over_batches_equals_whole_set():
 
 
 def test_dead_fraction_by_hand():
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=4, d_sae=4, dead_tokens=10))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=4, d_sae=4, dead_tokens=10))
     fired = torch.tensor([True, False, False, False])
     sae.update_dead(fired, 6)  # 6 tokens: nobody dead yet
     assert sae.dead_mask.float().mean().item() == 0

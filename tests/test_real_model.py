@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_lab import ARCHITECTURES, SAEConfig, load
+from sae_lab import ARCHITECTURES, load, sae_config
 from sae_lab.cli import main
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.shards import iter_blocks, read_manifest
@@ -72,7 +72,7 @@ out_dir: {tmp_path / "run"}
     # Baseline 2: the same TopK SAE at initialisation, b_dec at the training mean, and its
     # reconstruction rescaled by the best scalar (which only flatters it).
     torch.manual_seed(0)
-    rand = ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=384, expansion_factor=2,
+    rand = ARCHITECTURES["topk"](sae_config("topk", d_in=384, expansion_factor=2,
                                            k=32)).double().eval()
     with torch.no_grad():
         rand.b_dec.copy_(mu)

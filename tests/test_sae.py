@@ -1,21 +1,29 @@
 """Each architecture's maths, checked on small shapes."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from sae_lab import ARCHITECTURES, SAEConfig, load
+from sae_lab import ARCHITECTURES, load, sae_config
 from sae_lab.sae import ConfigError
 
 ARCHS = sorted(ARCHITECTURES)
+
+
+def step(sae, x, n):
+    """One training batch's forward and post-batch update, as SAEModule does."""
+    out = sae.training_loss(x, n)
+    sae.after_step(out, n)
+    return out
 
 
 def make(arch: str, d_in: int = 16, d_sae: int = 64, **kw):
     if arch in ("topk", "batchtopk"):
         kw.setdefault("k", 4)
     torch.manual_seed(0)
-    return ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **kw))
+    return ARCHITECTURES[arch](sae_config(arch, d_in=d_in, d_sae=d_sae, **kw))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -61,7 +69,7 @@ def test_batchtopk_keeps_k_times_batch_in_training_and_threshold_in_eval():
     z = sae.encode(x)
     assert (z != 0).sum().item() == 4 * 32
     assert (z != 0).sum(dim=1).unique().numel() > 1  # variable per token, k on average
-    sae.training_loss(x, step=0)
+    step(sae, x, 0)
     theta = sae.threshold.item()
     assert theta > 0
     sae.eval()
@@ -79,10 +87,41 @@ def test_batchtopk_threshold_is_ema_of_smallest_kept():
         return acts.topk(4 * 32).values.min().item()
 
     m1, m2 = smallest_kept(x1), smallest_kept(x2)
-    sae.training_loss(x1, 0)
+    step(sae, x1, 0)
     assert sae.threshold.item() == pytest.approx(m1, rel=1e-5)
-    sae.training_loss(x2, 1)
+    step(sae, x2, 1)
     assert sae.threshold.item() == pytest.approx(0.5 * m1 + 0.5 * m2, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_and_training_loss_leave_state_alone(arch):
+    """Training-state updates happen in `after_step` only: encode (train or eval mode) and
+    training_loss are pure."""
+    sae = make(arch).train()
+    x = torch.randn(32, 16)
+    sae.tokens_since_fired.fill_(5)
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    sae.encode(x)
+    sae.training_loss(x, 0)
+    sae.eval().encode(x)
+    for k, v in sae.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    out = sae.train().training_loss(x, 0)
+    sae.after_step(out, 0)
+    expected = torch.where(out.fired, 0, 5 + 32)
+    assert torch.equal(sae.tokens_since_fired, expected) and out.fired.any()
+
+
+def test_batchtopk_threshold_waits_for_the_k_schedule():
+    sae = make("batchtopk", k=4, k_start=16, k_schedule_steps=10).train()
+    x = torch.randn(32, 16)
+    step(sae, x, 9)  # k is still above its target: the estimate would be too low
+    assert sae.threshold.item() == 0
+    step(sae, x, 10)
+    assert sae.threshold.item() > 0
+    explicit = make("batchtopk", k=4, k_start=16, k_schedule_steps=10, threshold_start_step=0)
+    step(explicit.train(), x, 0)
+    assert explicit.threshold.item() > 0
 
 
 def test_jumprelu_threshold_gets_nonzero_gradient():
@@ -98,6 +137,27 @@ def test_jumprelu_threshold_gets_nonzero_gradient():
     assert (g[~near] == 0).all() and (g[near] != 0).any()
 
 
+def test_jumprelu_threshold_gradient_value():
+    """The straight-through gradients of eqs. 11-12 (Rajamanoharan et al. 2024), by hand:
+    d loss / d theta_i = sum_b [ dL/dz_bi * -(theta_i / eps) + lam * -(1 / eps) ] K_bi / B
+    (mean over the batch of the L0 term), and log_threshold's gradient is theta_i times that."""
+    eps, lam = 0.5, 0.7
+    sae = make("jumprelu", bandwidth=eps, threshold_init=0.3, sparsity_coef=lam)
+    x = torch.randn(256, 16)
+    out = sae.training_loss(x, step=0)
+    out.loss.backward()
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        theta = sae.threshold
+        z = pre * (pre > theta)
+        x_hat = sae.decode(z)
+        dL_dz = (2 * (x_hat - x) @ sae.W_dec.T) / x.shape[0]  # d recon / d z, recon = mean_b sum
+        K = ((pre - theta).abs() < eps / 2).to(pre.dtype)
+        d_theta = (dL_dz * -(theta / eps) * K).sum(0) + lam * (-(1 / eps) * K).sum(0) / x.shape[0]
+    torch.testing.assert_close(sae.log_threshold.grad, d_theta * theta, rtol=1e-4, atol=1e-6)
+    assert (d_theta != 0).sum() > 10  # the check is not vacuous
+
+
 def test_jumprelu_encode_is_pre_times_step():
     sae = make("jumprelu", threshold_init=0.5)
     x = torch.randn(32, 16)
@@ -106,16 +166,33 @@ def test_jumprelu_encode_is_pre_times_step():
 
 
 def test_gated_aux_loss_sends_no_gradient_to_decoder():
+    """The decoder's gradient from the SAE's own loss equals that of the loss without its aux
+    term: the aux reconstruction goes through a frozen (detached) decoder (eq. 8)."""
     sae = make("gated")
     x = torch.randn(64, 16)
-    pi_gate, _ = sae.gate_and_mag(x)
-    x_hat_gate = pi_gate.relu() @ sae.W_dec.detach() + sae.b_dec.detach()
-    aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
-    aux.backward()
-    assert sae.W_dec.grad is None and sae.b_dec.grad is not None  # b_dec: via the encoder input
-    # And the loss the SAE trains on uses exactly this aux term.
+    with torch.no_grad():
+        sae.b_gate.fill_(0.1)  # some gates open, so the aux term has something to differentiate
     out = sae.training_loss(x, 0)
-    assert out.parts["aux"].item() == pytest.approx(aux.item(), rel=1e-6)
+    out.loss.backward()
+    grad_full = sae.W_dec.grad.clone()
+    sae.zero_grad()
+    pi_gate, pi_mag = sae.gate_and_mag(x)
+    z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
+    recon = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    sparsity = (pi_gate.relu() * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    (recon + sae.cfg.lam * sparsity).backward()
+    torch.testing.assert_close(grad_full, sae.W_dec.grad, rtol=1e-5, atol=1e-7)
+    assert out.parts["aux"].item() > 0
+    # ... and the aux term does reach the gate path (W_enc), else it would train nothing.
+    sae.zero_grad()
+    sae.training_loss(x, 0).loss.backward()
+    with_aux = sae.W_enc.grad.clone()
+    sae.zero_grad()
+    pi_gate, pi_mag = sae.gate_and_mag(x)
+    z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
+    recon = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    (recon + sae.cfg.lam * (pi_gate.relu() * sae.W_dec.norm(dim=1)).sum(-1).mean()).backward()
+    assert not torch.allclose(with_aux, sae.W_enc.grad)
 
 
 def test_gated_shares_weights_through_r_mag():
@@ -144,14 +221,32 @@ def test_relu_penalty_is_decoder_norm_weighted_l1():
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_auxk_uses_dead_latents_only(arch):
-    sae = make(arch, k=4, k_aux=8)
+@pytest.mark.parametrize("decoder", ["sparse", "dense"])
+def test_auxk_uses_dead_latents_only(arch, decoder):
+    sae = make(arch, k=4, k_aux=8, decoder=decoder)
     x = torch.randn(32, 16)
     assert sae.training_loss(x, 0).parts["aux"].item() == 0  # nobody is dead yet
-    sae.tokens_since_fired.fill_(10**9)  # everybody dead
+    sae.tokens_since_fired.fill_(10**9)  # latents 32.. dead, 0..31 alive
     sae.tokens_since_fired[:32] = 0
+    pre = sae.pre_acts(x).detach()
+    values, j, dead = sae.select_dead(pre)
+    assert dead.tolist() == list(range(32, 64))
+    # the k_aux largest pre-activations among the dead latents only, token by token
+    expected = pre[:, 32:].topk(8, dim=-1).values.relu()
+    torch.testing.assert_close(values.sort(dim=-1).values, expected.sort(dim=-1).values)
+    # and the aux loss is built from exactly those: e_hat = sum of their decoder rows
     out = sae.training_loss(x, 0)
-    assert out.parts["aux"].item() > 0
+    z_aux = torch.zeros_like(pre).scatter(1, dead[j], values)
+    e_hat = z_aux @ sae.W_dec.detach()
+    aux = (e_hat - (x - out.x_hat.detach())).pow(2).sum(-1).mean()
+    assert out.parts["aux"].item() == pytest.approx(aux.item(), rel=1e-5)
+    out.loss.backward()
+    with_aux = sae.W_dec.grad.clone()
+    sae.zero_grad()
+    sae.cfg = dataclasses.replace(sae.cfg, aux_coef=0.0)
+    sae.training_loss(x, 0).loss.backward()
+    torch.testing.assert_close(with_aux[:32], sae.W_dec.grad[:32])  # live rows: main path only
+    assert not torch.allclose(with_aux[32:], sae.W_dec.grad[32:])  # dead rows: AuxK too
 
 
 def test_k_schedule_start_middle_end():
@@ -228,14 +323,14 @@ def test_fold_input_scale_preserves_function(arch):
 )
 def test_sae_config_errors_name_the_field(kw, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        SAEConfig(**kw)
+        sae_config(**kw)
 
 
 def test_field_that_does_not_apply_is_an_error():
     with pytest.raises(ConfigError, match=r"sae\.k=.*does not apply.*relu"):
-        ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=8, k=4))
+        ARCHITECTURES["relu"](sae_config("relu", d_in=8, k=4))
     with pytest.raises(ConfigError, match=r"sae\.bandwidth"):
-        ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=8, bandwidth=0.5))
+        ARCHITECTURES["topk"](sae_config("topk", d_in=8, bandwidth=0.5))
 
 
 def test_jumprelu_thresholds_get_their_own_learning_rate():
@@ -271,3 +366,31 @@ def test_remove_parallel_grads_keeps_row_norms_to_first_order():
     sae.remove_parallel_grads()
     dot = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
     torch.testing.assert_close(dot, torch.zeros(64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "gated", "jumprelu"])
+def test_sae_saved_with_the_old_flat_config_still_loads(arch, tmp_path):
+    """Before per-architecture configs, cfg.json held every architecture's fields at their
+    defaults (sparsity_coef -1 meaning the architecture's default)."""
+    import json
+
+    old_flat = {
+        "architecture": arch, "d_in": 16, "expansion_factor": 8, "d_sae": 64,
+        "dtype": "float32", "dead_tokens": 1000000, "k": 4 if arch in ("topk", "batchtopk") else 32,
+        "k_start": 0, "k_schedule_steps": 0, "k_schedule": "linear", "k_aux": 0,
+        "aux_coef": 0.03125, "decoder": "sparse", "threshold_momentum": 0.99,
+        "sparsity_coef": -1.0, "bandwidth": 0.1, "threshold_init": 0.5, "threshold_lr_scale": 10.0,
+    }
+    sae = make(arch)
+    sae.save(tmp_path / "s")
+    cfg_path = tmp_path / "s" / "cfg.json"
+    saved = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**saved, "sae": old_flat}))
+    loaded = load(tmp_path / "s")
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    x = torch.randn(8, 16)
+    torch.testing.assert_close(loaded.eval()(x), sae.eval()(x))
+    if arch == "relu":  # a field set away from its old default is still an error naming it
+        cfg_path.write_text(json.dumps({**saved, "sae": {**old_flat, "k": 8}}))
+        with pytest.raises(ConfigError, match=r"sae\.k=8 does not apply"):
+            load(tmp_path / "s")

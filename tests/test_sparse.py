@@ -1,7 +1,7 @@
 """The sparse TopK/BatchTopK path against the dense reference: same selection, same numbers.
 
 The dense path (cfg.decoder="dense") scatters codes into [B, d_sae] and lets autograd do the rest;
-the sparse path (sae_lab.sae.sparse) must give the same outputs, losses and parameter gradients.
+the sparse path (sae_lab.sae.sparse_topk) must give the same outputs, losses and gradients.
 """
 
 import copy
@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from sae_lab import ARCHITECTURES, SAEConfig
+from sae_lab import ARCHITECTURES, sae_config
 from sae_lab.sae import sparse
 
 SPARSE_ARCHS = ("topk", "batchtopk")
@@ -19,14 +19,14 @@ SPARSE_ARCHS = ("topk", "batchtopk")
 def pair(arch: str, d_in=16, d_sae=128, k=4, dtype="float64", seed=0, **kw):
     """(dense, sparse) SAEs with identical weights and state."""
     torch.manual_seed(seed)
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=k, dtype=dtype,
+    cfg = sae_config(arch, d_in=d_in, d_sae=d_sae, k=k, dtype=dtype,
                     decoder="dense", **kw)
     dense = ARCHITECTURES[arch](cfg)
     with torch.no_grad():  # biases away from 0 so that their gradients are not trivial
         dense.b_enc.normal_(0, 0.1)
         dense.b_dec.normal_(0, 0.1)
     fast = copy.deepcopy(dense)
-    fast.cfg = SAEConfig(**{**cfg.to_dict(), "decoder": "sparse"})
+    fast.cfg = sae_config(**{**cfg.to_dict(), "decoder": "sparse"})
     return dense, fast
 
 
@@ -36,6 +36,7 @@ def step_both(dense, fast, x, step=0):
         sae.zero_grad(set_to_none=True)
         out = sae.training_loss(x, step)
         out.loss.backward()
+        sae.after_step(out, step)
         outs.append(out)
     return outs
 
@@ -242,6 +243,7 @@ def test_training_trajectories_agree(arch):
             out = sae.training_loss(data[64 * i : 64 * (i + 1)], i)
             aux.append(out.parts["aux"].item())
             out.loss.backward()
+            sae.after_step(out, i)
             sae.remove_parallel_grads()
             opt.step()
             opt.zero_grad()
@@ -276,7 +278,7 @@ def test_sparse_step_under_cpu_bf16_autocast():
     """bf16 autocast (what bf16-mixed does on CUDA) runs, and stays near the float32 result."""
     _, fast = pair("topk", d_in=32, d_sae=256, k=8, dtype="float32")
     dense = copy.deepcopy(fast)
-    dense.cfg = SAEConfig(**{**fast.cfg.to_dict(), "decoder": "dense"})
+    dense.cfg = sae_config(**{**fast.cfg.to_dict(), "decoder": "dense"})
     fast.tokens_since_fired[:50] = 10**12
     dense.tokens_since_fired[:50] = 10**12
     x = torch.randn(64, 32)
@@ -298,13 +300,13 @@ def test_pre_activation_scratch_is_reused_and_never_copied():
     _, fast = pair("topk")
     x = torch.randn(8, 16, dtype=torch.float64)
     first = fast.training_loss(x, 0).loss.item()
-    buf = fast._pre_scratch.tensor
+    buf = fast._sparse._pre.tensor
     assert buf is not None and buf.shape == (8, 128)
     assert fast.training_loss(x, 0).loss.item() == first
-    assert fast._pre_scratch.tensor is buf
-    assert "_pre_scratch" not in str(list(fast.state_dict()))
-    assert copy.deepcopy(fast)._pre_scratch.tensor is None
-    assert pickle.loads(pickle.dumps(fast))._pre_scratch.tensor is None
+    assert fast._sparse._pre.tensor is buf
+    assert not any("_pre" in k for k in fast.state_dict())
+    assert copy.deepcopy(fast)._sparse._pre.tensor is None
+    assert pickle.loads(pickle.dumps(fast))._sparse._pre.tensor is None
 
 
 @pytest.mark.gpu

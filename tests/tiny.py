@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 
 LAYER, HOOK, CTX = 1, "resid_post", 32
 # ~420k characters: enough for the largest harvest in the suite (51,200 MiniLM tokens).
@@ -60,7 +60,7 @@ def write_tiny_shards(lm_dir: Path, corpus: Path, out: Path, max_tokens: int = 3
 def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0):
     torch.manual_seed(seed)
     kw = {"k": 8} if arch in ("topk", "batchtopk") else {}
-    sae = ARCHITECTURES[arch](SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **kw)).eval()
+    sae = ARCHITECTURES[arch](sae_config(arch, d_in=d_in, d_sae=d_sae, **kw)).eval()
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -69,7 +69,7 @@ def make_sae(d_in: int = 64, d_sae: int = 128, arch: str = "topk", seed: int = 0
 
 def identity_sae(d: int):
     """A real ReLU SAE that reconstructs exactly: x = ReLU(x) - ReLU(-x)."""
-    sae = ARCHITECTURES["relu"](SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=d, d_sae=2 * d))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))

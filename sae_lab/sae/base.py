@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
-from sae_lab.sae.config import COMMON_FIELDS, ConfigError, SAEConfig
+from sae_lab.sae.config import ConfigError, SAEConfig
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -40,24 +40,38 @@ class TrainOutput(NamedTuple):
     """[d_sae] bool: latents active on at least one token of the batch."""
     parts: dict[str, Tensor]
     """Named pieces for logging: mse, l1, and the architecture's own (sparsity, aux, k, ...)."""
+    stats: dict[str, Tensor] | None = None
+    """Batch statistics the SAE's `after_step` consumes (BatchTopK: the smallest kept value)."""
 
 
 class SAE(nn.Module):
-    """Base class; subclasses set `name`, `uses`, and implement `encode` and `training_loss`."""
+    """Base class. A subclass sets `config_cls` (its `name` comes from the config's architecture
+    tag), implements `encode` and `training_loss`, registers itself (`@register`), and answers
+    what the rest of sae_lab asks of an architecture through the class attributes below."""
 
     name: ClassVar[str]
+    config_cls: ClassVar[type[SAEConfig]]
     uses: ClassVar[frozenset[str]] = frozenset()
-    """Architecture-specific SAEConfig fields this architecture reads."""
-    default_sparsity_coef: ClassVar[float] = 0.0
+    """Its own config fields (besides the shared ones); set by `register`."""
+    searchable: ClassVar[frozenset[str]] = frozenset()
+    """Config fields a sweep may search; set by `register` unless the class sets it."""
+    k_based: ClassVar[bool] = False
+    """L0 is fixed by k (TopK-like) rather than learned through a penalty."""
+    dead_meaning: ClassVar[str] = "fired on none of the last sae.dead_tokens training tokens"
+    """What `dead_frac` counts for this architecture, in words (for reports)."""
+    saelens_architecture: ClassVar[str] = "standard"
+    """The SAELens v6 architecture whose inference form equals this one's `encode` in eval."""
     unit_norm_decoder: ClassVar[bool] = True
     """Keep W_dec rows at unit norm after each step (False: the norm is in the penalty)."""
     has_b_enc: ClassVar[bool] = True
 
     def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
+        if not isinstance(cfg, self.config_cls):
+            raise ConfigError(f"sae: {type(self).__name__} needs a {self.config_cls.__name__}, "
+                              f"got {type(cfg).__name__}")
         if cfg.d_in <= 0:
             raise ConfigError("sae.d_in must be set (> 0) before building an SAE")
-        check_applies(cfg)
         self.cfg = cfg
         self.metadata: dict[str, Any] = dict(metadata or {})
         d_in, d_sae = cfg.d_in, cfg.latents
@@ -70,7 +84,6 @@ class SAE(nn.Module):
             self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
-
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
@@ -106,6 +119,23 @@ class SAE(nn.Module):
     def extra_metrics(self, step: int) -> dict[str, float]:
         """Scalars worth logging besides the loss parts (current k, threshold, ...)."""
         return {}
+
+    @torch.no_grad()
+    def after_step(self, out: TrainOutput, step: int) -> None:
+        """Training state updated after each training batch (never inside `encode`, which is
+        pure): here the dead-latent counters; subclasses add their own (thresholds, ...)."""
+        self.update_dead(out.fired, out.x_hat.shape[0])
+
+    # --- SAELens export: the inference form in SAELens v6's terms ----------------------------
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        """Architecture-specific cfg.json fields of the SAELens export."""
+        return {}
+
+    @torch.no_grad()
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        """The SAELens state dict: names and shapes of `saelens_architecture`."""
+        return {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_enc": self.b_enc, "b_dec": self.b_dec}
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -170,14 +200,14 @@ class SAE(nn.Module):
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json."""
-    from sae_lab.sae.registry import ARCHITECTURES
+    from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
 
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not an sae_lab SAE directory)")
     raw = json.loads(cfg_path.read_text())
-    cfg = SAEConfig.from_dict(raw["sae"])
+    cfg = parse_saved_sae_config(raw["sae"])
     sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
@@ -188,22 +218,6 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SA
     if missing or unexpected:
         raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
     return sae.to(device)
-
-
-def check_applies(cfg: SAEConfig) -> None:
-    """Error on architecture-specific fields set away from their defaults but not used."""
-    from sae_lab.sae.registry import ARCHITECTURES
-
-    cls = ARCHITECTURES[cfg.architecture]
-    defaults = SAEConfig()
-    for name, value in cfg.to_dict().items():
-        if name in COMMON_FIELDS or name in cls.uses:
-            continue
-        if value != getattr(defaults, name):
-            raise ConfigError(
-                f"sae.{name}={value!r} does not apply to architecture {cfg.architecture!r} "
-                f"(it uses {sorted(cls.uses)})"
-            )
 
 
 @torch.no_grad()

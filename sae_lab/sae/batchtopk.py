@@ -5,36 +5,53 @@ of latents with k on average. Inference cannot look at a batch: it uses one glob
 
     z = ReLU(pre) * 1[pre > threshold],
 
-where threshold is an EMA, over training batches, of the smallest activation the batch kept.
-Everything else (AuxK, k schedule) is TopK's.
+where threshold is an EMA, over training batches, of the smallest activation the batch kept,
+updated after each step (`after_step`) from threshold_start_step on. Everything else (AuxK,
+k schedule) is TopK's.
 """
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from sae_lab.config import config
 from sae_lab.sae import sparse
-from sae_lab.sae.topk import TOPK_FIELDS, TopKSAE
+from sae_lab.sae.base import TrainOutput
+from sae_lab.sae.registry import register
+from sae_lab.sae.sparse_topk import Codes
+from sae_lab.sae.topk import TopKConfig, TopKSAE
 
 
+@config
+class BatchTopKConfig(TopKConfig):
+    architecture: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
+    """BatchTopK: the k * B largest activations of the batch; a global threshold at inference."""
+    threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    """EMA momentum of the inference threshold estimated in training."""
+    threshold_start_step: Annotated[int, Field(ge=-1)] = -1
+    """First step whose batch updates the threshold; -1 means when the k schedule has ended (an
+    estimate taken while k > its target would let too many latents through)."""
+
+
+@register
 class BatchTopKSAE(TopKSAE):
-    name = "batchtopk"
-    uses = TOPK_FIELDS | {"threshold_momentum"}
+    config_cls = BatchTopKConfig
+    saelens_architecture = "jumprelu"  # inference is a JumpReLU with one threshold for all
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # 0 until the first training batch has estimated it.
         self.register_buffer("threshold", torch.zeros((), dtype=self.W_enc.dtype))
 
+    @torch.no_grad()
     def keep(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, flat_index) of the k * B largest ReLU(pre) over the batch, positive ones only;
-        flat_index (b * d_sae + i) is sorted. Updates the inference threshold in training."""
-        with torch.no_grad():
-            values, flat_index = sparse.top_positive_flat(pre, k * pre.shape[0])
-        if self.training:
-            self._update_threshold(values)
-        return values, flat_index
+        flat_index (b * d_sae + i) is sorted."""
+        return sparse.top_positive_flat(pre, k * pre.shape[0])
 
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, indices), each [B, m]: each row's kept latents, zero-padded to the busiest
@@ -53,22 +70,40 @@ class BatchTopKSAE(TopKSAE):
         values, flat_index = self.keep(pre, k)
         return values, sparse.SparsePattern.from_flat(flat_index, pre.shape[0], self.d_sae)
 
-    @torch.no_grad()
-    def _update_threshold(self, kept: Tensor) -> None:
-        positive = kept[kept > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min().to(self.threshold.dtype)
-        if self.threshold == 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.lerp_(smallest, 1 - self.cfg.threshold_momentum)
-
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
         if self.training:
             return self.densify(*self.select(pre, self.cfg.k))
         return pre.relu() * (pre > self.threshold)
+
+    def batch_stats(self, codes: Codes) -> dict[str, Tensor]:
+        positive = codes.values.detach()
+        positive = positive[positive > 0]
+        smallest = positive.min() if positive.numel() else positive.new_zeros(())
+        return {"smallest_kept": smallest}
+
+    @property
+    def threshold_start_step(self) -> int:
+        start = self.cfg.threshold_start_step
+        return self.cfg.settle_steps if start < 0 else start
+
+    @torch.no_grad()
+    def after_step(self, out: TrainOutput, step: int) -> None:
+        super().after_step(out, step)
+        smallest = out.stats["smallest_kept"].to(self.threshold.dtype)
+        if step < self.threshold_start_step or smallest <= 0:
+            return
+        if self.threshold == 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, 1 - self.cfg.threshold_momentum)
+
+    @torch.no_grad()
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {**super().saelens_tensors(), "threshold": self.threshold.expand(self.d_sae)}
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        return {}
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         return {**super().extra_metrics(step), "threshold": float(self.threshold)}

@@ -12,16 +12,30 @@ The gate path has no gradient through the Heaviside step; the L1 and aux terms t
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
+from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.registry import register
 
 
+@config
+class GatedConfig(PenaltyConfig):
+    architecture: Literal["gated"] = "gated"
+    """Gated SAE: a gate path picks latents, a magnitude path sizes them."""
+    sparsity_coef: Annotated[float, Field(ge=0)] = 3.0
+    """Sparsity coefficient lambda of the gate path's L1 penalty."""
+
+
+@register
 class GatedSAE(SAE):
-    name = "gated"
-    uses = frozenset({"sparsity_coef"})
-    default_sparsity_coef = 3.0
+    config_cls = GatedConfig
+    saelens_architecture = "gated"
     has_b_enc = False
 
     def __init__(self, *args, **kwargs) -> None:
@@ -53,7 +67,6 @@ class GatedSAE(SAE):
         aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity + aux
         fired = (active & (z > 0)).any(dim=0)
-        self.update_dead(fired, x.shape[0])
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().sum(dim=-1).mean(),
@@ -61,6 +74,11 @@ class GatedSAE(SAE):
             "aux": aux.detach(),
         }
         return TrainOutput(loss, x_hat, (z > 0).sum(dim=-1).float().mean(), fired, parts)
+
+    @torch.no_grad()
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
+                "b_gate": self.b_gate, "r_mag": self.r_mag, "b_mag": self.b_mag}
 
     def _fold_extra(self, scale: float) -> None:
         # pi_mag uses W_enc * exp(r_mag), already scaled through W_enc; b_gate, b_mag act on z.

@@ -18,11 +18,28 @@ by a learning rate 10x larger for the thresholds (threshold_lr_scale).
 from __future__ import annotations
 
 import math
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
+from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.registry import register
+
+
+@config
+class JumpReLUConfig(PenaltyConfig):
+    architecture: Literal["jumprelu"] = "jumprelu"
+    """JumpReLU: per-latent learned thresholds, L0 penalty through straight-through estimators."""
+    bandwidth: Annotated[float, Field(gt=0)] = 0.1
+    """Kernel bandwidth epsilon of the straight-through estimators."""
+    threshold_init: Annotated[float, Field(gt=0)] = 0.5
+    """Initial threshold of every latent."""
+    threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
+    """Learning rate of log_threshold as a multiple of lr."""
 
 
 def _kernel(u: Tensor) -> Tensor:
@@ -60,10 +77,10 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(pre), grad_theta.sum(dim=0), None
 
 
+@register
 class JumpReLUSAE(SAE):
-    name = "jumprelu"
-    uses = frozenset({"sparsity_coef", "bandwidth", "threshold_init", "threshold_lr_scale"})
-    default_sparsity_coef = 1.0
+    config_cls = JumpReLUConfig
+    saelens_architecture = "jumprelu"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -97,13 +114,17 @@ class JumpReLUSAE(SAE):
         l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
         active = z.detach() != 0
-        self.update_dead(active.any(dim=0), x.shape[0])
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().abs().sum(dim=-1).mean(),
             "sparsity": l0.detach(),
         }
         return TrainOutput(loss, x_hat, active.sum(dim=-1).float().mean(), active.any(dim=0), parts)
+
+    @torch.no_grad()
+    def saelens_tensors(self) -> dict[str, Any]:
+        # SAELens: z = ReLU(pre) * 1[pre > ReLU(threshold)], equal to ours as threshold > 0
+        return {**super().saelens_tensors(), "threshold": self.threshold}
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         return {"threshold": float(self.threshold.detach().mean())}

@@ -1,14 +1,141 @@
-"""name -> architecture class. A new architecture is one file plus one line here."""
+"""name -> architecture. Each architecture's module registers its class (`@register`); a new
+architecture is one file plus one import line at the bottom of this file.
+
+`AnySAEConfig` is the union of the registered configs, picked by `architecture` (default topk):
+
+    parse_sae_config({"architecture": "relu", "sparsity_coef": 2})   # -> ReLUConfig(...)
+    sae_config("topk", k=32)                                         # -> TopKConfig(k=32)
+"""
 
 from __future__ import annotations
 
-from sae_lab.sae.base import SAE
-from sae_lab.sae.batchtopk import BatchTopKSAE
-from sae_lab.sae.gated import GatedSAE
-from sae_lab.sae.jumprelu import JumpReLUSAE
-from sae_lab.sae.relu import ReLUSAE
-from sae_lab.sae.topk import TopKSAE
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE)
-}
+from pydantic import BeforeValidator, Field
+
+from sae_lab.config import ConfigError, parse, register_tags
+from sae_lab.sae.config import COMMON_FIELDS, LEGACY_DEFAULTS, SAEConfig
+
+if TYPE_CHECKING:
+    from sae_lab.sae.base import SAE
+
+DEFAULT_ARCHITECTURE = "topk"
+ARCHITECTURES: dict[str, type[SAE]] = {}
+"""Registered architectures by name; each class has `.name` and `.config_cls`."""
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: add an architecture to ARCHITECTURES (name from its config's tag)."""
+    name = typing.get_args(cls.config_cls.__pydantic_fields__["architecture"].annotation)[0]
+    cls.name = name
+    own = frozenset(cls.config_cls.__pydantic_fields__) - COMMON_FIELDS
+    cls.uses = own
+    if "searchable" not in cls.__dict__:
+        cls.searchable = own | {"expansion_factor", "d_sae", "dead_tokens"}
+    ARCHITECTURES[name] = cls
+    register_tags(name)
+    _union.clear()
+    return cls
+
+
+def _with_architecture(data: Any) -> Any:
+    """A mapping without `architecture` is topk; an unknown one or a field the architecture does
+    not have is one line naming it."""
+    if not isinstance(data, dict):
+        return data
+    name = data.get("architecture", DEFAULT_ARCHITECTURE)
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"sae.architecture={name!r}: must be one of {sorted(ARCHITECTURES)}")
+    known = ARCHITECTURES[name].config_cls.__pydantic_fields__
+    for key in data:
+        if key not in known:
+            raise ConfigError(
+                f"sae.{key}={data[key]!r} does not apply to architecture {name!r} "
+                f"(its fields: {sorted(set(known) - {'architecture'})})"
+            )
+    return {**data, "architecture": name}
+
+
+_union: list[Any] = []
+
+
+def any_sae_config() -> Any:
+    """The union of the registered configs, discriminated by `architecture` (see module doc)."""
+    if not _union:
+        configs = tuple(cls.config_cls for cls in ARCHITECTURES.values())
+        _union.append(Annotated[
+            Union[configs],  # noqa: UP007 (a runtime tuple of types)
+            Field(discriminator="architecture"),
+            BeforeValidator(_with_architecture),
+        ])
+    return _union[0]
+
+
+def parse_sae_config(data: Any, where: str = "sae") -> SAEConfig:
+    """The config a mapping names by `architecture` (default topk); ConfigError otherwise."""
+    return parse(any_sae_config(), data, where)
+
+
+def sae_config(architecture: str = DEFAULT_ARCHITECTURE, **fields: Any) -> SAEConfig:
+    """`sae_config("relu", sparsity_coef=2.0)` -> ReLUConfig(sparsity_coef=2.0)."""
+    return parse_sae_config({"architecture": architecture, **fields})
+
+
+def parse_saved_sae_config(data: dict[str, Any]) -> SAEConfig:
+    """A cfg.json "sae" dict, also one saved before per-architecture configs (flat, with every
+    architecture's fields): fields the architecture does not have are dropped where they still
+    hold the old defaults."""
+    name = data.get("architecture", DEFAULT_ARCHITECTURE)
+    cls = ARCHITECTURES.get(name)
+    if cls is not None:
+        known = cls.config_cls.__pydantic_fields__
+        data = {
+            k: v for k, v in data.items()
+            if k in known or k not in LEGACY_DEFAULTS or v != LEGACY_DEFAULTS[k]
+        }
+        if data.get("sparsity_coef") == -1.0:  # old "architecture default"
+            del data["sparsity_coef"]
+    return parse_sae_config(data)
+
+
+def reference_rows(prefix: str = "sae.") -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, doc) of every SAE config field: the shared ones, then each
+    architecture's own, the doc prefixed with the architectures that have the field."""
+    from sae_lab.config import field_docs
+
+    rows: dict[str, list[Any]] = {}
+    owners: dict[str, dict[str, Any]] = {}
+    for name, cls in ARCHITECTURES.items():
+        docs = field_docs(cls.config_cls)
+        docs["architecture"] = f"One of {', '.join(ARCHITECTURES)}."
+        for field_name, info in cls.config_cls.__pydantic_fields__.items():
+            default = DEFAULT_ARCHITECTURE if field_name == "architecture" else info.default
+            if field_name not in COMMON_FIELDS:
+                owners.setdefault(field_name, {})[name] = default
+            rows.setdefault(field_name, [f"{prefix}{field_name}", _type_name(info.annotation),
+                                         default, docs.get(field_name, "")])
+    for field_name, by_arch in owners.items():
+        row = rows[field_name]
+        doc = row[3]
+        if doc[1:2].islower():  # "Steps over ..." reads "topk: steps over ..."; "EMA ..." stays
+            doc = doc[:1].lower() + doc[1:]
+        row[3] = f"{'/'.join(by_arch)}: {doc}"
+        if len(set(by_arch.values())) > 1:
+            row[3] += " Default: " + ", ".join(f"{a} {d!r}" for a, d in by_arch.items()) + "."
+    rows["architecture"][1] = " | ".join(repr(a) for a in ARCHITECTURES)
+    return [tuple(r) for r in rows.values()]
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+# The architectures: importing a module registers it.
+from sae_lab.sae import relu  # noqa: E402, F401, I001
+from sae_lab.sae import topk  # noqa: E402, F401
+from sae_lab.sae import batchtopk  # noqa: E402, F401
+from sae_lab.sae import gated  # noqa: E402, F401
+from sae_lab.sae import jumprelu  # noqa: E402, F401

@@ -9,15 +9,25 @@ decoder norm inside the penalty instead of constraining it, so W_dec rows are fr
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
+from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
+from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.registry import register
 
 
+@config
+class ReLUConfig(PenaltyConfig):
+    architecture: Literal["relu"] = "relu"
+    """ReLU with a decoder-norm-weighted L1 penalty."""
+
+
+@register
 class ReLUSAE(SAE):
-    name = "relu"
-    uses = frozenset({"sparsity_coef"})
-    default_sparsity_coef = 1.0
+    config_cls = ReLUConfig
     unit_norm_decoder = False
 
     def encode(self, x: Tensor) -> Tensor:
@@ -30,7 +40,6 @@ class ReLUSAE(SAE):
         sparsity = (z * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity
         active = z > 0
-        self.update_dead(active.any(dim=0), x.shape[0])
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().sum(dim=-1).mean(),

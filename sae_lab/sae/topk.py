@@ -8,36 +8,70 @@
 k may start at k_start and decay to k over k_schedule_steps (linear or cosine).
 
 cfg.decoder picks how a training step is computed; both give the same loss and gradients:
-- "dense": scatter the codes into z [B, d_sae] and let autograd differentiate the dense products;
-- "sparse": only the encoder product and the selection are dense; decoding, and every gradient,
-  touch the active latents only (sae_lab.sae.sparse; Gao et al. appendix D.2).
+- "dense": the reference, written below as the equations;
+- "sparse": the speed path in sae_lab.sae.sparse_topk (only the active latents are touched).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 from torch import Tensor
 
+from sae_lab.config import ConfigError, config, require
 from sae_lab.sae import sparse
 from sae_lab.sae.base import SAE, TrainOutput
+from sae_lab.sae.config import SAEConfig
+from sae_lab.sae.registry import register
+from sae_lab.sae.sparse_topk import Codes, SparseTopK, decode
 from sae_lab.schedules import k_at_step
 
-# On the sparse path AuxK uses dense products over the dead latents once k_aux >= n_dead / 3: the
-# crossover with the sparse kernels measured on CPU (d_in=384, d_sae=6144, B=4096, k_aux=192).
-AUXK_DENSE_BLOCK_DENSITY = 3
 
-TOPK_FIELDS = frozenset(
-    {"k", "k_start", "k_schedule_steps", "k_schedule", "k_aux", "aux_coef", "decoder"}
-)
+@config
+class TopKConfig(SAEConfig):
+    architecture: Literal["topk"] = "topk"
+    """TopK: the k largest pre-activations of each token, AuxK for dead latents."""
+    k: Annotated[int, Field(ge=1)] = 32
+    """Active latents per token (batchtopk: on average over the batch)."""
+    k_start: Annotated[int, Field(ge=0)] = 0
+    """k at step 0, decayed to k over k_schedule_steps; 0 means start at k."""
+    k_schedule_steps: Annotated[int, Field(ge=0)] = 0
+    """Steps over which k goes from k_start to k."""
+    k_schedule: Literal["linear", "cosine"] = "linear"
+    """Shape of the k decay."""
+    k_aux: Annotated[int, Field(ge=0)] = 0
+    """Dead latents used by the AuxK loss; 0 means d_in // 2 (Gao et al.)."""
+    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss (Gao et al. use 1/32)."""
+    decoder: Literal["sparse", "dense"] = "sparse"
+    """'sparse' decodes from (indices, values); 'dense' is the reference path."""
+
+    def __post_init__(self) -> None:
+        require(self.k_start == 0 or self.k_start >= self.k, "sae.k_start", self.k_start,
+                "0 or >= k")
+        if self.d_in and self.latents < self.k_max:
+            raise ConfigError(f"sae.k={self.k_max} (k or k_start) is larger than the number of "
+                              f"latents d_sae={self.latents}")
+
+    @property
+    def k_max(self) -> int:
+        return max(self.k, self.k_start)
+
+    @property
+    def settle_steps(self) -> int:
+        return self.k_schedule_steps if self.k_start else 0
 
 
+@register
 class TopKSAE(SAE):
-    name = "topk"
-    uses = TOPK_FIELDS
+    config_cls = TopKConfig
+    k_based = True
+    saelens_architecture = "topk"
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pre_scratch = sparse.Scratch()  # not a parameter or buffer: never saved
+        self._sparse = SparseTopK()  # speed path; holds scratch buffers, never saved
 
     def current_k(self, step: int) -> int:
         c = self.cfg
@@ -54,17 +88,10 @@ class TopKSAE(SAE):
         pattern, order = sparse.SparsePattern.from_indices(indices, self.d_sae)
         return values.gather(1, order).flatten(), pattern
 
-    def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor] | None:
-        """(values, indices) [B, k_aux]: AuxK's largest pre-activations among dead latents, ReLU'd;
-        None when no latent is dead or the AuxK loss is off."""
-        selected = self._select_dead(pre)
-        if selected is None:
-            return None
-        values, j, dead = selected
-        return values, dead[j]
-
-    def _select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-        """(values, j, dead): `select_dead` with indices j [B, k_aux] into dead [n_dead]."""
+    def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """AuxK's selection (values, j, dead): values [B, k_aux] the largest pre-activations
+        among the dead latents dead [n_dead], ReLU'd, at dead[j]; None when no latent is dead or
+        the AuxK loss is off."""
         if self.cfg.aux_coef == 0:
             return None
         dead = self.dead_mask.nonzero().squeeze(1)  # [n_dead]
@@ -84,91 +111,54 @@ class TopKSAE(SAE):
         z = values.new_zeros(values.shape[0], self.d_sae)
         return z.scatter(-1, indices, values)  # [B, d_sae]
 
-    def decode_codes(self, values: Tensor, indices: Tensor) -> Tensor:
-        """sum_j values[:, j] * W_dec[indices[:, j]], [B, d_in], without the bias (dense path)."""
-        return self.densify(values, indices) @ self.W_dec
+    def decode_codes(self, codes: Codes) -> Tensor:
+        """sum_j values[:, j] * W_dec[latents[:, j]], [B, d_in], without the bias."""
+        if codes.pattern is not None:
+            return decode(codes, self.W_dec)
+        return self.densify(codes.values, codes.latents) @ self.W_dec
+
+    def dense_codes(self, x: Tensor, k: int) -> tuple[Codes, Tensor | None]:
+        """(codes, AuxK reconstruction e_hat or None): the reference path."""
+        pre = self.pre_acts(x)  # [B, d_sae]
+        codes = Codes(*self.select(pre, k))
+        dead = self.select_dead(pre)
+        if dead is None:
+            return codes, None
+        values, j, dead_latents = dead
+        return codes, self.decode_codes(Codes(values, dead_latents[j]))
+
+    def reconstruction_loss(self, x: Tensor, codes: Codes) -> tuple[Tensor, Tensor]:
+        """(||x - x_hat||^2 averaged over tokens, x_hat)."""
+        x_hat = self.decode_codes(codes) + self.b_dec
+        return (x_hat - x).pow(2).sum(dim=-1).mean(), x_hat
 
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
         k = self.current_k(step)
         if self.cfg.decoder == "sparse":
-            x_hat, e_hat, values, fired = self._sparse_step(x, k)
+            codes, e_hat = self._sparse.codes(self, x, k)
         else:
-            x_hat, e_hat, values, fired = self._dense_step(x, k)
-        recon = (x_hat - x).pow(2).sum(dim=-1).mean()
+            codes, e_hat = self.dense_codes(x, k)
+        recon, x_hat = self.reconstruction_loss(x, codes)
         aux = x_hat.new_zeros(())
         if e_hat is not None:
             aux = (e_hat - (x - x_hat).detach()).pow(2).sum(dim=-1).mean()
-        self.update_dead(fired, x.shape[0])
         B = x.shape[0]
+        values = codes.values.detach()
         parts = {
-            "mse": recon.detach() / self.d_in,
-            "l1": values.detach().sum() / B,  # values are ReLU'd, so this is the L1 norm
+            "mse": (x_hat.detach() - x).pow(2).sum(dim=-1).mean() / self.d_in,
+            "l1": values.sum() / B,  # values are ReLU'd, so this is the L1 norm
             "aux": aux.detach(),
         }
         loss = recon + self.cfg.aux_coef * aux
-        l0 = (values.detach() > 0).sum().float() / B
-        return TrainOutput(loss, x_hat, l0, fired, parts)
+        l0 = (values > 0).sum().float() / B
+        return TrainOutput(loss, x_hat, l0, codes.fired(self.d_sae), parts, self.batch_stats(codes))
 
-    def _dense_step(self, x: Tensor, k: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """x_hat, e_hat (AuxK reconstruction or None), values, fired: the reference path."""
-        pre = self.pre_acts(x)  # [B, d_sae]
-        values, indices = self.select(pre, k)
-        x_hat = self.decode_codes(values, indices) + self.b_dec
-        dead = self.select_dead(pre)
-        e_hat = None if dead is None else self.decode_codes(*dead)
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        fired[indices[values > 0]] = True
-        return x_hat, e_hat, values, fired
+    def batch_stats(self, codes: Codes) -> dict[str, Tensor] | None:
+        """What `after_step` needs from the batch besides `fired`."""
+        return None
 
-    def _sparse_step(self, x: Tensor, k: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """Same as `_dense_step`, with gradients computed from the selected entries only."""
-        pre = self._pre_acts_no_grad(x)  # [B, d_sae]: nothing dense is kept for backward
-        values, pattern = self.select_pattern(pre, k)
-        values = self._attach(values, pattern, x)
-        x_hat = sparse.decode(values, pattern, self.W_dec) + self.b_dec
-        dead = self._select_dead(pre)
-        del pre
-        e_hat = None if dead is None else self._sparse_auxk(x, *dead)
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        fired[pattern.latents[values.detach() > 0]] = True
-        return x_hat, e_hat, values, fired
-
-    def _sparse_auxk(self, x: Tensor, values: Tensor, j: Tensor, dead: Tensor) -> Tensor:
-        """AuxK's reconstruction e_hat [B, d_in] from the selection of `_select_dead`.
-
-        AuxK picks k_aux (d_in/2 by default) of the n_dead dead latents per token: when that is a
-        third of them or more, dense products restricted to the dead block are cheaper than the
-        sparse kernels, and they give the same gradients.
-        """
-        if j.shape[1] * AUXK_DENSE_BLOCK_DENSITY < dead.numel():
-            pattern, order = sparse.SparsePattern.from_indices(dead[j], self.d_sae)
-            flat = self._attach(values.gather(1, order).flatten(), pattern, x)
-            return sparse.decode(flat, pattern, self.W_dec)
-        all_dead = dead.numel() == self.d_sae
-        W_enc = self.W_enc if all_dead else self.W_enc[:, dead]  # [d_in, n_dead]
-        W_dec = self.W_dec if all_dead else self.W_dec[dead]  # [n_dead, d_in]
-        pre = (x - self.b_dec) @ W_enc + self.b_enc[dead]  # [B, n_dead]
-        z = torch.zeros_like(pre).scatter(1, j, pre.gather(1, j).relu())
-        return z @ W_dec
-
-    @torch.no_grad()
-    def _pre_acts_no_grad(self, x: Tensor) -> Tensor:
-        """`pre_acts(x)`, bit for bit, written into a buffer reused across steps on CPU: a fresh
-        [B, d_sae] tensor costs page faults worth ~7% of a sparse step (measured, d_sae=6144)."""
-        if x.device.type != "cpu" or sparse.autocast_enabled("cpu"):
-            return self.pre_acts(x)
-        dtype = torch.result_type(x, self.W_enc)
-        pre = self._pre_scratch.get((x.shape[0], self.d_sae), dtype, x.device)
-        torch.mm(x - self.b_dec, self.W_enc, out=pre)
-        return pre.add_(self.b_enc)
-
-    def _attach(self, values: Tensor, pattern: sparse.SparsePattern, x: Tensor) -> Tensor:
-        """ReLU'd selected pre-activations with their (sparse) gradient to the encoder.
-
-        The values are ReLU'd already; ReLU again only to mask their gradient, which is the same
-        for pre and ReLU(pre) (zero where pre <= 0).
-        """
-        return sparse.gather_pre_acts(values, pattern, x, self.W_enc, self.b_enc, self.b_dec).relu()
+    def saelens_cfg(self) -> dict[str, Any]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def extra_metrics(self, step: int) -> dict[str, float]:
         return {"k": float(self.current_k(step))}

@@ -43,16 +43,13 @@ from sae_lab.config import (
     require,
     to_dict,
 )
-from sae_lab.sae.base import check_applies
-from sae_lab.sae.config import SAEConfig
+from sae_lab.sae import ARCHITECTURES
 from sae_lab.train.config import TrainConfig
 
 METRICS = ("objective", "fvu", "mse", "l0", "l1", "dead_frac")
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
-K_ARCHITECTURES = ("topk", "batchtopk")
-"""Architectures whose L0 is fixed by k rather than learned through a penalty."""
-_SAE_FIELDS = frozenset(f.name for f in fields(SAEConfig))
+_SAE_FIELDS = frozenset().union(*(cls.searchable for cls in ARCHITECTURES.values()))
 _OWNED_BY_SWEEP = frozenset({"sae.architecture", "sae.d_in", "out_dir", "progress_bar"})
 _MAX_CORNERS = 256
 
@@ -348,10 +345,10 @@ def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
         if name != "all" and name not in sweep.architectures:
             raise ConfigError(f"space.{name}: not one of the sweep's architectures "
                               f"{sweep.architectures} (or `all`)")
-    base = _base_config(sweep)
-    shared = _parse_params(sweep.space.get("all") or {}, "space.all", base)
     out = {}
     for arch in sweep.architectures:
+        base = _base_config(sweep, arch)
+        shared = _parse_params(sweep.space.get("all") or {}, "space.all", base)
         own = _parse_params(sweep.space.get(arch) or {}, f"space.{arch}", base)
         merged = {**shared, **own}
         if not any(p.kind != "constant" for p in merged.values()):
@@ -395,6 +392,8 @@ def _is_int_field(base: TrainConfig, canon: str, where: str, key: str) -> bool:
     node: Any = base
     for part in canon.split("."):
         known = getattr(node, "__dataclass_fields__", {})
+        if part not in known and canon.startswith("sae."):
+            return False  # another architecture's field: building the trial config names it
         if part not in known:
             raise ConfigError(f"{where}.{key}: unknown parameter {canon!r}"
                               + (f"; known here: {sorted(known)}" if known else ""))
@@ -402,14 +401,14 @@ def _is_int_field(base: TrainConfig, canon: str, where: str, key: str) -> bool:
     return isinstance(node, int) and not isinstance(node, bool)
 
 
-def _base_config(sweep: SweepConfig) -> TrainConfig:
+def _base_config(sweep: SweepConfig, arch: str) -> TrainConfig:
     if not isinstance(sweep.base, dict):
         raise ConfigError(f"base: expected a TrainConfig mapping, got {sweep.base!r}")
     d = copy.deepcopy(sweep.base)
     sae = d.get("sae") or {}
     if not isinstance(sae, dict):
         raise ConfigError(f"base.sae: expected a mapping, got {sae!r}")
-    d["sae"] = {**sae, "architecture": sweep.architectures[0]}
+    d["sae"] = {**sae, "architecture": arch}
     return TrainConfig.from_dict(d, "base")
 
 
@@ -449,7 +448,6 @@ def validate(sweep: SweepConfig, d_in: int | None = None) -> dict[str, int]:
             where = f"space.{arch} at {_fmt(values)}"
             try:
                 cfg = sweep.train_config(arch, values)
-                check_applies(cfg.sae)
                 width = d_in if d_in is not None else data_d_in(cfg)
                 if width is not None:
                     cfg.sae.with_d_in(width)
@@ -515,7 +513,7 @@ def _check_schedule(sweep: SweepConfig, cfg: TrainConfig, where: str) -> None:
     if grace > cfg.max_steps * cfg.batch_size:
         raise ConfigError(f"scheduler.grace_tokens={grace} is more than max_tokens="
                           f"{cfg.max_tokens}")
-    settle = max(cfg.sparsity_warmup_steps, cfg.sae.k_schedule_steps if cfg.sae.k_start else 0)
+    settle = max(cfg.sparsity_warmup_steps, cfg.sae.settle_steps)
     if settle * cfg.batch_size > grace:
         raise ConfigError(
             f"{where}: scheduler.grace_tokens={grace} ends before the sparsity warm-up / k "
@@ -535,8 +533,10 @@ def _check_ranking(sweep: SweepConfig) -> None:
     if sweep.scheduler.type != "asha" or sweep.metric not in ("fvu", "mse", "l1"):
         return
     for arch in sweep.architectures:
-        ks = {sweep.train_config(arch, v).sae.k for v in corners(sweep.params[arch])}
-        if arch not in K_ARCHITECTURES or len(ks) > 1:
+        k_based = ARCHITECTURES[arch].k_based
+        ks = {sweep.train_config(arch, v).sae.k for v in corners(sweep.params[arch])} if k_based \
+            else set()
+        if not k_based or len(ks) > 1:
             raise ConfigError(
                 f"metric: {sweep.metric} with scheduler: asha would stop the sparser {arch} "
                 "trials first (their L0 differs); use metric: objective, or scheduler: none"

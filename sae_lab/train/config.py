@@ -27,7 +27,8 @@ from sae_lab.config import (
 from sae_lab.config import (
     reference as _reference,
 )
-from sae_lab.sae import AnySAEConfig, SAEConfig
+from sae_lab.sae import AnySAEConfig, sae_config
+from sae_lab.sae.registry import reference_rows
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
@@ -99,7 +100,7 @@ class DataConfig:
 class TrainConfig:
     """One SAE training run."""
 
-    sae: AnySAEConfig = field(default_factory=SAEConfig)
+    sae: AnySAEConfig = field(default_factory=sae_config)
     """The autoencoder (see SAEConfig)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(synthetic=SyntheticConfig()))
     """The activations (see DataConfig)."""
@@ -184,7 +185,14 @@ class TrainConfig:
 
 def reference(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(dotted name, type, default, doc) of every field, nested sections expanded."""
-    return _reference(cls, prefix)
+    rows = _reference(cls, prefix)
+    if cls is not TrainConfig:
+        return rows
+    # The SAE section as the registry lists it: which architectures have each field.
+    sae = [i for i, row in enumerate(rows) if row[0].startswith(f"{prefix}sae.")]
+    at = sae[0] if sae else 0
+    rest = [row for row in rows if not row[0].startswith(f"{prefix}sae.")]
+    return rest[:at] + reference_rows(f"{prefix}sae.") + rest[at:]
 
 
 __all__ = ["ConfigError", "DataConfig", "SyntheticConfig", "TrainConfig", "apply_overrides",

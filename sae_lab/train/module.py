@@ -78,6 +78,7 @@ class SAEModule(pl.LightningModule):
                 )
             self.skipped_batches += 1
             return None  # Lightning skips the backward pass and the optimiser step
+        self.sae.after_step(out, step)  # dead-latent counts, thresholds: state kept out of encode
         if step % self.cfg.log_every_steps == 0:
             self._log_train(out, step, x)
         return out.loss
