@@ -147,6 +147,8 @@ def _message(error: Any) -> str:
         if isinstance(bound, float) and bound.is_integer():
             bound = int(bound)  # "must be > 0", not "> 0.0"
         return f"must be {op} {bound}"
+    if error["type"] in ("model_attributes_type", "dataclass_type", "model_type"):
+        return "must be a dictionary (a config section)"
     msg = error["msg"].removeprefix("Value error, ")
     msg = re.sub(r"^\w+ should have (.*?)(?: after validation)?, not \d+$", r"must have \1", msg)
     return re.sub(r"^Input should be ", "must be ", msg)

@@ -10,17 +10,37 @@ line `# yaml-language-server: $schema=schemas/train.schema.json` in the YAML fil
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from sae_lab.config import json_schema
+from sae_lab.files import atomic_write_json
 
 
 def train_schema() -> dict[str, Any]:
     from sae_lab.train.config import TrainConfig
 
-    return json_schema(TrainConfig, "sae-lab train config")
+    schema = json_schema(TrainConfig, "sae-lab train config")
+    schema["properties"]["sae"] = _sae_section(schema["properties"]["sae"])
+    return schema
+
+
+def _sae_section(union: dict[str, Any]) -> dict[str, Any]:
+    """The SAE section as if/then on `architecture` rather than pydantic's discriminated oneOf:
+    `architecture` may be left out (it defaults to topk), and a wrong field is reported at its
+    own path (sae.k), which a oneOf reports only at `sae`."""
+    from sae_lab.sae.registry import DEFAULT_ARCHITECTURE
+
+    mapping = union["discriminator"]["mapping"]
+    cases = [{"if": {"properties": {"architecture": {"const": name}},
+                     "required": ["architecture"]},
+              "then": {"$ref": ref}} for name, ref in mapping.items()]
+    cases.append({"if": {"not": {"required": ["architecture"]}},
+                  "then": {"$ref": mapping[DEFAULT_ARCHITECTURE]}})
+    return {"description": union.get("description", ""), "type": "object",
+            "properties": {"architecture": {"enum": list(mapping),
+                                            "default": DEFAULT_ARCHITECTURE}},
+            "allOf": cases}
 
 
 def sweep_schema() -> dict[str, Any]:
@@ -48,11 +68,7 @@ def write_schemas(out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, make in SCHEMAS.items():
-        path = out / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(json.dumps(make(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        paths.append(path)
+        paths.append(atomic_write_json(out / name, make()))
     return paths
 
 

@@ -73,8 +73,9 @@ def test_descriptions_come_from_the_field_docs(schemas):
 
     train = schemas["train.schema.json"]
     assert train["properties"]["lr"]["description"] == field_docs(TrainConfig)["lr"]
-    sae = train["$defs"]["SAEConfig"]["properties"]
-    assert all(p.get("description") for p in sae.values())
+    for arch in ("TopKConfig", "ReLUConfig", "JumpReLUConfig"):
+        sae = train["$defs"][arch]["properties"]
+        assert all(p.get("description") for p in sae.values()), arch
     sweep = schemas["sweep.schema.json"]
     assert sweep["properties"]["num_samples"]["description"] == \
         field_docs(SweepConfig)["num_samples"]

@@ -317,4 +317,4 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> None:
-    harvest(config_from_args(HarvestConfig, args, "harvest"))
+    harvest(config_from_args(HarvestConfig, args))
