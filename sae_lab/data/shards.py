@@ -36,7 +36,8 @@ Sources may be local paths, file://, http(s):// (curl, through webdataset's gope
 
 Writing: `ShardSetWriter` (used by `sae-lab harvest`) writes each shard under a temporary name and
 renames it when complete, then rewrites the manifest atomically; a killed harvest therefore leaves
-only complete shards listed, and resuming continues after them.
+only complete shards listed, and resuming continues after them (once their sha256 is checked).
+The writer holds DIR/.lock (flock) while it works: a second harvest into DIR is refused.
 """
 
 from __future__ import annotations
