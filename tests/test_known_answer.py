@@ -1,47 +1,77 @@
 """Each architecture, trained through the full Lightning path on synthetic activations built from
-known features, must find those features.
+known features, must find those features; a deliberately broken SAE must not pass the same bounds.
 
-Data: 512 unit directions in d=256, ~5 active per token, magnitudes N(1, 0.25). With d=64 (the
-issue's example) random directions overlap by ~1/8 each, and the interference of 5 active features
-alone costs a linear encoder ~10% FVU, which would make an FVU <= 0.1 bound a coin toss; d=256
-quarters that overlap while keeping the problem 2x overcomplete.
+Data: 256 unit directions in d=128, ~4 active per token, magnitudes N(1, 0.25). Random directions
+in d=128 overlap by ~1/11 each (in d=64, by ~1/8, and the interference of the active features
+alone costs a linear encoder ~10% FVU, which would make an FVU <= 0.1 bound a coin toss); the
+problem stays 2x overcomplete with 4x as many latents as dimensions. At 100k training tokens
+every feature is seen ~1,500 times. Measured (seed 0, `torch.set_num_threads(2)`): TopK matches
+all 256 features, FVU 0.063, L0 6.0, in 47 s of CPU time; ReLU all 256, FVU 0.050, L0 11.7,
+56 s. The former problem (d=256, 512 features, batch 1024, 250k tokens) needs ~4x the work per
+step and 2.5x the tokens.
 """
 
 import pytest
 
+from sae_lab.sae import ARCHITECTURES
 from sae_lab.synthetic import make_features, recovery
 from sae_lab.train.config import TrainConfig
 from sae_lab.train.run import train
 
-DATA = {"d": 256, "n_features": 512, "active": 5, "n_tokens": 100_000, "seed": 0}
+DATA = {"d": 128, "n_features": 256, "active": 4, "n_tokens": 60_000, "seed": 0}
 
+# Per-architecture settings; the architecture list itself is the registry's.
 ARCH_SETTINGS = {
-    "topk": {"k": 8},  # k above the typical count: P(Poisson(5) > 8) ~ 7%
-    "batchtopk": {"k": 6},  # variable per token, 6 on average
+    "topk": {"k": 6},  # k above the typical count: P(Poisson(4) > 6) ~ 11%
+    "batchtopk": {"k": 4},  # variable per token, 4 on average
     "relu": {"sparsity_coef": 0.5},
     "gated": {"sparsity_coef": 3.0},
     "jumprelu": {"sparsity_coef": 1.0},
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(ARCH_SETTINGS))
-def test_recovers_known_features(arch, tmp_path):
+def trained(arch: str, out_dir) -> tuple[TrainConfig, object]:
     cfg = TrainConfig.from_dict(
         {
-            "sae": {"architecture": arch, "expansion_factor": 4, **ARCH_SETTINGS[arch]},
+            "sae": {"architecture": arch, "expansion_factor": 4, **ARCH_SETTINGS.get(arch, {})},
             "data": {"synthetic": DATA},
-            "batch_size": 1024,
-            "max_tokens": 250_000,
+            "batch_size": 512,
+            "max_tokens": 100_000,
             "lr": 3e-3,
             "val_every_steps": 1000,
+            "save_checkpoints": False,
             "progress_bar": False,
-            "out_dir": str(tmp_path),
+            "out_dir": str(out_dir),
         }
     )
-    result = train(cfg, logger=False)
-    truth = make_features(cfg.data.synthetic)
-    score = recovery(result.sae.W_dec, truth.features, threshold=0.9)
-    assert score.frac_matched >= 0.9, score
-    assert result.metrics["fvu"] <= 0.1, result.metrics
-    assert result.metrics["l0"] <= 12, result.metrics  # sparse: about 5 true features per token
+    return cfg, train(cfg, logger=False)
+
+
+def passes_known_answer(cfg: TrainConfig, result) -> tuple[bool, str]:
+    """The bounds every architecture must meet, and a line saying how it did."""
+    score = recovery(result.sae.W_dec, make_features(cfg.data.synthetic).features, threshold=0.9)
+    m = result.metrics
+    ok = score.frac_matched >= 0.9 and m["fvu"] <= 0.1 and m["l0"] <= 12  # ~4 true per token
+    return ok, f"matched {score.frac_matched:.3f}, fvu {m['fvu']:.4f}, l0 {m['l0']:.2f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_recovers_known_features(arch, tmp_path):
+    assert arch in ARCH_SETTINGS, f"add {arch}'s settings to ARCH_SETTINGS"
+    ok, how = passes_known_answer(*trained(arch, tmp_path))
+    assert ok, how
+
+
+@pytest.mark.slow
+def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
+    """TopK whose decoder never learns (its gradient dropped before each optimiser step): the
+    encoder alone can still lower the loss, but cannot find the features."""
+    from sae_lab.sae.base import SAE
+
+    def frozen_decoder(self) -> None:
+        self.W_dec.grad = None
+
+    monkeypatch.setattr(SAE, "remove_parallel_grads", frozen_decoder)
+    ok, how = passes_known_answer(*trained("topk", tmp_path))
+    assert not ok, how
