@@ -125,10 +125,7 @@ def harvest_stage(cfg: DemoConfig, out: Path, model: str, corpus: Path) -> Path:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Run (or continue) the demo; returns the outputs by name."""
-    import ray
-
     from sae_lab import assets, pipeline
-    from sae_lab.sweep.run import run_or_resume
     from sae_lab.sweep.space import load_sweep
 
     out = Path(cfg.out).resolve()
@@ -150,13 +147,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     sweep = load_sweep(cfg.sweep, cfg.sweep_overrides, shards=str(shards))
     stage(f"sweep {cfg.sweep}: {sweep.num_trials} trials of {', '.join(sweep.architectures)} "
           "(Ray Tune)")
-    pipeline.quiet_ray()
-    try:
-        result, how = run_or_resume(sweep, out / "sweep")
-    finally:
-        ray.shutdown()
-    print(f"finished in an earlier run: {out / 'sweep'}" if how == "reused" else "")
-    print(result.table())
+    result = pipeline.sweep_quietly(sweep, out / "sweep")
     if result.unfinished:
         raise KeyboardInterrupt(f"sweep stopped with unfinished trials; its state is saved in "
                                 f"{out / 'sweep'} and the same command continues it")

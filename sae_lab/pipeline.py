@@ -1,7 +1,8 @@
 """The steps after a harvest, as functions with typed results, shared by `sae-lab demo`, the
 Kaggle runner and the notebook:
 
-    run_or_resume(sweep, out)  -> SweepResult   (sae_lab.sweep.run: reuse, resume or start)
+    run_or_resume(sweep, out)  -> SweepResult   (sae_lab.sweep.run: reuse, resume or start;
+                                                 sweep_quietly: the same on a quiet Ray)
     evaluate_and_export(...)   -> arch -> held-out metrics; OUT/eval/<arch>/, OUT/exports/<arch>/
     browse(...)                -> OUT/browser/index.html of one SAE
 
@@ -62,6 +63,26 @@ def quiet_ray(num_cpus: int | None = None) -> None:
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  num_cpus=num_cpus, logging_level=logging.ERROR)
+
+
+def sweep_quietly(sweep: Any, out: str | Path) -> SweepResult:
+    """run_or_resume on a private, quiet Ray instance (shut down afterwards if started here),
+    with a line per trial event; prints the results table, best first."""
+    import ray
+
+    from sae_lab.sweep.run import run_or_resume
+
+    started = not ray.is_initialized()
+    quiet_ray()
+    try:
+        result, how = run_or_resume(sweep, out)
+    finally:
+        if started:
+            ray.shutdown()
+    if how == "reused":
+        print(f"finished in an earlier run: {Path(out) / 'results.csv'}")
+    print(result.table())
+    return result
 
 
 def val_shards(sweep: Any) -> int:
