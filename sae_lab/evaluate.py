@@ -27,17 +27,15 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import Tensor, nn
-
-from sae_lab.analysis.splice import edit_activation
 from sae_lab.files import atomic_file, atomic_write_json
-from sae_lab.sae.base import SAE
-from sae_lab.train.metrics import ReconStats
+
+if TYPE_CHECKING:  # torch is imported inside the functions: `sae-lab eval --help` stays fast
+    import torch
+    from torch import Tensor, nn
+
+    from sae_lab.sae.base import SAE
 
 EVAL_JSON = "eval.json"
 DENSITY_FILE = "feature_density.safetensors"
@@ -48,6 +46,10 @@ class EvalStats:
     """Sums that give every reconstruction metric of the module docstring over a whole set."""
 
     def __init__(self, d_sae: int) -> None:
+        import torch
+
+        from sae_lab.train.metrics import ReconStats
+
         self.recon = ReconStats()
         self.n = 0
         self.fires = torch.zeros(d_sae, dtype=torch.long)
@@ -55,8 +57,8 @@ class EvalStats:
         self.sum_dot = 0.0
         self.sum_ratio = 0.0
 
-    @torch.no_grad()
     def update(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
+        x, x_hat, z = x.detach(), x_hat.detach(), z.detach()
         self.recon.update(x, x_hat, z)
         x, x_hat = x.double(), x_hat.double()
         self.n += x.shape[0]
@@ -91,18 +93,20 @@ class EvalResult(NamedTuple):
     """[d_sae] fraction of evaluation tokens on which each latent fired."""
 
 
-@torch.no_grad()
 def evaluate_sae(sae: SAE, batches: Iterable[Tensor], device: str | torch.device = "cpu"
                  ) -> EvalResult:
     """Stream [B, d_in] activation batches through `sae` (in eval mode) and sum the metrics."""
+    import torch
+
     sae = sae.to(device).eval()
     stats = EvalStats(sae.d_sae)
     for x in batches:
         if x.shape[-1] != sae.d_in:
             raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
         x = x.to(device=device, dtype=sae.W_enc.dtype)
-        z = sae.encode(x)  # [B, d_sae]
-        stats.update(x, sae.decode(z), z)
+        with torch.no_grad():
+            z = sae.encode(x)  # [B, d_sae]
+            stats.update(x, sae.decode(z), z)
     if stats.n == 0:
         raise ValueError("no activations to evaluate (empty shards?)")
     return EvalResult(stats.compute(), stats.density)
@@ -145,6 +149,8 @@ def save_report(out_dir: str | os.PathLike, metrics: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / EVAL_JSON, metrics)
     if density is not None:
+        from safetensors.torch import save_file
+
         with atomic_file(out / DENSITY_FILE) as tmp:
             save_file({"density": density.float().contiguous()}, tmp)
         with atomic_file(out / DENSITY_PNG) as tmp:
@@ -161,6 +167,8 @@ def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
     Rows holding NaN or Inf are an error naming the shard, unless `skipped` is given: then they
     are left out and counted in skipped["rows"].
     """
+    import torch
+
     from sae_lab.data.shards import iter_blocks
 
     if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
@@ -216,7 +224,6 @@ class _Sums:
         self.kl_tokens = 0
 
 
-@torch.no_grad()
 def downstream_loss(
     model: nn.Module,
     batches: Iterable[Any],
@@ -232,6 +239,34 @@ def downstream_loss(
     BOS/EOS tokens, which the SAE never saw in training, keep their activations. `reconstruct`
     maps [B, T, d] -> [B, T, d] (an SAE's forward pass). Averages are over every predicted token.
     """
+    import torch
+
+    with torch.no_grad():
+        s = _downstream_sums(model, batches, layer, hook, reconstruct, d_in)
+    if s.ce_tokens == 0:
+        raise ValueError("no tokens to score (sequences need at least 2 tokens)")
+    ce = {k: v / s.ce_tokens for k, v in s.ce.items()}
+    kl = {k: v / s.kl_tokens for k, v in s.kl.items()}
+    return {
+        "ce_clean": ce["clean"],
+        "ce_sae": ce["sae"],
+        "ce_zero": ce["zero"],
+        "ce_score": _ratio(ce["zero"] - ce["sae"], ce["zero"] - ce["clean"]),
+        "delta_ce": ce["sae"] - ce["clean"],
+        "kl_sae": kl["sae"],
+        "kl_zero": kl["zero"],
+        "kl_score": _ratio(kl["zero"] - kl["sae"], kl["zero"]),
+        "downstream_tokens": float(s.kl_tokens),
+    }
+
+
+def _downstream_sums(model: nn.Module, batches: Iterable[Any], layer: int, hook: str,
+                     reconstruct: Callable[[Tensor], Tensor], d_in: int | None) -> _Sums:
+    import torch
+    from torch import Tensor
+
+    from sae_lab.analysis.splice import edit_activation
+
     model.eval()
     device = next(model.parameters()).device
     s = _Sums()
@@ -250,24 +285,12 @@ def downstream_loss(
             s.kl[name] += kl.double().sum().item()
         s.ce_tokens += ids[:, 1:].numel()
         s.kl_tokens += ids.numel()
-    if s.ce_tokens == 0:
-        raise ValueError("no tokens to score (sequences need at least 2 tokens)")
-    ce = {k: v / s.ce_tokens for k, v in s.ce.items()}
-    kl = {k: v / s.kl_tokens for k, v in s.kl.items()}
-    return {
-        "ce_clean": ce["clean"],
-        "ce_sae": ce["sae"],
-        "ce_zero": ce["zero"],
-        "ce_score": _ratio(ce["zero"] - ce["sae"], ce["zero"] - ce["clean"]),
-        "delta_ce": ce["sae"] - ce["clean"],
-        "kl_sae": kl["sae"],
-        "kl_zero": kl["zero"],
-        "kl_score": _ratio(kl["zero"] - kl["sae"], kl["zero"]),
-        "downstream_tokens": float(s.kl_tokens),
-    }
+    return s
 
 
 def _masked(fn: Callable[[Tensor], Tensor], keep: Tensor) -> Callable[[Tensor], Tensor]:
+    import torch
+
     return lambda act: torch.where(keep, fn(act).to(act.dtype), act)
 
 
@@ -313,6 +336,8 @@ def _log_probs(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 def _ce_sum(logp: Tensor, ids: Tensor) -> float:
+    import torch.nn.functional as F
+
     target = ids[:, 1:]
     nll = F.nll_loss(logp[:, :-1].flatten(0, 1), target.flatten(), reduction="sum")
     return nll.double().item()

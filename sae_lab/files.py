@@ -56,6 +56,14 @@ def _chmod_default(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~umask())
 
 
+def _chmod_tree(root: Path) -> None:
+    """Some writers create 0600 files whatever the umask (safetensors' save_file does): give
+    everything under `root` the permissions of a plain open()/mkdir()."""
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            _chmod_default(path, is_dir=path.is_dir())
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 
@@ -170,6 +178,7 @@ def atomic_dir(directory: str | os.PathLike, command: str | None = None,
         if command is not None:
             (tmp / MARKER).write_text(json.dumps({"command": command}) + "\n")
         yield tmp
+        _chmod_tree(tmp)
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,8 @@ def modules_after(argv: list[str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["harvest", "--help"], ["inspect", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["harvest", "--help"], ["inspect", "--help"],
+                                  ["eval", "--help"]])
 def test_help_imports_no_heavy_library(argv):
     assert modules_after(argv) == "[]"
 

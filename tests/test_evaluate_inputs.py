@@ -115,3 +115,14 @@ def test_inspect_and_export_refuse_a_foreign_out_before_any_work(tmp_path, capsy
         msg = one_line_error([*cmd, "--out", str(foreign)], capsys)
         assert "proj" in msg and "replaced" in msg
     assert (foreign / "src" / "thesis.tex").read_text() == "hi\n"
+
+
+def test_inspect_shows_a_progress_bar_over_the_rows(capsys):
+    from sae_lab.analysis.browser import _counted
+
+    blocks = [{"acts": torch.zeros(n, 2)} for n in (1024, 1024, 500)]
+    assert list(_counted(iter(blocks), 2000, True)) == blocks  # unchanged, all passed on
+    err = capsys.readouterr().err
+    assert "inspect" in err and "2.00k/2.00k" in err
+    list(_counted(iter(blocks), 2000, False))
+    assert capsys.readouterr().err == ""

@@ -131,6 +131,7 @@ def test_outputs_honour_the_umask(tmp_path):
 
     assert mode(tmp_path / "x") == 0o755
     assert mode(tmp_path / "x" / "cfg.json") == 0o644
+    assert mode(tmp_path / "x" / "sae_weights.safetensors") == 0o644  # save_file makes 0600
     assert mode(tmp_path / "m.json") == 0o644
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
 

@@ -12,20 +12,23 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from sae_lab.data.layers import unembedding
 from sae_lab.models import resolve_model
-from sae_lab.sae.base import CONFIG_FILE, SAE, load
+
+if TYPE_CHECKING:  # torch is imported inside the functions: command --help stays fast
+    import torch
+    from torch import Tensor, nn
+
+    from sae_lab.sae.base import SAE
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def resolve_device(name: str = "auto") -> str:
     """"auto" -> cuda when available, else cpu."""
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -35,6 +38,8 @@ def resolve_device(name: str = "auto") -> str:
 
 def load_sae_dir(path: str | os.PathLike, device: str = "cpu") -> SAE:
     """An sae_lab SAE directory (cfg.json + sae_weights.safetensors), in eval mode."""
+    from sae_lab.sae.base import CONFIG_FILE, load
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such SAE directory")
@@ -72,10 +77,13 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
 
 
 def load_model(name: str, device: str = "cpu", revision: str | None = None,
-               dtype: torch.dtype = torch.float32) -> nn.Module:
+               dtype: torch.dtype | None = None) -> nn.Module:
     """A Hub id or local directory, in eval mode; with its LM head when the checkpoint has one
     (AutoModelForCausalLM), else the bare model (AutoModel). Never runs remote code."""
+    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
 
     name = resolve_model(name)
     config = AutoConfig.from_pretrained(name, revision=revision)
@@ -90,6 +98,8 @@ def load_lm(name: str, device: str = "cpu", revision: str | None = None) -> tupl
 
 def unembedding_for(model: nn.Module, d_in: int, name: str) -> Tensor:
     """The [vocab, d_in] unembedding, or a one-line error naming the model."""
+    from sae_lab.data.layers import unembedding
+
     W_U = unembedding(model) if is_causal(getattr(model, "config", None)) else None
     if W_U is None:
         raise ValueError(f"model {name} has no unembedding (not a causal LM), so latents have "
@@ -100,13 +110,14 @@ def unembedding_for(model: nn.Module, d_in: int, name: str) -> Tensor:
     return W_U
 
 
-@torch.no_grad()
 def promoted_tokens(W_dec: Tensor, W_U: Tensor, k: int, chunk: int = 512
                     ) -> tuple[Tensor, Tensor]:
     """(values, token ids), each [d_sae, k]: largest entries of W_dec @ W_U^T per latent.
 
     The direct path only (no final LayerNorm), as in the logit-lens views of feature browsers.
     """
+    import torch
+
     W_U = W_U.detach().float()
     vals, idx = [], []
     for rows in W_dec.detach().float().split(chunk):
