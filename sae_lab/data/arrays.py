@@ -30,22 +30,25 @@ class BatchStream(IterableDataset):
 
 
 class ShuffledStream(IterableDataset):
-    """Whole batches forever: pass p draws the rows in the order of a permutation seeded by
-    (seed, p), so the stream from any position is known without replaying it; `skip` batches of
-    it are dropped (a resumed run's start)."""
+    """Whole batches forever, each pass over the rows in a fresh random order (one generator
+    seeded once); the first `skip` batches are dropped (a resumed run's start): the permutations
+    of the passes before are drawn and discarded, the rows not touched."""
 
     def __init__(self, rows: Tensor, batch_size: int, seed: int = 0, skip: int = 0) -> None:
         self.rows, self.batch_size, self.seed, self.skip = rows, batch_size, seed, skip
 
     def __iter__(self) -> Iterator[Tensor]:
-        per_pass = len(self.rows) // self.batch_size
-        p, start = divmod(self.skip, per_pass)
+        n = len(self.rows)
+        per_pass = n // self.batch_size
+        passes, start = divmod(self.skip, per_pass)
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(passes):
+            torch.randperm(n, generator=gen)
         while True:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
-            order = torch.randperm(len(self.rows), generator=gen)
+            order = torch.randperm(n, generator=gen)
             for i in range(start, per_pass):
                 yield self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
-            p, start = p + 1, 0
+            start = 0
 
 
 class ArrayDataModule(StreamPosition, pl.LightningDataModule):

@@ -139,6 +139,9 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # sweep's output directory with every checkpoint (SyncConfig(sync_artifacts=True)).
     cfg.out_dir = os.getcwd()
     cfg.save_checkpoints = False  # Tune keeps the trial's checkpoints (TuneReport)
+    # Every report is ranked (ASHA, results.csv for trials stopped early, best/): each must be
+    # measured on the whole held-out set, not on the first val_batches of it.
+    cfg.val_batches = 0
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     info = {
         "architecture": arch,
