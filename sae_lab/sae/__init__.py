@@ -17,6 +17,7 @@ from sae_lab.sae.topk import TopKConfig
 from sae_lab.sae.batchtopk import BatchTopKConfig
 from sae_lab.sae.gated import GatedConfig
 from sae_lab.sae.jumprelu import JumpReLUConfig
+from sae_lab.sae.matryoshka import MatryoshkaConfig  # noqa: F401
 # isort: on
 
 AnySAEConfig = any_sae_config()
