@@ -116,9 +116,8 @@ def _table(rows: list[tuple[str, str, Any, str]]) -> str:
 
 
 def config_reference() -> str:
-    from sae_lab.config import reference
     from sae_lab.sweep.space import SweepConfig
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.train.config import TrainConfig, reference
 
     return "\n".join([
         "**Training config** (`sae-lab train CONFIG.yaml`, `sae_lab.TrainConfig`, the `base:` of "

@@ -73,7 +73,8 @@ def test_exported_tensors_reproduce_reconstructions(arch, tmp_path):
     out = export_saelens(sae, tmp_path / "exp", density=density)
     cfg = json.loads((out / "cfg.json").read_text())
     w = load_file(out / "sae_weights.safetensors")
-    expected_arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    expected_arch = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}.get(
+        arch, arch)
     assert cfg["architecture"] == expected_arch
     assert {k: tuple(v.shape) for k, v in w.items()} == SAELENS_SHAPES[expected_arch]
     assert all(v.dtype == torch.float32 for v in w.values())

@@ -28,6 +28,7 @@ ARCH_SETTINGS = {
     "relu": {"sparsity_coef": 0.5},
     "gated": {"sparsity_coef": 3.0},
     "jumprelu": {"sparsity_coef": 1.0},
+    "matryoshka": {"k": 6},  # BatchTopK selection, nested prefixes
 }
 
 

@@ -13,7 +13,7 @@ import torch
 from sae_lab import ARCHITECTURES, sae_config
 from sae_lab.sae import sparse
 
-SPARSE_ARCHS = ("topk", "batchtopk")
+SPARSE_ARCHS = ("topk", "batchtopk", "matryoshka")
 
 
 def pair(arch: str, d_in=16, d_sae=128, k=4, dtype="float64", seed=0, **kw):

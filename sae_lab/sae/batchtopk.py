@@ -6,8 +6,10 @@ of latents with k on average. Inference cannot look at a batch: it uses one glob
     z = ReLU(pre) * 1[pre > threshold],
 
 where threshold is an EMA, over training batches, of the smallest activation the batch kept,
-updated after each step (`after_step`) from threshold_start_step on. Everything else (AuxK,
-k schedule) is TopK's.
+updated after each step (`after_step`) from threshold_start_step on. The smallest of k * B kept
+values is a quantile estimate with little noise, so the EMA can be short: with momentum 0.99 it
+lagged the moving activations by ~100 steps and held-out L0 came out at 13.5 for k=24 (demo
+settings, 195 steps); 0.9 gives 24.1 (measured). Everything else (AuxK, k schedule) is TopK's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sae_lab.sae.topk import TopKConfig, TopKSAE
 class BatchTopKConfig(TopKConfig):
     architecture: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
     """BatchTopK: the k * B largest activations of the batch; a global threshold at inference."""
-    threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """EMA momentum of the inference threshold estimated in training."""
     threshold_start_step: Annotated[int, Field(ge=-1)] = -1
     """First step whose batch updates the threshold; -1 means when the k schedule has ended (an

@@ -1,5 +1,5 @@
 """name -> architecture. Each architecture's module registers its class (`@register`); a new
-architecture is one file plus one import line at the bottom of this file.
+architecture is one file plus one import line in sae_lab/sae/__init__.py.
 
 `AnySAEConfig` is the union of the registered configs, picked by `architecture` (default topk):
 
@@ -131,11 +131,3 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-# The architectures: importing a module registers it.
-from sae_lab.sae import relu  # noqa: E402, F401, I001
-from sae_lab.sae import topk  # noqa: E402, F401
-from sae_lab.sae import batchtopk  # noqa: E402, F401
-from sae_lab.sae import gated  # noqa: E402, F401
-from sae_lab.sae import jumprelu  # noqa: E402, F401
