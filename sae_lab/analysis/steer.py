@@ -142,9 +142,14 @@ def cmd_steer(args: argparse.Namespace) -> None:
     check_edits(edits, sae.d_sae)
     layer, hook = hook_point(sae, args.layer, args.hook)
     name = model_name(sae, args.model)
-    model, tokenizer = load_lm(name, device)
-    if not is_causal(model.config):
+    from transformers import AutoConfig
+
+    from sae_lab.models import resolve_model
+
+    # Checked on the config, before minutes of loading weights.
+    if not is_causal(AutoConfig.from_pretrained(resolve_model(name))):
         raise ValueError(f"model {name} is not a causal LM; steering needs one to generate")
+    model, tokenizer = load_lm(name, device)
     steering = Steering(sae, edits, args.splice, 0 if args.prompt_only else None)
     result = steer(model, tokenizer, steering, args.prompt, layer, hook, args.max_new_tokens,
                    args.temperature, args.seed)
