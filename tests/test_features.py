@@ -48,7 +48,12 @@ def test_top_latents_match_the_sae_on_the_hidden_states(tiny_lm):
     assert data[0]["tokens"][0]["token"] == found[0].tokens[0]
     assert data[1]["top"][0]["latent"] == found[1].overall[0].latent
     table = format_features(found)
-    assert table.startswith("text 1: 'Return the number of items.'")
+    assert table.startswith("text 1: 'Return the number of items.' (")
+    assert found[0].truncated == 0
+    # A text longer than the model's context (128 positions) is cut, and says so.
+    long = text_features(model, tok, sae, ["word " * 400], 0, "resid_post")[0]
+    assert len(long.tokens) == 128 and long.truncated == len(tok("word " * 400).input_ids) - 128
+    assert f"(128 tokens, the last {long.truncated} cut off" in format_features([long])
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,8 @@ class TextFeatures:
     per_token: list[list[tuple[int, float]]]
     """per token, its top latents as (latent, activation), largest first; only those > 0"""
     overall: list[LatentHit]
+    truncated: int = 0
+    """tokens cut off the end because the text is longer than the model's context"""
 
 
 @torch.no_grad()
@@ -70,6 +72,7 @@ def text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str], 
     for text in texts:
         enc = tokenizer(text, return_tensors="pt", return_special_tokens_mask=True,
                         truncation=limit is not None, max_length=limit)
+        full = len(tokenizer(text)["input_ids"])
         special = enc.pop("special_tokens_mask")[0].bool()
         with capture(model, [layer], hook) as acts:
             run_to_hooks(model, **{k: v.to(device) for k, v in enc.items()})
@@ -82,7 +85,9 @@ def text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str], 
         z = sae.encode(act[keep.to(act.device)].to(sae.W_enc.dtype)).float().cpu()  # [T, d_sae]
         cols = torch.arange(sae.d_sae) if keep_cols is None else keep_cols
         z = z[:, cols]
-        results.append(_summarise(text, pieces.pieces(ids), z, cols, top, top_text, titles))
+        found = _summarise(text, pieces.pieces(ids), z, cols, top, top_text, titles)
+        found.truncated = full - enc["input_ids"].shape[1]
+        results.append(found)
     return results
 
 
@@ -120,14 +125,15 @@ def features_json(found: list[TextFeatures]) -> list[dict[str, Any]]:
     return [{"text": f.text,
              "tokens": [{"token": t, "latents": [list(p) for p in lat]}
                         for t, lat in zip(f.tokens, f.per_token, strict=True)],
-             "top": [asdict(h) for h in f.overall]} for f in found]
+             "top": [asdict(h) for h in f.overall], "truncated": f.truncated} for f in found]
 
 
 def format_features(found: list[TextFeatures], per_token: int | None = None) -> str:
     """A plain-text table per text: the whole-text latents, then each token's."""
     out = []
     for n, f in enumerate(found, 1):
-        out.append(f"text {n}: {f.text!r} ({len(f.tokens)} tokens)")
+        cut = f", the last {f.truncated} cut off (model context)" if f.truncated else ""
+        out.append(f"text {n}: {f.text!r} ({len(f.tokens)} tokens{cut})")
         out.append("  top latents over the text:")
         out.append(f"  {'latent':>7} {'max':>8} {'fires':>6}  at token")
         for h in f.overall:
