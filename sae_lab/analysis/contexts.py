@@ -129,8 +129,8 @@ class TokenText:
         pieces: list[str] = []
         shown = ""  # "".join(pieces)
         mark = ""  # the continuation mark of a first token, left out of every prefix
-        for i in range(len(ids)):
-            text = self.tokenizer.decode(ids[: i + 1])
+        prefixes = self.tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))])
+        for i, text in enumerate(prefixes):
             if i == 0 and self.continuation and text.startswith(self.continuation):
                 mark = self.continuation
             text = text[len(mark) :] if text.startswith(mark) else text
