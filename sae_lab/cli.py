@@ -1,4 +1,4 @@
-"""`sae-lab harvest | train | sweep | eval | export | inspect | steer | demo`.
+"""`sae-lab harvest | train | sweep | eval | export | inspect | features | steer | demo`.
 
 Each command lives next to the code it drives and registers itself with `add_parser(sub)`;
 this file only wires them and turns expected errors into one-line messages.
@@ -128,7 +128,9 @@ COMMANDS = [
      "sae_lab.export:add_export_parser"),
     ("inspect", "top-activating contexts of each latent, as a static HTML feature browser",
      "sae_lab.analysis.browser:add_inspect_parser"),
-    ("steer", "generate with one latent's decoder direction added (or the latent clamped)",
+    ("features", "which latents fire on a text: top latents per token and over the whole text",
+     "sae_lab.analysis.features:add_features_parser"),
+    ("steer", "generate with several SAE latent edits (scale, add, clamp), side by side",
      "sae_lab.analysis.steer:add_steer_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),

@@ -77,7 +77,10 @@ def test_runs_end_to_end(tmp_path, kernel_name):
              if "image/png" in o.get("data", {})]
     assert len(plots) == 1  # the Pareto plot
     assert "frontier: [(" in outputs
-    assert "unsteered:" in outputs and "steered (latent 0, add 20)" in outputs
+    assert "top latents over the text:" in outputs and "'header'" in outputs
+    assert "##" not in outputs  # contexts and features read as text
+    assert "| steered (0:+20; every position)" in outputs
+    assert "| steered (all:x0.5, 0:+20; every position; splice drop-error)" in outputs
     corr = float(outputs.split("direct effect: ")[1].split()[0])
     assert corr > 0.5
     for c in nb.cells:  # where the time goes, for `pytest -s`

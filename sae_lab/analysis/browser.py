@@ -118,8 +118,12 @@ function renderPanel(id) {
     const row = el("div", "ctx");
     row.appendChild(el("span", "val", c.value.toFixed(3)));
     c.tokens.forEach((t, i) => {
-      const s = el("span", i === c.at ? "hot" : "", show(t));
-      if (i === c.at) s.title = "activation " + c.value;
+      if (i !== c.at) { row.appendChild(el("span", "", show(t))); return; }
+      // A piece carries the space before its word (" parse"): only the word is highlighted.
+      const lead = t.match(/^\s*/)[0];
+      if (lead && lead !== t) row.appendChild(el("span", "", show(lead)));
+      const s = el("span", "hot", show(lead !== t ? t.slice(lead.length) : t));
+      s.title = "activation " + c.value;
       row.appendChild(s);
     });
     panel.appendChild(row);

@@ -8,6 +8,7 @@ token ids and documents of all rows are kept (12 bytes a row) to cut those windo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -99,11 +100,22 @@ def context_window(top: TopActivations, row: int, left: int, right: int
 
 
 class TokenText:
-    """Decodes single token ids to display strings, caching each id once."""
+    """Token ids as the text reads, through the tokenizer's own decoder.
+
+    `text(id)` is one token on its own (a promoted token: "##se" stays visibly a word piece);
+    `text.pieces(ids)` splits the decoded text of a context into one span per token, so that
+    "".join(pieces) == the decoded context. WordPiece then reads "parse" (no "##", spaces between
+    words), byte-level BPE and SentencePiece turn "Ġ" and "▁" into spaces, and byte-fallback
+    tokens (<0xC3><0xA9>) become the character they spell (on the token that completes it).
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.cache: dict[int, str] = {}
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        # WordPiece's continuation mark, left on a context that starts inside a word.
+        wordpiece = "WordPiece" in str(decoder)
+        self.continuation = getattr(decoder, "prefix", None) if wordpiece else None
 
     def __call__(self, token_id: int) -> str:
         s = self.cache.get(token_id)
@@ -111,6 +123,32 @@ class TokenText:
             s = self.tokenizer.decode([token_id])
             self.cache[token_id] = s
         return s
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """One display string per token id; their concatenation is the decoded text."""
+        pieces: list[str] = []
+        shown = ""  # "".join(pieces)
+        mark = ""  # the continuation mark of a first token, left out of every prefix
+        prefixes = self.tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))])
+        for i, text in enumerate(prefixes):
+            if i == 0 and self.continuation and text.startswith(self.continuation):
+                mark = self.continuation
+            text = text[len(mark) :] if text.startswith(mark) else text
+            if not text.startswith(shown):
+                # The decoder rewrote the tail (a byte sequence completing one character, a
+                # clean-up of spaces): take back what no longer matches from the last pieces.
+                keep = len(os.path.commonprefix([shown, text]))
+                cut = len(shown) - keep
+                for j in range(len(pieces) - 1, -1, -1):
+                    if cut == 0:
+                        break
+                    n = min(cut, len(pieces[j]))
+                    pieces[j] = pieces[j][: len(pieces[j]) - n]
+                    cut -= n
+                shown = text[:keep]
+            pieces.append(text[len(shown) :])
+            shown = text
+        return pieces
 
 
 def latent_records(
@@ -130,7 +168,7 @@ def latent_records(
             if r < 0:
                 continue
             ids, at = context_window(top, r, left, right)
-            contexts.append({"tokens": [text(t) for t in ids], "at": at, "value": round(v, 4)})
+            contexts.append({"tokens": text.pieces(ids), "at": at, "value": round(v, 4)})
         rec: dict[str, Any] = {
             "id": i,
             "density": float(density[i]),

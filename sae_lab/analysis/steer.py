@@ -1,47 +1,27 @@
-"""Steer a model with one SAE latent, and show the generation next to the unsteered one.
+"""Steer a model with several SAE latent edits at once, and show the generation next to the
+unsteered one.
 
-    add:    h <- h + scale * W_dec[i]                   at every position, at the SAE's hook
-    clamp:  h <- h + (scale - z_i(h)) * W_dec[i]        the latent's activation set to `scale`,
-                                                        everything else (and the SAE's error) kept
-
-"Add" is activation steering along the decoder direction (Templeton et al. 2024 clamp features
-to multiples of their maximum; Turner et al. 2023 add steering vectors); "clamp" edits only
-latent i's contribution to the reconstruction.
+The edits (`sae_lab.analysis.edits`): scale a latent's activation (`123:x30`), add a multiple of
+its decoder direction (`456:+4`), clamp it (`789:=0`), or the same on every latent (`all:x0.5`);
+at every position or only on the prompt; optionally splicing the SAE's reconstruction into the
+model (`--splice`, dropping or keeping the error term). "Add" is activation steering along the
+decoder direction (Turner et al. 2023 add steering vectors); "clamp" and "scale" edit only the
+latent's contribution to the reconstruction (Templeton et al. 2024 clamp features to multiples of
+their maximum).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+import json
+import textwrap
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sae_lab.analysis.contexts import check_latent
+from sae_lab.analysis.edits import LatentEdit, Steering, check_edits, edit_arg
 from sae_lab.analysis.splice import edit_activation
-from sae_lab.sae.base import SAE
-
-Mode = Literal["add", "clamp"]
-
-
-def steering_edit(sae: SAE, latent: int, scale: float, mode: Mode = "add"
-                  ) -> Callable[[Tensor], Tensor]:
-    """act [B, T, d] -> steered act."""
-    check_latent(latent, sae.d_sae)
-    direction = sae.W_dec[latent].detach()  # [d_in]
-    if mode == "add":
-        return lambda act: act + scale * direction.to(act)
-    if mode == "clamp":
-        sae.eval()
-
-        def clamp(act: Tensor) -> Tensor:
-            flat = act.reshape(-1, act.shape[-1]).to(sae.W_enc.dtype)  # SAEs take [N, d_in]
-            z = sae.encode(flat)[:, latent].view(*act.shape[:-1], 1)  # [B, T, 1]
-            return act + ((scale - z) * direction).to(act)
-
-        return clamp
-    raise ValueError(f"unknown steering mode {mode!r}; choose add or clamp")
 
 
 class Steered(NamedTuple):
@@ -54,21 +34,21 @@ class Steered(NamedTuple):
 def steer(
     model: nn.Module,
     tokenizer: Any,
-    sae: SAE,
-    latent: int,
-    scale: float,
+    steering: Steering,
     prompt: str,
     layer: int,
     hook: str,
-    mode: Mode = "add",
     max_new_tokens: int = 40,
     temperature: float = 0.0,
     seed: int = 0,
 ) -> Steered:
-    """Generate from `prompt` without and with the steering edit (same seed, same settings)."""
-    edit = steering_edit(sae, latent, scale, mode)
+    """Generate from `prompt` without and with the edits (same seed, same settings).
+
+    A `steering` made with `prompt_len=0` is set to the prompt's length here (prompt-only)."""
     device = next(model.parameters()).device
     enc = tokenizer(prompt, return_tensors="pt").to(device)
+    if steering.prompt_len == 0:
+        steering.prompt_len = enc["input_ids"].shape[1]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -84,16 +64,29 @@ def steer(
         return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     plain = generate()
-    with edit_activation(model, layer, hook, edit, d_in=sae.d_in):
+    steering.reset()
+    with edit_activation(model, layer, hook, steering, d_in=steering.sae.d_in):
         steered = generate()
     return Steered(prompt, plain, steered)
 
 
-def format_side_by_side(result: Steered, latent: int, scale: float, mode: Mode) -> str:
-    label = f"steered (latent {latent}, {mode} {scale:g})"
-    return (f"prompt: {result.prompt}\n\n"
-            f"unsteered:\n{result.prompt}{result.unsteered}\n\n"
-            f"{label}:\n{result.prompt}{result.steered}\n")
+def format_side_by_side(result: Steered, steering: Steering, width: int = 100) -> str:
+    """Two columns, unsteered | steered, each the prompt and its continuation wrapped."""
+    col = max(20, (width - 3) // 2)
+
+    def lines(text: str) -> list[str]:
+        out = []
+        for para in text.split("\n"):
+            out.extend(textwrap.wrap(para, col, replace_whitespace=False) or [""])
+        return out
+
+    left, right = lines(result.prompt + result.unsteered), lines(result.prompt + result.steered)
+    rows = [f"{'unsteered':<{col}} | steered ({steering})", f"{'-' * col}-+-{'-' * col}"]
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        rows.append(f"{a:<{col}} | {b}".rstrip())
+    return f"prompt: {result.prompt}\n\n" + "\n".join(rows) + "\n"
 
 
 # --- command line: `sae-lab steer` -------------------------------------------------------------
@@ -102,21 +95,31 @@ def format_side_by_side(result: Steered, latent: int, scale: float, mode: Mode) 
 def add_steer_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "steer",
-        help="generate with one latent's decoder direction added (or the latent clamped)",
-        description="Generate from --prompt twice, without and with steering at the SAE's hook, "
-        "and print both. add: h + scale * W_dec[latent] at every position; clamp: the latent's "
-        "activation set to scale. Greedy unless --temperature > 0 (then same seed for both).",
+        help="generate with several SAE latent edits (scale, add, clamp), side by side",
+        description="Generate from --prompt twice, without and with the edits at the SAE's hook, "
+        "and print both side by side. Edits, in the order given: LATENT:xN scales the latent's "
+        "activation, LATENT:+N adds N * W_dec[LATENT], LATENT:=N clamps the activation to N; "
+        "LATENT 'all' edits every latent (--edit all:x0.5 --edit 123:+4 halves them all, then "
+        "adds one). --splice runs the model on the SAE's reconstruction. Greedy unless "
+        "--temperature > 0 (then the same seed for both).",
     )
     p.add_argument("--sae", required=True, help="SAE directory")
-    p.add_argument("--latent", type=int, required=True, help="latent index")
-    p.add_argument("--scale", type=float, required=True, help="added multiple of W_dec[latent], "
-                   "or the clamped activation")
+    p.add_argument("--edit", dest="edits", action="append", required=True, type=edit_arg,
+                   metavar="LATENT:OP", help="e.g. 123:x30, 456:+4, 789:=0, all:x0.5; repeat "
+                   "for several")
     p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--prompt-only", action="store_true",
+                   help="edit only the prompt's positions, not the generated ones")
+    p.add_argument("--splice", nargs="?", const="drop-error", choices=["drop-error",
+                   "keep-error"], help="run the model on the SAE's reconstruction of the edited "
+                   "latents; drop-error (the default when given) leaves out the SAE's error, "
+                   "keep-error adds it back")
     p.add_argument("--model", help="causal LM (default: the SAE's model)")
-    p.add_argument("--mode", choices=["add", "clamp"], default="add")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=100, help="width of the side-by-side table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     from sae_lab.analysis.lm import add_hook_args
 
     add_hook_args(p)
@@ -135,12 +138,24 @@ def cmd_steer(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     sae = load_sae_dir(args.sae, device)
-    check_latent(args.latent, sae.d_sae)
+    edits: list[LatentEdit] = args.edits
+    check_edits(edits, sae.d_sae)
     layer, hook = hook_point(sae, args.layer, args.hook)
     name = model_name(sae, args.model)
-    model, tokenizer = load_lm(name, device)
-    if not is_causal(model.config):
+    from transformers import AutoConfig
+
+    from sae_lab.models import resolve_model
+
+    # Checked on the config, before minutes of loading weights.
+    if not is_causal(AutoConfig.from_pretrained(resolve_model(name))):
         raise ValueError(f"model {name} is not a causal LM; steering needs one to generate")
-    result = steer(model, tokenizer, sae, args.latent, args.scale, args.prompt, layer, hook,
-                   args.mode, args.max_new_tokens, args.temperature, args.seed)
-    print(format_side_by_side(result, args.latent, args.scale, args.mode))
+    model, tokenizer = load_lm(name, device)
+    steering = Steering(sae, edits, args.splice, 0 if args.prompt_only else None)
+    result = steer(model, tokenizer, steering, args.prompt, layer, hook, args.max_new_tokens,
+                   args.temperature, args.seed)
+    if args.json:
+        print(json.dumps({**result._asdict(), "edits": [str(e) for e in edits],
+                          "prompt_only": args.prompt_only, "splice": args.splice},
+                         ensure_ascii=False, indent=1))
+    else:
+        print(format_side_by_side(result, steering, args.width))
