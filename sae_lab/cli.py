@@ -134,7 +134,7 @@ COMMANDS = [
      "sae_lab.analysis.steer:add_steer_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
-    ("schema", "write JSON Schemas of the train and sweep YAML files, for editors",
+    ("schema", "write JSON Schemas of the train and sweep YAML files",
      "sae_lab.schema:add_schema_parser"),
 ]
 

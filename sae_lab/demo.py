@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +24,7 @@ from typing import Annotated
 from pydantic import Field
 
 from sae_lab.config import ConfigError, config, require
+from sae_lab.files import atomic_write_json
 
 DEMO_LAYER = 3
 """MiniLM has 6 layers; the middle of the stack holds the most varied features."""
@@ -96,9 +96,7 @@ def check_inputs(cfg: DemoConfig, out: Path, record: bool = False) -> None:
             raise ConfigError(f"{out} holds a demo with other settings ({'; '.join(diff)}); "
                               "use another --out, or delete it to start over")
     elif record:
-        tmp = path.with_name(".demo.json.tmp")
-        tmp.write_text(json.dumps(mine, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, mine)
 
 
 def harvest_stage(cfg: DemoConfig, out: Path, model: str, corpus: Path) -> Path:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sae_lab.files import atomic_write_text
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED: \2 -->)",
                     re.S)
@@ -184,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     new = render(text)
     if new != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(new, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, new)
         print(f"{path}: updated")
     else:
         print(f"{path}: already up to date")

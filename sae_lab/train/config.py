@@ -27,6 +27,7 @@ from sae_lab.config import (
 from sae_lab.config import (
     reference as _reference,
 )
+from sae_lab.files import atomic_write_text
 from sae_lab.sae import AnySAEConfig, sae_config
 from sae_lab.sae.registry import reference_rows
 
@@ -160,10 +161,7 @@ class TrainConfig:
         return to_dict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "") -> TrainConfig:
