@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"sae-lab train: {e}; continue with: {shlex.join(again)}", file=sys.stderr)
         sys.exit(130)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
-    print(f"final metrics on {result.held_out}")
+    print(f"final metrics on {result.held_out}; dead_frac: share of latents that "
+          f"{result.sae.dead_meaning}")
     print(f"saved: {result.out_dir / 'final'}")
 
 

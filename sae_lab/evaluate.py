@@ -442,6 +442,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                args.text_column, args.split)
         metrics.update(downstream_loss(model, seqs, layer, hook, sae_reconstruct(sae), sae.d_in))
     print(format_table(metrics))
+    if "dead_frac" in metrics:
+        print("dead_frac: share of latents that fired on no token of the evaluated rows "
+              f"(in training, a {sae.cfg.architecture} latent is dead once it "
+              f"{sae.dead_meaning})")
     out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
     sources = {"sae_dir": str(args.sae_dir), "shards": args.shards,
                "last_shards": args.last_shards, "dataset": args.dataset}

@@ -35,6 +35,8 @@ class GatedConfig(PenaltyConfig):
 @register
 class GatedSAE(SAE):
     config_cls = GatedConfig
+    dead_meaning = ("had an open gate and a positive magnitude on none of the last "
+                    "sae.dead_tokens training tokens")
     saelens_architecture = "gated"
     has_b_enc = False
 

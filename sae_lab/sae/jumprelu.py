@@ -80,6 +80,7 @@ class _Step(torch.autograd.Function):
 @register
 class JumpReLUSAE(SAE):
     config_cls = JumpReLUConfig
+    dead_meaning = "exceeded its threshold on none of the last sae.dead_tokens training tokens"
     saelens_architecture = "jumprelu"
 
     def __init__(self, *args, **kwargs) -> None:

@@ -28,6 +28,7 @@ class ReLUConfig(PenaltyConfig):
 @register
 class ReLUSAE(SAE):
     config_cls = ReLUConfig
+    dead_meaning = "had ReLU(pre) > 0 on none of the last sae.dead_tokens training tokens"
     unit_norm_decoder = False
 
     def encode(self, x: Tensor) -> Tensor:
