@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import SHAKESPEARE, make_sae
+from tiny import make_sae
 
 from sae_lab.models import MINILM, canonical_name, packaged_dir, resolve_model
 
@@ -22,11 +22,11 @@ def test_short_names_resolve_to_the_package_and_record_the_hub_id():
     assert canonical_name("gpt2") == "gpt2" and resolve_model("gpt2") == "gpt2"
 
 
-def test_harvest_and_export_record_no_machine_path(tmp_path):
+def test_harvest_and_export_record_no_machine_path(tmp_path, corpus):
     from sae_lab.data.harvest import HarvestConfig, harvest
     from sae_lab.export import export_saelens
 
-    cfg = HarvestConfig(model="minilm", dataset=str(SHAKESPEARE), out=str(tmp_path / "acts"),
+    cfg = HarvestConfig(model="minilm", dataset=str(corpus), out=str(tmp_path / "acts"),
                         layers=(1,), ctx_len=16, batch_size=8, max_tokens=1024,
                         dtype="float32", device="cpu", shard_rows=1024, block_rows=1024,
                         progress=False)
