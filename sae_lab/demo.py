@@ -186,8 +186,7 @@ def report(out: Path, corpus: Path, shards: Path, best: Path, elapsed: str) -> d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli import DefaultsFormatter
-    from sae_lab.cli_args import add_config_arguments
+    from sae_lab.cli_args import DefaultsFormatter, add_config_arguments
 
     p = sub.add_parser(
         "demo",

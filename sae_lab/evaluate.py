@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from sae_lab.analysis.lm import check_shards  # noqa: F401  (re-exported)
 from sae_lab.analysis.splice import edit_activation
 from sae_lab.files import atomic_file, atomic_write_json
 from sae_lab.sae.base import SAE
@@ -191,20 +192,6 @@ def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
             return
 
 
-def check_shards(sae: SAE, manifest: dict[str, Any], source: str) -> list[str]:
-    """Error when the shards' width is not the SAE's; warnings when they come from elsewhere."""
-    if manifest.get("d_in") != sae.d_in:
-        raise ValueError(f"shards {source} have d_in={manifest.get('d_in')}; the SAE has "
-                         f"d_in={sae.d_in}")
-    warnings = []
-    for key in ("model", "layer", "hook"):
-        ours, theirs = sae.metadata.get(key), manifest.get(key)
-        if ours is not None and theirs is not None and ours != theirs:
-            warnings.append(f"the SAE was trained on {key}={ours!r}, shards {source} have "
-                            f"{key}={theirs!r}")
-    return warnings
-
-
 # --- downstream loss -------------------------------------------------------------------------
 
 
@@ -326,7 +313,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli import DefaultsFormatter, int_at_least
+    from sae_lab.cli_args import DefaultsFormatter, int_at_least
 
     p = sub.add_parser(
         "eval",

@@ -3,6 +3,7 @@
     resolve_device("auto")                  cuda when there is one, else cpu
     load_sae_dir(path)                      the SAE, with a one-line error for a wrong directory
     hook_point(sae, layer, hook)            (layer, hook) from arguments or the SAE's metadata
+    check_shards(sae, manifest, source)     shards of the SAE's width; warnings if from elsewhere
     load_model(name), load_lm(name)         the model (with its LM head when it has one), tokenizer
     promoted_tokens(W_dec, W_U, k)          per latent, the k output tokens it raises most
 """
@@ -50,6 +51,20 @@ def hook_point(sae: SAE, layer: int | None = None, hook: str | None = None) -> t
     if layer is None:
         raise ValueError("the SAE's metadata names no layer; pass --layer")
     return int(layer), hook
+
+
+def check_shards(sae: SAE, manifest: dict[str, Any], source: str) -> list[str]:
+    """Error when the shards' width is not the SAE's; warnings when they come from elsewhere."""
+    if manifest.get("d_in") != sae.d_in:
+        raise ValueError(f"shards {source} have d_in={manifest.get('d_in')}; the SAE has "
+                         f"d_in={sae.d_in}")
+    warnings = []
+    for key in ("model", "layer", "hook"):
+        ours, theirs = sae.metadata.get(key), manifest.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            warnings.append(f"the SAE was trained on {key}={ours!r}, shards {source} have "
+                            f"{key}={theirs!r}")
+    return warnings
 
 
 def model_name(sae: SAE, model: str | None) -> str:

@@ -302,7 +302,7 @@ def _say(cfg: HarvestConfig, msg: str) -> None:
 
 def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
-    from sae_lab.cli import DefaultsFormatter
+    from sae_lab.cli_args import DefaultsFormatter
 
     p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
                               description=__doc__.split("\n\n")[0],

@@ -29,6 +29,8 @@ from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
 
+EXPERIMENT = "tune"
+"""Tune's experiment directory under the sweep's output directory."""
 NA = "n/a"
 VAL_METRICS = ("fvu", "mse", "l0", "l1", "dead_frac")
 """What every trial reports from validation (logged as val/<name> by the LightningModule)."""
@@ -190,8 +192,6 @@ def load_result(out: str | Path, sweep: SweepConfig) -> SweepResult:
     """The SweepResult of the sweep in `out`, from Tune's saved experiment state (no Ray needed;
     results.csv is not read). Raises FileNotFoundError when `out` holds no sweep."""
     from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
-
-    from sae_lab.sweep.run import EXPERIMENT
 
     exp = Path(out).resolve() / EXPERIMENT
     if not Tuner.can_restore(exp):
