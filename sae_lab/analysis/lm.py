@@ -1,10 +1,9 @@
 """Load the language model an SAE belongs to, and read tokens and logits off it.
 
-    resolve_device("auto")                  cuda when there is one, else cpu
     load_sae_dir(path)                      the SAE, with a one-line error for a wrong directory
     hook_point(sae, layer, hook)            (layer, hook) from arguments or the SAE's metadata
     check_shards(sae, manifest, source)     shards of the SAE's width; warnings if from elsewhere
-    load_model(name), load_lm(name)         the model (with its LM head when it has one), tokenizer
+    load_model, load_lm, resolve_device     re-exported from sae_lab.models
     promoted_tokens(W_dec, W_U, k)          per latent, the k output tokens it raises most
 """
 
@@ -19,19 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from sae_lab.data.layers import unembedding
-from sae_lab.models import resolve_model
+
+# The device and model loaders live in sae_lab.models; imported from here they still work.
+from sae_lab.models import (  # noqa: F401
+    is_causal,
+    load_lm,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from sae_lab.sae.base import CONFIG_FILE, SAE, load
-
-_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-
-
-def resolve_device(name: str = "auto") -> str:
-    """"auto" -> cuda when available, else cpu."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def load_sae_dir(path: str | os.PathLike, device: str = "cpu") -> SAE:
@@ -72,35 +68,6 @@ def model_name(sae: SAE, model: str | None) -> str:
     if not name:
         raise ValueError("the SAE's metadata names no model; pass --model")
     return name
-
-
-def is_causal(config: Any) -> bool:
-    """A model whose checkpoint has a next-token head (GPT2LMHeadModel, LlamaForCausalLM, ...)."""
-    archs = getattr(config, "architectures", None) or []
-    return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
-
-
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision)
-
-
-def load_model(name: str, device: str = "cpu", revision: str | None = None,
-               dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A Hub id or local directory, in eval mode; with its LM head when the checkpoint has one
-    (AutoModelForCausalLM), else the bare model (AutoModel). Never runs remote code."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    name = resolve_model(name)
-    config = AutoConfig.from_pretrained(name, revision=revision)
-    cls = AutoModelForCausalLM if is_causal(config) else AutoModel
-    return cls.from_pretrained(name, revision=revision, dtype=dtype).to(device).eval()
-
-
-def load_lm(name: str, device: str = "cpu", revision: str | None = None) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) of a Hub id or local directory."""
-    return load_model(name, device, revision), load_tokenizer(name, revision)
 
 
 def unembedding_for(model: nn.Module, d_in: int, name: str) -> Tensor:

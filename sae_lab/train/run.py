@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from sae_lab.data.arrays import ArrayDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
+from sae_lab.models import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.train.config import TrainConfig
@@ -96,11 +97,8 @@ def _metadata(dm: pl.LightningDataModule) -> dict[str, Any]:
 
 
 def _accelerator(cfg: TrainConfig) -> str:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available on this machine")
-    if cfg.device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if cfg.device == "cuda" else "cpu"
+    """Lightning's name for the device cfg.device resolves to."""
+    return "gpu" if resolve_device(cfg.device).startswith("cuda") else "cpu"
 
 
 def build_module(cfg: TrainConfig, dm: pl.LightningDataModule) -> SAEModule:
@@ -196,6 +194,7 @@ def train(
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
     quiet_lightning()
+    accelerator = _accelerator(cfg)  # a device this machine lacks fails before anything is written
     out_dir = Path(cfg.out_dir)
     dm = make_datamodule(cfg)
     if ckpt_path is not None:
@@ -206,7 +205,6 @@ def train(
     module = build_module(cfg, dm)
     if ckpt_path is None:
         module.initialise(first_batch(dm))
-    accelerator = _accelerator(cfg)
     precision = cfg.precision if accelerator == "gpu" else "32-true"
     checkpoints = [
         ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
