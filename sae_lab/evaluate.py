@@ -38,7 +38,7 @@ from sae_lab.analysis.lm import check_shards  # noqa: F401  (re-exported)
 from sae_lab.analysis.splice import edit_activation
 from sae_lab.files import atomic_file, atomic_write_json
 from sae_lab.sae.base import SAE
-from sae_lab.train.metrics import ReconStats
+from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
 
 EVAL_JSON = "eval.json"
 DENSITY_FILE = "feature_density.safetensors"
@@ -75,13 +75,13 @@ class EvalStats:
     def compute(self) -> dict[str, float]:
         m = self.recon.compute()
         dead = float((self.fires == 0).double().mean())
-        m.update(
-            l2_ratio=self.sum_ratio / self.n,
-            rel_bias=self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
-            dead_frac=dead,
-            alive_frac=1.0 - dead,
-            tokens=float(self.n),
-        )
+        m.update({
+            "l2_ratio": self.sum_ratio / self.n,
+            "rel_bias": self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
+            DEAD_FRAC: dead,
+            "alive_frac": 1.0 - dead,
+            "tokens": float(self.n),
+        })
         return m
 
 
@@ -96,14 +96,7 @@ class EvalResult(NamedTuple):
 def evaluate_sae(sae: SAE, batches: Iterable[Tensor], device: str | torch.device = "cpu"
                  ) -> EvalResult:
     """Stream [B, d_in] activation batches through `sae` (in eval mode) and sum the metrics."""
-    sae = sae.to(device).eval()
-    stats = EvalStats(sae.d_sae)
-    for x in batches:
-        if x.shape[-1] != sae.d_in:
-            raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
-        x = x.to(device=device, dtype=sae.W_enc.dtype)
-        z = sae.encode(x)  # [B, d_sae]
-        stats.update(x, sae.decode(z), z)
+    stats = stream_stats(sae.to(device), batches, EvalStats(sae.d_sae))
     if stats.n == 0:
         raise ValueError("no activations to evaluate (empty shards?)")
     return EvalResult(stats.compute(), stats.density)

@@ -23,7 +23,7 @@ from sae_lab.models import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import ReconStats
+from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.train.module import SAEModule, finite_rows
 
 # Lightning's advice on dataloader workers and logging intervals is noise for streaming batches.
@@ -247,7 +247,7 @@ def train(
     sae = module.export_sae()
     # Final metrics: the whole held-out set, not the val_batches of periodic validation.
     metrics, held_out = evaluate_held_out(sae, dm, cfg.nan_policy)
-    metrics["dead_frac"] = sae.dead_mask.float().mean().item()
+    metrics[DEAD_FRAC] = sae.dead_mask.float().mean().item()
     metrics["tokens"] = float(trainer.global_step * cfg.batch_size)
     metrics["skipped_batches"] = float(module.skipped_batches)
     sae.save(out_dir / "final")
@@ -375,15 +375,7 @@ class StepBar(TQDMProgressBar):
 @torch.no_grad()
 def evaluate_rows(sae: SAE, batches, max_batches: int = 0) -> dict[str, float]:
     """fvu, mse, cos, l0, l1 of an SAE (on raw activations) over an iterable of [B, d_in] rows."""
-    stats = ReconStats()
-    sae = sae.eval()
-    device = next(sae.parameters()).device
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        x = batch.to(device, sae.W_enc.dtype)
-        z = sae.encode(x)
-        stats.update(x, sae.decode(z), z)
+    stats = stream_stats(sae, batches, ReconStats(), max_batches)
     return {**stats.compute(), "val_tokens": float(stats.n)}
 
 
