@@ -178,6 +178,39 @@ def check_checkpoint(path: Path, d_in: int) -> None:
                           f"but the data has d_in={d_in}; resume with the same data")
 
 
+def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
+             logger: bool, progress_lines: bool | None) -> pl.Trainer:
+    """The Lightning Trainer of one run: checkpoints, progress output, logger, then `callbacks`."""
+    precision = cfg.precision if accelerator == "gpu" else "32-true"
+    checkpoints = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
+                        save_last=True, filename="best-{step}")
+    ] if cfg.save_checkpoints else []
+    if progress_lines is None:
+        progress_lines = not sys.stdout.isatty()
+    extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
+    if cfg.progress_bar:
+        extras.append(StepBar())
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=cfg.max_steps,
+        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches or 1.0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.grad_clip or None,
+        logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
+        callbacks=[*checkpoints, *extras, *callbacks],
+        enable_checkpointing=cfg.save_checkpoints,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.log_every_steps,
+        default_root_dir=out_dir,
+    )
+
+
 def train(
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | tuple = (),
@@ -205,35 +238,8 @@ def train(
     module = build_module(cfg, dm)
     if ckpt_path is None:
         module.initialise(first_batch(dm))
-    precision = cfg.precision if accelerator == "gpu" else "32-true"
-    checkpoints = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
-                        save_last=True, filename="best-{step}")
-    ] if cfg.save_checkpoints else []
-    if progress_lines is None:
-        progress_lines = not sys.stdout.isatty()
-    extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
-    if cfg.progress_bar:
-        extras.append(StepBar())
     stop = StopOnInterrupt()
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_steps=cfg.max_steps,
-        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches or 1.0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.grad_clip or None,
-        logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
-        callbacks=[*checkpoints, *extras, stop, *callbacks],
-        enable_checkpointing=cfg.save_checkpoints,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=cfg.log_every_steps,
-        default_root_dir=out_dir,
-    )
+    trainer = _trainer(cfg, out_dir, accelerator, [stop, *callbacks], logger, progress_lines)
     with stop:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if stop.requested or trainer.interrupted:
