@@ -34,9 +34,19 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sae_lab.analysis.lm import check_shards  # noqa: F401  (re-exported)
+from sae_lab.analysis.lm import (
+    add_hook_args,
+    check_shards,  # noqa: F401  (re-exported)
+    hook_point,
+    load_sae_dir,
+    model_name,
+)
 from sae_lab.analysis.splice import edit_activation
+from sae_lab.cli_args import DefaultsFormatter, int_at_least
+from sae_lab.data.shards import iter_blocks, read_manifest
+from sae_lab.data.text import WindowBatch, iter_texts, window_batches
 from sae_lab.files import atomic_file, atomic_write_json
+from sae_lab.models import is_causal, load_lm, resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
 
@@ -155,8 +165,6 @@ def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
     Rows holding NaN or Inf are an error naming the shard, unless `skipped` is given: then they
     are left out and counted in skipped["rows"].
     """
-    from sae_lab.data.shards import iter_blocks
-
     if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(f"batch_size={batch_size} and max_tokens={max_tokens} must be >= 1")
     seen = 0
@@ -265,8 +273,6 @@ def sae_reconstruct(sae: SAE) -> Callable[[Tensor], Tensor]:
 def dataset_batches(dataset: str, tokenizer: Any, ctx_len: int, n_seqs: int, batch_size: int,
                     text_column: str = "text", split: str = "train") -> list[Any]:
     """Up to n_seqs windows of `dataset`, cut and wrapped exactly as the harvest cuts them."""
-    from sae_lab.data.text import iter_texts, window_batches
-
     texts = iter_texts(dataset, split=split, text_column=text_column)
     out, n = [], 0
     for batch in window_batches(texts, tokenizer, ctx_len, batch_size):
@@ -283,8 +289,6 @@ def dataset_batches(dataset: str, tokenizer: Any, ctx_len: int, n_seqs: int, bat
 
 
 def _head(batch: Any, n: int) -> Any:
-    from sae_lab.data.text import WindowBatch
-
     return WindowBatch(batch.input_ids[:n], batch.keep[:n], batch.doc[:n], batch.pos[:n])
 
 
@@ -306,8 +310,6 @@ def _ratio(num: float, den: float) -> float:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
-
     p = sub.add_parser(
         "eval",
         help="held-out metrics of an SAE, and its downstream loss",
@@ -339,22 +341,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="sequences scored for the loss")
     p.add_argument("--lm-batch-size", type=int_at_least(1), default=8,
                    help="sequences per model forward")
-    from sae_lab.analysis.lm import add_hook_args
-
     add_hook_args(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.lm import (
-        hook_point,
-        is_causal,
-        load_lm,
-        load_sae_dir,
-        model_name,
-        resolve_device,
-    )
-
     if not args.shards and not args.dataset:
         raise ValueError("nothing to evaluate: give --shards (reconstruction metrics) and/or "
                          "--dataset (downstream loss)")
@@ -363,8 +354,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics: dict[str, Any] = {}
     density = None
     if args.shards:
-        from sae_lab.data.shards import read_manifest
-
         manifest = read_manifest(args.shards)
         for w in check_shards(sae, manifest, args.shards):
             print(f"warning: {w}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from sae_lab.cli_args import add_config_arguments, config_from_args
+from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import PathStr, config, require
 from sae_lab.models import canonical_name, load_model, load_tokenizer, resolve_device
 
@@ -265,8 +265,6 @@ def _say(cfg: HarvestConfig, msg: str) -> None:
 
 def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
-    from sae_lab.cli_args import DefaultsFormatter
-
     p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=DefaultsFormatter)

@@ -29,6 +29,7 @@ from ray.tune import Callback
 
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
+from sae_lab.sweep.progress import TrialProgress
 from sae_lab.sweep.report import (
     EXPERIMENT,
     FINISHED,
@@ -255,8 +256,6 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
     Tune runs quietly (verbose=1 and 2 are Tune's own status tables). A sweep stopped part-way
     (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues."""
     from ray.tune import Tuner
-
-    from sae_lab.sweep.progress import TrialProgress
 
     out = Path(out).resolve()
     recorded = out / "sweep.yaml"

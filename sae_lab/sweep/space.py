@@ -334,8 +334,6 @@ def sweep_from_dict(d: Any) -> SweepConfig:
 
 def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
-    from sae_lab.sae.registry import ARCHITECTURES
-
     for arch in sweep.architectures:
         if arch not in ARCHITECTURES:
             raise ConfigError(f"architectures: unknown architecture {arch!r}; "

@@ -18,10 +18,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from sae_lab.data.arrays import ArrayDataModule
+from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.models import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
+from sae_lab.synthetic import make_features, sample
 from sae_lab.train.config import TrainConfig
 from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.train.module import SAEModule, finite_rows
@@ -72,8 +74,6 @@ RESUMABLE_CHANGES = ("max_tokens", "val_every_steps", "val_batches", "log_every_
 def make_datamodule(cfg: TrainConfig) -> pl.LightningDataModule:
     data = cfg.data
     if data.synthetic is not None:
-        from sae_lab.synthetic import make_features, sample
-
         syn = data.synthetic
         truth = make_features(syn)
         n_val = max(cfg.batch_size, int(syn.n_tokens * data.val_fraction))
@@ -82,8 +82,6 @@ def make_datamodule(cfg: TrainConfig) -> pl.LightningDataModule:
         return ArrayDataModule(train, val, cfg.batch_size, cfg.seed, {"source": "synthetic"})
     if data.npy is not None:
         return ArrayDataModule.from_npy(data.npy, data.val_fraction, cfg.batch_size, cfg.seed)
-    from sae_lab.data.datamodule import ShardDataModule
-
     return ShardDataModule(data, cfg.batch_size, cfg.seed)
 
 
