@@ -3,9 +3,9 @@
 # The architectures, in the order ARCHITECTURES lists them: importing a module registers it.
 from sae_lab.sae import relu  # noqa: F401, I001
 from sae_lab.sae import topk  # noqa: F401
-from sae_lab.sae import batchtopk  # noqa: F401
 from sae_lab.sae import gated  # noqa: F401
 from sae_lab.sae import jumprelu  # noqa: F401
+from sae_lab.sae import batchtopk  # noqa: F401
 from sae_lab.sae.base import SAE, TrainOutput, load
 from sae_lab.sae.batchtopk import BatchTopKConfig
 from sae_lab.sae.config import ConfigError, SAEConfig
