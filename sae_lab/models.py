@@ -96,7 +96,7 @@ def load_tokenizer(name: str, revision: str | None = None,
     """The tokenizer of a Hub id, local directory or short name; one-line error otherwise."""
     from transformers import AutoTokenizer
 
-    _check_path("tokenizer", name)
+    check_path("tokenizer", name)
     try:
         return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision,
                                              trust_remote_code=trust_remote_code)
@@ -113,7 +113,7 @@ def load_model(name: str, device: str | torch.device = "cpu", revision: str | No
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    _check_path("model", name)
+    check_path("model", name)
     path = resolve_model(name)
     kw = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
@@ -132,8 +132,9 @@ def load_lm(name: str, device: str | torch.device = "cpu", revision: str | None 
     return load_model(name, device, revision), load_tokenizer(name, revision)
 
 
-def _check_path(what: str, name: str) -> None:
-    """Hub ids are `org/name`; a local path starts with / . ~ or has more than one slash."""
+def check_path(what: str, name: str) -> None:
+    """A local path that does not exist is a one-line error naming the flag `--what`. (Hub ids are
+    `org/name`; a local path starts with / . ~ or has more than one slash.)"""
     local = name.startswith(("/", ".", "~")) or name.count("/") > 1
     if local and not Path(name).exists():
         raise FileNotFoundError(f"--{what} {name}: no such directory")

@@ -64,3 +64,12 @@ def test_load_model_errors_name_the_culprit(tmp_path):
         load_model(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="cannot load tokenizer .*empty"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_harvest_names_a_missing_model_directory(tmp_path, capsys, corpus):
+    with pytest.raises(SystemExit) as e:
+        main(["harvest", "--model", "./no/such/model", "--dataset", str(corpus), "--out",
+              str(tmp_path / "acts"), "--device", "cpu", "--no-progress"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "sae-lab harvest: error: --model ./no/such/model: no such directory"

@@ -21,7 +21,13 @@ from pydantic import Field
 
 from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import PathStr, config, require
-from sae_lab.models import canonical_name, load_model, load_tokenizer, resolve_device
+from sae_lab.models import (
+    canonical_name,
+    check_path,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +111,7 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
     if model is None:
         # The tokenizer first: a wrong tokenizer fails before minutes of model loading.
+        check_path("model", cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.revision,
                                    cfg.trust_remote_code)
         # No LM head: the hooks sit in the body, and `capture` stops before the head.
