@@ -16,7 +16,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sae_lab.version import __version__
 
 # Imported on first use (PEP 562), so `import sae_lab` and `sae-lab --help` load no torch.
 _SAE_NAMES = ("ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "sae_config",

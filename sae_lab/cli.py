@@ -12,36 +12,12 @@ import os
 import sys
 from collections.abc import Callable
 
+from sae_lab.cli_args import DefaultsFormatter, int_at_least  # noqa: F401  (re-exported)
+from sae_lab.version import __version__
+
 # Errors a user can fix from the message alone: printed as one line, exit code 2. (ConfigError
 # and ShardError are ValueErrors; naming ValueError keeps this import-free for a fast --help.)
 USER_ERRORS = (OSError, ValueError, KeyError, FloatingPointError)
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type=` for integers >= minimum: bad values become a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default, unless it is None/False or the text names it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if ("%(default)" in text or "default" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)):
-            return text
-        return text + " (default: %(default)s)"
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -155,8 +131,6 @@ def _command_in(argv: list[str]) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `sae-lab` parser; with `argv`, only the command it names is fully registered."""
-    from sae_lab import __version__
-
     parser = argparse.ArgumentParser(
         prog="sae-lab",
         description="Harvest language-model activations, train and sweep sparse autoencoders, "

@@ -10,10 +10,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Union, get_args, get_origin
 
 from sae_lab.config import field_docs, parse
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type=` for integers >= minimum: bad values become a one-line usage error."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    check.__name__ = f"int >= {minimum}"
+    return check
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is None/False or the text names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def add_config_arguments(
@@ -87,4 +114,4 @@ def _optional(cls: type, name: str) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
-__all__ = ["add_config_arguments", "config_from_args"]
+__all__ = ["DefaultsFormatter", "add_config_arguments", "config_from_args", "int_at_least"]

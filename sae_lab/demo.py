@@ -23,6 +23,8 @@ from typing import Annotated
 
 from pydantic import Field
 
+from sae_lab import assets
+from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import ConfigError, config, require
 from sae_lab.files import atomic_write_json
 
@@ -123,7 +125,7 @@ def harvest_stage(cfg: DemoConfig, out: Path, model: str, corpus: Path) -> Path:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Run (or continue) the demo; returns the outputs by name."""
-    from sae_lab import assets, pipeline
+    from sae_lab import pipeline
     from sae_lab.sweep.space import load_sweep
 
     out = Path(cfg.out).resolve()
@@ -184,9 +186,6 @@ def report(out: Path, corpus: Path, shards: Path, best: Path, elapsed: str) -> d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli import DefaultsFormatter
-    from sae_lab.cli_args import add_config_arguments
-
     p = sub.add_parser(
         "demo",
         help="the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
@@ -202,6 +201,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from sae_lab.cli_args import config_from_args
-
     run_demo(config_from_args(DemoConfig, args))

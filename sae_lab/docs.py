@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_lab.files import atomic_write_text
+from sae_lab.cli import build_parser
+from sae_lab.config import reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED: \2 -->)",
@@ -80,8 +82,6 @@ def _help(action: argparse.Action, prog: str) -> str:
 
 def cli_reference() -> str:
     """One table per `sae-lab` command, in the order `sae-lab --help` lists them."""
-    from sae_lab.cli import build_parser
-
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help for a in sub._choices_actions}

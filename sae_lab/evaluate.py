@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_lab.cli_args import DefaultsFormatter, int_at_least
 from sae_lab.files import atomic_file, atomic_write_json
+from sae_lab.models import is_causal, load_lm, resolve_device
 
 if TYPE_CHECKING:  # torch is imported inside the functions: `sae-lab eval --help` stays fast
     import torch
@@ -74,15 +76,17 @@ class EvalStats:
         return self.fires.double() / max(self.n, 1)
 
     def compute(self) -> dict[str, float]:
+        from sae_lab.train.metrics import DEAD_FRAC
+
         m = self.recon.compute()
         dead = float((self.fires == 0).double().mean())
-        m.update(
-            l2_ratio=self.sum_ratio / self.n,
-            rel_bias=self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
-            dead_frac=dead,
-            alive_frac=1.0 - dead,
-            tokens=float(self.n),
-        )
+        m.update({
+            "l2_ratio": self.sum_ratio / self.n,
+            "rel_bias": self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
+            DEAD_FRAC: dead,
+            "alive_frac": 1.0 - dead,
+            "tokens": float(self.n),
+        })
         return m
 
 
@@ -96,17 +100,9 @@ class EvalResult(NamedTuple):
 def evaluate_sae(sae: SAE, batches: Iterable[Tensor], device: str | torch.device = "cpu"
                  ) -> EvalResult:
     """Stream [B, d_in] activation batches through `sae` (in eval mode) and sum the metrics."""
-    import torch
+    from sae_lab.train.metrics import stream_stats
 
-    sae = sae.to(device).eval()
-    stats = EvalStats(sae.d_sae)
-    for x in batches:
-        if x.shape[-1] != sae.d_in:
-            raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
-        x = x.to(device=device, dtype=sae.W_enc.dtype)
-        with torch.no_grad():
-            z = sae.encode(x)  # [B, d_sae]
-            stats.update(x, sae.decode(z), z)
+    stats = stream_stats(sae.to(device), batches, EvalStats(sae.d_sae))
     if stats.n == 0:
         raise ValueError("no activations to evaluate (empty shards?)")
     return EvalResult(stats.compute(), stats.density)
@@ -197,20 +193,6 @@ def shard_activations(source: str | os.PathLike, batch_size: int = 4096,
         seen += acts.shape[0]
         if max_tokens is not None and seen >= max_tokens:
             return
-
-
-def check_shards(sae: SAE, manifest: dict[str, Any], source: str) -> list[str]:
-    """Error when the shards' width is not the SAE's; warnings when they come from elsewhere."""
-    if manifest.get("d_in") != sae.d_in:
-        raise ValueError(f"shards {source} have d_in={manifest.get('d_in')}; the SAE has "
-                         f"d_in={sae.d_in}")
-    warnings = []
-    for key in ("model", "layer", "hook"):
-        ours, theirs = sae.metadata.get(key), manifest.get(key)
-        if ours is not None and theirs is not None and ours != theirs:
-            warnings.append(f"the SAE was trained on {key}={ours!r}, shards {source} have "
-                            f"{key}={theirs!r}")
-    return warnings
 
 
 # --- downstream loss -------------------------------------------------------------------------
@@ -309,7 +291,6 @@ def dataset_batches(dataset: str, tokenizer: Any, ctx_len: int, n_seqs: int, bat
                     text_column: str = "text", split: str = "train") -> list[Any]:
     """Up to n_seqs windows of `dataset`, cut and wrapped exactly as the harvest cuts them."""
     from sae_lab.data.text import iter_texts, window_batches
-
     texts = iter_texts(dataset, split=split, text_column=text_column)
     out, n = [], 0
     for batch in window_batches(texts, tokenizer, ctx_len, batch_size):
@@ -327,7 +308,6 @@ def dataset_batches(dataset: str, tokenizer: Any, ctx_len: int, n_seqs: int, bat
 
 def _head(batch: Any, n: int) -> Any:
     from sae_lab.data.text import WindowBatch
-
     return WindowBatch(batch.input_ids[:n], batch.keep[:n], batch.doc[:n], batch.pos[:n])
 
 
@@ -351,8 +331,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli import DefaultsFormatter, int_at_least
-
+    from sae_lab.analysis.lm import add_hook_args
     p = sub.add_parser(
         "eval",
         help="held-out metrics of an SAE, and its downstream loss",
@@ -384,22 +363,13 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="sequences scored for the loss")
     p.add_argument("--lm-batch-size", type=int_at_least(1), default=8,
                    help="sequences per model forward")
-    from sae_lab.analysis.lm import add_hook_args
-
     add_hook_args(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.lm import (
-        hook_point,
-        is_causal,
-        load_lm,
-        load_sae_dir,
-        model_name,
-        resolve_device,
-    )
-
+    from sae_lab.analysis.lm import check_shards, hook_point, load_sae_dir, model_name
+    from sae_lab.data.shards import read_manifest
     if not args.shards and not args.dataset:
         raise ValueError("nothing to evaluate: give --shards (reconstruction metrics) and/or "
                          "--dataset (downstream loss)")
@@ -408,8 +378,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics: dict[str, Any] = {}
     density = None
     if args.shards:
-        from sae_lab.data.shards import read_manifest
-
         manifest = read_manifest(args.shards)
         for w in check_shards(sae, manifest, args.shards):
             print(f"warning: {w}", file=sys.stderr)

@@ -37,7 +37,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from sae_lab.analysis.lm import load_sae_dir
 from sae_lab.data.layers import hook_name
+from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
 from sae_lab.files import atomic_dir, check_output_dir
 from sae_lab.models import canonical_name
 from sae_lab.sae.base import SAE
@@ -155,9 +157,6 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from safetensors.torch import load_file
-
-    from sae_lab.analysis.lm import load_sae_dir
-    from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
 
     check_output_dir(args.out, "export", EXPORT_FILES)  # before measuring any density
     sae = load_sae_dir(args.sae_dir)

@@ -1,16 +1,29 @@
-"""Short names for models whose weights ship inside a Python package (no download, no Hub).
+"""The language models sae_lab reads: which device, which model, loaded one way everywhere.
 
+    resolve_device("auto")        -> "cuda" when there is one, else "cpu" (one-line error for a
+                                     CUDA device on a machine without CUDA)
+    load_model(name, device, ...) -> the model in eval mode (its LM head when the checkpoint has
+                                     one, unless lm_head=False); never runs remote code unless
+                                     trust_remote_code=True
+    load_tokenizer(name, ...)     -> its tokenizer
     resolve_model("minilm")       -> the package's model directory, for from_pretrained
     canonical_name("minilm")      -> "sentence-transformers/all-MiniLM-L6-v2", for manifests and
                                      exports (also when given the package's directory itself), so
                                      no absolute machine path is recorded
-Any other name is returned unchanged.
+Short names are for models whose weights ship inside a Python package (no download, no Hub); any
+other name is a Hub id or a local directory. torch and transformers are imported inside the
+functions, so the commands' --help stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # hub id -> (module, folder in it, pip package)
@@ -55,3 +68,78 @@ def resolve_model(name: str) -> str:
     """What to pass to from_pretrained: a packaged model's directory, else `name` unchanged."""
     hub = ALIASES.get(name.lower())
     return str(packaged_dir(hub)) if hub else name
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """"auto" -> "cuda" when available, else "cpu"; other names (cpu, cuda, cuda:1, mps) as given,
+    but a CUDA device on a machine without CUDA is a one-line ValueError."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    return name
+
+
+def is_causal(config: Any) -> bool:
+    """A model whose checkpoint has a next-token head (GPT2LMHeadModel, LlamaForCausalLM, ...)."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
+
+
+def load_tokenizer(name: str, revision: str | None = None,
+                   trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a Hub id, local directory or short name; one-line error otherwise."""
+    from transformers import AutoTokenizer
+
+    check_path("tokenizer", name)
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision,
+                                             trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from e
+
+
+def load_model(name: str, device: str | torch.device = "cpu", revision: str | None = None,
+               dtype: str | torch.dtype = "float32", lm_head: bool = True,
+               trust_remote_code: bool = False) -> nn.Module:
+    """A Hub id, local directory or short name, in eval mode on `device`. With `lm_head`, the
+    causal-LM class when the checkpoint has a next-token head (AutoModelForCausalLM), else the
+    bare model (AutoModel); harvesting passes lm_head=False, as its hooks sit in the body."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    check_path("model", name)
+    path = resolve_model(name)
+    kw = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        causal = lm_head and is_causal(AutoConfig.from_pretrained(path, **kw))
+        cls = AutoModelForCausalLM if causal else AutoModel
+        model = cls.from_pretrained(
+            path, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype, **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load model {name!r}: {_first_line(e)}") from e
+    return model.eval().to(device)
+
+
+def load_lm(name: str, device: str | torch.device = "cpu", revision: str | None = None
+            ) -> tuple[nn.Module, Any]:
+    """(model with its LM head, tokenizer) of a Hub id, local directory or short name."""
+    return load_model(name, device, revision), load_tokenizer(name, revision)
+
+
+def check_path(what: str, name: str) -> None:
+    """A local path that does not exist is a one-line error naming the flag `--what`. (Hub ids are
+    `org/name`; a local path starts with / . ~ or has more than one slash.)"""
+    local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if local and not Path(name).exists():
+        raise FileNotFoundError(f"--{what} {name}: no such directory")
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -17,6 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sae_lab.analysis.browser import feature_browser
+from sae_lab.analysis.lm import load_sae_dir
+from sae_lab.data.shards import read_manifest
+from sae_lab.evaluate import evaluate_sae, save_report, shard_activations
+from sae_lab.export import export_saelens
+from sae_lab.models import is_causal
 from sae_lab.sweep.report import SweepResult
 
 
@@ -102,11 +108,6 @@ def evaluate_and_export(saes: dict[str, Path], shards: str | Path, out: str | Pa
     """For each name -> SAE directory: held-out metrics on the last `last_shards` shards
     (OUT/eval/<name>/eval.json, density histogram) and a SAELens export carrying that density
     (OUT/exports/<name>/). Returns name -> metrics."""
-    from sae_lab.analysis.lm import load_sae_dir
-    from sae_lab.data.shards import read_manifest
-    from sae_lab.evaluate import evaluate_sae, save_report, shard_activations
-    from sae_lab.export import export_saelens
-
     out, shards = Path(out), str(shards)
     names = [s["name"] for s in read_manifest(shards)["shards"]][-last_shards:]
     results = {}
@@ -134,9 +135,6 @@ def browse(sae_dir: str | Path, shards: str | Path, out: str | Path, model: str,
     """The feature browser of one SAE (`sae-lab inspect`); an encoder model (no unembedding)
     gets no promoted-token view. Returns OUT/index.html."""
     from transformers import AutoConfig
-
-    from sae_lab.analysis.browser import feature_browser
-    from sae_lab.analysis.lm import is_causal
 
     causal = is_causal(AutoConfig.from_pretrained(model))
     return feature_browser(sae_dir, shards, out, max_latents=max_latents,

@@ -9,12 +9,44 @@ clipped at 0. `recovery` scores how well a trained decoder found the true direct
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from sae_lab.train.config import SyntheticConfig
+from sae_lab.config import config, require
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+@config
+class SyntheticConfig:
+    """Activations built from known sparse features (see sae_lab.synthetic)."""
+
+    d: PosInt = 64
+    """Activation width."""
+    n_features: PosInt = 512
+    """Number of true unit-norm feature directions."""
+    active: Annotated[float, Field(gt=0)] = 5.0
+    """Mean number of features active per token."""
+    freq_exponent: float = 0.0
+    """Feature frequencies follow rank^-freq_exponent (0: all equally frequent)."""
+    magnitude_mean: float = 1.0
+    """Mean magnitude of an active feature."""
+    magnitude_std: NonNegFloat = 0.25
+    """Standard deviation of an active feature's magnitude (clipped at 0)."""
+    noise_std: NonNegFloat = 0.0
+    """Gaussian noise added to every coordinate."""
+    n_tokens: PosInt = 200_000
+    """Training tokens to generate."""
+    seed: int = 0
+    """Seed of the features and the samples."""
+
+    def __post_init__(self) -> None:
+        require(self.active <= self.n_features, "active", self.active,
+                f"<= n_features={self.n_features}")
 
 
 class SyntheticData(NamedTuple):

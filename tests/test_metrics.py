@@ -45,3 +45,47 @@ def test_dead_fraction_by_hand():
     sae.update_dead(torch.tensor([False, True, False, False]), 4)  # latents 2, 3: 10 tokens silent
     assert sae.dead_mask.tolist() == [False, False, True, True]
     assert sae.dead_mask.float().mean().item() == 0.5
+
+
+def test_one_evaluation_loop_for_training_and_eval():
+    # train.run.evaluate_rows and evaluate.evaluate_sae both run train.metrics.stream_stats.
+    from tiny import make_sae
+
+    from sae_lab.evaluate import evaluate_sae
+    from sae_lab.train.metrics import RECON_METRICS
+    from sae_lab.train.run import evaluate_rows
+
+    sae = make_sae(d_in=16, d_sae=32, arch="relu")
+    torch.manual_seed(1)
+    batches = [torch.randn(n, 16) for n in (7, 5, 9)]
+    rows = evaluate_rows(sae, batches)
+    full = evaluate_sae(sae, batches).metrics
+    whole = ReconStats()
+    x = torch.cat(batches)
+    z = sae.encode(x)
+    whole.update(x, sae.decode(z), z)
+    assert tuple(whole.compute()) == RECON_METRICS
+    for name in RECON_METRICS:
+        assert rows[name] == pytest.approx(full[name]) == pytest.approx(whole.compute()[name])
+    assert rows["val_tokens"] == full["tokens"] == 21
+    assert evaluate_rows(sae, batches, max_batches=1)["val_tokens"] == 7
+
+
+def test_wrong_width_is_one_line_in_both_evaluations():
+    # Before: evaluate_rows failed inside the matmul (a RuntimeError naming no culprit).
+    from tiny import make_sae
+
+    from sae_lab.train.run import evaluate_rows
+
+    with pytest.raises(ValueError, match="activations have width 8; the SAE has d_in=16"):
+        evaluate_rows(make_sae(d_in=16, d_sae=32, arch="relu"), [torch.randn(4, 8)])
+
+
+def test_metric_names_are_defined_once():
+    from sae_lab.sweep import report, space
+    from sae_lab.train import metrics
+
+    assert space.METRICS == metrics.SWEEP_METRICS == (metrics.OBJECTIVE, *metrics.VAL_METRICS)
+    assert space.SweepConfig.__pydantic_fields__["metric"].annotation.__args__ == space.METRICS
+    assert report.METRIC_COLUMNS[:len(metrics.VAL_METRICS)] == metrics.VAL_METRICS
+    assert set(metrics.VAL_METRICS) - {metrics.DEAD_FRAC} <= set(metrics.RECON_METRICS)

@@ -198,7 +198,7 @@ def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli import DefaultsFormatter, int_at_least
+    from sae_lab.cli_args import DefaultsFormatter, int_at_least
 
     p = sub.add_parser(
         "inspect",
@@ -254,6 +254,7 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
     """`sae-lab inspect` as a function (the flags are its arguments); returns OUT/index.html."""
     from sae_lab.analysis.contexts import TokenText, latent_records, parse_latents, top_activations
     from sae_lab.analysis.lm import (
+        check_shards,
         load_model,
         load_sae_dir,
         load_tokenizer,
@@ -262,7 +263,6 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
         unembedding_for,
     )
     from sae_lab.data.shards import iter_blocks, read_manifest
-    from sae_lab.evaluate import check_shards
 
     check_output_dir(out, "inspect", BROWSER_FILES)  # before minutes of work, not after
     device = resolve_device(device)

@@ -1,9 +1,9 @@
 """Load the language model an SAE belongs to, and read tokens and logits off it.
 
-    resolve_device("auto")                  cuda when there is one, else cpu
     load_sae_dir(path)                      the SAE, with a one-line error for a wrong directory
     hook_point(sae, layer, hook)            (layer, hook) from arguments or the SAE's metadata
-    load_model(name), load_lm(name)         the model (with its LM head when it has one), tokenizer
+    check_shards(sae, manifest, source)     shards of the SAE's width; warnings if from elsewhere
+    load_model, load_lm, resolve_device     re-exported from sae_lab.models
     promoted_tokens(W_dec, W_U, k)          per latent, the k output tokens it raises most
 """
 
@@ -14,26 +14,20 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sae_lab.models import resolve_model
+import torch
+from torch import Tensor, nn
 
-if TYPE_CHECKING:  # torch is imported inside the functions: command --help stays fast
-    import torch
-    from torch import Tensor, nn
+from sae_lab.data.layers import unembedding
 
-    from sae_lab.sae.base import SAE
-
-_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-
-
-def resolve_device(name: str = "auto") -> str:
-    """"auto" -> cuda when available, else cpu."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return name
+# The device and model loaders live in sae_lab.models; imported from here they still work.
+from sae_lab.models import (  # noqa: F401
+    is_causal,
+    load_lm,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
+from sae_lab.sae.base import CONFIG_FILE, SAE, load
 
 
 def load_sae_dir(path: str | os.PathLike, device: str = "cpu") -> SAE:
@@ -57,43 +51,25 @@ def hook_point(sae: SAE, layer: int | None = None, hook: str | None = None) -> t
     return int(layer), hook
 
 
+def check_shards(sae: SAE, manifest: dict[str, Any], source: str) -> list[str]:
+    """Error when the shards' width is not the SAE's; warnings when they come from elsewhere."""
+    if manifest.get("d_in") != sae.d_in:
+        raise ValueError(f"shards {source} have d_in={manifest.get('d_in')}; the SAE has "
+                         f"d_in={sae.d_in}")
+    warnings = []
+    for key in ("model", "layer", "hook"):
+        ours, theirs = sae.metadata.get(key), manifest.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            warnings.append(f"the SAE was trained on {key}={ours!r}, shards {source} have "
+                            f"{key}={theirs!r}")
+    return warnings
+
+
 def model_name(sae: SAE, model: str | None) -> str:
     name = model or sae.metadata.get("model")
     if not name:
         raise ValueError("the SAE's metadata names no model; pass --model")
     return name
-
-
-def is_causal(config: Any) -> bool:
-    """A model whose checkpoint has a next-token head (GPT2LMHeadModel, LlamaForCausalLM, ...)."""
-    archs = getattr(config, "architectures", None) or []
-    return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
-
-
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision)
-
-
-def load_model(name: str, device: str = "cpu", revision: str | None = None,
-               dtype: torch.dtype | None = None) -> nn.Module:
-    """A Hub id or local directory, in eval mode; with its LM head when the checkpoint has one
-    (AutoModelForCausalLM), else the bare model (AutoModel). Never runs remote code."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    dtype = dtype or torch.float32
-
-    name = resolve_model(name)
-    config = AutoConfig.from_pretrained(name, revision=revision)
-    cls = AutoModelForCausalLM if is_causal(config) else AutoModel
-    return cls.from_pretrained(name, revision=revision, dtype=dtype).to(device).eval()
-
-
-def load_lm(name: str, device: str = "cpu", revision: str | None = None) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) of a Hub id or local directory."""
-    return load_model(name, device, revision), load_tokenizer(name, revision)
 
 
 def unembedding_for(model: nn.Module, d_in: int, name: str) -> Tensor:

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from sae_lab.data.config import DataConfig
 from sae_lab.data.position import StreamPosition, worker_resume
 from sae_lab.data.shards import ShardError, join, read_manifest, read_shard, shard_source
-from sae_lab.train.config import DataConfig
 
 
 class RowStream(IterableDataset):

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from sae_lab.cli_args import add_config_arguments, config_from_args
+from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import PathStr, config, require
-from sae_lab.models import canonical_name, resolve_model
+from sae_lab.models import (
+    canonical_name,
+    check_path,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -92,48 +98,6 @@ class HarvestConfig:
                 self.shard_rows, f"0 or >= block_rows={self.block_rows}")
 
 
-def resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_model(cfg: HarvestConfig, device: torch.device) -> tuple[Any, Any]:
-    """(model in eval mode on device, tokenizer) through transformers' Auto classes."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from sae_lab.data.shards import DTYPES
-
-    kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    for what, path in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
-        if path and _looks_like_path(path) and not Path(path).exists():
-            raise FileNotFoundError(f"--{what} {path}: no such directory")
-    name = cfg.tokenizer or cfg.model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), **kw)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from e
-    try:
-        # AutoModel (no LM head): the hooks sit in the body; `capture` stops before the head.
-        model = AutoModel.from_pretrained(resolve_model(cfg.model), dtype=DTYPES[cfg.model_dtype],
-                                          **kw)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load model {cfg.model!r}: {_first_line(e)}") from e
-    return model.eval().to(device), tokenizer
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `org/name`; a local path starts with / . ~ or has more than one slash."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dict[int, Path]:
     """Harvest (or resume) every layer of `cfg`; returns {layer: shard directory}.
 
@@ -146,7 +110,13 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     device = resolve_device(cfg.device)
     texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
     if model is None:
-        model, tokenizer = load_model(cfg, device)
+        # The tokenizer first: a wrong tokenizer fails before minutes of model loading.
+        check_path("model", cfg.model)
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.revision,
+                                   cfg.trust_remote_code)
+        # No LM head: the hooks sit in the body, and `capture` stops before the head.
+        model = load_model(cfg.model, device, cfg.revision, cfg.model_dtype, lm_head=False,
+                           trust_remote_code=cfg.trust_remote_code)
     for layer in cfg.layers:
         L.hook_module(model, layer, cfg.hook)  # out-of-range layers fail here, listing the range
     _check_ctx_len(model, cfg.ctx_len)
@@ -302,8 +272,6 @@ def _say(cfg: HarvestConfig, msg: str) -> None:
 
 def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
-    from sae_lab.cli import DefaultsFormatter
-
     p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=DefaultsFormatter)

@@ -62,6 +62,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from sae_lab.files import atomic_write_json
+from sae_lab.version import __version__
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_lab-shards/1"
@@ -409,8 +410,6 @@ class ShardSetWriter:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dtype, self.shard_rows, self.block_rows = dtype, shard_rows, block_rows
-        from sae_lab import __version__
-
         self.manifest: dict[str, Any] = {
             "format": FORMAT, "sae_lab_version": __version__, **header, "dtype": dtype,
             "shard_rows": shard_rows,

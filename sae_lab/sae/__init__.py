@@ -10,7 +10,8 @@ from sae_lab.sae.registry import (
     sae_config,
 )
 
-# The architectures: importing a module registers it. A new architecture is one line here.
+# The architectures, in the order ARCHITECTURES lists them: importing a module registers it.
+# A new architecture is one line here.
 # isort: off
 from sae_lab.sae.relu import ReLUConfig
 from sae_lab.sae.topk import TopKConfig

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
 from sae_lab.sae.config import ConfigError, SAEConfig
+from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
+from sae_lab.version import __version__
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -200,8 +202,6 @@ class SAE(nn.Module):
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json."""
-    from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
-
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
@@ -234,6 +234,4 @@ def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-8) -> Tensor:
 
 
 def _version() -> str:
-    from sae_lab import __version__
-
     return __version__

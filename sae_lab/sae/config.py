@@ -67,13 +67,6 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
-        """Build the config `d` names (its `architecture`, default topk)."""
-        from sae_lab.sae.registry import parse_sae_config
-
-        return parse_sae_config(d)
-
 
 @config
 class PenaltyConfig(SAEConfig):

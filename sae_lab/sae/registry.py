@@ -1,5 +1,7 @@
 """name -> architecture. Each architecture's module registers its class (`@register`); a new
-architecture is one file plus one import line in sae_lab/sae/__init__.py.
+architecture is one file plus one import line in sae/__init__.py (which imports them all, so the
+table is full before anything else in sae_lab.sae is used). This module sits below the
+architectures and base.py: it never imports them.
 
 `AnySAEConfig` is the union of the registered configs, picked by `architecture` (default topk):
 
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, Field
 
-from sae_lab.config import ConfigError, parse, register_tags
+from sae_lab.config import ConfigError, field_docs, parse, register_tags
 from sae_lab.sae.config import COMMON_FIELDS, LEGACY_DEFAULTS, SAEConfig
 
 if TYPE_CHECKING:
@@ -102,8 +104,6 @@ def parse_saved_sae_config(data: dict[str, Any]) -> SAEConfig:
 def reference_rows(prefix: str = "sae.") -> list[tuple[str, str, Any, str]]:
     """(dotted name, type, default, doc) of every SAE config field: the shared ones, then each
     architecture's own, the doc prefixed with the architectures that have the field."""
-    from sae_lab.config import field_docs
-
     rows: dict[str, list[Any]] = {}
     owners: dict[str, dict[str, Any]] = {}
     for name, cls in ARCHITECTURES.items():
@@ -131,3 +131,4 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+

@@ -10,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+from sae_lab.config import ConfigError
+
 DESCRIPTION = """\
 Run a Ray Tune sweep of SAE trainings described by SWEEP.yaml (see sweeps/demo.yaml), then write
 results.csv, pareto.png and best/ (loadable with sae_lab.load) under --out. The same file runs on
@@ -75,8 +77,6 @@ def main(args: argparse.Namespace) -> None:
 
 def default_out(name: str) -> str:
     """runs/sweeps/<name>; a name that is not a plain folder name ("../x", "a/b") is an error."""
-    from sae_lab.sae.config import ConfigError
-
     if not SAFE_NAME.fullmatch(name):
         raise ConfigError(f"name={name!r}: must be a plain folder name (letters, digits, ._-; "
                           "no / or ..), since the default --out is runs/sweeps/<name>")
@@ -85,8 +85,6 @@ def default_out(name: str) -> str:
 
 def _standalone(argv: list[str] | None = None) -> int:
     """`python -m sae_lab.sweep ...`, with the exit codes of `sae-lab sweep`."""
-    from sae_lab.sae.config import ConfigError
-
     parser = argparse.ArgumentParser(prog="python -m sae_lab.sweep")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])

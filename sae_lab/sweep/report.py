@@ -28,12 +28,11 @@ from typing import Any
 from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
+from sae_lab.train.metrics import OBJECTIVE, VAL_METRICS
 
+EXPERIMENT = "tune"
+"""Tune's experiment directory under the sweep's output directory."""
 NA = "n/a"
-VAL_METRICS = ("fvu", "mse", "l0", "l1", "dead_frac")
-"""What every trial reports from validation (logged as val/<name> by the LightningModule)."""
-OBJECTIVE = "objective"
-"""fvu + l0_weight * l0 / d_in (sae_lab.sweep.space.objective): the default ranking metric."""
 METRIC_COLUMNS = (*VAL_METRICS, OBJECTIVE, "tokens", "wall_time_s")
 """The metrics of a TrialRecord and their columns in results.csv."""
 STANDARD_PARAMS = ("lr", "sparsity_coef", "k", "expansion_factor")
@@ -190,8 +189,6 @@ def load_result(out: str | Path, sweep: SweepConfig) -> SweepResult:
     """The SweepResult of the sweep in `out`, from Tune's saved experiment state (no Ray needed;
     results.csv is not read). Raises FileNotFoundError when `out` holds no sweep."""
     from ray.tune import ExperimentAnalysis, ResultGrid, Tuner
-
-    from sae_lab.sweep.run import EXPERIMENT
 
     exp = Path(out).resolve() / EXPERIMENT
     if not Tuner.can_restore(exp):

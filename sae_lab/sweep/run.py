@@ -29,7 +29,15 @@ from ray.tune import Callback
 
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
-from sae_lab.sweep.report import FINISHED, VAL_METRICS, SweepResult, load_result
+from sae_lab.sweep.progress import TrialProgress
+from sae_lab.sweep.report import (
+    EXPERIMENT,
+    FINISHED,
+    VAL_METRICS,
+    SweepResult,
+    load_result,
+    write_report,
+)
 from sae_lab.sweep.scheduler import architecture_of, build_scheduler
 from sae_lab.sweep.space import (
     SweepConfig,
@@ -45,8 +53,6 @@ from sae_lab.sweep.space import (
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
 METRICS_FILE = "metrics.json"
-EXPERIMENT = "tune"
-"""Tune's experiment directory under the sweep's output directory."""
 
 
 class TuneReport(pl.Callback):
@@ -238,8 +244,6 @@ def run_sweep(
                 tune_config=_tune_config(sweep), run_config=_run_config(sweep, out, verbose),
             )
         grid = tuner.fit()
-        from sae_lab.sweep.report import write_report
-
         return write_report(grid, sweep, out)
     finally:
         if old_handler is not None:
@@ -255,8 +259,6 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
     Tune runs quietly (verbose=1 and 2 are Tune's own status tables). A sweep stopped part-way
     (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues."""
     from ray.tune import Tuner
-
-    from sae_lab.sweep.progress import TrialProgress
 
     out = Path(out).resolve()
     recorded = out / "sweep.yaml"

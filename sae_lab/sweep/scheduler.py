@@ -14,6 +14,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from sae_lab.sweep.space import corners, grace_tokens
+
 
 def architecture_of(config: dict[str, Any]) -> str:
     """The architecture of a Tune trial config (random/grid or optuna layout)."""
@@ -64,8 +66,6 @@ class ArchitectureASHA(FIFOScheduler):
 def build_scheduler(sweep: Any) -> TrialScheduler | None:
     """ArchitectureASHA with training tokens as its clock, or None (every trial runs out).
     Metric and mode come from TuneConfig (Tune refuses them twice)."""
-    from sae_lab.sweep.space import corners, grace_tokens
-
     if sweep.scheduler.type == "none":
         return None
     cfgs = [sweep.train_config(a, v) for a in sweep.architectures

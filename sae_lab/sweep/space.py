@@ -45,8 +45,9 @@ from sae_lab.config import (
 )
 from sae_lab.sae import ARCHITECTURES
 from sae_lab.train.config import TrainConfig
+from sae_lab.train.metrics import OBJECTIVE, SWEEP_METRICS
 
-METRICS = ("objective", "fvu", "mse", "l0", "l1", "dead_frac")
+METRICS = SWEEP_METRICS
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
 _SAE_FIELDS = frozenset().union(*(cls.searchable for cls in ARCHITECTURES.values()))
@@ -227,7 +228,7 @@ class SweepConfig:
     """Per architecture (and `all`): parameter -> constant or distribution."""
     num_samples: Annotated[int, Field(ge=1)] = 1
     """Samples per architecture (random search); grids are repeated this many times."""
-    metric: Literal["objective", "fvu", "mse", "l0", "l1", "dead_frac"] = "objective"
+    metric: Literal[SWEEP_METRICS] = OBJECTIVE
     """What ASHA and the search rank trials on, and `best/` picks by."""
     mode: Literal["min", "max"] = "min"
     """Whether lower (min) or higher (max) metric is better."""
@@ -333,8 +334,6 @@ def sweep_from_dict(d: Any) -> SweepConfig:
 
 def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
-    from sae_lab.sae.registry import ARCHITECTURES
-
     for arch in sweep.architectures:
         if arch not in ARCHITECTURES:
             raise ConfigError(f"architectures: unknown architecture {arch!r}; "

@@ -28,8 +28,13 @@ from sae_lab.config import (
     reference as _reference,
 )
 from sae_lab.files import atomic_write_text
+from sae_lab.data.config import DataConfig
 from sae_lab.sae import AnySAEConfig, sae_config
 from sae_lab.sae.registry import reference_rows
+from sae_lab.synthetic import SyntheticConfig
+
+# DataConfig and SyntheticConfig live with their data (data/config.py, synthetic.py); they are
+# re-exported here (see __all__) so imports from sae_lab.train.config keep working.
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
@@ -40,61 +45,6 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 def _int_as_str(v: Any) -> Any:
     """YAML reads `precision: 32` as a number; it means "32"."""
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-
-@config
-class SyntheticConfig:
-    """Activations built from known sparse features (see sae_lab.synthetic)."""
-
-    d: PosInt = 64
-    """Activation width."""
-    n_features: PosInt = 512
-    """Number of true unit-norm feature directions."""
-    active: Annotated[float, Field(gt=0)] = 5.0
-    """Mean number of features active per token."""
-    freq_exponent: float = 0.0
-    """Feature frequencies follow rank^-freq_exponent (0: all equally frequent)."""
-    magnitude_mean: float = 1.0
-    """Mean magnitude of an active feature."""
-    magnitude_std: NonNegFloat = 0.25
-    """Standard deviation of an active feature's magnitude (clipped at 0)."""
-    noise_std: NonNegFloat = 0.0
-    """Gaussian noise added to every coordinate."""
-    n_tokens: PosInt = 200_000
-    """Training tokens to generate."""
-    seed: int = 0
-    """Seed of the features and the samples."""
-
-    def __post_init__(self) -> None:
-        require(self.active <= self.n_features, "active", self.active,
-                f"<= n_features={self.n_features}")
-
-
-@config
-class DataConfig:
-    """Where activations come from: exactly one of synthetic, npy, shards."""
-
-    synthetic: SyntheticConfig | None = None
-    """Generate activations from known sparse features."""
-    npy: PathStr | None = None
-    """Path of a .npy array of shape [N, d_in]."""
-    shards: PathStr | None = None
-    """Shard directory (or URL) written by `sae-lab harvest`."""
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    """synthetic/npy: fraction of rows held out for validation."""
-    val_shards: PosInt = 1
-    """shards: number of shards held out for validation."""
-    shuffle_buffer: NonNegInt = 65_536
-    """shards: rows in the shuffle buffer."""
-    num_workers: NonNegInt = 0
-    """shards: DataLoader worker processes."""
-
-    def __post_init__(self) -> None:
-        chosen = [n for n in ("synthetic", "npy", "shards") if getattr(self, n) is not None]
-        if len(chosen) != 1:
-            raise ConfigError(
-                f"data: set exactly one of synthetic, npy, shards (got {chosen or 'none'})"
-            )
 
 
 @config

@@ -7,8 +7,31 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeVar
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from sae_lab.sae.base import SAE
+
+# The metric names, defined here once: the LightningModule logs them (val/<name>), sweeps report
+# and rank on them, `sae-lab eval` writes them.
+FVU, MSE, COS, L0, L1 = "fvu", "mse", "cos", "l0", "l1"
+DEAD_FRAC = "dead_frac"
+"""Fraction of latents that fired on none of the last sae.dead_tokens training tokens."""
+OBJECTIVE = "objective"
+"""A sweep's default score: fvu + l0_weight * l0 / d_in (sweep.space.objective)."""
+RECON_METRICS = (FVU, MSE, COS, L0, L1)
+"""What ReconStats.compute returns."""
+VAL_METRICS = (FVU, MSE, L0, L1, DEAD_FRAC)
+"""What every sweep trial reports from validation (logged as val/<name> by the LightningModule)."""
+SWEEP_METRICS = (OBJECTIVE, *VAL_METRICS)
+"""What a sweep may rank trials on."""
+
+Stats = TypeVar("Stats")
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -52,9 +75,27 @@ class ReconStats:
         d = self.sum_x.numel()
         total_var = self.sum_sq_x - self.sum_x.pow(2).sum().item() / self.n
         return {
-            "fvu": self.sq_err / total_var if total_var > 0 else float("nan"),
-            "mse": self.sq_err / (self.n * d),
-            "cos": self.cos / self.n,
-            "l0": self.l0 / self.n,
-            "l1": self.l1 / self.n,
+            FVU: self.sq_err / total_var if total_var > 0 else float("nan"),
+            MSE: self.sq_err / (self.n * d),
+            COS: self.cos / self.n,
+            L0: self.l0 / self.n,
+            L1: self.l1 / self.n,
         }
+
+
+@torch.no_grad()
+def stream_stats(sae: SAE, batches: Iterable[Tensor], stats: Stats, max_batches: int = 0
+                 ) -> Stats:
+    """The one evaluation loop: [B, d_in] batches through `sae` (in eval mode, on its device and
+    dtype) into `stats.update(x, x_hat, z)`; at most `max_batches` batches when > 0. Held-out
+    metrics after training (train.run.evaluate_rows) and `sae-lab eval` (evaluate.evaluate_sae)
+    both run it, each with its own sums (ReconStats, evaluate.EvalStats)."""
+    sae.eval()
+    device, dtype = sae.W_enc.device, sae.W_enc.dtype
+    for x in itertools.islice(batches, max_batches or None):
+        if x.shape[-1] != sae.d_in:
+            raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
+        x = x.to(device, dtype)
+        z = sae.encode(x)  # [B, d_sae]
+        stats.update(x, sae.decode(z), z)
+    return stats

@@ -15,7 +15,7 @@ from torch import Tensor
 from sae_lab.sae.base import SAE
 from sae_lab.schedules import lr_factor, warmup_factor
 from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import ReconStats
+from sae_lab.train.metrics import DEAD_FRAC, ReconStats
 
 
 class NonFiniteBatchError(FloatingPointError):
@@ -129,7 +129,7 @@ class SAEModule(pl.LightningModule):
         if self._val is None or self._val.n == 0:
             return
         metrics = {f"val/{k}": v for k, v in self._val.compute().items()}
-        metrics["val/dead_frac"] = self.sae.dead_mask.float().mean().item()
+        metrics[f"val/{DEAD_FRAC}"] = self.sae.dead_mask.float().mean().item()
         metrics["val/tokens"] = float(self._val.n)
         metrics["val/skipped_rows"] = float(self.skipped_val_rows)
         metrics["tokens"] = float(self.global_step * self.cfg.batch_size)

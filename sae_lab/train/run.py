@@ -18,11 +18,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from sae_lab.data.arrays import ArrayDataModule
+from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
+from sae_lab.models import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
+from sae_lab.synthetic import make_features, sample
 from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import ReconStats
+from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.train.module import SAEModule, finite_rows
 
 # Lightning's advice on dataloader workers and logging intervals is noise for streaming batches.
@@ -71,8 +74,6 @@ RESUMABLE_CHANGES = ("max_tokens", "val_every_steps", "val_batches", "log_every_
 def make_datamodule(cfg: TrainConfig) -> pl.LightningDataModule:
     data = cfg.data
     if data.synthetic is not None:
-        from sae_lab.synthetic import make_features, sample
-
         syn = data.synthetic
         truth = make_features(syn)
         n_val = max(cfg.batch_size, int(syn.n_tokens * data.val_fraction))
@@ -81,8 +82,6 @@ def make_datamodule(cfg: TrainConfig) -> pl.LightningDataModule:
         return ArrayDataModule(train, val, cfg.batch_size, cfg.seed, {"source": "synthetic"})
     if data.npy is not None:
         return ArrayDataModule.from_npy(data.npy, data.val_fraction, cfg.batch_size, cfg.seed)
-    from sae_lab.data.datamodule import ShardDataModule
-
     return ShardDataModule(data, cfg.batch_size, cfg.seed)
 
 
@@ -96,11 +95,8 @@ def _metadata(dm: pl.LightningDataModule) -> dict[str, Any]:
 
 
 def _accelerator(cfg: TrainConfig) -> str:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available on this machine")
-    if cfg.device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if cfg.device == "cuda" else "cpu"
+    """Lightning's name for the device cfg.device resolves to."""
+    return "gpu" if resolve_device(cfg.device).startswith("cuda") else "cpu"
 
 
 def build_module(cfg: TrainConfig, dm: pl.LightningDataModule) -> SAEModule:
@@ -180,6 +176,39 @@ def check_checkpoint(path: Path, d_in: int) -> None:
                           f"but the data has d_in={d_in}; resume with the same data")
 
 
+def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
+             logger: bool, progress_lines: bool | None) -> pl.Trainer:
+    """The Lightning Trainer of one run: checkpoints, progress output, logger, then `callbacks`."""
+    precision = cfg.precision if accelerator == "gpu" else "32-true"
+    checkpoints = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
+                        save_last=True, filename="best-{step}")
+    ] if cfg.save_checkpoints else []
+    if progress_lines is None:
+        progress_lines = not sys.stdout.isatty()
+    extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
+    if cfg.progress_bar:
+        extras.append(StepBar())
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=cfg.max_steps,
+        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches or 1.0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.grad_clip or None,
+        logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
+        callbacks=[*checkpoints, *extras, *callbacks],
+        enable_checkpointing=cfg.save_checkpoints,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.log_every_steps,
+        default_root_dir=out_dir,
+    )
+
+
 def train(
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | tuple = (),
@@ -196,6 +225,7 @@ def train(
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
     quiet_lightning()
+    accelerator = _accelerator(cfg)  # a device this machine lacks fails before anything is written
     out_dir = Path(cfg.out_dir)
     dm = make_datamodule(cfg)
     if ckpt_path is not None:
@@ -206,36 +236,8 @@ def train(
     module = build_module(cfg, dm)
     if ckpt_path is None:
         module.initialise(first_batch(dm))
-    accelerator = _accelerator(cfg)
-    precision = cfg.precision if accelerator == "gpu" else "32-true"
-    checkpoints = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
-                        save_last=True, filename="best-{step}")
-    ] if cfg.save_checkpoints else []
-    if progress_lines is None:
-        progress_lines = not sys.stdout.isatty()
-    extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
-    if cfg.progress_bar:
-        extras.append(StepBar())
     stop = StopOnInterrupt()
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_steps=cfg.max_steps,
-        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches or 1.0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.grad_clip or None,
-        logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
-        callbacks=[*checkpoints, *extras, stop, *callbacks],
-        enable_checkpointing=cfg.save_checkpoints,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=cfg.log_every_steps,
-        default_root_dir=out_dir,
-    )
+    trainer = _trainer(cfg, out_dir, accelerator, [stop, *callbacks], logger, progress_lines)
     with stop:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if stop.requested or trainer.interrupted:
@@ -249,7 +251,7 @@ def train(
     sae = module.export_sae()
     # Final metrics: the whole held-out set, not the val_batches of periodic validation.
     metrics, held_out = evaluate_held_out(sae, dm, cfg.nan_policy)
-    metrics["dead_frac"] = sae.dead_mask.float().mean().item()
+    metrics[DEAD_FRAC] = sae.dead_mask.float().mean().item()
     metrics["tokens"] = float(trainer.global_step * cfg.batch_size)
     metrics["skipped_batches"] = float(module.skipped_batches)
     sae.save(out_dir / "final")
@@ -377,15 +379,7 @@ class StepBar(TQDMProgressBar):
 @torch.no_grad()
 def evaluate_rows(sae: SAE, batches, max_batches: int = 0) -> dict[str, float]:
     """fvu, mse, cos, l0, l1 of an SAE (on raw activations) over an iterable of [B, d_in] rows."""
-    stats = ReconStats()
-    sae = sae.eval()
-    device = next(sae.parameters()).device
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        x = batch.to(device, sae.W_enc.dtype)
-        z = sae.encode(x)
-        stats.update(x, sae.decode(z), z)
+    stats = stream_stats(sae, batches, ReconStats(), max_batches)
     return {**stats.compute(), "val_tokens": float(stats.n)}
 
 

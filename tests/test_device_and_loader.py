@@ -1,0 +1,75 @@
+"""One device resolver and one model loader (sae_lab.models), used by harvest, train, eval,
+inspect and steer alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_lab.cli import main
+from sae_lab.models import load_model, load_tokenizer, resolve_device
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_resolve_device_known_answers(monkeypatch, no_cuda):
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"device 'cuda:1': CUDA is not available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+
+
+def test_train_on_a_missing_gpu_is_one_line_and_writes_nothing(tmp_path, capsys, no_cuda):
+    # Before: a RuntimeError traceback, after config.yaml was written into out_dir.
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--set", "device=cuda", "--set", f"out_dir={out}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sae-lab train: error: device 'cuda': CUDA is not available on this machine"
+    assert not out.exists()
+
+
+def test_harvest_on_a_missing_gpu_is_one_line(tmp_path, capsys, no_cuda, corpus, tiny_lm):
+    # Before: torch.device("cuda") was accepted and the model's .to("cuda") failed with an
+    # AssertionError traceback ("Torch not compiled with CUDA enabled").
+    out = tmp_path / "acts"
+    with pytest.raises(SystemExit) as e:
+        main(["harvest", "--model", str(tiny_lm), "--dataset", str(corpus), "--out", str(out),
+              "--device", "cuda", "--no-progress"])
+    assert e.value.code == 2
+    assert "device 'cuda': CUDA is not available" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_load_model_with_and_without_lm_head(tiny_lm):
+    lm = load_model(str(tiny_lm))
+    body = load_model(str(tiny_lm), dtype="bfloat16", lm_head=False)
+    assert type(lm).__name__ == "GPT2LMHeadModel" and type(body).__name__ == "GPT2Model"
+    assert not lm.training and next(body.parameters()).dtype == torch.bfloat16
+    torch.testing.assert_close(body.wte.weight.float(), lm.transformer.wte.weight,
+                               rtol=1e-2, atol=1e-2)
+    assert load_tokenizer(str(tiny_lm))("hello")["input_ids"]
+
+
+def test_load_model_errors_name_the_culprit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--model ./nowhere/at/all: no such directory"):
+        load_model("./nowhere/at/all")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="cannot load model .*empty"):
+        load_model(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="cannot load tokenizer .*empty"):
+        load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_harvest_names_a_missing_model_directory(tmp_path, capsys, corpus):
+    with pytest.raises(SystemExit) as e:
+        main(["harvest", "--model", "./no/such/model", "--dataset", str(corpus), "--out",
+              str(tmp_path / "acts"), "--device", "cpu", "--no-progress"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "sae-lab harvest: error: --model ./no/such/model: no such directory"
