@@ -183,7 +183,7 @@ def read_prompts(prompts: list[str] | None, file: str | None) -> list[str]:
 
 def add_features_parser(sub: argparse._SubParsersAction) -> None:
     from sae_lab.analysis.lm import add_hook_args
-    from sae_lab.cli import DefaultsFormatter, int_at_least
+    from sae_lab.cli_args import DefaultsFormatter, int_at_least
 
     p = sub.add_parser(
         "features",

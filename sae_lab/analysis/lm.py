@@ -14,11 +14,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from sae_lab.data.layers import unembedding
-
 # The device and model loaders live in sae_lab.models; imported from here they still work.
 from sae_lab.models import (  # noqa: F401
     is_causal,
@@ -27,7 +22,11 @@ from sae_lab.models import (  # noqa: F401
     load_tokenizer,
     resolve_device,
 )
-from sae_lab.sae.base import CONFIG_FILE, SAE, load
+
+if TYPE_CHECKING:  # torch is imported inside the functions: command --help stays fast
+    from torch import Tensor, nn
+
+    from sae_lab.sae.base import SAE
 
 
 def load_sae_dir(path: str | os.PathLike, device: str = "cpu") -> SAE:

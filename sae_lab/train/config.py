@@ -27,8 +27,8 @@ from sae_lab.config import (
 from sae_lab.config import (
     reference as _reference,
 )
-from sae_lab.files import atomic_write_text
 from sae_lab.data.config import DataConfig
+from sae_lab.files import atomic_write_text
 from sae_lab.sae import AnySAEConfig, sae_config
 from sae_lab.sae.registry import reference_rows
 from sae_lab.synthetic import SyntheticConfig
