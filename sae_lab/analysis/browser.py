@@ -253,15 +253,7 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
                     progress: bool = True) -> Path:
     """`sae-lab inspect` as a function (the flags are its arguments); returns OUT/index.html."""
     from sae_lab.analysis.contexts import TokenText, latent_records, parse_latents, top_activations
-    from sae_lab.analysis.lm import (
-        check_shards,
-        load_model,
-        load_sae_dir,
-        load_tokenizer,
-        promoted_tokens,
-        resolve_device,
-        unembedding_for,
-    )
+    from sae_lab.analysis.lm import check_shards, load_sae_dir, load_tokenizer, resolve_device
     from sae_lab.data.shards import iter_blocks, read_manifest
 
     check_output_dir(out, "inspect", BROWSER_FILES)  # before minutes of work, not after
@@ -283,17 +275,7 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
     promoted = None
     if top_logits != 0:
         say("loading the model for the promoted-token view (--top-logits 0 skips it)")
-        lm = load_model(name, device)
-        try:
-            W_U = unembedding_for(lm, sae.d_in, name)
-        except ValueError as e:
-            if top_logits is not None:
-                raise
-            print(f"note: {e}; skipping the promoted-token view", file=sys.stderr)
-            W_U = None
-        if W_U is not None:
-            promoted = promoted_tokens(sae.W_dec, W_U, top_logits or 10)
-        del lm
+        promoted = _promoted(sae, name, device, top_logits)
     total = manifest.get("tokens") or None
     if max_tokens and total:
         total = min(total, max_tokens)
@@ -308,6 +290,22 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
                f"{meta.get('hook', manifest.get('hook'))}; {found.n_rows} tokens from "
                f"{shards}; showing {len(ids)} latents")
     return write_browser(records, out, summary, title=f"sae_lab: {Path(sae_dir).name}")
+
+
+def _promoted(sae: Any, name: str, device: str, top_logits: int | None) -> Any:
+    """The output tokens each latent promotes most (W_dec @ W_U), or None when the model has no
+    unembedding and the user did not ask for the view explicitly."""
+    from sae_lab.analysis.lm import load_model, promoted_tokens, unembedding_for
+
+    lm = load_model(name, device)
+    try:
+        W_U = unembedding_for(lm, sae.d_in, name)
+    except ValueError as e:
+        if top_logits is not None:
+            raise
+        print(f"note: {e}; skipping the promoted-token view", file=sys.stderr)
+        return None
+    return promoted_tokens(sae.W_dec, W_U, top_logits or 10)
 
 
 def _counted(blocks: Iterator[dict[str, Any]], total: int | None, show: bool
