@@ -130,6 +130,8 @@ COMMANDS = [
      "sae_lab.analysis.browser:add_inspect_parser"),
     ("steer", "generate with one latent's decoder direction added (or the latent clamped)",
      "sae_lab.analysis.steer:add_steer_parser"),
+    ("explain", "explain latents with an LLM (title + explanation) and score them by detection",
+     "sae_lab.analysis.explain:add_explain_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
     ("schema", "write JSON Schemas of the train and sweep YAML files, for editors",

@@ -18,7 +18,7 @@ CORPUS_TOKENS = 70_000
 def write_corpus(path: Path, tokens: int = CORPUS_TOKENS) -> Path:
     """The test corpus: docstrings of this Python's standard library, one paragraph each (the
     demo's corpus, so a clone needs nothing beside it). Kept if `path` exists."""
-    from sae_lab.demo import write_corpus as write_docstrings
+    from sae_lab.assets import write_corpus as write_docstrings
 
     return write_docstrings(path, tokens)
 
