@@ -132,6 +132,8 @@ COMMANDS = [
      "sae_lab.analysis.steer:add_steer_parser"),
     ("explain", "explain latents with an LLM (title + explanation) and score them by detection",
      "sae_lab.analysis.explain:add_explain_parser"),
+    ("probe", "linear and prototype probes on SAE latents vs. raw activations, from labelled text",
+     "sae_lab.analysis.probe:add_probe_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
     ("schema", "write JSON Schemas of the train and sweep YAML files, for editors",
