@@ -134,6 +134,8 @@ COMMANDS = [
      "sae_lab.analysis.explain:add_explain_parser"),
     ("probe", "linear and prototype probes on SAE latents vs. raw activations, from labelled text",
      "sae_lab.analysis.probe:add_probe_parser"),
+    ("serve", "a local web page: type text, see the latents that fire on each token",
+     "sae_lab.analysis.serve:add_serve_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
     ("schema", "write JSON Schemas of the train and sweep YAML files, for editors",
