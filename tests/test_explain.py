@@ -232,3 +232,28 @@ def test_local_model_plumbing(tiny_lm, tmp_path):
     recs = run_explain(chat, tmp_path / "e.json", latents=(0, 1))
     assert set(recs) == {"0", "1"}
     assert all(r["status"] == "failed" and "malformed" in r["error"] for r in recs.values())
+
+
+def test_browser_shows_titles(tmp_path):
+    """`sae-lab inspect` output gains the titles of explained latents (list, panel, search)."""
+    from test_inspect import chromium_dom
+
+    from sae_lab.analysis.browser import write_browser
+    from sae_lab.analysis.contexts import latent_records
+    from sae_lab.analysis.explain import attach_titles
+    from sae_lab.files import atomic_write_json
+
+    sae = token_sae()
+    top = top_activations(sae, one_hot_blocks(), n=3)
+    records = latent_records(top, [0, 1, 2], TokenText(Words()), left=2, right=1)
+    atomic_write_json(tmp_path / "e.json", {
+        "1": {"title": "the word w1", "explanation": "fires on 'w1'.", "score": 1.0},
+        "2": {"title": "", "explanation": "", "score": None, "status": "failed"}})
+    assert attach_titles(records, tmp_path / "e.json") == 1
+    assert "title" not in records[0] and "title" not in records[2]
+    index = write_browser(records, tmp_path / "b", summary="titles")
+    dom, console = chromium_dom(index.as_uri() + "#q=word%20w1&latent=1")
+    assert console == "" and 'data-ready="1"' in dom
+    assert "#1  " in dom and "the word w1</button>" in dom  # the list item
+    assert "Latent 1: the word w1</h2>" in dom and "fires on 'w1'." in dom  # the panel
+    assert re.findall(r'<button [^>]*data-latent="(\d+)"', dom) == ["1"]  # search by title

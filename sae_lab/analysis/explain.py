@@ -366,6 +366,20 @@ def titles(path: str | os.PathLike) -> dict[int, str]:
             if isinstance(v, dict) and v.get("title")}
 
 
+def attach_titles(records: list[dict[str, Any]], path: str | os.PathLike) -> int:
+    """Add "title" and "explanation" to latent records (browser / features) from an
+    explanations file, when it exists; returns how many records got one."""
+    notes = read_explanations(path)
+    n = 0
+    for rec in records:
+        note = notes.get(str(rec["id"]))
+        if isinstance(note, dict) and note.get("title"):
+            rec["title"] = note["title"]
+            rec["explanation"] = note.get("explanation") or ""
+            n += 1
+    return n
+
+
 def explain(sae: SAE, top: TopActivations, active: torch.Tensor, inactive: torch.Tensor,
             latents: list[int], text: TokenText, chat: Chat, out: str | os.PathLike,
             n_top: int = 10, n_sampled: int = 5, n_held_random: int = 5, left: int = 12,
