@@ -1,9 +1,10 @@
 """`sae-lab explain` against a real local HTTP server speaking the OpenAI chat API.
 
 The server answers by rule: the explanation names the most common marked token; detection picks
-the excerpts containing that token. With one-token contexts whose latent fires exactly on one
-token, the detection score is known: 1.0. Some answers are made to fail on purpose: a 429, a
-request answered too late, a malformed answer (re-asked), an always-malformed latent.
+the excerpts containing that text (case-insensitive). With one-token contexts whose latent fires
+exactly on one token, the detection score is known: 1.0. Some answers are made to fail on
+purpose: a 429, a request answered too late, a malformed answer (re-asked), an always-malformed
+latent.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ V = 12  # words w0..w11; latent j fires exactly on token j
 
 class Words:
     def decode(self, ids: list[int]) -> str:
-        return " ".join(f"w{i}" for i in ids)
+        return " ".join(f"w{i:02d}" for i in ids)
 
 
 def one_hot_blocks(n: int = 600, seed: int = 0):
@@ -66,13 +67,13 @@ def rule_answer(messages: list[dict]) -> str:
     marked = re.findall(r"<<\s*(\w+)\s*>>", prompt)
     if marked:
         word = Counter(marked).most_common(1)[0][0]
-        if word == "w5" or (word == "w3" and len(messages) == 2):
+        if word == "w05" or (word == "w03" and len(messages) == 2):
             return "I think this feature is about many things."  # malformed
         return f"TITLE: the word {word}\nEXPLANATION: fires on the token '{word}'."
     if "explained as" in prompt:
         word = re.search(r"'(\w+)'", prompt).group(1)
         lines = re.findall(r"^(\d+)\. (.*)$", prompt, re.M)
-        hits = [int(i) for i, text in lines if word in text.split()]
+        hits = [int(i) for i, text in lines if word.lower() in text.lower()]
         return f"ANSWER: {hits}"
     return "OK"
 
@@ -153,7 +154,7 @@ def test_explain_over_http_known_scores_retries_and_cache(tmp_path):
     assert len(slept) == 2
     for i in (0, 1, 7):
         r = recs[str(i)]
-        assert r["status"] == "ok" and r["title"] == f"the word w{i}"
+        assert r["status"] == "ok" and r["title"] == f"the word w{i:02d}"
         assert r["score"] == 1.0  # detection picks exactly the held-out activating contexts
         assert r["detection"] == {"n_active": 10, "n_inactive": 10, "true_pos": 10,
                                   "false_pos": 0}
@@ -164,8 +165,8 @@ def test_explain_over_http_known_scores_retries_and_cache(tmp_path):
     # Every request is a well-formed chat completion request.
     assert all(r["model"] == "rule-based" and r["messages"][0]["role"] == "system"
                for r in server.requests)
-    assert titles(out) == {0: "the word w0", 1: "the word w1", 3: "the word w3",
-                           7: "the word w7"}
+    assert titles(out) == {0: "the word w00", 1: "the word w01", 3: "the word w03",
+                           7: "the word w07"}
 
 
 def test_detection_context_mix_is_held_out_and_balanced():
@@ -247,13 +248,13 @@ def test_browser_shows_titles(tmp_path):
     top = top_activations(sae, one_hot_blocks(), n=3)
     records = latent_records(top, [0, 1, 2], TokenText(Words()), left=2, right=1)
     atomic_write_json(tmp_path / "e.json", {
-        "1": {"title": "the word w1", "explanation": "fires on 'w1'.", "score": 1.0},
+        "1": {"title": "the word w01", "explanation": "fires on 'w01'.", "score": 1.0},
         "2": {"title": "", "explanation": "", "score": None, "status": "failed"}})
     assert attach_titles(records, tmp_path / "e.json") == 1
     assert "title" not in records[0] and "title" not in records[2]
     index = write_browser(records, tmp_path / "b", summary="titles")
-    dom, console = chromium_dom(index.as_uri() + "#q=word%20w1&latent=1")
+    dom, console = chromium_dom(index.as_uri() + "#q=word%20w01&latent=1")
     assert console == "" and 'data-ready="1"' in dom
-    assert "#1  " in dom and "the word w1</button>" in dom  # the list item
-    assert "Latent 1: the word w1</h2>" in dom and "fires on 'w1'." in dom  # the panel
+    assert "#1  " in dom and "the word w01</button>" in dom  # the list item
+    assert "Latent 1: the word w01</h2>" in dom and "fires on 'w01'." in dom  # the panel
     assert re.findall(r'<button [^>]*data-latent="(\d+)"', dom) == ["1"]  # search by title

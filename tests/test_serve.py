@@ -187,3 +187,17 @@ def test_viewer_known_answer(tiny_lm):
     assert best["max"] == pytest.approx(float(z.max()), abs=1e-4)
     assert best["acts"] == pytest.approx(z[:, best["id"]].tolist(), abs=1e-4)
     assert json.dumps(res)  # JSON-ready
+
+
+def test_tokens_read_as_typed_for_wordpiece_and_bytes(tiny_lm):
+    """Token pieces come from the tokenizer's offsets: MiniLM's WordPiece shows no `##` and keeps
+    the spaces and case; byte-level BPE keeps multi-byte characters whole."""
+    text = "Return the PARSED configuration file, café ünïcode!"
+    model, tok = load_lm("minilm")
+    res = Viewer(model, tok, make_sae(d_in=384, d_sae=512), 3, HOOK).analyse(text)
+    pieces = [t["text"] for t in res["tokens"]]
+    assert "".join(pieces) == text and not any("##" in p for p in pieces)
+    assert " PARSED" in "".join(pieces[:4]) and "[CLS]" not in pieces  # specials left out
+    model, tok = load_lm(str(tiny_lm))
+    res = Viewer(model, tok, make_sae(), LAYER, HOOK).analyse(text)
+    assert "".join(t["text"] for t in res["tokens"]) == text

@@ -47,9 +47,11 @@ class Viewer:
     def analyse(self, text: str, n_latents: int = 20) -> dict[str, Any]:
         from sae_lab.data.layers import capture, run_to_hooks
 
+        fast = getattr(self.tokenizer, "is_fast", False)
         enc = self.tokenizer(text, truncation=True, max_length=self.max_length,
-                             return_special_tokens_mask=True)
+                             return_special_tokens_mask=True, return_offsets_mapping=fast)
         ids = enc["input_ids"]
+        pieces = _pieces(text, enc.get("offset_mapping"), ids, self.tokenizer)
         special = enc.get("special_tokens_mask", [0] * len(ids))
         device = next(self.model.parameters()).device
         with self.lock, capture(self.model, [self.layer], self.hook) as acts:
@@ -64,7 +66,7 @@ class Viewer:
         for pos, t in enumerate(shown):
             top = [[int(a), round(float(b), 4)] for a, b in zip(i[pos], v[pos], strict=True)
                    if b > 0]
-            tokens.append({"text": self.tokenizer.decode([ids[t]]), "top": top})
+            tokens.append({"text": pieces[t], "top": top})
         peak = z.max(dim=0).values  # [d_sae]
         order = peak.argsort(descending=True)[:n_latents]
         latents = []
@@ -79,6 +81,23 @@ class Viewer:
                 "score": note.get("score"), "contexts": self.contexts.get(j, [])[:5],
             })
         return {"tokens": tokens, "latents": latents}
+
+
+def _pieces(text: str, offsets: list[tuple[int, int]] | None, ids: list[int],
+            tokenizer: Any) -> list[str]:
+    """Each token's text as typed: its span of `text` with the whitespace before it, so the
+    pieces read as the text for every tokenizer (no `##`, `Ġ`, `▁`); specials get "". Without
+    offsets (slow tokenizers), each token decoded alone."""
+    if offsets is None:
+        return [tokenizer.decode([i]) for i in ids]
+    out, prev = [], 0
+    for a, b in offsets:
+        if b <= a or b <= prev:  # a special token, or the 2nd byte-token of one character
+            out.append("")
+            continue
+        out.append(text[min(prev, a):b])
+        prev = b
+    return out
 
 
 def read_inspect_contexts(path: str | os.PathLike) -> dict[int, list[dict[str, Any]]]:
