@@ -258,3 +258,24 @@ def test_browser_shows_titles(tmp_path):
     assert "#1  " in dom and "the word w01</button>" in dom  # the list item
     assert "Latent 1: the word w01</h2>" in dom and "fires on 'w01'." in dom  # the panel
     assert re.findall(r'<button [^>]*data-latent="(\d+)"', dom) == ["1"]  # search by title
+
+
+def test_contexts_read_as_text_for_wordpiece_and_bpe(tiny_lm):
+    """The LLM sees words, not `##` pieces glued together, with the activating piece marked."""
+    import numpy as np
+
+    from sae_lab.analysis.contexts import TopActivations
+    from sae_lab.analysis.explain import _context
+    from sae_lab.analysis.lm import load_tokenizer
+
+    text = "Load the mimetypes database from the Windows registry; parse it."
+    for name in ("minilm", str(tiny_lm)):
+        tok = load_tokenizer(name)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        top = TopActivations(torch.zeros(1), torch.zeros(1), torch.zeros(1), np.array(ids),
+                             np.zeros(len(ids), dtype=np.int64))
+        plain = _context(top, len(ids) - 3, TokenText(tok), 500, 4, mark=False)
+        marked = _context(top, len(ids) - 3, TokenText(tok), 500, 4, mark=True)
+        assert "##" not in marked and "Ġ" not in marked
+        assert plain.lower().replace(" ;", ";") == text.lower()
+        assert marked.replace("<<", "").replace(">>", "") == plain and "<<" in marked

@@ -218,11 +218,20 @@ class Evidence:
 
 def _context(top: TopActivations, row: int, text: TokenText, left: int, right: int,
              mark: bool) -> str:
+    """The window as the text reads (decoded whole, so `##`, `Ġ`, `▁` pieces join as words),
+    the activating token marked <<so>>; pieces decoded one by one when that does not line up."""
     ids, at = context_window(top, row, left, right)
-    toks = [text(t) for t in ids]
-    if mark:
-        toks[at] = f"<<{toks[at]}>>"
-    return "".join(toks).replace("\n", " ").strip()
+    dec = text.tokenizer.decode
+    before, upto, whole = dec(ids[:at]), dec(ids[: at + 1]), dec(ids)
+    if upto.startswith(before) and whole.startswith(upto) and upto != before:
+        s = before + (f"<<{upto[len(before):]}>>" if mark else upto[len(before):]) + \
+            whole[len(upto):]
+    else:
+        toks = [text(t) for t in ids]
+        if mark:
+            toks[at] = f"<<{toks[at]}>>"
+        s = "".join(toks)
+    return " ".join(s.split())
 
 
 def gather_evidence(top: TopActivations, latent_pos: int, latent: int, active: torch.Tensor,
