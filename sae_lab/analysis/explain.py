@@ -498,7 +498,13 @@ def cmd_explain(args: argparse.Namespace) -> None:
     if not name:
         raise ValueError("neither the SAE nor the shards name a model; pass --tokenizer")
     out = Path(args.out or Path(args.sae_dir) / EXPLANATIONS)
-    read_explanations(out)  # a broken cache is an error before the passes, not after
+    cached = read_explanations(out)  # a broken cache is an error before the passes, not after
+    todo = [i for i in latents if str(i) not in cached
+            or (args.redo_failed and cached[str(i)].get("status") == "failed")]
+    if not todo:
+        print(format_table(cached, latents))
+        print(f"all {len(latents)} latents already in {out} (--redo-failed retries failed ones)")
+        return
     if args.local_model:
         chat: Chat = LocalChat(args.local_model, device)
     else:
