@@ -29,14 +29,15 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-import torch
-
-from sae_lab.analysis.contexts import TokenText, TopActivations, context_window
 from sae_lab.files import atomic_write_json
-from sae_lab.sae.base import SAE
+
+if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
+    import torch
+
+    from sae_lab.analysis.contexts import TokenText, TopActivations
+    from sae_lab.sae.base import SAE
 
 EXPLANATIONS = "explanations.json"
 Message = dict[str, str]
@@ -141,8 +142,9 @@ class LocalChat:
         self.name = str(path)
         self.max_new_tokens = max_new_tokens
 
-    @torch.no_grad()
     def __call__(self, messages: list[Message]) -> str:
+        import torch
+
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(messages, add_generation_prompt=True,
@@ -156,15 +158,15 @@ class LocalChat:
         if limit:
             ids = ids[:, -(limit - self.max_new_tokens):]  # keep the end: it holds the question
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 # --- contexts ----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def sample_rows(sae: SAE, blocks: Iterable[dict[str, Any]], latents: list[int], n_active: int,
                 n_inactive: int, seed: int = 0, batch_size: int = 4096,
                 max_tokens: int | None = None, device: str = "cpu"
@@ -175,6 +177,18 @@ def sample_rows(sae: SAE, blocks: Iterable[dict[str, Any]], latents: list[int], 
     Each row gets a random key per latent; keeping the n smallest keys seen is a uniform sample
     without replacement of one streaming pass.
     """
+    import torch
+
+    with torch.no_grad():
+        return _sample_rows(sae, blocks, latents, n_active, n_inactive, seed, batch_size,
+                            max_tokens, device)
+
+
+def _sample_rows(sae: SAE, blocks: Iterable[dict[str, Any]], latents: list[int], n_active: int,
+                 n_inactive: int, seed: int, batch_size: int, max_tokens: int | None,
+                 device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     gen = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.tensor(latents, dtype=torch.long)
     keys = {name: torch.full((len(latents), n), float("inf"))
@@ -220,6 +234,8 @@ def _context(top: TopActivations, row: int, text: TokenText, left: int, right: i
              mark: bool) -> str:
     """The window as the text reads (decoded whole, so `##`, `Ġ`, `▁` pieces join as words),
     the activating token marked <<so>>; pieces decoded one by one when that does not line up."""
+    from sae_lab.analysis.contexts import context_window
+
     ids, at = context_window(top, row, left, right)
     dec = text.tokenizer.decode
     before, upto, whole = dec(ids[:at]), dec(ids[: at + 1]), dec(ids)
@@ -424,7 +440,7 @@ def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
     scored = [r["score"] for r in records.values() if r.get("score") is not None]
     if scored:
         lines.append(f"mean detection score (balanced accuracy) over {len(scored)} latents: "
-                     f"{np.mean(scored):.3f}")
+                     f"{sum(scored) / len(scored):.3f}")
     return "\n".join(lines)
 
 
@@ -482,7 +498,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.contexts import parse_latents, top_activations
+    from sae_lab.analysis.contexts import TokenText, parse_latents, top_activations
     from sae_lab.analysis.lm import load_sae_dir, load_tokenizer, resolve_device
     from sae_lab.data.shards import iter_blocks, read_manifest
     from sae_lab.evaluate import check_shards

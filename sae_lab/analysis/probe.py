@@ -20,14 +20,17 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
-from torch import nn
 
 from sae_lab.files import atomic_file, atomic_write_json
-from sae_lab.sae.base import SAE
+
+if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
+    import torch
+    from torch import nn
+
+    from sae_lab.sae.base import SAE
 
 PROBE_JSON, PROBE_PNG = "probe.json", "probe.png"
 
@@ -81,11 +84,21 @@ class Features(NamedTuple):
     """[N, d_sae] pooled SAE latents."""
 
 
-@torch.no_grad()
 def text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str], layer: int,
                   hook: str, pool: str = "mean", batch_size: int = 16, max_length: int = 128
                   ) -> Features:
     """Pooled activations and latents of each text (special tokens left out, as in harvest)."""
+    import torch
+
+    with torch.no_grad():
+        return _text_features(model, tokenizer, sae, texts, layer, hook, pool, batch_size,
+                              max_length)
+
+
+def _text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str], layer: int,
+                   hook: str, pool: str, batch_size: int, max_length: int) -> Features:
+    import torch
+
     from sae_lab.data.layers import capture, run_to_hooks
 
     if pool not in ("mean", "max"):

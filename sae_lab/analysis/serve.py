@@ -19,12 +19,12 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it runs: `--help` stays fast
+    from torch import nn
 
-from sae_lab.sae.base import SAE
+    from sae_lab.sae.base import SAE
 
 MAX_CHARS = 20_000
 
@@ -43,8 +43,15 @@ class Viewer:
         self.top_k, self.max_length = top_k, max_length
         self.lock = threading.Lock()  # one forward pass at a time
 
-    @torch.no_grad()
     def analyse(self, text: str, n_latents: int = 20) -> dict[str, Any]:
+        import torch
+
+        with torch.no_grad():
+            return self._analyse(text, n_latents)
+
+    def _analyse(self, text: str, n_latents: int) -> dict[str, Any]:
+        import torch
+
         from sae_lab.data.layers import capture, run_to_hooks
 
         fast = getattr(self.tokenizer, "is_fast", False)
