@@ -71,6 +71,7 @@ function haystack(l) {
   if (l._hay === undefined) {
     const parts = l.contexts.map((c) => c.tokens.join(""));
     if (l.promoted) parts.push(l.promoted.map((p) => p[0]).join(" "));
+    if (l.title) parts.push(l.title);
     l._hay = parts.join("\n").toLowerCase();
   }
   return l._hay;
@@ -88,7 +89,8 @@ function renderList(q) {
   for (const l of data.latents) {
     if (!matches(l, q)) continue;
     const pct = l.density > 0 ? (100 * l.density).toPrecision(2) + "%" : "dead";
-    const b = el("button", l.density > 0 ? "" : "dead", "#" + l.id + "  " + pct);
+    const b = el("button", l.density > 0 ? "" : "dead",
+                 "#" + l.id + "  " + pct + (l.title ? "  " + l.title : ""));
     b.id = "item-" + l.id;
     b.dataset.latent = l.id;
     b.addEventListener("click", () => { location.hash = "latent=" + l.id; });
@@ -107,7 +109,8 @@ function renderPanel(id) {
   const item = document.getElementById("item-" + id);
   if (item) item.classList.add("selected");
   panel.dataset.latent = String(id);
-  panel.appendChild(el("h2", "", "Latent " + id));
+  panel.appendChild(el("h2", "", "Latent " + id + (l.title ? ": " + l.title : "")));
+  if (l.explanation) panel.appendChild(el("p", "explanation", l.explanation));
   const stats = "Density: " + fmtDensity(l.density) + "   max activation: " + l.max;
   panel.appendChild(el("p", "", stats));
   panel.appendChild(el("h3", "", "Top-activating contexts"));
@@ -284,6 +287,9 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
     say(f"writing contexts of {len(ids)} latents")
     records = latent_records(found, ids, TokenText(tokenizer), context_left, context_right,
                              promoted)
+    from sae_lab.analysis.explain import EXPLANATIONS, attach_titles
+
+    attach_titles(records, Path(sae_dir) / EXPLANATIONS)  # from `sae-lab explain`, if run
     meta = sae.metadata
     summary = (f"{sae.cfg.architecture} SAE, {sae.d_sae} latents on d_in={sae.d_in}; model "
                f"{name}, layer {meta.get('layer', manifest.get('layer'))} "

@@ -1,0 +1,542 @@
+"""Explain latents with an LLM, and score each explanation by detection.
+
+    contexts   top-activating contexts (contexts.top_activations) plus contexts sampled uniformly
+               among all the rows a latent fires on, and rows where it does not fire
+    explain    the LLM sees the top and sampled contexts, the activating token marked <<so>>,
+               and answers with a short title and a one-sentence explanation
+    detect     the LLM gets the explanation and a shuffled mix of held-out activating and
+               non-activating contexts (unmarked) and lists the ones that activate; the score is
+               balanced accuracy = (TPR + TNR) / 2, so always answering "all" or "none" scores 0.5
+               (the detection score of Paulo et al. 2024, delphi, and SAEBench's autointerp)
+
+The LLM is any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp's server) reached with
+urllib, or an in-process transformers causal LM. Results go to a JSON file (by default
+SAE_DIR/explanations.json, {"<latent>": {"title", "explanation", "score", ...}}), rewritten
+atomically after every latent, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sae_lab.files import atomic_write_json
+
+if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
+    import torch
+
+    from sae_lab.analysis.contexts import TokenText, TopActivations
+    from sae_lab.sae.base import SAE
+
+EXPLANATIONS = "explanations.json"
+Message = dict[str, str]
+
+
+class EndpointError(OSError):
+    """The chat endpoint cannot be reached or keeps failing: the whole run stops (one line)."""
+
+
+class MalformedAnswer(ValueError):
+    """An answer that does not follow the requested format."""
+
+
+class Chat(Protocol):
+    name: str
+
+    def __call__(self, messages: list[Message]) -> str: ...
+
+
+# --- chat backends -----------------------------------------------------------------------------
+
+
+@dataclass
+class HTTPChat:
+    """POST {url}/chat/completions (OpenAI chat API) with retries.
+
+    Timeouts, connection errors and 5xx answers are retried with exponential backoff; a 429 waits
+    for its Retry-After header (seconds) when it has one. Other 4xx answers fail at once.
+    """
+
+    url: str
+    model: str
+    api_key: str | None = None
+    timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 1.0
+    max_wait: float = 60.0
+    temperature: float = 0.0
+    max_tokens: int = 300
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def endpoint(self) -> str:
+        return self.url.rstrip("/") + "/chat/completions"
+
+    def __call__(self, messages: list[Message]) -> str:
+        body = json.dumps({"model": self.model, "messages": messages,
+                           "temperature": self.temperature, "max_tokens": self.max_tokens,
+                           "stream": False}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            wait = self.backoff * 2**attempt
+            try:
+                req = urllib.request.Request(self.endpoint, body, headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return _message_text(json.loads(resp.read()), self.endpoint)
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:200].decode(errors="replace").strip()
+                last = f"HTTP {e.code} {detail}".strip()
+                if e.code == 429:
+                    wait = _retry_after(e.headers.get("Retry-After"), wait)
+                elif e.code < 500:
+                    raise EndpointError(f"endpoint {self.endpoint}: {last}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"unreachable ({reason})" if isinstance(e, urllib.error.URLError) \
+                    else f"no answer within {self.timeout:g} s"
+            if attempt < self.retries:
+                self.sleep(min(wait, self.max_wait))
+        raise EndpointError(f"endpoint {self.endpoint}: {last} (after {self.retries + 1} tries)")
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(header)) if header is not None else default
+    except ValueError:  # an HTTP date: not worth parsing, back off instead
+        return default
+
+
+def _message_text(payload: Any, endpoint: str) -> str:
+    try:
+        return str(payload["choices"][0]["message"]["content"] or "")
+    except (KeyError, IndexError, TypeError):
+        raise EndpointError(f"endpoint {endpoint}: not an OpenAI chat completion "
+                            f"({str(payload)[:120]})") from None
+
+
+class LocalChat:
+    """An in-process transformers causal LM (a local directory; never remote code), greedy."""
+
+    def __init__(self, path: str, device: str = "cpu", max_new_tokens: int = 200) -> None:
+        from sae_lab.analysis.lm import load_lm
+
+        self.model, self.tokenizer = load_lm(path, device)
+        self.name = str(path)
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, messages: list[Message]) -> str:
+        import torch
+
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            ids = tok(text, return_tensors="pt")["input_ids"]
+        ids = ids.to(next(self.model.parameters()).device)
+        limit = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", None)
+        if limit:
+            ids = ids[:, -(limit - self.max_new_tokens):]  # keep the end: it holds the question
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+def sample_rows(sae: SAE, blocks: Iterable[dict[str, Any]], latents: list[int], n_active: int,
+                n_inactive: int, seed: int = 0, batch_size: int = 4096,
+                max_tokens: int | None = None, device: str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(active, inactive) row indices, each [len(latents), n] (-1 where too few): uniform
+    samples of the rows where each latent fires / does not fire.
+
+    Each row gets a random key per latent; keeping the n smallest keys seen is a uniform sample
+    without replacement of one streaming pass.
+    """
+    import torch
+
+    with torch.no_grad():
+        return _sample_rows(sae, blocks, latents, n_active, n_inactive, seed, batch_size,
+                            max_tokens, device)
+
+
+def _sample_rows(sae: SAE, blocks: Iterable[dict[str, Any]], latents: list[int], n_active: int,
+                 n_inactive: int, seed: int, batch_size: int, max_tokens: int | None,
+                 device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.tensor(latents, dtype=torch.long)
+    keys = {name: torch.full((len(latents), n), float("inf"))
+            for name, n in (("on", n_active), ("off", n_inactive))}
+    rows = {name: torch.full_like(k, -1, dtype=torch.long) for name, k in keys.items()}
+    seen = 0
+    for block in blocks:
+        acts = block["acts"]
+        keep = acts.shape[0] if max_tokens is None else min(acts.shape[0], max_tokens - seen)
+        for start in range(0, keep, batch_size):
+            x = acts[start : min(keep, start + batch_size)].to(device, sae.W_enc.dtype)
+            fired = (sae.encode(x)[:, idx.to(device)] > 0).T.cpu()  # [L, B]
+            r = torch.rand(fired.shape, generator=gen)
+            at = torch.arange(fired.shape[1]) + seen + start
+            for name, mask in (("on", fired), ("off", ~fired)):
+                k = r.masked_fill(~mask, float("inf"))
+                cand_k = torch.cat([keys[name], k], dim=1)
+                cand_r = torch.cat([rows[name], at.expand_as(k)], dim=1)
+                n = keys[name].shape[1]
+                keys[name], pick = cand_k.topk(n, dim=1, largest=False)
+                rows[name] = cand_r.gather(1, pick)
+        seen += keep
+        if max_tokens is not None and seen >= max_tokens:
+            break
+    for name in keys:
+        rows[name] = rows[name].masked_fill(keys[name].isinf(), -1)
+    return rows["on"], rows["off"]
+
+
+@dataclass
+class Evidence:
+    """What the LLM sees of one latent."""
+
+    shown: list[str]
+    """Contexts for the explanation, activating token marked <<so>> (top ones first)."""
+    held_out: list[str]
+    """Activating contexts kept back for detection (unmarked)."""
+    inactive: list[str]
+    """Contexts where the latent does not fire (unmarked)."""
+
+
+def _context(top: TopActivations, row: int, text: TokenText, left: int, right: int,
+             mark: bool) -> str:
+    """The window as the text reads (decoded whole, so `##`, `Ġ`, `▁` pieces join as words),
+    the activating token marked <<so>>; pieces decoded one by one when that does not line up."""
+    from sae_lab.analysis.contexts import context_window
+
+    ids, at = context_window(top, row, left, right)
+    dec = text.tokenizer.decode
+    before, upto, whole = dec(ids[:at]), dec(ids[: at + 1]), dec(ids)
+    if upto.startswith(before) and whole.startswith(upto) and upto != before:
+        s = before + (f"<<{upto[len(before):]}>>" if mark else upto[len(before):]) + \
+            whole[len(upto):]
+    else:
+        toks = [text(t) for t in ids]
+        if mark:
+            toks[at] = f"<<{toks[at]}>>"
+        s = "".join(toks)
+    return " ".join(s.split())
+
+
+def gather_evidence(top: TopActivations, latent_pos: int, latent: int, active: torch.Tensor,
+                    inactive: torch.Tensor, text: TokenText, n_top: int, n_sampled: int,
+                    n_held_random: int, left: int = 12, right: int = 4) -> Evidence:
+    """The top `n_top` contexts and `n_sampled` random activating ones (not among the top ones)
+    are shown; the rest of the top pass and `n_held_random` more random activating contexts are
+    held out, with as many non-activating contexts."""
+    top_rows = [r for r in top.rows[latent].tolist() if r >= 0]
+    tops = set(top_rows)
+    rand_rows = [r for r in active[latent_pos].tolist() if r >= 0 and r not in tops]
+    rand_rows = rand_rows[: n_sampled + n_held_random]
+    shown_rows = top_rows[:n_top] + rand_rows[:n_sampled]
+    held_rows = top_rows[n_top:] + rand_rows[n_sampled:]
+    off_rows = [r for r in inactive[latent_pos].tolist() if r >= 0][: len(held_rows)]
+    return Evidence(
+        [_context(top, r, text, left, right, True) for r in shown_rows],
+        [_context(top, r, text, left, right, False) for r in held_rows],
+        [_context(top, r, text, left, right, False) for r in off_rows],
+    )
+
+
+# --- prompts and answers -----------------------------------------------------------------------
+
+SYSTEM = ("You are studying one feature of a sparse autoencoder trained on a language model's "
+          "activations. Answer in exactly the format asked for.")
+
+EXPLAIN_PROMPT = """Below are text excerpts where the feature fires. In each, the token where it \
+fires is marked like <<this>>. Excerpts:
+
+{examples}
+
+What does the feature respond to? Reply with exactly two lines:
+TITLE: <at most 6 words>
+EXPLANATION: <one sentence>"""
+
+DETECT_PROMPT = """A feature is explained as: {explanation}
+
+Which of the numbered excerpts below contain a token where this feature fires?
+
+{examples}
+
+Reply with one line: ANSWER: followed by the list of their numbers, e.g. ANSWER: [1, 4], or \
+ANSWER: [] if none."""
+
+RETRY_NOTE = "Your reply did not follow the format. {problem} Reply again in exactly the format."
+
+
+def parse_explanation(answer: str) -> tuple[str, str]:
+    title = re.search(r"^\W*title\W*:\s*(.+)$", answer, re.I | re.M)
+    expl = re.search(r"^\W*explanation\W*:\s*(.+)$", answer, re.I | re.M)
+    if not title or not expl:
+        raise MalformedAnswer("expected the lines TITLE: ... and EXPLANATION: ...")
+    return title.group(1).strip().strip("*").strip(), expl.group(1).strip().strip("*").strip()
+
+
+def parse_detection(answer: str, n: int) -> set[int]:
+    """Numbers (1-based) named after ANSWER:, each within 1..n."""
+    m = re.search(r"answer\W*:?\s*\[([^\]]*)\]", answer, re.I)
+    if not m:
+        raise MalformedAnswer("expected ANSWER: [numbers]")
+    picks = {int(t) for t in re.findall(r"\d+", m.group(1))}
+    if any(not 1 <= p <= n for p in picks):
+        raise MalformedAnswer(f"numbers must be between 1 and {n}")
+    return picks
+
+
+def ask(chat: Chat, prompt: str, parse: Callable[[str], Any]) -> Any:
+    """Ask, and re-ask once (naming the problem) when the answer is malformed."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    answer = chat(messages)
+    try:
+        return parse(answer)
+    except MalformedAnswer as e:
+        messages += [{"role": "assistant", "content": answer},
+                     {"role": "user", "content": RETRY_NOTE.format(problem=e)}]
+        return parse(chat(messages))  # a second MalformedAnswer is the caller's to record
+
+
+def balanced_accuracy(picked: set[int], active: set[int], n: int) -> float:
+    """(TPR + TNR) / 2 over items 1..n, `active` being the truly activating ones."""
+    inactive = set(range(1, n + 1)) - active
+    tpr = len(picked & active) / len(active) if active else 1.0
+    tnr = len(inactive - picked) / len(inactive) if inactive else 1.0
+    return (tpr + tnr) / 2
+
+
+def explain_latent(chat: Chat, ev: Evidence, seed: int = 0) -> dict[str, Any]:
+    """One latent's record: title, explanation, detection score (balanced accuracy)."""
+    if not ev.shown:
+        return {"title": "", "explanation": "", "score": None, "status": "dead",
+                "error": "it never fired on the inspected tokens"}
+    numbered = "\n".join(f"{i}. {c}" for i, c in enumerate(ev.shown, 1))
+    try:
+        title, explanation = ask(chat, EXPLAIN_PROMPT.format(examples=numbered),
+                                 parse_explanation)
+    except MalformedAnswer as e:
+        return {"title": "", "explanation": "", "score": None, "status": "failed",
+                "error": f"explanation: malformed answer twice ({e})"}
+    rec: dict[str, Any] = {"title": title, "explanation": explanation, "score": None,
+                           "status": "ok", "n_shown": len(ev.shown)}
+    items = [(c, True) for c in ev.held_out] + [(c, False) for c in ev.inactive]
+    if not ev.held_out or not ev.inactive:
+        rec["error"] = "detection skipped: too few held-out activating or non-activating contexts"
+        return rec
+    random.Random(seed).shuffle(items)
+    numbered = "\n".join(f"{i}. {c}" for i, (c, _) in enumerate(items, 1))
+    try:
+        picked = ask(chat, DETECT_PROMPT.format(explanation=explanation, examples=numbered),
+                     lambda a: parse_detection(a, len(items)))
+    except MalformedAnswer as e:
+        rec.update(status="failed", error=f"detection: malformed answer twice ({e})")
+        return rec
+    truth = {i for i, (_, on) in enumerate(items, 1) if on}
+    rec["score"] = round(balanced_accuracy(picked, truth, len(items)), 4)
+    rec["detection"] = {"n_active": len(truth), "n_inactive": len(items) - len(truth),
+                        "true_pos": len(picked & truth), "false_pos": len(picked - truth)}
+    return rec
+
+
+# --- the whole run -----------------------------------------------------------------------------
+
+
+def read_explanations(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The cache file, or {} when there is none; a broken file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not an explanations file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not an explanations file (expected a JSON object)")
+    return data
+
+
+def titles(path: str | os.PathLike) -> dict[int, str]:
+    """{latent: title} of the latents explained in `path` (for browsers and tables)."""
+    return {int(k): v["title"] for k, v in read_explanations(path).items()
+            if isinstance(v, dict) and v.get("title")}
+
+
+def attach_titles(records: list[dict[str, Any]], path: str | os.PathLike) -> int:
+    """Add "title" and "explanation" to latent records (browser / features) from an
+    explanations file, when it exists; returns how many records got one."""
+    notes = read_explanations(path)
+    n = 0
+    for rec in records:
+        note = notes.get(str(rec["id"]))
+        if isinstance(note, dict) and note.get("title"):
+            rec["title"] = note["title"]
+            rec["explanation"] = note.get("explanation") or ""
+            n += 1
+    return n
+
+
+def explain(sae: SAE, top: TopActivations, active: torch.Tensor, inactive: torch.Tensor,
+            latents: list[int], text: TokenText, chat: Chat, out: str | os.PathLike,
+            n_top: int = 10, n_sampled: int = 5, n_held_random: int = 5, left: int = 12,
+            right: int = 4, redo_failed: bool = False, seed: int = 0,
+            say: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
+    """Explain and score `latents`, skipping those already in `out`; `out` is rewritten after
+    every latent."""
+    done = read_explanations(out)
+    for pos, latent in enumerate(latents):
+        old = done.get(str(latent))
+        if old and not (redo_failed and old.get("status") == "failed"):
+            continue
+        ev = gather_evidence(top, pos, latent, active, inactive, text, n_top, n_sampled,
+                             n_held_random, left, right)
+        rec = explain_latent(chat, ev, seed=seed + latent)
+        rec["model"] = chat.name
+        done[str(latent)] = rec
+        atomic_write_json(out, done)
+        score = "-" if rec["score"] is None else f"{rec['score']:.2f}"
+        say(f"latent {latent}: {rec['status']}, score {score}: {rec['title'] or rec['error']}")
+    return done
+
+
+def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
+    lines = [f"{'latent':>6}  {'score':>5}  {'status':<6}  title"]
+    for i in latents:
+        r = records.get(str(i))
+        if r is None:
+            continue
+        score = "" if r.get("score") is None else f"{r['score']:.2f}"
+        lines.append(f"{i:>6}  {score:>5}  {r.get('status', ''):<6}  "
+                     f"{r.get('title') or r.get('error', '')}")
+    scored = [r["score"] for r in records.values() if r.get("score") is not None]
+    if scored:
+        lines.append(f"mean detection score (balanced accuracy) over {len(scored)} latents: "
+                     f"{sum(scored) / len(scored):.3f}")
+    return "\n".join(lines)
+
+
+# --- command line: `sae-lab explain` -----------------------------------------------------------
+
+
+def add_explain_parser(sub: argparse._SubParsersAction) -> None:
+    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+
+    p = sub.add_parser(
+        "explain",
+        help="explain latents with an LLM (title + explanation) and score them by detection",
+        description="For each latent, an LLM reads its top and randomly sampled activating "
+        "contexts and gives a title and an explanation; then, given only the explanation, it "
+        "picks the activating contexts out of a shuffled mix of held-out activating and "
+        "non-activating ones: the score is balanced accuracy (0.5 = chance). The LLM is an "
+        "OpenAI-compatible chat endpoint (--url, --model; Ollama, vLLM, llama.cpp's server) "
+        "or a local transformers causal LM (--local-model). Results are cached per latent in "
+        "--out; a rerun continues.",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
+    p.add_argument("--shards", required=True, help="activation shards (with token ids)")
+    p.add_argument("--latents", help="which latents, e.g. 0-19,512 (default: the first "
+                   "--max-latents)")
+    p.add_argument("--max-latents", type=int_at_least(1), default=20,
+                   help="number of latents when --latents is not given")
+    p.add_argument("--url", default="http://127.0.0.1:11434/v1",
+                   help="OpenAI-compatible API base (Ollama's by default)")
+    p.add_argument("--model", default="llama3.2", help="chat model name at --url")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="bearer token, if the endpoint needs one (default: $OPENAI_API_KEY)")
+    p.add_argument("--local-model", help="a local transformers causal LM directory to use "
+                   "instead of --url")
+    p.add_argument("--out", help=f"results JSON (default: SAE_DIR/{EXPLANATIONS})")
+    p.add_argument("--top", type=int_at_least(1), default=10,
+                   help="top-activating contexts shown to the explainer")
+    p.add_argument("--sampled", type=int_at_least(0), default=5,
+                   help="random activating contexts also shown")
+    p.add_argument("--held-out", type=int_at_least(2), default=10,
+                   help="activating contexts kept back for detection (half next-to-top, half "
+                   "random), plus as many non-activating ones")
+    p.add_argument("--context-left", type=int_at_least(0), default=12)
+    p.add_argument("--context-right", type=int_at_least(0), default=4)
+    p.add_argument("--max-tokens", type=int_at_least(1), help="read at most this many shard rows")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--retries", type=int_at_least(0), default=3,
+                   help="retries of a failed request (timeouts, 5xx, 429), with backoff")
+    p.add_argument("--redo-failed", action="store_true",
+                   help="retry latents recorded as failed (others in --out are kept)")
+    p.add_argument("--tokenizer", help="tokenizer (default: the SAE's model, else the shards')")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from sae_lab.analysis.contexts import TokenText, parse_latents, top_activations
+    from sae_lab.analysis.lm import check_shards, load_sae_dir, load_tokenizer, resolve_device
+    from sae_lab.data.shards import iter_blocks, read_manifest
+
+    device = resolve_device(args.device)
+    sae = load_sae_dir(args.sae_dir, device)
+    latents = parse_latents(args.latents, sae.d_sae, args.max_latents)
+    manifest = read_manifest(args.shards)
+    for w in check_shards(sae, manifest, args.shards):
+        print(f"warning: {w}", file=sys.stderr)
+    name = (args.tokenizer or manifest.get("tokenizer") or sae.metadata.get("model")
+            or manifest.get("model"))
+    if not name:
+        raise ValueError("neither the SAE nor the shards name a model; pass --tokenizer")
+    out = Path(args.out or Path(args.sae_dir) / EXPLANATIONS)
+    cached = read_explanations(out)  # a broken cache is an error before the passes, not after
+    todo = [i for i in latents if str(i) not in cached
+            or (args.redo_failed and cached[str(i)].get("status") == "failed")]
+    if not todo:
+        print(format_table(cached, latents))
+        print(f"all {len(latents)} latents already in {out} (--redo-failed retries failed ones)")
+        return
+    if args.local_model:
+        chat: Chat = LocalChat(args.local_model, device)
+    else:
+        chat = HTTPChat(args.url, args.model, args.api_key, timeout=args.timeout,
+                        retries=args.retries)
+        chat([{"role": "user", "content": "Reply with OK."}])  # unreachable: fail now
+    n_next = args.held_out // 2  # held-out contexts from just below the shown top ones
+    n_random = args.held_out - n_next
+    top = top_activations(sae, iter_blocks(args.shards), args.top + n_next,
+                          max_tokens=args.max_tokens, device=device)
+    # Extra random rows: some may be top rows, which are left out of the random ones.
+    active, inactive = sample_rows(sae, iter_blocks(args.shards), latents,
+                                   args.sampled + n_random + args.top + n_next, args.held_out,
+                                   args.seed, max_tokens=args.max_tokens, device=device)
+    records = explain(sae, top, active, inactive, latents, TokenText(load_tokenizer(name)), chat,
+                      out, args.top, args.sampled, n_random, args.context_left,
+                      args.context_right, args.redo_failed, args.seed,
+                      say=lambda s: print(s, file=sys.stderr))
+    print(format_table(records, latents))
+    print(f"saved: {out}")
