@@ -52,9 +52,9 @@ def test_flags_come_from_the_config_fields():
     """Every DemoConfig field is a flag (its docstring the help); values reach the config."""
     import argparse
 
-    from sae_lab.cli_args import add_config_arguments, config_from_args
+    from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
 
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(formatter_class=DefaultsFormatter)
     add_config_arguments(p, DemoConfig, flags={"overrides": "--set"})
     assert config_from_args(DemoConfig, p.parse_args([])) == DemoConfig()
     cfg = config_from_args(DemoConfig, p.parse_args(

@@ -95,10 +95,11 @@ def test_inspect_and_steer_commands(tiny_lm, tiny_shards, tmp_path, capsys):
     assert all(len(r["contexts"]) <= 3 and len(r["promoted"]) == 10 for r in data["latents"])
     assert re.search(r" 3\d{3} tokens from ", data["summary"])  # harvest max_tokens=3000
 
+    capsys.readouterr()
     main(["steer", "--sae", str(sae_dir), "--latent", "3", "--scale", "20", "--prompt",
-          "ROMEO:", "--max-new-tokens", "8"])
-    out = capsys.readouterr().out
-    assert "unsteered:\nROMEO:" in out and "steered (latent 3, add 20):\nROMEO:" in out
+          "ROMEO:", "--max-new-tokens", "8", "--json"])  # the older one-latent form
+    data = json.loads(capsys.readouterr().out)
+    assert data["edits"] == ["3:+20"] and data["steered"] != data["unsteered"]
 
 
 @pytest.mark.slow

@@ -42,6 +42,9 @@ class Words:
     def decode(self, ids: list[int]) -> str:
         return " ".join(f"w{i:02d}" for i in ids)
 
+    def batch_decode(self, seqs: list[list[int]]) -> list[str]:
+        return [self.decode(ids) for ids in seqs]
+
 
 def one_hot_blocks(n: int = 600, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

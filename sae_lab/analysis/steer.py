@@ -104,9 +104,13 @@ def add_steer_parser(sub: argparse._SubParsersAction) -> None:
         "--temperature > 0 (then the same seed for both).",
     )
     p.add_argument("--sae", required=True, help="SAE directory")
-    p.add_argument("--edit", dest="edits", action="append", required=True, type=edit_arg,
+    p.add_argument("--edit", dest="edits", action="append", default=[], type=edit_arg,
                    metavar="LATENT:OP", help="e.g. 123:x30, 456:+4, 789:=0, all:x0.5; repeat "
                    "for several")
+    p.add_argument("--latent", type=int, help="one edit, the older form: --latent I --scale S "
+                   "[--mode add|clamp] is --edit I:+S (add) or --edit I:=S (clamp)")
+    p.add_argument("--scale", type=float, default=10.0, help="with --latent")
+    p.add_argument("--mode", choices=["add", "clamp"], default="add", help="with --latent")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--prompt-only", action="store_true",
                    help="edit only the prompt's positions, not the generated ones")
@@ -127,6 +131,11 @@ def add_steer_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_steer(args: argparse.Namespace) -> None:
+    if args.latent is not None:
+        op = "+" if args.mode == "add" else "="
+        args.edits.append(edit_arg(f"{args.latent}:{op}{args.scale:g}"))
+    if not args.edits:
+        raise ValueError("give at least one --edit LATENT:OP (or --latent I --scale S)")
     from sae_lab.analysis.lm import (
         hook_point,
         is_causal,
