@@ -64,7 +64,7 @@ def test_early_latents_get_gradient_from_every_prefix():
 @pytest.mark.parametrize(
     "fractions, culprit",
     [([0.5, 0.4], "summing to 1"), ([0.01, 0.99], "would be empty"),
-     ([0.5, 0.0, 0.5], "greater than 0")],
+     ([0.5, 0.0, 0.5], "must be > 0")],
 )
 def test_bad_group_fractions_are_one_line_errors(fractions, culprit):
     with pytest.raises(ConfigError, match=r"sae\.group_fractions.*" + culprit):
