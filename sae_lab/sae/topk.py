@@ -144,14 +144,21 @@ class TopKSAE(SAE):
             aux = (e_hat - (x - x_hat).detach()).pow(2).sum(dim=-1).mean()
         B = x.shape[0]
         values = codes.values.detach()
+        # TopK's reconstruction loss is the MSE itself; an architecture that sums several
+        # reconstructions (Matryoshka) overrides reconstruction_loss, and only then is it redone.
+        mse = recon if self.recon_is_mse else (x_hat.detach() - x).pow(2).sum(dim=-1).mean()
         parts = {
-            "mse": (x_hat.detach() - x).pow(2).sum(dim=-1).mean() / self.d_in,
+            "mse": mse.detach() / self.d_in,
             "l1": values.sum() / B,  # values are ReLU'd, so this is the L1 norm
             "aux": aux.detach(),
         }
         loss = recon + self.cfg.aux_coef * aux
         l0 = (values > 0).sum().float() / B
         return TrainOutput(loss, x_hat, l0, codes.fired(self.d_sae), parts, self.batch_stats(codes))
+
+    @property
+    def recon_is_mse(self) -> bool:
+        return type(self).reconstruction_loss is TopKSAE.reconstruction_loss
 
     def batch_stats(self, codes: Codes) -> dict[str, Tensor] | None:
         """What `after_step` needs from the batch besides `fired`."""
