@@ -21,21 +21,26 @@ from sae_lab.train.run import build_module, make_datamodule, train
 # torch.randn rows, so with one seed the SAE would start with the true features in W_dec.
 DATA = {"d": 128, "n_features": 256, "active": 4, "n_tokens": 60_000, "seed": 1}
 
-# Per-architecture settings; the architecture list itself is the registry's.
-ARCH_SETTINGS = {
-    "topk": {"k": 6},  # k above the typical count: P(Poisson(4) > 6) ~ 11%
-    "batchtopk": {"k": 4},  # variable per token, 4 on average
-    "relu": {"sparsity_coef": 0.5},
-    "gated": {"sparsity_coef": 3.0},
-    "jumprelu": {"sparsity_coef": 1.0},
-    "matryoshka": {"k": 6},  # BatchTopK selection, nested prefixes
+# Per-architecture settings, one table: SAE fields under "sae", training overrides (token budget)
+# under "train"; the architecture list itself is the registry's.
+ARCH_SETTINGS: dict[str, dict[str, dict]] = {
+    "topk": {"sae": {"k": 6}},  # k above the typical count: P(Poisson(4) > 6) ~ 11%
+    "batchtopk": {"sae": {"k": 4}},  # variable per token, 4 on average
+    "relu": {"sae": {"sparsity_coef": 0.5}},
+    "gated": {"sae": {"sparsity_coef": 3.0}},
+    "jumprelu": {"sae": {"sparsity_coef": 1.0}},
+    "matryoshka": {"sae": {"k": 6}},  # BatchTopK selection, nested prefixes
 }
 
 
 def config(arch: str, out_dir, data: dict = DATA) -> TrainConfig:
+    settings = ARCH_SETTINGS.get(arch, {})
     return TrainConfig.from_dict(
         {
-            "sae": {"architecture": arch, "expansion_factor": 4, **ARCH_SETTINGS.get(arch, {})},
+            # dead_tokens ~20 batches: AuxK can revive latents within this short run, and
+            # dead_frac means something (the 1M default exceeds the whole run).
+            "sae": {"architecture": arch, "expansion_factor": 4, "dead_tokens": 10_000,
+                    **settings.get("sae", {})},
             "data": {"synthetic": data},
             "batch_size": 512,
             "max_tokens": 100_000,
@@ -44,6 +49,7 @@ def config(arch: str, out_dir, data: dict = DATA) -> TrainConfig:
             "save_checkpoints": False,
             "progress_bar": False,
             "out_dir": str(out_dir),
+            **settings.get("train", {}),
         }
     )
 
