@@ -56,8 +56,21 @@ class SyntheticData(NamedTuple):
     """[n_features] firing probability of each feature."""
 
 
+# SAE init draws torch.randn(d_sae, d_in) after torch.manual_seed(train seed); seeding the features'
+# generator with the bare data seed would give the same stream, so with equal seeds the decoder
+# would start AT the true features and recovery would be vacuous. A fixed mix keeps the two apart
+# (it never maps a seed to itself: seed * 1_000_002 is even, -0x5EED odd, modulo 2**63).
+_FEATURE_SEED_MULT = 1_000_003
+_FEATURE_SEED_SALT = 0x5EED
+
+
+def feature_seed(seed: int) -> int:
+    """Seed of the true-feature generator for data seed `seed`; never equal to `seed` itself."""
+    return (seed * _FEATURE_SEED_MULT + _FEATURE_SEED_SALT) % 2**63
+
+
 def make_features(cfg: SyntheticConfig) -> SyntheticData:
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(feature_seed(cfg.seed))
     features = torch.randn(cfg.n_features, cfg.d, generator=g)
     features /= features.norm(dim=1, keepdim=True)
     weights = torch.arange(1, cfg.n_features + 1, dtype=torch.float64) ** -cfg.freq_exponent
