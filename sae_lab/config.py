@@ -87,7 +87,8 @@ def format_error(e: ValidationError, where: str = "", tp: Any = None) -> str:
     """One line: `field.path=value: message`, first error only (plus how many more)."""
     errors = e.errors(include_url=False)
     first = errors[0]
-    loc = [str(p) for p in first["loc"] if not _is_tag(p)]
+    raw = [str(p) for p in first["loc"]]
+    loc = [p for i, p in enumerate(raw) if not _is_tag(p, raw[i - 1] if i else None)]
     name = ".".join([where, *loc] if where else loc) or where or "config"
     msg = _message(first)
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
@@ -154,17 +155,23 @@ def _message(error: Any) -> str:
     return re.sub(r"^Input should be ", "must be ", msg)
 
 
-def _is_tag(part: Any) -> bool:
+def _is_tag(part: str, parent: str | None) -> bool:
     # pydantic puts a discriminated union's tag (and function-validator names) into `loc`.
-    return isinstance(part, str) and (part.startswith("function-") or part in _TAGS)
+    return part.startswith("function-") or part in _TAGS or parent in _TAGS_AFTER.get(part, ())
 
 
 _TAGS: set[str] = set()
+_TAGS_AFTER: dict[str, set[str]] = {}
 
 
-def register_tags(*tags: str) -> None:
-    """Names that appear in error paths as a union's tag (e.g. architecture names), to drop."""
-    _TAGS.update(tags)
+def register_tags(*tags: str, after: str | None = None) -> None:
+    """Names that appear in error paths as a union's tag, to drop: everywhere, or only right
+    after the field `after` (architecture names are tags after `sae`, but keys of `space`)."""
+    for tag in tags:
+        if after is None:
+            _TAGS.add(tag)
+        else:
+            _TAGS_AFTER.setdefault(tag, set()).add(after)
 
 
 _RENAMED: dict[str, str] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_lab.sae import ARCHITECTURES, SAEConfig
+from sae_lab.sae import ARCHITECTURES, sae_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
@@ -29,8 +29,8 @@ def test_sparse_step_matches_dense_step_at_the_benchmark_shape(dead_frac):
     results = {}
     for decoder in ("dense", "sparse"):
         torch.manual_seed(0)
-        sae = ARCHITECTURES["topk"](SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k,
-                                              decoder=decoder))
+        sae = ARCHITECTURES["topk"](sae_config("topk", d_in=d_in, d_sae=d_sae, k=k,
+                                               decoder=decoder))
         if dead_frac:  # as the benchmark's "10% dead (AuxK on)" row
             sae.tokens_since_fired[: int(dead_frac * d_sae)] = 10**12
         out = sae.training_loss(x, 1000)

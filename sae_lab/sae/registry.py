@@ -36,7 +36,7 @@ def register(cls: type[SAE]) -> type[SAE]:
     if "searchable" not in cls.__dict__:
         cls.searchable = own | {"expansion_factor", "d_sae", "dead_tokens"}
     ARCHITECTURES[name] = cls
-    register_tags(name)
+    register_tags(name, after="sae")
     _union.clear()
     return cls
 
