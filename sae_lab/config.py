@@ -87,8 +87,8 @@ def format_error(e: ValidationError, where: str = "", tp: Any = None) -> str:
     """One line: `field.path=value: message`, first error only (plus how many more)."""
     errors = e.errors(include_url=False)
     first = errors[0]
-    raw = [str(p) for p in first["loc"]]
-    loc = [p for i, p in enumerate(raw) if not _is_tag(p, raw[i - 1] if i else None)]
+    raw = [*(where.split(".")[-1:] if where else [None]), *(str(p) for p in first["loc"])]
+    loc = [p for parent, p in zip(raw, raw[1:], strict=False) if not _is_tag(p, parent)]
     name = ".".join([where, *loc] if where else loc) or where or "config"
     msg = _message(first)
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
