@@ -7,7 +7,23 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (`-n 2`) each worker gets one core's worth of threads.
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER")
+    else min(2, torch.get_num_threads())
+)
+
+# Files whose tests start Ray (in process, in a subprocess or in a notebook kernel). With
+# `-n 2 --dist loadgroup` they all run on one worker, one after another, as in a serial run: two
+# Ray instances on two cores would starve each other's trials.
+RAY_FILES = {"test_sweep.py", "test_cluster_recipe.py", "test_demo.py", "test_kaggle.py",
+             "test_notebook.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in RAY_FILES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 # Session fixtures over tests/tiny.py: built once, shared by the tests that need them.
