@@ -57,13 +57,13 @@ def test_missing_markers_are_an_error():
 def test_quickstart_commands_are_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     install = 'pip install torch==2.13.0 && pip install -e ".[dev]"'
-    assert f"{install} && python -m pytest" in README
+    assert f"{install} && python -m pytest -n 2\n" in README
     assert "pip install -e . && sae-lab demo" in README
     # CI: torch==2.13.0, then the package with [dev], then the README's test command
     steps = [ln.strip() for ln in ci.splitlines() if ln.strip().startswith("python -m")]
     assert any("pip install" in s and "torch==2.13.0" in s for s in steps)
     assert any("pip install" in s and '-e ".[dev]"' in s for s in steps)
-    assert steps[-1] == "python -m pytest"
+    assert steps[-1] == "python -m pytest -n 2"
 
 
 def test_every_sae_lab_command_in_the_readme_exists():
