@@ -12,6 +12,14 @@ so early latents learn general, frequent features and later ones refine them, in
 later ones absorbing the early ones' directions. Selection, AuxK, the k schedule and inference
 (one global threshold, saved as a SAELens JumpReLU, as sae-lens saves its
 MatryoshkaBatchTopK) are BatchTopK's.
+
+The default groups (d_sae/16, /16, /8, /4, /2) are the authors' for LM activations, whose feature
+frequencies fall off steeply. Where many features are equally frequent, a prefix smaller than
+their number can only reconstruct x with blends of them, and the later latents learn corrections
+to the blends: on flat synthetic data (256 features, 512 latents, 150k tokens) the default groups
+found 0.63 of the features, prefixes (384, 512) 0.94 (tests/test_known_answer.py). The loss is
+the paper's sum over prefixes (as in sae-lens); dictionary_learning's trainer takes the mean,
+which under Adam (steps blind to the loss scale) only weighs AuxK G times more.
 """
 
 from __future__ import annotations
