@@ -74,6 +74,9 @@ class PenaltyConfig(SAEConfig):
 
     sparsity_coef: Annotated[float, Field(ge=0)] = 1.0
     """Sparsity coefficient lambda."""
+    decoder: Literal["auto", "sparse", "dense"] = "auto"
+    """'auto' takes the sparse kernels once the last step was sparse enough; 'sparse' always;
+    'dense' is the reference path."""
 
     @property
     def lam(self) -> float:
