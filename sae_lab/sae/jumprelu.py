@@ -13,6 +13,11 @@ The paper's eps = theta_0 = 0.001 suit its input scale and billions of tokens. H
 normalised to E||x||^2 = d_in, so latents fire at O(1); eps = 0.1 and theta_0 = 0.5 let thresholds
 settle within a few hundred steps (measured on the synthetic known-answer data, tests/), helped
 by a learning rate 10x larger for the thresholds (threshold_lr_scale).
+
+cfg.decoder picks how a training step is computed (same loss and gradients): "dense", the
+reference below; "sparse", only the entries with pre > theta - eps, which hold every active entry
+and the estimators' kernel support (sae_lab.sae.sparse_penalty); "auto", sparse once the last
+step's density was low enough.
 """
 
 from __future__ import annotations
