@@ -184,11 +184,11 @@ def plain_penalty_step_fn(
 
 
 def sae_lab_penalty_step_fn(
-    arch: str, d_in: int, d_sae: int, cut: float, device: str, l0: list[float]
+    arch: str, d_in: int, d_sae: int, cut: float, device: str, l0: list[float], decoder: str
 ) -> Callable[[Tensor], None]:
-    """sae_lab's step, as sae_lab_step_fn, with its default decoder ('auto') and sparsity_coef,
-    the threshold (or bias) at `cut` as in the reference."""
-    cfg = sae_config(arch, d_in=d_in, d_sae=d_sae)
+    """sae_lab's step, as sae_lab_step_fn, with its default sparsity_coef and the threshold (or
+    bias) at `cut` as in the reference."""
+    cfg = sae_config(arch, d_in=d_in, d_sae=d_sae, decoder=decoder)
     sae = ARCHITECTURES[arch](cfg).to(device)
     with torch.no_grad():
         if arch == "relu":
@@ -501,7 +501,7 @@ def penalty_table(args, device: str) -> None:
     """Table 3 (issue 15): relu, jumprelu and gated once sparse, against the plain references."""
     print(f"\n## Table 3: penalty SAEs once sparse, against a plain PyTorch step of the same maths"
           f"\n## (tokens/s, ratio sae_lab / reference; L0 set to about {args.l0} by the bias or "
-          "threshold, measured below)")
+          f"threshold, measured below; sae.decoder={args.penalty_decoder})")
     for d_sae in args.d_sae:
         # x ~ N(0, I) and unit-norm encoder columns: pre ~ N(0, 1), so this cut leaves ~l0 on
         cut = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - args.l0 / d_sae)).item()
@@ -516,7 +516,8 @@ def penalty_table(args, device: str) -> None:
             torch.manual_seed(0)
             ref = plain_penalty_step_fn(arch, args.d_in, d_sae, lam, cut, device, l0s["ref"])
             torch.manual_seed(0)
-            ours = sae_lab_penalty_step_fn(arch, args.d_in, d_sae, cut, device, l0s["sae_lab"])
+            ours = sae_lab_penalty_step_fn(arch, args.d_in, d_sae, cut, device, l0s["sae_lab"],
+                                           args.penalty_decoder)
             ratios = []
             times = {"ref": [], "sae_lab": []}
             for i in range(args.warmup + args.penalty_steps):
@@ -562,6 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", choices=("topk", "architectures", "penalty"), default=None,
                    help="run one table only: 1 (topk), 2 (architectures) or 3 (penalty)")
     p.add_argument("--l0", type=float, default=32.0, help="Table 3: L0 the cut is set for")
+    p.add_argument("--penalty-decoder", choices=("auto", "dense"), default="auto",
+                   help="Table 3: sae.decoder of the sae_lab rows ('dense': the reference path)")
     p.add_argument("--penalty-steps", type=int, default=None,
                    help="Table 3: timed steps per architecture (default 5, --quick 3)")
     args = p.parse_args(argv)
