@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -76,6 +77,138 @@ def plain_step_fn(d_in: int, d_sae: int, k: int, device: str) -> Callable[[Tenso
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.W_dec /= model.W_dec.norm(dim=1, keepdim=True)
+
+    return step
+
+
+class PlainPenalty(nn.Module):
+    """The penalty references (issue 15): ReLU-L1, JumpReLU and Gated SAEs written as the papers'
+    equations in plain dense PyTorch, as a straightforward implementation would."""
+
+    def __init__(self, arch: str, d_in: int, d_sae: int, lam: float, cut: float) -> None:
+        super().__init__()
+        W = torch.randn(d_sae, d_in)
+        W /= W.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W)  # [d_sae, d_in]
+        self.W_enc = nn.Parameter(W.T.clone())  # [d_in, d_sae]
+        self.b_enc = nn.Parameter(torch.full((d_sae,), -cut if arch == "relu" else 0.0))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if arch == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cut)))
+        if arch == "gated":
+            del self.b_enc
+            self.b_gate = nn.Parameter(torch.full((d_sae,), -cut))
+            self.r_mag = nn.Parameter(torch.zeros(d_sae))
+            self.b_mag = nn.Parameter(torch.zeros(d_sae))
+        self.arch, self.lam = arch, lam
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, L0)."""
+        if self.arch == "gated":
+            pre = (x - self.b_dec) @ self.W_enc  # [B, d_sae]
+            pi_gate = pre + self.b_gate
+            z = (pi_gate > 0) * (pre * self.r_mag.exp() + self.b_mag).relu()
+            gate = pi_gate.relu()
+            x_hat_frozen = gate @ self.W_dec.detach() + self.b_dec.detach()
+            penalty = (gate * self.W_dec.norm(dim=1)).sum(-1).mean()
+            penalty = penalty + (x_hat_frozen - x).pow(2).sum(-1).mean() / self.lam
+        else:
+            pre = (x - self.b_dec) @ self.W_enc + self.b_enc  # [B, d_sae]
+            if self.arch == "relu":
+                z = pre.relu()
+                penalty = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+            else:
+                theta = self.log_threshold.exp()
+                z = PlainJumpReLU.apply(pre, theta)
+                penalty = PlainStep.apply(pre, theta).sum(-1).mean()
+        x_hat = z @ self.W_dec + self.b_dec
+        loss = (x_hat - x).pow(2).sum(-1).mean() + self.lam * penalty
+        return loss, (z > 0).sum(-1).float().mean()
+
+
+BANDWIDTH = 0.1  # JumpReLU's kernel width, sae_lab's default
+
+
+class PlainJumpReLU(torch.autograd.Function):
+    """pre * H(pre - theta); theta learns through the rectangle-kernel estimator (arXiv
+    2407.14435, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        kernel = ((pre - theta) / BANDWIDTH).abs() < 0.5
+        return grad * (pre > theta), (-(theta / BANDWIDTH) * kernel * grad).sum(0)
+
+
+class PlainStep(torch.autograd.Function):
+    """H(pre - theta), the L0 term, with the estimator of eq. 12."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        return (pre > theta).float()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        kernel = ((pre - theta) / BANDWIDTH).abs() < 0.5
+        return None, (-(1 / BANDWIDTH) * kernel * grad).sum(0)
+
+
+def plain_penalty_step_fn(
+    arch: str, d_in: int, d_sae: int, lam: float, cut: float, device: str, l0: list[float]
+) -> Callable[[Tensor], None]:
+    model = PlainPenalty(arch, d_in, d_sae, lam, cut).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=4e-4)
+    unit_norm = arch != "relu"  # relu keeps the decoder norm in its penalty
+
+    def step(x: Tensor) -> None:
+        loss, batch_l0 = model(x)
+        loss.backward()
+        W, g = model.W_dec, model.W_dec.grad
+        if unit_norm:  # drop the gradient along the rows, then renormalise
+            g -= (g * W).sum(1, keepdim=True) * W
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if unit_norm:
+            with torch.no_grad():
+                W /= W.norm(dim=1, keepdim=True)
+        l0.append(batch_l0.item())
+
+    return step
+
+
+def sae_lab_penalty_step_fn(
+    arch: str, d_in: int, d_sae: int, cut: float, device: str, l0: list[float], decoder: str
+) -> Callable[[Tensor], None]:
+    """sae_lab's step, as sae_lab_step_fn, with its default sparsity_coef and the threshold (or
+    bias) at `cut` as in the reference."""
+    cfg = sae_config(arch, d_in=d_in, d_sae=d_sae, decoder=decoder)
+    sae = ARCHITECTURES[arch](cfg).to(device)
+    with torch.no_grad():
+        if arch == "relu":
+            sae.b_enc.fill_(-cut)
+        elif arch == "gated":
+            sae.b_gate.fill_(-cut)
+        else:
+            sae.log_threshold.fill_(math.log(cut))
+    module = SAEModule(sae, TrainConfig(sae=cfg, lr_warmup_steps=0))
+    opt = module.configure_optimizers()["optimizer"]
+
+    def step(x: Tensor) -> None:
+        out = sae.training_loss(x, 1000)
+        out.loss.backward()
+        sae.after_step(out, 1000)
+        sae.remove_parallel_grads()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        l0.append(out.l0.item())
 
     return step
 
@@ -364,6 +497,50 @@ def architecture_table(args, device: str) -> None:
               f"dense {dense:.4f} (relative difference {abs(sparse - dense) / dense:.2%})")
 
 
+def penalty_table(args, device: str) -> None:
+    """Table 3 (issue 15): relu, jumprelu and gated once sparse, against the plain references."""
+    print(f"\n## Table 3: penalty SAEs once sparse, against a plain PyTorch step of the same maths"
+          f"\n## (tokens/s, ratio sae_lab / reference; L0 set to about {args.l0} by the bias or "
+          f"threshold, measured below; sae.decoder={args.penalty_decoder})")
+    for d_sae in args.d_sae:
+        # x ~ N(0, I) and unit-norm encoder columns: pre ~ N(0, 1), so this cut leaves ~l0 on
+        cut = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - args.l0 / d_sae)).item()
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.randn(args.batch, args.d_in, generator=g).to(device) for _ in range(3)]
+        print(f"\nd_in={args.d_in} d_sae={d_sae} batch={args.batch}, cut {cut:.2f}")
+        print(f"  {'architecture':<12} {'reference':>10} {'sae_lab':>10} {'ratio':>7} "
+              f"{'spread':>13} {'L0 ref':>7} {'L0 sae_lab':>10}")
+        for arch in ("relu", "jumprelu", "gated"):
+            lam = sae_config(arch).lam
+            l0s: dict[str, list[float]] = {"ref": [], "sae_lab": []}
+            torch.manual_seed(0)
+            ref = plain_penalty_step_fn(arch, args.d_in, d_sae, lam, cut, device, l0s["ref"])
+            torch.manual_seed(0)
+            ours = sae_lab_penalty_step_fn(arch, args.d_in, d_sae, cut, device, l0s["sae_lab"],
+                                           args.penalty_decoder)
+            ratios = []
+            times = {"ref": [], "sae_lab": []}
+            for i in range(args.warmup + args.penalty_steps):
+                x = batches[i % len(batches)]
+                for name, step in (("ref", ref), ("sae_lab", ours)):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    step(x)
+                    _sync(device)
+                    if i >= args.warmup:
+                        times[name].append(time.perf_counter() - t0)
+                if i >= args.warmup:
+                    ratios.append(times["ref"][-1] / times["sae_lab"][-1])
+            t_ref, t_ours = (statistics.median(times[n]) for n in ("ref", "sae_lab"))
+            w = args.warmup
+            print(f"  {arch:<12} {args.batch / t_ref:10,.0f} {args.batch / t_ours:10,.0f} "
+                  f"{statistics.median(ratios):6.2f}x {min(ratios):5.2f}-{max(ratios):5.2f}x "
+                  f"{statistics.median(l0s['ref'][w:]):7.1f} "
+                  f"{statistics.median(l0s['sae_lab'][w:]):10.1f}")
+    print("  ratio: median over the timed steps of reference time / sae_lab time, each pair "
+          "measured back to back;\n  spread: smallest and largest of those ratios")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--memory-child"]:
@@ -383,11 +560,19 @@ def main(argv: list[str] | None = None) -> None:
                    help="bf16-mixed: autocast on CUDA (ignored on CPU)")
     p.add_argument("--no-lightning", action="store_true", help="skip the Lightning rows")
     p.add_argument("--skip-architectures", action="store_true", help="skip Table 2")
+    p.add_argument("--only", choices=("topk", "architectures", "penalty"), default=None,
+                   help="run one table only: 1 (topk), 2 (architectures) or 3 (penalty)")
+    p.add_argument("--l0", type=float, default=32.0, help="Table 3: L0 the cut is set for")
+    p.add_argument("--penalty-decoder", choices=("auto", "dense"), default="auto",
+                   help="Table 3: sae.decoder of the sae_lab rows ('dense': the reference path)")
+    p.add_argument("--penalty-steps", type=int, default=None,
+                   help="Table 3: timed steps per architecture (default 5, --quick 3)")
     args = p.parse_args(argv)
     args.d_sae = args.d_sae or ([6144] if args.quick else [6144, 24576])
     args.k = args.k or ([32] if args.quick else [32, 128])
     args.steps = args.steps or (3 if args.quick else 5)
     args.arch_steps = args.arch_steps or (6 if args.quick else 12)
+    args.penalty_steps = args.penalty_steps or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -400,9 +585,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"precision {args.precision}, load average {load:.2f}")
     start = time.perf_counter()
-    throughput_table(args, device)
-    if not (args.skip_architectures or args.no_lightning):
+    if args.only in (None, "topk"):
+        throughput_table(args, device)
+    if args.only == "architectures" or not (args.only or args.skip_architectures
+                                            or args.no_lightning):
         architecture_table(args, device)
+    if args.only in (None, "penalty"):
+        penalty_table(args, device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; load average at the end {load:.2f}")
 

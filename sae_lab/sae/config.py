@@ -74,6 +74,9 @@ class PenaltyConfig(SAEConfig):
 
     sparsity_coef: Annotated[float, Field(ge=0)] = 1.0
     """Sparsity coefficient lambda."""
+    decoder: Literal["auto", "sparse", "dense"] = "auto"
+    """'sparse' computes a step from the active latents only; 'dense' is the reference path;
+    'auto' takes 'sparse' once the last step had under 10% of its entries active."""
 
     @property
     def lam(self) -> float:

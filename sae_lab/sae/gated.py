@@ -8,6 +8,10 @@ Autoencoders", arXiv 2404.16014).
         + ||x - x_hat_frozen(ReLU(pi_gate))||^2        (eq. 8: aux through a frozen decoder)
 
 The gate path has no gradient through the Heaviside step; the L1 and aux terms train it.
+
+cfg.decoder picks how a training step is computed (same loss and gradients): "dense", the
+reference below; "sparse", only the entries with an open gate (sae_lab.sae.sparse_penalty);
+"auto", sparse once the last step's density was low enough.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from sae_lab.config import config
-from sae_lab.sae.base import SAE, TrainOutput
+from sae_lab.sae.base import SAE, TrainOutput, centred_matmul
 from sae_lab.sae.config import PenaltyConfig
 from sae_lab.sae.registry import register
+from sae_lab.sae.sparse_penalty import SparsePenalty, decode
 
 
 @config
@@ -46,36 +51,53 @@ class GatedSAE(SAE):
         self.b_gate = nn.Parameter(torch.zeros(self.d_sae, dtype=dtype))
         self.r_mag = nn.Parameter(torch.zeros(self.d_sae, dtype=dtype))
         self.b_mag = nn.Parameter(torch.zeros(self.d_sae, dtype=dtype))
+        self._sparse = SparsePenalty()  # speed path; scratch buffer and last density, not saved
 
     def gate_and_mag(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        centred = x - self.b_dec
-        pi_gate = centred @ self.W_enc + self.b_gate  # [B, d_sae]
-        pi_mag = centred @ (self.W_enc * self.r_mag.exp()) + self.b_mag  # [B, d_sae]
-        return pi_gate, pi_mag
+        # (x - b_dec) @ (W_enc * exp(r_mag)) scales the columns of (x - b_dec) @ W_enc: one
+        # encoder product serves both paths
+        pre = centred_matmul(x, self.b_dec, self.W_enc)  # [B, d_sae]
+        return pre + self.b_gate, pre * self.r_mag.exp() + self.b_mag
 
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self.gate_and_mag(x)
-        return (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
+        return torch.where(pi_gate > 0, pi_mag.relu(), 0.0)
 
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
-        pi_gate, pi_mag = self.gate_and_mag(x)
-        active = pi_gate > 0
-        z = active.to(pi_mag.dtype) * pi_mag.relu()
-        x_hat = self.decode(z)
+        B = x.shape[0]
+        norms = self.W_dec.norm(dim=1)  # [d_sae]
+        if self._sparse.use_sparse(self.cfg.decoder):
+            # only where the gate is open: z is 0 elsewhere and ReLU(pi_gate) too
+            sel = self._sparse.select(x, self.W_enc, self.b_gate, self.b_dec, 0.0)
+            gate_acts, lat = sel.values, sel.latents  # [N], pi_gate > 0 there
+            pi_mag = (gate_acts - self.b_gate[lat]) * self.r_mag[lat].exp() + self.b_mag[lat]
+            z = pi_mag.relu()
+            x_hat = decode(z, sel, self.W_dec) + self.b_dec
+            sparsity = (gate_acts * norms[lat]).sum() / B
+            x_hat_gate = decode(gate_acts, sel, self.W_dec.detach()) + self.b_dec.detach()
+            active = z.detach() > 0
+            fired = sel.fired(active)
+        else:
+            pi_gate, pi_mag = self.gate_and_mag(x)
+            gate_open = pi_gate > 0
+            z = torch.where(gate_open, pi_mag.relu(), 0.0)
+            x_hat = self.decode(z)
+            gate_acts = pi_gate.relu()
+            sparsity = gate_acts.sum(dim=0) @ norms / B  # column sums: no [B, d_sae] product
+            x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
+            active = z.detach() > 0
+            fired = active.any(dim=0)
+            self._sparse.record(gate_open.sum(), B, self.d_sae)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
-        gate_acts = pi_gate.relu()
-        sparsity = (gate_acts * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
-        x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
         aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity + aux
-        fired = (active & (z > 0)).any(dim=0)
         parts = {
             "mse": recon.detach() / self.d_in,
-            "l1": z.detach().sum(dim=-1).mean(),
+            "l1": z.detach().sum() / B,
             "sparsity": sparsity.detach(),
             "aux": aux.detach(),
         }
-        return TrainOutput(loss, x_hat, (z > 0).sum(dim=-1).float().mean(), fired, parts)
+        return TrainOutput(loss, x_hat, active.sum().float() / B, fired, parts)
 
     @torch.no_grad()
     def saelens_tensors(self) -> dict[str, Tensor]:

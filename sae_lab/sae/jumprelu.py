@@ -13,6 +13,11 @@ The paper's eps = theta_0 = 0.001 suit its input scale and billions of tokens. H
 normalised to E||x||^2 = d_in, so latents fire at O(1); eps = 0.1 and theta_0 = 0.5 let thresholds
 settle within a few hundred steps (measured on the synthetic known-answer data, tests/), helped
 by a learning rate 10x larger for the thresholds (threshold_lr_scale).
+
+cfg.decoder picks how a training step is computed (same loss and gradients): "dense", the
+reference below; "sparse", only the entries with pre > theta - eps, which hold every active entry
+and the estimators' kernel support (sae_lab.sae.sparse_penalty); "auto", sparse once the last
+step's density was low enough.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
 from sae_lab.sae.config import PenaltyConfig
 from sae_lab.sae.registry import register
+from sae_lab.sae.sparse_penalty import SparsePenalty, decode
 
 
 @config
@@ -42,27 +48,32 @@ class JumpReLUConfig(PenaltyConfig):
     """Learning rate of log_threshold as a multiple of lr."""
 
 
-def _kernel(u: Tensor) -> Tensor:
-    return (u.abs() < 0.5).to(u.dtype)
+def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """K((pre - theta) / eps) as a bool mask (the rectangle kernel)."""
+    return ((pre - theta) / eps).abs_() < 0.5
 
 
 class _JumpReLU(torch.autograd.Function):
+    """z = pre * H(pre - theta); pre [B, d_sae] with theta [d_sae], or both [N] (sparse path)."""
+
     @staticmethod
     def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.eps = eps
-        return pre * (pre > theta)
+        return torch.where(pre > theta, pre, 0.0)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         pre, theta = ctx.saved_tensors
         eps = ctx.eps
-        grad_pre = grad * (pre > theta)
-        grad_theta = -(theta / eps) * _kernel((pre - theta) / eps) * grad
-        return grad_pre, grad_theta.sum(dim=0), None
+        grad_pre = torch.where(pre > theta, grad, 0.0)
+        grad_theta = torch.where(_kernel(pre, theta, eps), grad, 0.0).sum_to_size(theta.shape)
+        return grad_pre, grad_theta.mul_(-theta / eps), None
 
 
 class _Step(torch.autograd.Function):
+    """H(pre - theta), shapes as _JumpReLU; no gradient to pre."""
+
     @staticmethod
     def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre, theta)
@@ -72,9 +83,8 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         pre, theta = ctx.saved_tensors
-        eps = ctx.eps
-        grad_theta = -(1.0 / eps) * _kernel((pre - theta) / eps) * grad
-        return torch.zeros_like(pre), grad_theta.sum(dim=0), None
+        grad_theta = torch.where(_kernel(pre, theta, ctx.eps), grad, 0.0).sum_to_size(theta.shape)
+        return None, grad_theta.mul_(-1.0 / ctx.eps), None
 
 
 @register
@@ -87,6 +97,7 @@ class JumpReLUSAE(SAE):
         super().__init__(*args, **kwargs)
         init = torch.full((self.d_sae,), math.log(self.cfg.threshold_init), dtype=self.W_enc.dtype)
         self.log_threshold = nn.Parameter(init)
+        self._sparse = SparsePenalty()  # speed path; scratch buffer and last density, not saved
 
     def param_groups(self, lr: float) -> list[dict]:
         # Adam moves log_threshold by about lr per step whatever the gradient's size, so at
@@ -107,20 +118,36 @@ class JumpReLUSAE(SAE):
         return pre * (pre > self.threshold)
 
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
-        pre = self.pre_acts(x)
         theta = self.threshold
-        z = _JumpReLU.apply(pre, theta, self.cfg.bandwidth)
-        x_hat = self.decode(z)
+        eps = self.cfg.bandwidth
+        if self._sparse.use_sparse(self.cfg.decoder):
+            # entries that can carry a gradient: active ones and the kernel's support
+            sel = self._sparse.select(x, self.W_enc, self.b_enc, self.b_dec, theta.detach() - eps)
+            pre, theta, B = sel.values, theta[sel.latents], x.shape[0]  # [N] each
+            z = _JumpReLU.apply(pre, theta, eps)
+            x_hat = decode(z, sel, self.W_dec) + self.b_dec
+            l0 = _Step.apply(pre, theta, eps).sum() / B
+            active = z.detach() != 0
+            n_active = active.sum()
+            fired = sel.fired(active)
+        else:
+            pre = self.pre_acts(x)  # [B, d_sae]
+            B = x.shape[0]
+            z = _JumpReLU.apply(pre, theta, eps)
+            x_hat = self.decode(z)
+            l0 = _Step.apply(pre, theta, eps).sum(dim=-1).mean()
+            active = z.detach() != 0
+            n_active = active.sum()
+            fired = active.any(dim=0)
+            self._sparse.record(n_active, *pre.shape)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
-        l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
-        active = z.detach() != 0
         parts = {
             "mse": recon.detach() / self.d_in,
-            "l1": z.detach().abs().sum(dim=-1).mean(),
+            "l1": z.detach().abs().sum() / B,
             "sparsity": l0.detach(),
         }
-        return TrainOutput(loss, x_hat, active.sum(dim=-1).float().mean(), active.any(dim=0), parts)
+        return TrainOutput(loss, x_hat, n_active.float() / B, fired, parts)
 
     @torch.no_grad()
     def saelens_tensors(self) -> dict[str, Any]:
