@@ -278,7 +278,7 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and float(failed[0]["lr"]) == 1e30
     assert failed[0]["architecture"] == "jumprelu"
-    assert failed[0]["error"].startswith("sae_lab.sweep.run.TrialError: NonFiniteBatchError: "
+    assert failed[0]["error"].startswith("sae_lab.sweep.trial.TrialError: NonFiniteBatchError: "
                                          "step 1: non-finite loss")
     assert "(on host " in failed[0]["error"]
     assert int(failed[0]["failures"]) == 2  # first try + one retry (max_failures: 1)
