@@ -431,6 +431,50 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
     assert after_resume[0] > first_val and after_resume[0] >= before_stop[-1], runs_of(out, midway)
 
 
+@pytest.mark.slow
+def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_path):
+    """Two packs on the two nodes; ASHA stops members across them; NaN members fail alone."""
+    from sae_lab import load
+    from sae_lab.sweep.run import run_sweep
+
+    sweep = sweep_from_dict({
+        "base": {"data": {"synthetic": {"d": 16, "n_features": 32, "active": 3,
+                                        "n_tokens": 4096}},
+                 "batch_size": 128, "max_tokens": 128 * 16, "lr_warmup_steps": 3,
+                 "val_every_steps": 4, "lr": 3e-3, "sae": {"expansion_factor": 2}},
+        "architectures": ["relu", "topk"],
+        # lr=1e30 overflows to inf at step 1 (nan_policy: error): those members fail alone
+        "space": {"relu": {"sparsity_coef": {"grid": [0.5, 1.0, 8.0]}},
+                  "topk": {"k": {"grid": [2, 6]}, "lr": {"grid": [3e-3, 1e30]}}},
+        "scheduler": {"type": "asha", "grace_tokens": 512},
+        "search": "grid", "pack": 4, "resources": {"cpus": 1},
+    })
+    out = tmp_path / "sweep"
+    result = run_sweep(sweep, out, verbose=0)
+    rows = read_rows(out)
+    assert sorted(r["trial"] for r in rows) == sorted(
+        ["relu_000", "relu_001", "relu_002", "topk_003", "topk_004", "topk_005", "topk_006"])
+    assert {r["pack"] for r in rows} == {"pack000", "pack001"}
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert sorted(r["trial"] for r in failed) == ["topk_004", "topk_006"]  # lr=1e30
+    assert {r["pack"] for r in failed} == {"pack000", "pack001"}  # and their packs went on
+    for r in failed:
+        assert r["error"].startswith("NonFiniteBatchError: step 1: non-finite loss"), r["error"]
+    ok = [r for r in rows if r["status"] != "failed"]
+    assert {r["status"] for r in ok} <= {"done", "stopped_early"} and len(ok) == 5
+    stopped = [r for r in ok if r["status"] == "stopped_early"]
+    assert stopped, "ASHA stopped no member"
+    for r in ok:
+        assert float(r["objective"]) == pytest.approx(float(r["fvu"]) + float(r["l0"]) / 16)
+        want = 2048.0 if r["status"] == "done" else None
+        assert float(r["tokens"]) == want or 512 <= float(r["tokens"]) < 2048
+        tb = out / "tune" / r["pack"] / "members" / r["trial"] / "tensorboard"
+        assert list(tb.glob("events.out.tfevents*")), r["trial"]  # one TB run per member
+    best = result.best("relu")
+    assert best is not None and load(out / "best" / "relu").d_in == 16
+    assert json.loads((out / "best" / "summary.json").read_text())["relu"]["trial"] == best.trial
+
+
 def test_cli_check_prints_trials(capsys):
     from sae_lab.sweep.cli import _standalone
 

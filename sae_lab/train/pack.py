@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
@@ -260,17 +259,32 @@ def _lr_lambda(cfg: TrainConfig):
     return lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_decay_start)
 
 
+class SaveLast(pl.Callback):
+    """`path` (atomically) after every validation, so it holds the members' status after the
+    early-stopping decisions made at that validation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        tmp.replace(self.path)
+
+
 def _pack_trainer(cfg: TrainConfig, out_dir: Path, accelerator: str,
                   callbacks: list[pl.Callback], save_checkpoints: bool) -> pl.Trainer:
     precision = cfg.precision if accelerator == "gpu" else "32-true"
-    checkpoints = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
-                                   save_top_k=0)] if save_checkpoints else []
+    checkpoints = [SaveLast(out_dir / "checkpoints" / "last.ckpt")] if save_checkpoints else []
     return pl.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_steps=cfg.max_steps,
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
         check_val_every_n_epoch=None, limit_val_batches=cfg.val_batches or 1.0,
         num_sanity_val_steps=0, logger=False, callbacks=[*checkpoints, *callbacks],
-        enable_checkpointing=save_checkpoints, enable_progress_bar=False,
+        enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=out_dir,
     )
 
