@@ -227,7 +227,9 @@ class PackReport(pl.Callback):
             arch = self.state["members"][name]["architecture"]
             metrics = self.metrics(val, pack.members[i].sae.d_in)
             self.state["members"][name]["metrics"] = metrics
-            if not self._go_on(name, arch, metrics):
+            # at max_tokens ASHA says stop to everyone: the member is done, not stopped early
+            if tokens < pack.cfg.max_steps * pack.cfg.batch_size and \
+                    not self._go_on(name, arch, metrics):
                 pack.stop(i)
         self._sync_status(pack)
         self.state["tokens"] = tokens
