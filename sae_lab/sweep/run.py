@@ -275,11 +275,23 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
               flush=True)
     if progress and not verbose:
-        with TrialProgress(out, sweep.num_trials):
+        with TrialProgress(out, local_trials(sweep)):
             result = run_sweep(sweep, out, resume=resume, verbose=0)
     else:
         result = run_sweep(sweep, out, resume=resume, verbose=verbose)
     return result, "resumed" if resume else "ran"
+
+
+def local_trials(sweep: SweepConfig) -> int:
+    """Tune trials the sweep runs on this machine: one per SAE, or one per pack."""
+    if sweep.pack == 1:
+        return sweep.num_trials
+    import torch
+
+    from sae_lab.sweep.packs import make_packs
+
+    here = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+    return len(make_packs(sweep, trial_slots(sweep, here), memory_budget(sweep)))
 
 
 def _sigterm_as_sigint() -> Any:
