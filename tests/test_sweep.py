@@ -136,6 +136,8 @@ def test_asha_compares_trials_only_within_their_architecture():
     ({"architectures": ["relu", "topk", "toppk"]}, "unknown architecture 'toppk'"),
     ({"resources": {"gpus": 1.5}}, "resources.gpus=1.5"),
     ({"base": {"lr": -1}}, "lr=-1: must be > 0"),
+    ({"pack": 0}, "pack=0: must be a whole number >= 1 or auto"),
+    ({"search": "optuna", "pack": 4}, "pack=4: must be 1 with search: optuna"),
 ])
 def test_bad_sweeps_fail_before_launch_naming_the_culprit(change, culprit):
     d = tiny_sweep()
@@ -217,7 +219,8 @@ def test_shipped_sweeps_validate(tmp_path):
     validate(demo)
     assert set(load_sweep("compare_archs.yaml", shards=tmp_path).architectures) == set(
         sae_lab.ARCHITECTURES)
-    assert 0 < load_sweep("kaggle_t4x2.yaml", shards=tmp_path).resources.gpus < 1
+    kaggle = load_sweep("kaggle_t4x2.yaml", shards=tmp_path)
+    assert kaggle.pack == "auto" and kaggle.resources.gpus == 1  # one pack per GPU
 
 
 # --- slow: real sweeps on a simulated two-node Ray cluster ----------------------------------

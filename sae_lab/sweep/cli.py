@@ -58,7 +58,12 @@ def main(args: argparse.Namespace) -> None:
         for arch in sweep.architectures:
             keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
             print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
-        print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
+        packed = ""
+        if sweep.pack != 1:
+            from sae_lab.sweep.run import local_trials
+
+            packed = f" in {local_trials(sweep)} packs (pack: {sweep.pack}, on this machine)"
+        print(f"{sweep.num_trials} trials{packed}, metric {sweep.metric} ({sweep.mode}), "
               f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
         return
     from sae_lab.sweep.run import run_sweep
