@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_throughput.py            # both shapes and the ASHA comparison
     python benchmarks/sweep_throughput.py --quick    # demo shapes only, one round
+    python benchmarks/sweep_throughput.py --only asha   # (or demo, wide) one part
 
 Table 1: the same sweep of 12 configs over three architectures (relu: 4 lambdas, topk and
 batchtopk: 4 k each), with no early stopping, run unpacked (a Tune trial per SAE) and packed
@@ -112,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="demo shapes only, one round")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per shape")
+    parser.add_argument("--only", choices=("demo", "wide", "asha"), help="run one part")
     args = parser.parse_args()
+    parts = {args.only} if args.only else {"demo"} if args.quick else {"demo", "wide", "asha"}
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -120,9 +123,11 @@ def main() -> None:
     print("| shape | sweep | wall (median) | SAE-tokens/s |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="sweep_bench_") as tmp:
         root = Path(tmp)
-        throughput("demo: d_in 64, d_sae 256", DEMO, 1 if args.quick else args.rounds, root)
-        if not args.quick:
+        if "demo" in parts:
+            throughput("demo: d_in 64, d_sae 256", DEMO, 1 if args.quick else args.rounds, root)
+        if "wide" in parts:
             throughput("d_in 384, d_sae 6144", WIDE, 1, root)
+        if "asha" in parts:
             print("\n| ASHA vs grid | best | SAE-tokens | |\n|---|---|---|---|")
             asha_vs_grid(root)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

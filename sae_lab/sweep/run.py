@@ -7,6 +7,8 @@ resume, and any Ray cluster (`address`).
 
 Every trial reports at each validation with a checkpoint holding the Lightning state (to resume a
 retried or interrupted trial) and the SAE with input normalisation folded in (to export).
+With `pack` > 1 (or auto) a trial trains a pack of SAEs instead (sae_lab.sweep.packs: run_pack,
+early stopping per member by a rungs actor, no Tune scheduler).
 """
 
 from __future__ import annotations
