@@ -84,7 +84,7 @@ def throughput(name: str, shape: dict, rounds: int, root: Path) -> None:
     walls: dict[str, list[float]] = {"unpacked": [], "packed": []}
     tokens = {}
     for _ in range(rounds):  # interleaved: the machine's load changes over minutes
-        for mode, pack in (("unpacked", 1), ("packed", "auto")):
+        for mode, pack in (("packed", "auto"), ("unpacked", 1)):
             wall, sae_tokens, _ = run(sweep_dict(shape, 4, pack, asha=False), root)
             walls[mode].append(wall)
             tokens[mode] = sae_tokens
@@ -118,7 +118,7 @@ def main() -> None:
     parts = {args.only} if args.only else {"demo"} if args.quick else {"demo", "wide", "asha"}
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start")
     print("| shape | sweep | wall (median) | SAE-tokens/s |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="sweep_bench_") as tmp:

@@ -518,7 +518,7 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
         if r["status"] == "stopped_early":
             assert [t for m, t, f in keys if m == r["trial"]][-1] == float(r["tokens"])
     completes = [e["trial"] for e in events(out) if e["event"] == "complete"]
-    assert set(completes) == {"pack000", "pack001"}
+    assert len(completes) == len(set(completes)) == 2  # each pack finished once
 
 
 def test_cli_check_prints_trials(capsys):
