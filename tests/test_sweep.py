@@ -496,7 +496,7 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
         [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
          "--address", cluster.address, "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while len(list(out.glob("tune/pack*/checkpoint_*/members.json"))) < 2:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no pack got part-way in time"
