@@ -1,7 +1,8 @@
 """A finished (or interrupted) sweep -> a typed SweepResult -> results.csv, pareto.png and best/.
 
-    results.csv          one row per trial: architecture, hyperparameters, final validation
-                         metrics, tokens, wall time, status, error, node
+    results.csv          one row per trial (per SAE of a packed sweep, with its pack):
+                         architecture, hyperparameters, final validation metrics, tokens,
+                         wall time, status, error, node
     pareto.png           L0 against FVU, one colour per architecture, the frontier drawn
     best/<arch>/         the best trial of each architecture by the sweep's metric
     best/frontier_<i>/   the Pareto-optimal trials, i = 0 the sparsest
@@ -49,7 +50,8 @@ class TrialRecord:
     """One trial of a sweep as it ended (or stands, if the sweep was interrupted)."""
 
     trial: str
-    """Tune's trial directory name: <architecture>_<trial id>."""
+    """Tune's trial directory name: <architecture>_<trial id>; in a packed sweep the member's
+    name, <architecture>_<index>."""
     architecture: str
     config: dict[str, Any]
     """lr, sparsity_coef, k, expansion_factor and any other searched key; None: does not apply."""
