@@ -525,6 +525,7 @@ def test_cli_check_prints_trials(capsys):
     from sae_lab.sweep.cli import _standalone
 
     assert _standalone(["demo.yaml", "--check"]) == 0
-    assert "trials, metric objective (min)" in capsys.readouterr().out
+    assert "trials, metric objective (min)" in (printed := capsys.readouterr().out)
+    assert re.search(r"search random, in \d+ packs on this machine \(pack: auto\): OK", printed)
     assert _standalone(["demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"]) == 2
     assert "larger than the number of latents" in capsys.readouterr().err

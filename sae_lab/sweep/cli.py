@@ -62,9 +62,9 @@ def main(args: argparse.Namespace) -> None:
         if sweep.pack != 1:
             from sae_lab.sweep.run import local_trials
 
-            packed = f" in {local_trials(sweep)} packs (pack: {sweep.pack}, on this machine)"
-        print(f"{sweep.num_trials} trials{packed}, metric {sweep.metric} ({sweep.mode}), "
-              f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
+            packed = f", in {local_trials(sweep)} packs on this machine (pack: {sweep.pack})"
+        print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
+              f"scheduler {sweep.scheduler.type}, search {sweep.search}{packed}: OK")
         return
     from sae_lab.sweep.run import run_sweep
 
