@@ -1,7 +1,7 @@
 """sae_lab on Kaggle's "GPU T4 x2": harvest a Hub model, sweep SAEs on both GPUs, export the best.
 
     install sae_lab -> harvest MODEL (layer L) over a Hub DATASET into shards on local disk
-      -> sweeps/kaggle_t4x2.yaml with Ray Tune, half a GPU per trial (4 trials at once)
+      -> sweeps/kaggle_t4x2.yaml with Ray Tune, one pack of SAEs per GPU (2 packs at once)
       -> /kaggle/working/sweep/{results.csv, pareto.png, best/}, /kaggle/working/exports/<arch>/
          (SAELens), /kaggle/working/eval/<arch>/, /kaggle/working/browser/index.html
 

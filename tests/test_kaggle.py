@@ -37,10 +37,11 @@ def test_kernel_metadata_asks_for_two_t4s_with_internet():
     assert meta["id"].endswith("/sae-lab-t4x2")
 
 
-def test_sweep_it_runs_uses_fractional_gpus():
+def test_sweep_it_runs_packs_one_pack_per_gpu():
     kaggle = load_script()
     sweep = yaml.safe_load((REPO / "sweeps" / kaggle.SWEEP).read_text())
-    assert 0 < sweep["resources"]["gpus"] < 1  # several trials share a GPU
+    assert sweep["pack"] == "auto" and sweep["resources"]["gpus"] == 1  # a pack per GPU
+    assert sweep["max_concurrent"] == 2  # Kaggle's two T4s
     # the smoke overrides only shrink the run, they do not change what is compared
     keys = {o.split("=", 1)[0] for o in kaggle.SMOKE_SWEEP}
     assert not keys & {"architectures", "metric", "mode"}

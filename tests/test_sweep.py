@@ -136,6 +136,8 @@ def test_asha_compares_trials_only_within_their_architecture():
     ({"architectures": ["relu", "topk", "toppk"]}, "unknown architecture 'toppk'"),
     ({"resources": {"gpus": 1.5}}, "resources.gpus=1.5"),
     ({"base": {"lr": -1}}, "lr=-1: must be > 0"),
+    ({"pack": 0}, "pack=0: must be a whole number >= 1 or auto"),
+    ({"search": "optuna", "pack": 4}, "pack=4: must be 1 with search: optuna"),
 ])
 def test_bad_sweeps_fail_before_launch_naming_the_culprit(change, culprit):
     d = tiny_sweep()
@@ -217,7 +219,8 @@ def test_shipped_sweeps_validate(tmp_path):
     validate(demo)
     assert set(load_sweep("compare_archs.yaml", shards=tmp_path).architectures) == set(
         sae_lab.ARCHITECTURES)
-    assert 0 < load_sweep("kaggle_t4x2.yaml", shards=tmp_path).resources.gpus < 1
+    kaggle = load_sweep("kaggle_t4x2.yaml", shards=tmp_path)
+    assert kaggle.pack == "auto" and kaggle.resources.gpus == 1  # one pack per GPU
 
 
 # --- slow: real sweeps on a simulated two-node Ray cluster ----------------------------------
@@ -278,7 +281,7 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and float(failed[0]["lr"]) == 1e30
     assert failed[0]["architecture"] == "jumprelu"
-    assert failed[0]["error"].startswith("sae_lab.sweep.run.TrialError: NonFiniteBatchError: "
+    assert failed[0]["error"].startswith("sae_lab.sweep.trial.TrialError: NonFiniteBatchError: "
                                          "step 1: non-finite loss")
     assert "(on host " in failed[0]["error"]
     assert int(failed[0]["failures"]) == 2  # first try + one retry (max_failures: 1)
@@ -431,10 +434,98 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
     assert after_resume[0] > first_val and after_resume[0] >= before_stop[-1], runs_of(out, midway)
 
 
+@pytest.mark.slow
+def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_path):
+    """Two packs on the two nodes; ASHA stops members across them; NaN members fail alone."""
+    from sae_lab import load
+    from sae_lab.sweep.run import run_sweep
+
+    sweep = sweep_from_dict({
+        "base": {"data": {"synthetic": {"d": 16, "n_features": 32, "active": 3,
+                                        "n_tokens": 4096}},
+                 "batch_size": 128, "max_tokens": 128 * 16, "lr_warmup_steps": 3,
+                 "val_every_steps": 4, "lr": 3e-3, "sae": {"expansion_factor": 2}},
+        "architectures": ["relu", "topk"],
+        # lr=1e30 overflows to inf at step 1 (nan_policy: error): those members fail alone
+        "space": {"relu": {"sparsity_coef": {"grid": [0.5, 1.0, 8.0]}},
+                  "topk": {"k": {"grid": [2, 6]}, "lr": {"grid": [3e-3, 1e30]}}},
+        "scheduler": {"type": "asha", "grace_tokens": 512},
+        "search": "grid", "pack": 4, "resources": {"cpus": 1},
+    })
+    out = tmp_path / "sweep"
+    result = run_sweep(sweep, out, verbose=0)
+    rows = read_rows(out)
+    assert sorted(r["trial"] for r in rows) == sorted(
+        ["relu_000", "relu_001", "relu_002", "topk_003", "topk_004", "topk_005", "topk_006"])
+    assert {r["pack"] for r in rows} == {"pack000", "pack001"}
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert sorted(r["trial"] for r in failed) == ["topk_004", "topk_006"]  # lr=1e30
+    assert {r["pack"] for r in failed} == {"pack000", "pack001"}  # and their packs went on
+    for r in failed:
+        assert r["error"].startswith("NonFiniteBatchError: step 1: non-finite loss"), r["error"]
+    ok = [r for r in rows if r["status"] != "failed"]
+    assert {r["status"] for r in ok} <= {"done", "stopped_early"} and len(ok) == 5
+    stopped = [r for r in ok if r["status"] == "stopped_early"]
+    assert stopped, "ASHA stopped no member"
+    for r in ok:
+        assert float(r["objective"]) == pytest.approx(float(r["fvu"]) + float(r["l0"]) / 16)
+        want = 2048.0 if r["status"] == "done" else None
+        assert float(r["tokens"]) == want or 512 <= float(r["tokens"]) < 2048
+        tb = out / "tune" / r["pack"] / "members" / r["trial"] / "tensorboard"
+        assert list(tb.glob("events.out.tfevents*")), r["trial"]  # one TB run per member
+    best = result.best("relu")
+    assert best is not None and load(out / "best" / "relu").d_in == 16
+    assert json.loads((out / "best" / "summary.json").read_text())["relu"]["trial"] == best.trial
+
+
+@pytest.mark.slow
+def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(cluster, tmp_path):
+    """The driver of a packed sweep is killed (SIGKILL: no state saved on the way out) while
+    both packs are part-way; --resume continues each pack from its checkpoint."""
+    from sae_lab.sweep.run import run_sweep
+
+    d = tiny_sweep(pack=2, scheduler={"type": "asha", "grace_tokens": 4096}, search="grid")
+    d["base"]["max_tokens"] = 16384  # 64 steps, validated every 4
+    d["architectures"] = ["relu", "topk"]
+    d["space"] = {"all": {"expansion_factor": 2},
+                  "relu": {"sparsity_coef": {"grid": [0.5, 2.0]}}, "topk": {"k": {"grid": [2, 6]}}}
+    path = tmp_path / "packs.yaml"
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
+         "--address", cluster.address, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("tune/pack*/checkpoint_*/members.json"))) < 2:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no pack got part-way in time"
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=60)
+    result = run_sweep(sweep_from_dict(d), out, resume=True, verbose=0)
+    rows = result.rows()
+    assert sorted(r["trial"] for r in rows) == ["relu_000", "relu_001", "topk_002", "topk_003"]
+    assert {r["status"] for r in rows} <= {"done", "stopped_early"}
+    assert sum(r["status"] == "done" for r in rows) >= 2  # each architecture's best ran out
+    # every member judged once per rung, across the kill (a retried report reuses its answer)
+    reports = [json.loads(ln) for ln in (out / "rungs.jsonl").read_text().splitlines()]
+    keys = [(r["member"], r["result"]["tokens"], r["final"]) for r in reports]
+    assert len(keys) == len(set(keys))
+    finals = sorted(m for m, _, final in keys if final)
+    assert finals == sorted(r["trial"] for r in rows if r["status"] == "done")
+    for r in rows:  # stopped members stopped once, at the tokens the rungs said
+        if r["status"] == "stopped_early":
+            assert [t for m, t, f in keys if m == r["trial"]][-1] == float(r["tokens"])
+    completes = [e["trial"] for e in events(out) if e["event"] == "complete"]
+    assert len(completes) == len(set(completes)) == 2  # each pack finished once
+
+
 def test_cli_check_prints_trials(capsys):
     from sae_lab.sweep.cli import _standalone
 
     assert _standalone(["demo.yaml", "--check"]) == 0
-    assert "trials, metric objective (min)" in capsys.readouterr().out
+    assert "trials, metric objective (min)" in (printed := capsys.readouterr().out)
+    assert re.search(r"search random, in \d+ packs on this machine \(pack: auto\): OK", printed)
     assert _standalone(["demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"]) == 2
     assert "larger than the number of latents" in capsys.readouterr().err

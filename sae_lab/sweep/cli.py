@@ -58,8 +58,13 @@ def main(args: argparse.Namespace) -> None:
         for arch in sweep.architectures:
             keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
             print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
+        packed = ""
+        if sweep.pack != 1:
+            from sae_lab.sweep.run import local_trials
+
+            packed = f", in {local_trials(sweep)} packs on this machine (pack: {sweep.pack})"
         print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
-              f"scheduler {sweep.scheduler.type}, search {sweep.search}: OK")
+              f"scheduler {sweep.scheduler.type}, search {sweep.search}{packed}: OK")
         return
     from sae_lab.sweep.run import run_sweep
 

@@ -1,7 +1,8 @@
 """A finished (or interrupted) sweep -> a typed SweepResult -> results.csv, pareto.png and best/.
 
-    results.csv          one row per trial: architecture, hyperparameters, final validation
-                         metrics, tokens, wall time, status, error, node
+    results.csv          one row per trial (per SAE of a packed sweep, with its pack):
+                         architecture, hyperparameters, final validation metrics, tokens,
+                         wall time, status, error, node
     pareto.png           L0 against FVU, one colour per architecture, the frontier drawn
     best/<arch>/         the best trial of each architecture by the sweep's metric
     best/frontier_<i>/   the Pareto-optimal trials, i = 0 the sparsest
@@ -29,6 +30,7 @@ from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.sweep.space import SweepConfig, trial_values
 from sae_lab.train.metrics import OBJECTIVE, VAL_METRICS
+from sae_lab.train.pack import FAILED, RUNNING, STOPPED
 
 EXPERIMENT = "tune"
 """Tune's experiment directory under the sweep's output directory."""
@@ -39,6 +41,8 @@ STANDARD_PARAMS = ("lr", "sparsity_coef", "k", "expansion_factor")
 STATUSES = ("done", "stopped_early", "failed", "unfinished")
 FINISHED = ("done", "stopped_early", "failed")
 """Statuses a resumed sweep does not run again."""
+MEMBERS_FILE = "members.json"
+"""In a pack's checkpoint: each member's status, error and latest metrics (sweep.packs)."""
 
 
 @dataclass
@@ -46,7 +50,8 @@ class TrialRecord:
     """One trial of a sweep as it ended (or stands, if the sweep was interrupted)."""
 
     trial: str
-    """Tune's trial directory name: <architecture>_<trial id>."""
+    """Tune's trial directory name: <architecture>_<trial id>; in a packed sweep the member's
+    name, <architecture>_<index>."""
     architecture: str
     config: dict[str, Any]
     """lr, sparsity_coef, k, expansion_factor and any other searched key; None: does not apply."""
@@ -61,6 +66,8 @@ class TrialRecord:
     hostname: str | None = None
     checkpoint: str | None = None
     """The latest checkpoint (a directory holding sae/): a local path or a storage URI."""
+    pack: str | None = None
+    """The pack (Tune trial) this SAE was trained in; None in an unpacked sweep."""
 
     @property
     def measured(self) -> bool:
@@ -71,6 +78,8 @@ class TrialRecord:
     def row(self, out: Path | None = None) -> dict[str, Any]:
         """The results.csv row: flat, "n/a" for what is missing, checkpoint relative to `out`."""
         row: dict[str, Any] = {"trial": self.trial, "architecture": self.architecture}
+        if self.pack is not None:
+            row["pack"] = self.pack
         row.update({k: NA if v is None else v for k, v in self.config.items()})
         for key in METRIC_COLUMNS:
             row[key] = self.metrics.get(key, NA)
@@ -201,6 +210,10 @@ def collect(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
     trials = _trials(grid)
     extra = sorted({k for p in sweep.params.values() for k in p}
                    - {"lr", *(f"sae.{n}" for n in STANDARD_PARAMS)})
+    if sweep.pack != 1:
+        records = sorted(member_records(grid, sweep, extra),
+                         key=lambda r: (r.architecture, r.trial))
+        return SweepResult(records, sweep.metric, sweep.mode, out, {})
     records, checkpoints = [], {}
     for result in grid:
         name = Path(result.path).name
@@ -218,15 +231,20 @@ def collect(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
     return SweepResult(records, sweep.metric, sweep.mode, out, checkpoints)
 
 
-def _record(name: str, result: Any, state: Any, cfg: Any, extra: list[str]) -> TrialRecord:
+def config_columns(cfg: Any, extra: list[str]) -> dict[str, Any]:
+    """The hyperparameter columns of a trial (None where a parameter does not apply)."""
     uses = ARCHITECTURES[cfg.sae.architecture].uses
-    config = {
+    return {
         "lr": cfg.lr,
         "sparsity_coef": cfg.sae.lam if "sparsity_coef" in uses else None,
         "k": cfg.sae.k if "k" in uses else None,
         "expansion_factor": cfg.sae.expansion_factor if not cfg.sae.d_sae else None,
         **{key: _get_path(cfg, key) for key in extra},
     }
+
+
+def _record(name: str, result: Any, state: Any, cfg: Any, extra: list[str]) -> TrialRecord:
+    config = config_columns(cfg, extra)
     m = result.metrics or {}
     metrics = {k: float(m[k]) for k in METRIC_COLUMNS if isinstance(m.get(k), (int, float))}
     status, error = _status(result, metrics, state.status if state else None, cfg)
@@ -260,6 +278,59 @@ def _status(result: Any, m: dict[str, float], tune_status: str | None, cfg: Any
     if bad:
         return "failed", f"non-finite validation metrics: {', '.join(bad)}"
     return ("done" if m["tokens"] >= cfg.max_steps * cfg.batch_size else "stopped_early"), None
+
+
+def member_records(grid: Any, sweep: SweepConfig, extra: list[str]) -> list[TrialRecord]:
+    """TrialRecords of every member of every pack, from each pack's latest checkpoint."""
+    trials = _trials(grid)
+    records = []
+    for result in grid:
+        state = trials.get(Path(result.path).name)
+        config = result.config or (state.config if state else None)
+        if not config:
+            continue
+        pack = config["pack"]
+        saved: dict[str, Any] = {}
+        ckpt_dir = Path(result.checkpoint.path) if result.checkpoint else None
+        if ckpt_dir is not None and (ckpt_dir / MEMBERS_FILE).is_file():
+            saved = json.loads((ckpt_dir / MEMBERS_FILE).read_text())
+        tune_done = state is not None and state.status == "TERMINATED"
+        pack_error = _pack_error(result)
+        for m in pack["members"]:
+            own = saved.get("members", {}).get(m["name"], {})
+            cfg = sweep.train_config(m["architecture"], m["values"])
+            metrics = {k: float(v) for k, v in own.get("metrics", {}).items()
+                       if isinstance(v, (int, float))}
+            status, error = _member_status(own, saved.get("final", False), tune_done,
+                                           pack_error, metrics)
+            sae = ckpt_dir / "members" / m["name"] if ckpt_dir else None
+            records.append(TrialRecord(
+                trial=m["name"], architecture=m["architecture"],
+                config=config_columns(cfg, extra), metrics=metrics, status=status,
+                error=error, failures=state.num_failures if state else 0,
+                node=(result.metrics or {}).get("node"),
+                hostname=(result.metrics or {}).get("hostname"),
+                checkpoint=str(sae) if sae is not None and (sae / "sae").is_dir() else None,
+                pack=pack["id"]))
+    return records
+
+
+def _pack_error(result: Any) -> str | None:
+    return _one_line(result.error) if result.error else None
+
+
+def _member_status(own: dict[str, Any], final: bool, tune_done: bool, pack_error: str | None,
+                   metrics: dict[str, float]) -> tuple[str, str | None]:
+    status = own.get("status", RUNNING)
+    if status == FAILED:
+        return "failed", own.get("error") or None
+    if status == STOPPED and metrics:
+        return "stopped_early", None
+    if final and tune_done and metrics:
+        return "done", None
+    if pack_error:
+        return "failed", pack_error
+    return "unfinished", None
 
 
 def _one_line(error: BaseException) -> str:

@@ -7,19 +7,19 @@ resume, and any Ray cluster (`address`).
 
 Every trial reports at each validation with a checkpoint holding the Lightning state (to resume a
 retried or interrupted trial) and the SAE with input normalisation folded in (to export).
+With `pack` > 1 (or auto) a trial trains a pack of SAEs instead (sae_lab.sweep.packs: run_pack,
+early stopping per member by a rungs actor, no Tune scheduler).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from sae_lab.sweep.space import (
     trial_values,
     validate,
 )
+from sae_lab.sweep.trial import TrialError, quiet_trial
 
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
@@ -133,11 +134,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     from sae_lab.train.run import train
 
-    # Per-trial banners (Lightning's "GPU available", tips; a line per checkpoint) from every
-    # trial would drown Tune's status table.
-    for name in ("pytorch_lightning", "lightning_fabric", "ray.train._internal.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet_trial()
     spec = sweep_from_dict(sweep)
     arch, values = trial_values(spec, config)
     cfg = spec.train_config(arch, values)
@@ -191,10 +188,6 @@ def _final_from_checkpoint(local: Path, cfg: Any, l0_weight: float, info: dict[s
     return report.metrics(val, sae.d_in, last["tokens"], final=True)
 
 
-class TrialError(RuntimeError):
-    """A trial's training failed (NaN, out of memory, ...); names the error and the node."""
-
-
 def run_sweep(
     sweep: SweepConfig,
     out: str | Path,
@@ -226,28 +219,38 @@ def run_sweep(
     # Preemption (Kaggle, SLURM) sends SIGTERM: stop like Ctrl-C, so that Tune saves its state
     # and --resume can continue. Installed after ray.init, which sets its own SIGTERM handler.
     old_handler = _sigterm_as_sigint()
+    rungs = None
     try:
-        check_resources(sweep, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        check_resources(sweep, nodes)
         _record_spec(sweep, out, resume)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, sweep=sweep.to_dict()),
-            {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus},
-        )
+        resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
+        if sweep.pack == 1:
+            trainable = tune.with_parameters(run_trial, sweep=sweep.to_dict())
+            space, tune_config = param_space(sweep), _tune_config(sweep)
+        else:
+            from sae_lab.sweep.packs import make_packs, pack_space, run_pack, start_rungs
+
+            rungs, name = start_rungs(sweep, out)  # held until the sweep ends
+            trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
+            space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
+            tune_config = _pack_tune_config(sweep)
+        trainable = tune.with_resources(trainable, resources)
         if resume:
             tuner = tune.Tuner.restore(
                 str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
-                restart_errored=False, param_space=param_space(sweep),
+                restart_errored=False, param_space=space,
             )
         else:
-            tuner = tune.Tuner(
-                trainable, param_space=param_space(sweep),
-                tune_config=_tune_config(sweep), run_config=_run_config(sweep, out, verbose),
-            )
+            tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
+                               run_config=_run_config(sweep, out, verbose))
         grid = tuner.fit()
         return write_report(grid, sweep, out)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
+        if rungs is not None:
+            ray.kill(rungs)
         if started_ray:
             ray.shutdown()
 
@@ -274,11 +277,23 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
               flush=True)
     if progress and not verbose:
-        with TrialProgress(out, sweep.num_trials):
+        with TrialProgress(out, local_trials(sweep)):
             result = run_sweep(sweep, out, resume=resume, verbose=0)
     else:
         result = run_sweep(sweep, out, resume=resume, verbose=verbose)
     return result, "resumed" if resume else "ran"
+
+
+def local_trials(sweep: SweepConfig) -> int:
+    """Tune trials the sweep runs on this machine: one per SAE, or one per pack."""
+    if sweep.pack == 1:
+        return sweep.num_trials
+    import torch
+
+    from sae_lab.sweep.packs import make_packs
+
+    here = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+    return len(make_packs(sweep, trial_slots(sweep, here), memory_budget(sweep)))
 
 
 def _sigterm_as_sigint() -> Any:
@@ -299,6 +314,44 @@ def _tune_config(sweep: SweepConfig):
         reuse_actors=sweep.reuse_actors,
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
+
+
+def _pack_tune_config(sweep: SweepConfig):
+    """Packs: no Tune scheduler (members are stopped by the rungs actor, not whole packs)."""
+    from ray import tune
+
+    return tune.TuneConfig(
+        search_alg=build_search_alg(sweep), num_samples=1, reuse_actors=sweep.reuse_actors,
+        trial_name_creator=pack_name, trial_dirname_creator=pack_name,
+    )
+
+
+def pack_name(trial: Any) -> str:
+    return trial.config["pack"]["id"]
+
+
+def trial_slots(sweep: SweepConfig, nodes: list[dict[str, float]]) -> int:
+    """Trials the cluster runs at once: by GPUs when trials take GPUs, else by CPUs."""
+    limits = [sum(n.get("CPU", 0.0) for n in nodes) // sweep.resources.cpus]
+    if sweep.resources.gpus:
+        limits.append(sum(n.get("GPU", 0.0) for n in nodes) // sweep.resources.gpus)
+    if sweep.max_concurrent:
+        limits.append(sweep.max_concurrent)
+    return max(1, int(min(limits)))
+
+
+def memory_budget(sweep: SweepConfig) -> float:
+    """Bytes one pack may use: half of one GPU's memory (trials on GPUs) or of this machine's
+    RAM; 0 when unknown."""
+    import torch
+
+    if sweep.resources.gpus and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(0).total_memory
+        return 0.5 * gpu * min(1.0, sweep.resources.gpus)
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def _run_config(sweep: SweepConfig, out: Path, verbose: int):

@@ -63,17 +63,23 @@ class ArchitectureASHA(FIFOScheduler):
             f"{arch}: {g.debug_string()}" for arch, g in sorted(self.groups.items()))
 
 
-def build_scheduler(sweep: Any) -> TrialScheduler | None:
-    """ArchitectureASHA with training tokens as its clock, or None (every trial runs out).
-    Metric and mode come from TuneConfig (Tune refuses them twice)."""
-    if sweep.scheduler.type == "none":
-        return None
+def asha_settings(sweep: Any) -> dict[str, Any]:
+    """ASHAScheduler's arguments for the sweep: training tokens as the clock, rungs from
+    grace_tokens and the reduction factor (used per trial here, per pack member in packs.py)."""
     cfgs = [sweep.train_config(a, v) for a in sweep.architectures
             for v in corners(sweep.params[a])]
-    return ArchitectureASHA(
+    return dict(
         time_attr="tokens",
         max_t=max(c.max_steps * c.batch_size for c in cfgs),
         grace_period=min(grace_tokens(sweep, c) for c in cfgs),
         reduction_factor=sweep.scheduler.reduction_factor,
         brackets=sweep.scheduler.brackets,
     )
+
+
+def build_scheduler(sweep: Any) -> TrialScheduler | None:
+    """ArchitectureASHA with training tokens as its clock, or None (every trial runs out).
+    Metric and mode come from TuneConfig (Tune refuses them twice)."""
+    if sweep.scheduler.type == "none":
+        return None
+    return ArchitectureASHA(**asha_settings(sweep))

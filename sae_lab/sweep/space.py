@@ -214,6 +214,13 @@ def _scheduler_shorthand(v: Any) -> Any:
     return {"type": v} if isinstance(v, str) else v
 
 
+def _pack_size(v: Any) -> Any:
+    ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    if not ok:
+        raise ValueError(f"pack={v!r}: must be a whole number >= 1 or auto")
+    return v
+
+
 @config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
@@ -252,8 +259,16 @@ class SweepConfig:
     trial); false starts a fresh process for every trial."""
     seed: int = 0
     """Seed of the search algorithm."""
+    pack: Annotated[int | Literal["auto"], BeforeValidator(
+        _pack_size, json_schema_input_type=Annotated[int, Field(ge=1)] | Literal["auto"])] = 1
+    """Train up to this many SAEs that share a data stream (data, batch size, token budget,
+    seed) in one Tune trial, from one reader and one batch at a time (sae_lab.sweep.packs);
+    auto: one pack per trial slot (GPU, or resources.cpus cores), split further when the members
+    would not fit in memory. 1: a trial per SAE."""
 
     def __post_init__(self) -> None:
+        require(self.pack == 1 or self.search != "optuna", "pack", self.pack,
+                "1 with search: optuna (packs are drawn up front: use random or grid)")
         if self.metric == "objective":
             require(self.mode == "min", "mode", self.mode,
                     "min for metric: objective (lower is better)")

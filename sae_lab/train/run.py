@@ -159,12 +159,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_checkpoint(path: Path, d_in: int) -> None:
+def check_checkpoint(path: Path, d_in: int, key: str = "sae.W_enc") -> None:
     """Refuse, in one line, a checkpoint that cannot be loaded safely (weights only) or that was
-    trained on activations of another width."""
+    trained on activations of another width (`key`: an encoder weight in its state_dict)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        w_enc = ckpt["state_dict"]["sae.W_enc"]
+        w_enc = ckpt["state_dict"][key]
     except FileNotFoundError:
         raise
     except Exception as e:  # unpickling refused, truncated file, not a Lightning checkpoint
