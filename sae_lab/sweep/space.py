@@ -304,7 +304,7 @@ def load_sweep(
     raw = apply_overrides(raw, list(overrides))
     if shards is not None:
         data = raw.setdefault("base", {}).get("data") or {}
-        data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards")}
+        data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards", "live")}
         raw["base"]["data"] = {**data, "shards": str(shards)}
     try:
         return sweep_from_dict(raw)
@@ -422,6 +422,11 @@ def _absolute_data_paths(base: Any) -> Any:
         value = data.get(key)
         if isinstance(value, (str, Path)) and "://" not in str(value):
             data[key] = str(Path(value).expanduser().resolve())
+    live = data.get("live")
+    if isinstance(live, dict):  # local model, tokenizer and dataset paths; Hub ids stay as given
+        data["live"] = {k: str(Path(v).expanduser().resolve())
+                        if k in ("model", "tokenizer", "dataset") and isinstance(v, (str, Path))
+                        and Path(v).expanduser().exists() else v for k, v in live.items()}
     return {**base, "data": data}
 
 
@@ -489,6 +494,8 @@ def data_d_in(cfg: TrainConfig) -> int | None:
             raise ConfigError(f"base.data.npy: no such file: {path}")
         shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
         return int(shape[1]) if len(shape) == 2 else None
+    if data.live is not None:
+        return None  # known once the model is loaded, in each trial
     shards = str(data.shards)
     if "://" in shards:
         return None
