@@ -294,18 +294,23 @@ class SweepConfig:
 
 
 def load_sweep(
-    path: str | Path, overrides: list[str] | tuple = (), shards: str | None = None
+    path: str | Path, overrides: list[str] | tuple = (), shards: str | None = None,
+    live: dict[str, Any] | None = None,
 ) -> SweepConfig:
-    """Read a sweep YAML; `overrides` are `key.sub=value` strings, `shards` replaces base.data."""
+    """Read a sweep YAML; `overrides` are `key.sub=value` strings; `shards` (a directory) or
+    `live` (a data.live section) replaces the data source of base.data."""
     path = resolve_sweep_path(path)
     raw = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, list(overrides))
-    if shards is not None:
+    source = {"shards": str(shards)} if shards is not None else {"live": live} if live else None
+    if source is not None:
         data = raw.setdefault("base", {}).get("data") or {}
         data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards", "live")}
-        raw["base"]["data"] = {**data, "shards": str(shards)}
+        if "live" in source:  # shard-only settings do not apply
+            data = {k: v for k, v in data.items() if k not in ("val_shards", "num_workers")}
+        raw["base"]["data"] = {**data, **source}
     try:
         return sweep_from_dict(raw)
     except ConfigError as e:
