@@ -179,6 +179,9 @@ def test_prompt_tokens_are_read_but_not_rows(tmp_path, tiny_lm):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     dm = LiveDataModule(DataConfig(live={**src, "val_tokens": len(want)}), batch_size=4)
     torch.testing.assert_close(dm.validation_rows()[0], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"val_tokens=1000: dataset .* has only {len(want)} "):
+        LiveDataModule(DataConfig(live={**src, "val_tokens": 1000}), batch_size=4
+                       ).validation_rows()
     with pytest.raises(ValueError, match="no column 'prompt'"):
         LiveDataModule(DataConfig(live={**src, "prompt_column": "prompt"}), batch_size=4)
 

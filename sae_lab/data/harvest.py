@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from sae_lab.data.shards import ShardSetWriter
+    from sae_lab.data.text import Document
 
 # torch, transformers and the shard code are imported inside the functions, so that
 # `sae-lab harvest --help` stays fast. These match layers.HOOKS and shards.DTYPES (tested).
@@ -178,7 +179,7 @@ def load_source(cfg: SourceConfig, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def open_texts(cfg: SourceConfig) -> Iterator[str]:
+def open_texts(cfg: SourceConfig) -> Iterator[Document]:
     """The dataset's texts, opened and its first text read, so a missing or unreadable dataset
     fails before anything else happens."""
     from sae_lab.data.text import DatasetError, iter_texts
@@ -193,7 +194,7 @@ def open_texts(cfg: SourceConfig) -> Iterator[str]:
 
 
 def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
-         device: torch.device, texts: Iterator[str] | None = None) -> None:
+         device: torch.device, texts: Iterator[Document] | None = None) -> None:
     import torch
 
     with torch.inference_mode():
@@ -201,7 +202,7 @@ def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Shar
 
 
 def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
-           device: torch.device, texts: Iterator[str] | None) -> None:
+           device: torch.device, texts: Iterator[Document] | None) -> None:
     from tqdm.auto import tqdm
 
     from sae_lab.data import layers as L
