@@ -28,10 +28,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
+from sae_lab.assets import write_corpus  # noqa: E402
 from sae_lab.data import harvest as H  # noqa: E402
 from sae_lab.data.config import DataConfig  # noqa: E402
 from sae_lab.data.live import LiveDataModule  # noqa: E402
-from sae_lab.demo import write_corpus  # noqa: E402
 from sae_lab.train.config import TrainConfig  # noqa: E402
 from sae_lab.train.run import train  # noqa: E402
 
