@@ -194,7 +194,7 @@ def test_live_training_matches_training_from_shards_of_the_same_text(tmp_path, c
     from sae_lab.data.harvest import HarvestConfig, harvest
     from sae_lab.models import load_tokenizer
 
-    n, layer, ctx, windows = 8192, 1, 32, 16
+    n, layer, ctx, windows = 16384, 1, 32, 16
     paragraphs = corpus.read_text().split("\n\n")
     tok = load_tokenizer("minilm")
     v = 0  # the live run's held-out paragraphs: just enough for its first forward batch
