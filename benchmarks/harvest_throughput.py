@@ -27,10 +27,10 @@ from unittest import mock
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from sae_lab.assets import write_corpus  # noqa: E402
 from sae_lab.data import harvest as H  # noqa: E402
 from sae_lab.data import layers as L  # noqa: E402
 from sae_lab.data.shards import ShardSetWriter  # noqa: E402
-from sae_lab.demo import write_corpus  # noqa: E402
 
 
 def timed_run(cfg: H.HarvestConfig, model, tokenizer, write: bool
@@ -86,7 +86,7 @@ def main() -> None:
                     dtype=args.dtype, device="cpu", shard_rows=8192, block_rows=4096,
                     progress=False, overwrite=True)
         cfg0 = H.HarvestConfig(**base, out=f"{tmp}/warm")
-        model, tokenizer = H.load_model(cfg0, torch.device("cpu"))
+        model, tokenizer = H.load_source(cfg0, "cpu")
         H.harvest(H.HarvestConfig(**{**base, "max_tokens": 2048}, out=f"{tmp}/warm"), model,
                   tokenizer)  # warm-up: dataset reader, kernels
         best: dict[bool, tuple[float, float, float]] = {}

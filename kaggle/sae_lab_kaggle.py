@@ -4,6 +4,8 @@
       -> sweeps/kaggle_t4x2.yaml with Ray Tune, one pack of SAEs per GPU (2 packs at once)
       -> /kaggle/working/sweep/{results.csv, pareto.png, best/}, /kaggle/working/exports/<arch>/
          (SAELens), /kaggle/working/eval/<arch>/, /kaggle/working/browser/index.html
+    --live: no harvest and no shards; every trial runs the model itself (data.live), for
+      layers whose shards would not fit the disk; exports only (metrics: the trials' own)
 
 Time budget: Kaggle ends GPU sessions after 12 hours. At --budget-hours (default 11) minus
 --reserve-minutes the sweep is stopped like Ctrl-C (Tune saves its state), and the best
@@ -87,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref", default="main", help="branch or tag of --repo")
     p.add_argument("--pip-spec", default="", help="install with `pip install PIP_SPEC` instead "
                    "of --repo (e.g. a wheel URL)")
+    p.add_argument("--live", action="store_true", help="no shards: every trial runs the model "
+                   "over the dataset itself (data.live), for layers whose shards would not fit "
+                   "the disk; --tokens is then unused, and the held-out metrics are the trials' "
+                   "own (no shard eval, no feature browser)")
     p.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny random GPT-2 "
                    "built from config, a local text file, 8k tokens, three tiny trials")
     if argv is None and "ipykernel" in sys.modules:  # run as a notebook cell: no flags
@@ -232,6 +238,15 @@ def inputs(args: argparse.Namespace, out: Path) -> tuple[str, str | None]:
     return model, dataset
 
 
+def live_source(args: argparse.Namespace, model: str, dataset: str, layer: int) -> dict:
+    """The sweep's data.live section: what the harvest would have run."""
+    return {"model": model, "dataset": dataset, "layers": [layer], "hook": "resid_post",
+            "ctx_len": args.ctx_len, "batch_size": args.harvest_batch_size,
+            "model_dtype": args.model_dtype, "split": args.split,
+            "text_column": args.text_column,
+            "dataset_name": args.dataset_name or (DATASET_NAME if dataset == DATASET else None)}
+
+
 def harvest_and_sweep(args, sweep, model: str, dataset: str, layer: int, shards_root: Path,
                       out: Path, stage, budget: Budget):
     """Harvest (continuing a partial one), then run or resume the sweep; returns its
@@ -244,6 +259,13 @@ def harvest_and_sweep(args, sweep, model: str, dataset: str, layer: int, shards_
 
     if budget.fired:
         return None
+    if args.live:
+        stage(f"sweep, each trial running {model} layer {layer} live (budget left "
+              f"{budget.left()})")
+        quiet_ray()
+        result, how = run_or_resume(sweep, out / "sweep")
+        print(f"sweep: {how}")
+        return result
     stage(f"harvest {args.tokens} tokens of {model}, layer {layer} (budget left {budget.left()})")
     harvest(HarvestConfig(
         model=model, dataset=dataset, out=str(shards_root), layers=(layer,), hook="resid_post",
@@ -284,8 +306,12 @@ def run(args: argparse.Namespace) -> int:
     model, dataset = inputs(args, out)
     layer = args.layer if args.layer >= 0 else middle_layer(model)
     shards = shards_root / f"layer_{layer}"
-    sweep = load_sweep(sweep_file, args.overrides, shards=str(shards))  # errors before work
-    stage = pipeline.Stages(4)
+    if args.live:
+        sweep = load_sweep(sweep_file, args.overrides, live=live_source(args, model, dataset,
+                                                                        layer))
+    else:
+        sweep = load_sweep(sweep_file, args.overrides, shards=str(shards))  # errors before work
+    stage = pipeline.Stages(2 if args.live else 4)
     result = None
     with Budget(args.budget_hours, args.reserve_minutes) as budget:
         try:
@@ -323,8 +349,10 @@ def export(args, sweep, result, shards: Path, out: Path, model: str, stage, stop
             return 130 if stopped else 1
         print("no trial has finished yet: exporting each architecture's best unfinished trial "
               f"at its latest checkpoint ({best})")
-    stage("held-out metrics and SAELens exports")
     saes = {arch: best / arch for arch in picks}
+    if args.live:
+        return export_live(saes, out, stopped, stage)
+    stage("held-out metrics and SAELens exports")
     print(pipeline.heldout_table(pipeline.evaluate_and_export(
         saes, shards, out, pipeline.val_shards(sweep))))
     sign = 1 if result.mode == "min" else -1
@@ -335,6 +363,22 @@ def export(args, sweep, result, shards: Path, out: Path, model: str, stage, stop
         "results": out / "sweep" / "results.csv", "Pareto plot": out / "sweep" / "pareto.png",
         "checkpoints (sae_lab.load)": best, "exports (SAELens)": out / "exports",
         "held-out metrics": out / "eval", "feature browser": browser})
+    if stopped:
+        print("the budget ran out before the sweep finished: run again to continue")
+        return 130
+    return 0
+
+
+def export_live(saes: dict, out: Path, stopped: bool, stage) -> int:
+    """--live: SAELens exports of the best SAEs; their metrics are the trials' own held-out
+    ones (the results table above), as no shards exist to evaluate on."""
+    from sae_lab.analysis.lm import load_sae_dir
+    from sae_lab.export import export_saelens
+
+    stage("SAELens exports")
+    for arch, d in saes.items():
+        export_saelens(load_sae_dir(d), out / "exports" / arch)
+    print(f"exports (SAELens): {out / 'exports'}")
     if stopped:
         print("the budget ran out before the sweep finished: run again to continue")
         return 130

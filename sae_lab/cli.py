@@ -44,7 +44,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-DATA_SOURCES = ("synthetic", "npy", "shards")
+DATA_SOURCES = ("synthetic", "npy", "shards", "live")
 
 
 def _data_source_overrides(overrides: list[str]) -> list[str]:

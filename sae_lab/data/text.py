@@ -5,7 +5,9 @@ Documents are tokenised without special tokens and concatenated, each followed b
 `ctx_len - len(prefix) - len(suffix)` tokens, and every window is wrapped in the tokenizer's own
 prefix/suffix (BOS for Llama-likes, [CLS] ... [SEP] for BERT, nothing for GPT-2), so the model
 sees inputs shaped like its training data. A position becomes a stored row unless it is one of
-the added tokens or a BOS/EOS/PAD/CLS/SEP id (both kept with `keep_special`).
+the added tokens or a BOS/EOS/PAD/CLS/SEP id (both kept with `keep_special`). A document may be a
+(prompt, completion) pair: the two are tokenised separately (so the boundary is exact) and joined;
+the model reads both, and only the completion's tokens become rows.
 
 The stream depends only on the texts, the tokenizer and ctx_len, which is what lets an
 interrupted harvest skip the batches it has already stored without running the model.
@@ -29,12 +31,20 @@ class DatasetError(ValueError):
     """A dataset that cannot be read as text; the message names it."""
 
 
+Document = str | tuple[str, str]
+"""A text, or a (prompt, completion) pair of which only the completion becomes rows."""
+
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(ids int64, doc int64, pos int32, prompt bool) of a run of tokens."""
+
+
 def iter_texts(dataset: str, split: str = "train", text_column: str = "text",
-               name: str | None = None) -> Iterator[str]:
+               name: str | None = None, prompt_column: str | None = None) -> Iterator[Document]:
     """Documents of a local .txt/.jsonl/.parquet file or a Hub dataset, streamed in order.
 
     A .txt file is split into paragraphs (blank-line separated); other formats give one document
-    per record.
+    per record: its text column, or with `prompt_column` the pair (prompt, text).
     """
     import datasets
 
@@ -56,12 +66,19 @@ def iter_texts(dataset: str, split: str = "train", text_column: str = "text",
             raise DatasetError(f"dataset {dataset!r} (split {split!r}): {e}") from e
     first = True
     for record in ds:
-        if first and text_column not in record:
-            raise DatasetError(f"dataset {dataset} has no column {text_column!r}; its columns: "
-                               f"{sorted(record)} (choose one with --text-column)")
+        if first:
+            for column, flag in ((text_column, "text"), (prompt_column, "prompt")):
+                if column is not None and column not in record:
+                    raise DatasetError(f"dataset {dataset} has no column {column!r}; its "
+                                       f"columns: {sorted(record)} (choose one with "
+                                       f"--{flag}-column)")
         first = False
-        text = record[text_column]
-        yield text if isinstance(text, str) else ""
+        text = _str(record[text_column])
+        yield text if prompt_column is None else (_str(record[prompt_column]), text)
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 @dataclass
@@ -106,7 +123,7 @@ def special_ids(tokenizer: Any) -> list[int]:
 
 
 def window_batches(
-    texts: Iterable[str],
+    texts: Iterable[Document],
     tokenizer: Any,
     ctx_len: int,
     batch_size: int,
@@ -122,9 +139,9 @@ def window_batches(
                          f"tokens {prefix + suffix}")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     drop = np.array(special_ids(tokenizer), dtype=np.int64)
-    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for ids, doc, pos in _cut(_token_stream(texts, tokenizer, sep, docs_per_call), body):
-        windows.append(_wrap(ids, doc, pos, prefix, suffix))
+    windows: list[Arrays] = []
+    for ids, doc, pos, prompt in _cut(_token_stream(texts, tokenizer, sep, docs_per_call), body):
+        windows.append(_wrap(ids, doc, pos, prompt, prefix, suffix))
         if len(windows) == batch_size:
             yield _batch(windows, drop, keep_special)
             windows = []
@@ -135,10 +152,10 @@ def window_batches(
             yield _batch(group, drop, keep_special)
 
 
-def _token_stream(texts: Iterable[str], tokenizer: Any, sep: int | None, docs_per_call: int
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids, doc, pos) arrays, a chunk of documents at a time; separators have pos -1."""
-    chunk: list[str] = []
+def _token_stream(texts: Iterable[Document], tokenizer: Any, sep: int | None,
+                  docs_per_call: int) -> Iterator[Arrays]:
+    """Arrays a chunk of documents at a time; separators have pos -1."""
+    chunk: list[Document] = []
     first_doc = 0
     for text in texts:
         chunk.append(text)
@@ -150,31 +167,37 @@ def _token_stream(texts: Iterable[str], tokenizer: Any, sep: int | None, docs_pe
         yield _tokenize(chunk, first_doc, tokenizer, sep)
 
 
-def _tokenize(chunk: list[str], first_doc: int, tokenizer: Any, sep: int | None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # verbose=False: long documents are cut into windows later, so the length warning is noise.
-    encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
-    ids, doc, pos = [], [], []
-    for j, tokens in enumerate(encoded):
+def _tokenize(chunk: list[Document], first_doc: int, tokenizer: Any, sep: int | None) -> Arrays:
+    def encode(texts: list[str]) -> list[list[int]]:
+        # verbose=False: long documents are cut into windows later; the length warning is noise.
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    prompts = [d[0] if isinstance(d, tuple) else "" for d in chunk]
+    encoded = encode([d[1] if isinstance(d, tuple) else d for d in chunk])
+    prompted = encode(prompts) if any(prompts) else [[] for _ in chunk]
+    ids, doc, pos, prompt = [], [], [], []
+    for j, (head, tokens) in enumerate(zip(prompted, encoded, strict=True)):
         if not tokens:
-            continue
-        n = len(tokens) + (sep is not None)
-        ids.append(np.asarray(tokens + ([sep] if sep is not None else []), dtype=np.int64))
+            continue  # nothing to keep (a prompt without completion too)
+        n = len(head) + len(tokens) + (sep is not None)
+        ids.append(np.asarray(head + tokens + ([sep] if sep is not None else []),
+                              dtype=np.int64))
         doc.append(np.full(n, first_doc + j, dtype=np.int64))
         p = np.arange(n, dtype=np.int32)
         if sep is not None:
             p[-1] = -1
         pos.append(p)
+        prompt.append(np.arange(n) < len(head))
     if not ids:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty.astype(np.int32)
-    return np.concatenate(ids), np.concatenate(doc), np.concatenate(pos)
+        return empty, empty, empty.astype(np.int32), empty.astype(bool)
+    return np.concatenate(ids), np.concatenate(doc), np.concatenate(pos), np.concatenate(prompt)
 
 
-def _cut(stream: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], body: int
-         ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _cut(stream: Iterator[Arrays], body: int) -> Iterator[Arrays]:
     """Consecutive windows of `body` tokens; the remainder at the end as a last, short window."""
-    buf = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)]
+    buf = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32),
+           np.zeros(0, dtype=bool)]
     for arrays in stream:
         buf = [np.concatenate([b, a]) for b, a in zip(buf, arrays, strict=True)]
         n_full = len(buf[0]) // body
@@ -185,22 +208,23 @@ def _cut(stream: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], body: int
         yield tuple(buf)
 
 
-def _wrap(ids: np.ndarray, doc: np.ndarray, pos: np.ndarray, prefix: list[int],
-          suffix: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _wrap(ids: np.ndarray, doc: np.ndarray, pos: np.ndarray, prompt: np.ndarray,
+          prefix: list[int], suffix: list[int]) -> Arrays:
     """Add the tokenizer's prefix and suffix; they belong to the window's first/last document."""
     ids = np.concatenate([np.asarray(prefix, dtype=np.int64), ids,
                           np.asarray(suffix, dtype=np.int64)])
     doc = np.concatenate([np.full(len(prefix), doc[0]), doc, np.full(len(suffix), doc[-1])])
     pos = np.concatenate([np.full(len(prefix), -1, dtype=np.int32), pos,
                           np.full(len(suffix), -1, dtype=np.int32)])
-    return ids, doc, pos
+    prompt = np.concatenate([np.zeros(len(prefix), dtype=bool), prompt,
+                             np.zeros(len(suffix), dtype=bool)])
+    return ids, doc, pos, prompt
 
 
-def _batch(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], drop: np.ndarray,
-           keep_special: bool) -> WindowBatch:
-    ids, doc, pos = (torch.from_numpy(np.stack(a)) for a in zip(*windows, strict=True))
+def _batch(windows: list[Arrays], drop: np.ndarray, keep_special: bool) -> WindowBatch:
+    ids, doc, pos, prompt = (torch.from_numpy(np.stack(a)) for a in zip(*windows, strict=True))
     if keep_special:
         keep = torch.ones_like(ids, dtype=torch.bool)
     else:
         keep = (pos >= 0) & ~torch.isin(ids, torch.from_numpy(drop))
-    return WindowBatch(ids, keep, doc, pos)
+    return WindowBatch(ids, keep & ~prompt, doc, pos)

@@ -309,18 +309,23 @@ class SweepConfig:
 
 
 def load_sweep(
-    path: str | Path, overrides: list[str] | tuple = (), shards: str | None = None
+    path: str | Path, overrides: list[str] | tuple = (), shards: str | None = None,
+    live: dict[str, Any] | None = None,
 ) -> SweepConfig:
-    """Read a sweep YAML; `overrides` are `key.sub=value` strings, `shards` replaces base.data."""
+    """Read a sweep YAML; `overrides` are `key.sub=value` strings; `shards` (a directory) or
+    `live` (a data.live section) replaces the data source of base.data."""
     path = resolve_sweep_path(path)
     raw = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, list(overrides))
-    if shards is not None:
+    source = {"shards": str(shards)} if shards is not None else {"live": live} if live else None
+    if source is not None:
         data = raw.setdefault("base", {}).get("data") or {}
-        data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards")}
-        raw["base"]["data"] = {**data, "shards": str(shards)}
+        data = {k: v for k, v in data.items() if k not in ("synthetic", "npy", "shards", "live")}
+        if "live" in source:  # shard-only settings do not apply
+            data = {k: v for k, v in data.items() if k not in ("val_shards", "num_workers")}
+        raw["base"]["data"] = {**data, **source}
     try:
         return sweep_from_dict(raw)
     except ConfigError as e:
@@ -437,6 +442,11 @@ def _absolute_data_paths(base: Any) -> Any:
         value = data.get(key)
         if isinstance(value, (str, Path)) and "://" not in str(value):
             data[key] = str(Path(value).expanduser().resolve())
+    live = data.get("live")
+    if isinstance(live, dict):  # local model, tokenizer and dataset paths; Hub ids stay as given
+        data["live"] = {k: str(Path(v).expanduser().resolve())
+                        if k in ("model", "tokenizer", "dataset") and isinstance(v, (str, Path))
+                        and Path(v).expanduser().exists() else v for k, v in live.items()}
     return {**base, "data": data}
 
 
@@ -504,6 +514,8 @@ def data_d_in(cfg: TrainConfig) -> int | None:
             raise ConfigError(f"base.data.npy: no such file: {path}")
         shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
         return int(shape[1]) if len(shape) == 2 else None
+    if data.live is not None:
+        return None  # known once the model is loaded, in each trial
     shards = str(data.shards)
     if "://" in shards:
         return None

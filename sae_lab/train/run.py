@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from sae_lab.data.arrays import ArrayDataModule
 from sae_lab.data.datamodule import ShardDataModule
+from sae_lab.data.live import LiveDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.models import resolve_device
 from sae_lab.sae.base import SAE
@@ -82,6 +83,8 @@ def make_datamodule(cfg: TrainConfig) -> pl.LightningDataModule:
         return ArrayDataModule(train, val, cfg.batch_size, cfg.seed, {"source": "synthetic"})
     if data.npy is not None:
         return ArrayDataModule.from_npy(data.npy, data.val_fraction, cfg.batch_size, cfg.seed)
+    if data.live is not None:
+        return LiveDataModule(data, cfg.batch_size, cfg.seed)
     return ShardDataModule(data, cfg.batch_size, cfg.seed)
 
 
@@ -90,7 +93,8 @@ def _metadata(dm: pl.LightningDataModule) -> dict[str, Any]:
     if manifest is None:
         return dict(getattr(dm, "metadata", {}))
     meta = {k: manifest[k] for k in MANIFEST_KEYS if k in manifest}
-    meta["source"] = str(dm.data.shards) if hasattr(dm, "data") else None
+    meta["source"] = manifest.get("source") or (str(dm.data.shards) if hasattr(dm, "data")
+                                                 else None)
     return meta
 
 
