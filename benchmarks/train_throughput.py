@@ -1,7 +1,8 @@
 """Training throughput of sae_lab against a plain PyTorch TopK step measured in the same run.
 
-    python benchmarks/train_throughput.py            # full run, about 6-10 minutes on 2 CPU cores
+    python benchmarks/train_throughput.py            # every table; Table 3 adds a few minutes
     python benchmarks/train_throughput.py --quick    # d_sae=6144, k=32 only, fewer steps
+    python benchmarks/train_throughput.py --only penalty --threads 1   # Table 3 alone
 
 Table 1 (issue 7), for d_sae in {6144, 24576} and k in {32, 128}: the plain reference (a dense
 TopK step: topk, scatter, decoder matmul, Adam, unit-norm decoder), sae_lab's dense and sparse
@@ -17,6 +18,11 @@ Table 2 (issue 2): every architecture through the full Lightning path at d_sae=6
 synthetic data, each timed next to the reference, with its held-out FVU after the same number of
 steps; TopK and BatchTopK come with both decoders, so the FVU column shows the sparse path
 learning what the dense one does (same seed).
+
+Table 3 (issue 15): relu, jumprelu and gated once sparse (bias or threshold set so that L0 is
+about --l0, printed as measured), each against a plain PyTorch step of the same maths (no sae_lab
+code), the two taking turns step by step; the ratio is the median of the per-pair ratios, with
+their range.
 """
 
 from __future__ import annotations

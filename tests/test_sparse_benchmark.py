@@ -48,7 +48,7 @@ def test_sparse_step_matches_dense_step_at_the_benchmark_shape(dead_frac):
 def test_benchmark_table_shows_the_sparse_decoder_ahead_where_it_must_be(capsys):
     bench = load_bench()
     bench.main(["--d-in", "64", "--d-sae", "16384", "--k", "4", "--batch", "256", "--steps", "3",
-                "--skip-architectures", "--device", "cpu"])
+                "--only", "topk", "--device", "cpu"])
     out = capsys.readouterr().out
     rate = {}
     for row in ("plain PyTorch TopK (reference)", "sae_lab topk dense", "sae_lab topk sparse",
@@ -60,3 +60,19 @@ def test_benchmark_table_shows_the_sparse_decoder_ahead_where_it_must_be(capsys)
     # The dense step multiplies [256, 16384] codes by [16384, 64] (and back) where the sparse one
     # gathers 4 rows per token: several times less work, so even a loaded machine shows it.
     assert rate["sae_lab topk sparse"] > rate["sae_lab topk dense"], out
+
+
+def test_penalty_table_times_each_architecture_at_the_l0_it_states(capsys):
+    """Table 3 (issue 15): one row per penalty architecture, with the L0 both steps ran at."""
+    bench = load_bench()
+    bench.main(["--only", "penalty", "--d-in", "32", "--d-sae", "512", "--batch", "128",
+                "--penalty-steps", "1", "--l0", "6", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "Table 1" not in out and "Table 2" not in out
+    for arch in ("relu", "jumprelu", "gated"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(arch + " "))
+        ref, ours, ratio, lo, hi, l0_ref, l0_ours = re.search(
+            r"([\d,]+)\s+([\d,]+)\s+([\d.]+)x\s+([\d.]+)-\s*([\d.]+)x\s+([\d.]+)\s+([\d.]+)",
+            line).groups()
+        assert float(ratio) > 0 and float(lo) <= float(ratio) <= float(hi)
+        assert 2 <= float(l0_ref) <= 12 and 2 <= float(l0_ours) <= 12, line  # about --l0 6
