@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
+from sae_lab.sae import sparse
 from sae_lab.sae.config import ConfigError, SAEConfig
 from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
 from sae_lab.version import __version__
@@ -150,6 +151,37 @@ class SAE(nn.Module):
     def update_dead(self, fired: Tensor, n_tokens: int) -> None:
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
+
+    def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """AuxK's selection (values, j, dead): values [B, k_aux] the largest pre-activations
+        among the dead latents dead [n_dead], ReLU'd, at dead[j]; None when no latent is dead or
+        the AuxK loss is off (aux_coef 0, or an architecture without one)."""
+        if getattr(self.cfg, "aux_coef", 0) == 0:
+            return None
+        dead = self.dead_mask.nonzero().squeeze(1)  # [n_dead]
+        n_dead = dead.numel()
+        if n_dead == 0:
+            return None
+        k_aux = min(self.cfg.k_aux or self.d_in // 2, n_dead)
+        block = pre if n_dead == self.d_sae else pre.index_select(1, dead)  # [B, n_dead]
+        values, j = sparse.topk_rows(block, k_aux)
+        return values.relu(), j, dead
+
+    def dead_aux_loss(self, pre: Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
+        """AuxK for the penalty architectures (Gao et al. 2024, A.2): the k_aux largest
+        would-be activations `pre` [B, d_sae] among dead latents reconstruct the residual
+        x - x_hat (no gradient to the main path). Dense, plain products: a revival term added
+        beside the architecture's own loss; 0 while no latent is dead."""
+        selected = self.select_dead(pre.detach())
+        if selected is None:
+            return pre.new_zeros(())
+        _, j, dead = selected
+        all_dead = dead.numel() == self.d_sae
+        block = pre if all_dead else pre.index_select(1, dead)  # [B, n_dead]
+        W_dec = self.W_dec if all_dead else self.W_dec.index_select(0, dead)  # [n_dead, d_in]
+        z = torch.zeros_like(block).scatter(1, j, block.gather(1, j).relu())
+        e_hat = z @ W_dec  # [B, d_in]
+        return (e_hat - (x - x_hat).detach()).pow(2).sum(dim=-1).mean()
 
     @property
     def dead_mask(self) -> Tensor:

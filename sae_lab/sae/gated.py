@@ -30,6 +30,10 @@ class GatedConfig(PenaltyConfig):
     """Gated SAE: a gate path picks latents, a magnitude path sizes them."""
     sparsity_coef: Annotated[float, Field(ge=0)] = 3.0
     """Sparsity coefficient lambda of the gate path's L1 penalty."""
+    k_aux: Annotated[int, Field(ge=0)] = 0
+    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
+    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
 
 
 @register
@@ -68,12 +72,17 @@ class GatedSAE(SAE):
         x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
         aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity + aux
+        # revival (base.py): a dead latent's gate is shut, so ReLU(pi_gate) has no gradient; its
+        # would-be magnitude pi_mag shares W_enc with the gate and does
+        auxk = self.dead_aux_loss(pi_mag, x, x_hat)
+        loss = loss + self.cfg.aux_coef * auxk
         fired = (active & (z > 0)).any(dim=0)
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().sum(dim=-1).mean(),
             "sparsity": sparsity.detach(),
             "aux": aux.detach(),
+            "auxk": auxk.detach(),
         }
         return TrainOutput(loss, x_hat, (z > 0).sum(dim=-1).float().mean(), fired, parts)
 

@@ -40,6 +40,10 @@ class JumpReLUConfig(PenaltyConfig):
     """Initial threshold of every latent."""
     threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
     """Learning rate of log_threshold as a multiple of lr."""
+    k_aux: Annotated[int, Field(ge=0)] = 0
+    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
+    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
 
 
 def _kernel(u: Tensor) -> Tensor:
@@ -114,11 +118,14 @@ class JumpReLUSAE(SAE):
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
+        auxk = self.dead_aux_loss(pre, x, x_hat)  # revival (base.py)
+        loss = loss + self.cfg.aux_coef * auxk
         active = z.detach() != 0
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().abs().sum(dim=-1).mean(),
             "sparsity": l0.detach(),
+            "auxk": auxk.detach(),
         }
         return TrainOutput(loss, x_hat, active.sum(dim=-1).float().mean(), active.any(dim=0), parts)
 
