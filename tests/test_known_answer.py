@@ -1,5 +1,7 @@
 """Each architecture, trained through the full Lightning path on synthetic activations built from
 known features, must find those features; a deliberately broken SAE must not pass the same bounds.
+Below the single setting, the family (issue 16): several generator settings, one rule for the
+hyperparameters, every architecture (tests/recovery_family.py).
 
 Data: 256 unit directions in d=128, ~4 active per token, magnitudes N(1, 0.25). Random directions
 in d=128 overlap by ~1/11 each (in d=64, by ~1/8, and the interference of the active features
