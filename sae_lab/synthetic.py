@@ -4,12 +4,14 @@
 
 Feature i is active with probability p_i proportional to rank^-freq_exponent, scaled so that
 `active` features fire per token on average; magnitudes m_i ~ N(magnitude_mean, magnitude_std)
-clipped at 0. `recovery` scores how well a trained decoder found the true directions.
+clipped at 0, or log-normal with that mean and standard deviation (a heavy right tail).
+`recovery` scores how well a trained decoder found the true directions.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+import math
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -36,7 +38,10 @@ class SyntheticConfig:
     magnitude_mean: float = 1.0
     """Mean magnitude of an active feature."""
     magnitude_std: NonNegFloat = 0.25
-    """Standard deviation of an active feature's magnitude (clipped at 0)."""
+    """Standard deviation of an active feature's magnitude."""
+    magnitude_dist: Literal["normal", "lognormal"] = "normal"
+    """Distribution of magnitudes: normal clipped at 0, or log-normal (heavy right tail) with
+    the same mean and standard deviation."""
     noise_std: NonNegFloat = 0.0
     """Gaussian noise added to every coordinate."""
     n_tokens: PosInt = 200_000
@@ -47,6 +52,9 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         require(self.active <= self.n_features, "active", self.active,
                 f"<= n_features={self.n_features}")
+        if self.magnitude_dist == "lognormal":
+            require(self.magnitude_mean > 0, "magnitude_mean", self.magnitude_mean,
+                    "> 0 for lognormal magnitudes")
 
 
 class SyntheticData(NamedTuple):
@@ -87,13 +95,21 @@ def sample(
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         on = torch.rand(m, cfg.n_features, generator=g) < data.probs  # [m, F]
-        mags = torch.randn(m, cfg.n_features, generator=g) * cfg.magnitude_std
-        coeffs = on * (mags + cfg.magnitude_mean).clamp_min(0)
+        coeffs = on * magnitudes(cfg, torch.randn(m, cfg.n_features, generator=g))
         x = coeffs @ data.features
         if cfg.noise_std:
             x += cfg.noise_std * torch.randn(m, cfg.d, generator=g)
         out[start : start + m] = x
     return out
+
+
+def magnitudes(cfg: SyntheticConfig, normal: Tensor) -> Tensor:
+    """Magnitudes of cfg's distribution from standard normal draws (same shape)."""
+    if cfg.magnitude_dist == "normal":
+        return (normal * cfg.magnitude_std + cfg.magnitude_mean).clamp_min(0)
+    # log-normal exp(mu + sigma n) with mean m and std s: sigma^2 = ln(1 + s^2/m^2), mu below
+    sigma2 = math.log1p((cfg.magnitude_std / cfg.magnitude_mean) ** 2)
+    return (normal * math.sqrt(sigma2) + math.log(cfg.magnitude_mean) - sigma2 / 2).exp()
 
 
 class Recovery(NamedTuple):

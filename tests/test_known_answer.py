@@ -1,5 +1,7 @@
 """Each architecture, trained through the full Lightning path on synthetic activations built from
 known features, must find those features; a deliberately broken SAE must not pass the same bounds.
+Below the single setting, the family (issue 16): several generator settings, one rule for the
+hyperparameters, every architecture (tests/recovery_family.py).
 
 Data: 256 unit directions in d=128, ~4 active per token, magnitudes N(1, 0.25). Random directions
 in d=128 overlap by ~1/11 each (in d=64, by ~1/8, and the interference of the active features
@@ -14,6 +16,7 @@ Matryoshka k=6 prefixes (384, 512) 150k 98 s (matched 0.94, FVU 0.077, L0 6.0); 
 """
 
 import pytest
+from recovery_family import SETTINGS, run, table
 
 from sae_lab.sae import ARCHITECTURES
 from sae_lab.synthetic import make_features, recovery
@@ -125,3 +128,62 @@ def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
     monkeypatch.setattr(SAE, "remove_parallel_grads", frozen_decoder)
     ok, how = passes_known_answer(*trained("topk", tmp_path))
     assert not ok, how
+
+
+# --- the family: generator settings x every architecture, hyperparameters from one rule --------
+# (tests/recovery_family.py: settings, the rule, the table; `python -m tests.recovery_family`).
+# Issue 16's bar is matched >= 0.9 at cos >= 0.9 with <= 5% dead in every cell; the cells below
+# are measured short of it (2026-12-02, 150k tokens, lr 3e-3, batch 256; 'matched / dead').
+# Strict where far from the bar, so a fix that lifts a cell fails here until it leaves this
+# table; not strict within 0.02 of the bar, where thread count could tip the cell either way.
+FAMILY_SHORT: dict[tuple[str, str], str] = {
+    ("topk", "base"): "0.90 / 0.01",
+    ("batchtopk", "base"): "0.62 / 0.05",
+    ("gated", "base"): "0.78 / 0.02",
+    ("jumprelu", "base"): "0.65 / 0.34",
+    ("matryoshka", "base"): "0.04 / 0.01",
+    ("topk", "skewed+noisy"): "0.77 / 0.00",
+    ("batchtopk", "skewed+noisy"): "0.58 / 0.02",
+    ("relu", "skewed+noisy"): "0.83 / 0.00",
+    ("gated", "skewed+noisy"): "0.75 / 0.02",
+    ("jumprelu", "skewed+noisy"): "0.65 / 0.34",
+    ("matryoshka", "skewed+noisy"): "0.14 / 0.02",
+    ("topk", "heavy+wide"): "0.33 / 0.00",
+    ("batchtopk", "heavy+wide"): "0.02 / 0.00",
+    ("relu", "heavy+wide"): "0.29 / 0.00",
+    ("gated", "heavy+wide"): "0.15 / 0.00",
+    ("jumprelu", "heavy+wide"): "0.05 / 0.15",
+    ("matryoshka", "heavy+wide"): "0.00 / 0.00",
+}
+MARGINAL = {("topk", "base")}
+"""Cells within 0.02 of the bar (either side): xfail, not strict."""
+
+
+def family_params() -> list:
+    params = []
+    for setting in SETTINGS:
+        for arch in sorted(ARCHITECTURES):
+            cell = (arch, setting)
+            marks = ()
+            if cell in FAMILY_SHORT:
+                marks = pytest.mark.xfail(strict=cell not in MARGINAL,
+                                          reason=f"measured {FAMILY_SHORT[cell]}")
+            params.append(pytest.param(arch, setting, marks=marks, id=f"{arch}-{setting}"))
+    return params
+
+
+@pytest.fixture(scope="module")
+def family_cells():
+    """Every cell trained so far; the table is printed when the module ends (pytest -s)."""
+    cells: dict = {}
+    yield cells
+    if cells:
+        print("\nknown-answer family, matched (cos >= 0.9) / dead fraction:\n" + table(cells))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, setting", family_params())
+def test_family_recovers_known_features(arch, setting, family_cells, tmp_path):
+    family_cells[arch, setting] = cell = run(arch, setting, str(tmp_path))
+    assert cell.ok(), f"{arch} on {setting}: matched / dead {cell}, fvu {cell.fvu:.3f}, " \
+                      f"l0 {cell.l0:.2f}"

@@ -75,6 +75,20 @@ def test_sparse_step_matches_dense_float64(arch, cut, monkeypatch):
     assert_same(dense, fast, outs)
 
 
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_sparse_step_matches_dense_with_dead_latents_float64(arch, monkeypatch):
+    """With the AuxK revival term on (half the latents dead), the sparse path computes the dead
+    latents' would-be activations for those columns alone: same loss and gradients."""
+    dense, fast = pair(arch, cut=1.0, dead_tokens=1)
+    for sae in (dense, fast):
+        sae.tokens_since_fired[::2] = 10  # every other latent dead
+    calls = count_sparse_decodes(monkeypatch)
+    x = torch.randn(64, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    outs = step_both(dense, fast, x)
+    assert calls and outs[0].parts["auxk"] > 0  # the revival term is in the compared loss
+    assert_same(dense, fast, outs)
+
+
 @pytest.mark.parametrize("arch", PENALTY_ARCHS)
 def test_sparse_step_matches_dense_float32_realistic(arch):
     """d_in 384, d_sae 6144 (the benchmark's shape, batch 128), L0 about 30."""

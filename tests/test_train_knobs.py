@@ -118,14 +118,29 @@ def test_adam_betas_set_the_trajectory_a_hand_adam_step_predicts(tmp_path):
     assert (got - default).abs().max() > 1e-3  # the betas matter at this step
 
 
-def test_aux_coef_gives_dead_latents_encoder_gradients(tmp_path):
-    """TopK never selects a dead latent, so only AuxK (aux_coef > 0) sends it a gradient."""
+# Settings that leave latents dead within a few steps: TopK never selects most of them;
+# JumpReLU thresholds far above the pre-activations; a gated SAE's gates shut (ShutGates).
+DEAD_MAKERS = {"topk": {"k": 2}, "gated": {}, "jumprelu": {"threshold_init": 3.0}}
+
+
+class ShutGates(pl.Callback):
+    """Half of a gated SAE's gates shut for good at the start: b_gate = -100."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        with torch.no_grad():
+            pl_module.sae.b_gate[::2] = -100.0
+
+
+@pytest.mark.parametrize("arch", sorted(DEAD_MAKERS))
+def test_aux_coef_gives_dead_latents_encoder_gradients(arch, tmp_path):
+    """A dead latent gets no gradient from the main path (TopK never selects it, a shut gate or
+    a JumpReLU below threshold passes none), so only AuxK (aux_coef > 0) sends it one."""
     dead_grads = {}
     for coef in (0.0, 0.5):
         spy = StepSpy()
-        cfg = config(tmp_path / str(coef), steps=8, grad_clip=0.0,
-                     sae={"k": 2, "dead_tokens": 2 * B, "aux_coef": coef})
-        train(cfg, callbacks=[spy], logger=False)
+        cfg = config(tmp_path / str(coef), arch=arch, steps=8, grad_clip=0.0,
+                     sae={**DEAD_MAKERS[arch], "dead_tokens": 2 * B, "aux_coef": coef})
+        train(cfg, callbacks=[spy] + ([ShutGates()] if arch == "gated" else []), logger=False)
         per_step = []
         for dead, step in zip(spy.dead, spy.steps, strict=True):
             if dead.any():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
+from sae_lab.sae import sparse
 from sae_lab.sae.config import ConfigError, SAEConfig
 from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
 from sae_lab.version import __version__
@@ -99,6 +101,10 @@ class SAE(nn.Module):
     def pre_acts(self, x: Tensor) -> Tensor:
         return centred_matmul(x, self.b_dec, self.W_enc) + self.b_enc  # [B, d_sae]
 
+    def pre_acts_of(self, x: Tensor, latents: Tensor) -> Tensor:
+        """pre_acts of the given latents only, [B, len(latents)]."""
+        return centred_matmul(x, self.b_dec, self.W_enc[:, latents]) + self.b_enc[latents]
+
     def encode(self, x: Tensor) -> Tensor:
         """Sparse codes z, [B, d_sae]."""
         raise NotImplementedError
@@ -150,6 +156,47 @@ class SAE(nn.Module):
     def update_dead(self, fired: Tensor, n_tokens: int) -> None:
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
+
+    def dead_latents(self) -> Tensor | None:
+        """Indices [n_dead] of the dead latents; None when none is dead or the AuxK loss is off
+        (aux_coef 0, or an architecture without one)."""
+        if getattr(self.cfg, "aux_coef", 0) == 0:
+            return None
+        dead = self.dead_mask.nonzero().squeeze(1)
+        return dead if dead.numel() else None
+
+    def _dead_block(self, pre: Tensor, dead: Tensor) -> Tensor:
+        return pre if dead.numel() == self.d_sae else pre.index_select(1, dead)  # [B, n_dead]
+
+    def _k_aux(self, n_dead: int) -> int:
+        return min(self.cfg.k_aux or self.d_in // 2, n_dead)
+
+    def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """AuxK's selection (values, j, dead): values [B, k_aux] the largest pre-activations
+        among the dead latents dead [n_dead], ReLU'd, at dead[j]; None when dead_latents is."""
+        dead = self.dead_latents()
+        if dead is None:
+            return None
+        values, j = sparse.topk_rows(self._dead_block(pre, dead), self._k_aux(dead.numel()))
+        return values.relu(), j, dead
+
+    def dead_aux_loss(self, dead_pre: Callable[[Tensor], Tensor], x: Tensor,
+                      x_hat: Tensor) -> Tensor:
+        """AuxK for the penalty architectures (Gao et al. 2024, A.2): the k_aux largest
+        would-be activations among dead latents reconstruct the residual x - x_hat (no gradient
+        to the main path); 0 while no latent is dead. dead_pre(dead) gives those would-be
+        activations [B, n_dead]: a slice of a dense step's pre-activations, or computed for the
+        dead columns alone on the sparse path (same values and gradients)."""
+        dead = self.dead_latents()
+        if dead is None:
+            return x.new_zeros(())
+        block = dead_pre(dead)  # [B, n_dead]
+        _, j = sparse.topk_rows(block.detach(), self._k_aux(dead.numel()))
+        z = torch.zeros_like(block).scatter(1, j, block.gather(1, j).relu())
+        all_dead = dead.numel() == self.d_sae
+        W_dec = self.W_dec if all_dead else self.W_dec.index_select(0, dead)  # [n_dead, d_in]
+        e_hat = z @ W_dec  # [B, d_in]
+        return (e_hat - (x - x_hat).detach()).pow(2).sum(dim=-1).mean()
 
     @property
     def dead_mask(self) -> Tensor:

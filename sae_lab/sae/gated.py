@@ -16,6 +16,7 @@ reference below; "sparse", only the entries with an open gate (sae_lab.sae.spars
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 import torch
@@ -35,6 +36,10 @@ class GatedConfig(PenaltyConfig):
     """Gated SAE: a gate path picks latents, a magnitude path sizes them."""
     sparsity_coef: Annotated[float, Field(ge=0)] = 3.0
     """Sparsity coefficient lambda of the gate path's L1 penalty."""
+    k_aux: Annotated[int, Field(ge=0)] = 0
+    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
+    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
 
 
 @register
@@ -59,6 +64,11 @@ class GatedSAE(SAE):
         pre = centred_matmul(x, self.b_dec, self.W_enc)  # [B, d_sae]
         return pre + self.b_gate, pre * self.r_mag.exp() + self.b_mag
 
+    def magnitudes_of(self, x: Tensor, latents: Tensor) -> Tensor:
+        """pi_mag of the given latents only, [B, len(latents)]."""
+        pre = centred_matmul(x, self.b_dec, self.W_enc[:, latents])
+        return pre * self.r_mag[latents].exp() + self.b_mag[latents]
+
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self.gate_and_mag(x)
         return torch.where(pi_gate > 0, pi_mag.relu(), 0.0)
@@ -77,6 +87,7 @@ class GatedSAE(SAE):
             x_hat_gate = decode(gate_acts, sel, self.W_dec.detach()) + self.b_dec.detach()
             active = z.detach() > 0
             fired = sel.fired(active)
+            dead_pre = functools.partial(self.magnitudes_of, x)
         else:
             pi_gate, pi_mag = self.gate_and_mag(x)
             gate_open = pi_gate > 0
@@ -88,14 +99,20 @@ class GatedSAE(SAE):
             active = z.detach() > 0
             fired = active.any(dim=0)
             self._sparse.record(gate_open.sum(), B, self.d_sae)
+            dead_pre = functools.partial(self._dead_block, pi_mag)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity + aux
+        # revival (base.py): a dead latent's gate is shut, so ReLU(pi_gate) has no gradient; its
+        # would-be magnitude pi_mag shares W_enc with the gate and has one
+        auxk = self.dead_aux_loss(dead_pre, x, x_hat)
+        loss = loss + self.cfg.aux_coef * auxk
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().sum() / B,
             "sparsity": sparsity.detach(),
             "aux": aux.detach(),
+            "auxk": auxk.detach(),
         }
         return TrainOutput(loss, x_hat, active.sum().float() / B, fired, parts)
 

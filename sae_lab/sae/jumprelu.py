@@ -22,6 +22,7 @@ step's density was low enough.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,10 @@ class JumpReLUConfig(PenaltyConfig):
     """Initial threshold of every latent."""
     threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
     """Learning rate of log_threshold as a multiple of lr."""
+    k_aux: Annotated[int, Field(ge=0)] = 0
+    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
+    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
 
 
 def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
@@ -130,6 +135,7 @@ class JumpReLUSAE(SAE):
             active = z.detach() != 0
             n_active = active.sum()
             fired = sel.fired(active)
+            dead_pre = functools.partial(self.pre_acts_of, x)
         else:
             pre = self.pre_acts(x)  # [B, d_sae]
             B = x.shape[0]
@@ -140,12 +146,16 @@ class JumpReLUSAE(SAE):
             n_active = active.sum()
             fired = active.any(dim=0)
             self._sparse.record(n_active, *pre.shape)
+            dead_pre = functools.partial(self._dead_block, pre)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
+        auxk = self.dead_aux_loss(dead_pre, x, x_hat)  # revival (base.py)
+        loss = loss + self.cfg.aux_coef * auxk
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().abs().sum() / B,
             "sparsity": l0.detach(),
+            "auxk": auxk.detach(),
         }
         return TrainOutput(loss, x_hat, n_active.float() / B, fired, parts)
 

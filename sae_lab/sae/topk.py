@@ -88,21 +88,6 @@ class TopKSAE(SAE):
         pattern, order = sparse.SparsePattern.from_indices(indices, self.d_sae)
         return values.gather(1, order).flatten(), pattern
 
-    def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-        """AuxK's selection (values, j, dead): values [B, k_aux] the largest pre-activations
-        among the dead latents dead [n_dead], ReLU'd, at dead[j]; None when no latent is dead or
-        the AuxK loss is off."""
-        if self.cfg.aux_coef == 0:
-            return None
-        dead = self.dead_mask.nonzero().squeeze(1)  # [n_dead]
-        n_dead = dead.numel()
-        if n_dead == 0:
-            return None
-        k_aux = min(self.cfg.k_aux or self.d_in // 2, n_dead)
-        block = pre if n_dead == self.d_sae else pre.index_select(1, dead)  # [B, n_dead]
-        values, j = sparse.topk_rows(block, k_aux)
-        return values.relu(), j, dead
-
     def encode(self, x: Tensor) -> Tensor:
         values, indices = self.select(self.pre_acts(x), self.cfg.k)
         return self.densify(values, indices)
