@@ -16,7 +16,7 @@ The figures:
   plus the activations of one forward pass.
 - a trial: SAE parameters, their gradients and Adam's two moments (4 x parameters), the batch and
   its temporaries, and the dense [B, d_sae] pre-activations: one buffer on the sparse TopK path
-  (sae_lab.sae.sparse_topk), ~4 on the dense path (pre, codes, and their gradients); plus the
+  (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (PRE_COPIES, measured); plus the
   data: the shuffle buffer (shards) or the arrays held in memory (synthetic, npy).
 - every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
 """
@@ -43,9 +43,15 @@ GiB = 2**30
 RUNTIME = 512 * 2**20
 _TAR_BLOCK, _TAR_RECORD = 512, 20 * 512
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-# Dense [B, d_sae] float32 buffers alive at the peak of a training step (see the docstring).
-PRE_COPIES = {"sparse": 1, "dense": 4}
-
+# A CUDA process's context (kernels, cuBLAS workspace) before any tensor: typically 0.3-0.5 GiB
+# (not measured here: this machine has no GPU).
+CUDA_CONTEXT = 512 * 2**20
+# Dense [B, d_sae] float32 buffers alive at the peak of a training step, by architecture (dense
+# path), measured from peak RSS of a step at d_in 256, d_sae 16384, B 2048 against the sparse
+# TopK path (one buffer: sae_lab.sae.sparse_topk), which the rehearsal matched at full scale
+# (benchmarks/rehearsal.py). Rounded up.
+PRE_COPIES = {"sparse": 1.0, "matryoshka:sparse": 1.5, "topk": 3.5, "relu": 3.5, "batchtopk": 4.5,
+              "jumprelu": 6.5, "gated": 9.0}
 
 class PlanError(ValueError):
     """A run that would cross a limit (disk, host RAM, device memory); one line."""
@@ -245,6 +251,8 @@ def plan_harvest(cfg: HarvestConfig, config: Any = None, gpus: int | None = None
              "device", model_bytes(config, cfg.model_dtype, cfg.quantize, keep))
     plan.add(f"forward pass: {cfg.batch_size} windows x {cfg.ctx_len} tokens", "device",
              forward_bytes(config, cfg.batch_size, cfg.ctx_len, cfg.model_dtype))
+    if device.startswith("cuda"):
+        plan.add("CUDA context", "device", CUDA_CONTEXT)
     tokens = cfg.batch_size * cfg.ctx_len
     plan.add("captured activations and the block being written", "host",
              len(cfg.layers) * (tokens * d_in * 4 + 2 * cfg.block_rows * d_in * 4))
@@ -262,12 +270,14 @@ def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = Non
             raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set sae.d_in")
     plan = Plan(f"train {cfg.sae.architecture} -> {cfg.out_dir}", _device(cfg.device, gpus),
                 cfg.out_dir)
-    _add_trial(plan, cfg, d_in)
+    add_trial(plan, cfg, d_in)
     plan.add("Python, torch, Lightning", "host", RUNTIME)
     return plan
 
 
-def _add_trial(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
+def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
+              checkpoints: int | None = None) -> None:
+    """Add one training run's needs to `plan` (without its data source unless `data_source`)."""
     sae = cfg.sae.with_d_in(d_in)
     f, b = sae.latents, cfg.batch_size
     n_params = sae_params(sae, d_in)
@@ -275,12 +285,19 @@ def _add_trial(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
     plan.add(f"SAE {d_in} x {f}: parameters, gradients, Adam moments ({n_params:,} params)",
              "device", 4 * n_params * pbytes)
     path = getattr(sae, "decoder", "dense")
-    path = path if path in PRE_COPIES else "dense"
-    plan.add(f"pre-activations [B={b}, d_sae={f}] float32 x {PRE_COPIES[path]} ({path} path)",
-             "device", PRE_COPIES[path] * b * f * 4)
+    if path == "sparse":
+        copies = PRE_COPIES.get(f"{sae.architecture}:sparse", PRE_COPIES["sparse"])
+    else:
+        copies = PRE_COPIES.get(sae.architecture, max(PRE_COPIES.values()))
+    plan.add(f"pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
+             "device", copies * b * f * 4)
     plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
+    if plan.device.startswith("cuda"):
+        plan.add("CUDA context", "device", CUDA_CONTEXT)
     data = cfg.data
-    if data.shards is not None:
+    if not data_source:
+        pass
+    elif data.shards is not None:
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
                  max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
@@ -290,8 +307,11 @@ def _add_trial(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
     elif data.npy is not None:
         plan.add(f"{data.npy} in memory (float32)", "host",
                  2 * os.path.getsize(data.npy) * 4 // max(1, _npy_itemsize(data.npy)))
-    if cfg.save_checkpoints:  # best and last, each with Adam state
-        plan.add("checkpoints: best and last, with Adam state", "disk", 2 * 3 * n_params * pbytes)
+    if checkpoints is None:  # `train` keeps best and last
+        checkpoints = 2 if cfg.save_checkpoints else 0
+    if checkpoints:
+        plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
+                 checkpoints * 3 * n_params * pbytes)
     plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
 
 
@@ -336,7 +356,7 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:
     plan = Plan(f"sweep {sweep.name}: {sweep.num_trials} trials, largest "
                 f"{biggest.sae.architecture} d_sae {biggest.sae.with_d_in(big_d).latents} "
                 f"batch {biggest.batch_size}", device, ".")
-    _add_trial(plan, biggest, big_d)
+    add_trial(plan, biggest, big_d, checkpoints=1)  # Tune keeps each trial's last one
     plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
     plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine,
                    "disk": sweep.num_trials}
