@@ -12,7 +12,9 @@ SAE state + pre-activations + runtime).
 
 Part `7b`: one block of a Mistral-7B-shaped model (d_model 4096, MLP 14336) saved and loaded
 back in float32 and with quantize=8bit (bitsandbytes' CPU backend), in separate processes: peak
-RSS vs the plan's model bytes, and the cosine of the quantized activations to float32.
+RSS after loading vs the plan's model bytes (and the process peak, which on CPU includes the
+float32 weights that 8bit quantizes while loading), and the cosine of the quantized activations
+to float32.
 
 Needs ~11 GB of RAM (part 3b); run it alone on the machine.
 """
@@ -39,6 +41,16 @@ CTX = 128
 
 def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def rss() -> int:
+    """Resident bytes now (Linux)."""
+    import gc
+    import os
+
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def captured_batches(model, layer: int, batch: int, steps: int, vocab: int):
@@ -122,13 +134,15 @@ def part_3b(a: argparse.Namespace) -> dict:
 
 
 def part_7b_child(path: str, quantize: str) -> dict:
+    import transformers  # noqa: F401  (imported before the baseline)
+
     from sae_lab import plan as P
     from sae_lab.data import layers as L
     from sae_lab.models import load_model
 
-    base = peak_rss()
+    base = rss()
     model = load_model(path, lm_head=False, quantize=quantize)
-    loaded = peak_rss()
+    loaded = rss()
     ids = torch.randint(0, 32_000, (4, CTX), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), L.capture(model, [0], "resid_post") as acts:
         L.run_to_hooks(model, input_ids=ids)
@@ -176,8 +190,10 @@ def main() -> None:
     else:
         for q in ("none", "8bit"):
             x = r[q]
-            print(f"7B-shaped block, {q}: load +{x['load_rss_delta'] / 2**30:.2f} GiB RSS, plan "
-                  f"model {x['plan_model'] / 2**30:.2f} GiB, peak {x['peak_rss'] / 2**30:.2f} GiB")
+            print(f"7B-shaped block, {q}: RSS after load +{x['load_rss_delta'] / 2**30:.2f} GiB, "
+                  f"plan model {x['plan_model'] / 2**30:.2f} GiB (measured/plan "
+                  f"{x['load_rss_delta'] / x['plan_model']:.3f}), process peak "
+                  f"{x['peak_rss'] / 2**30:.2f} GiB")
         print(f"cosine 8bit vs float32: mean {r['cosine_8bit_mean']:.5f}, "
               f"min {r['cosine_8bit_min']:.5f}")
     print(json.dumps(r))
