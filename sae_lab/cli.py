@@ -146,9 +146,12 @@ def check_plan(args: argparse.Namespace) -> None:
         elif args.command == "train" and not args.print_config:
             p = plan.plan_train(train_config(args))
         elif args.command == "sweep" and not args.check:
+            from sae_lab.sweep.cli import default_out
             from sae_lab.sweep.space import load_sweep
 
-            p = plan.plan_sweep(load_sweep(args.config, args.set, args.shards))
+            sweep = load_sweep(args.config, args.set, args.shards)
+            p = plan.plan_sweep(sweep)
+            p.disk_path = args.out or default_out(sweep.name)
         else:
             return
     except Exception:
