@@ -58,18 +58,21 @@ def _data_source_overrides(overrides: list[str]) -> list[str]:
     return [f"data.{s}=null" for s in DATA_SOURCES if s != chosen[0]] + overrides
 
 
+def train_config(args: argparse.Namespace):  # -> TrainConfig
+    from sae_lab.train.config import TrainConfig, apply_overrides
+
+    overrides = _data_source_overrides(args.overrides)
+    if args.config:
+        return TrainConfig.from_yaml(args.config, overrides)
+    return TrainConfig.from_dict(apply_overrides({}, overrides))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import shlex
 
     import yaml
 
-    from sae_lab.train.config import TrainConfig, apply_overrides
-
-    overrides = _data_source_overrides(args.overrides)
-    if args.config:
-        cfg = TrainConfig.from_yaml(args.config, overrides)
-    else:
-        cfg = TrainConfig.from_dict(apply_overrides({}, overrides))
+    cfg = train_config(args)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return
@@ -117,9 +120,43 @@ COMMANDS = [
      "sae_lab.analysis.serve:add_serve_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
+    ("plan", "disk and memory a harvest, train or sweep config needs",
+     "sae_lab.plan:add_plan_parser"),
     ("schema", "write JSON Schemas of the train and sweep YAML files",
      "sae_lab.schema:add_schema_parser"),
 ]
+
+
+# Commands that first check that their run fits (sae_lab.plan) unless --no-plan-check.
+PLANNED = ("harvest", "train", "sweep")
+
+
+def check_plan(args: argparse.Namespace) -> None:
+    """Refuse (PlanError, one line) a harvest / train / sweep that would cross a limit of this
+    machine, before it loads a model or writes a file. A config the plan cannot be made from is
+    left to the command itself, whose error names the culprit."""
+    from sae_lab import plan
+
+    try:
+        if args.command == "harvest":
+            from sae_lab.cli_args import config_from_args
+            from sae_lab.data.harvest import HarvestConfig
+
+            p = plan.plan_harvest(config_from_args(HarvestConfig, args))
+        elif args.command == "train" and not args.print_config:
+            p = plan.plan_train(train_config(args))
+        elif args.command == "sweep" and not args.check:
+            from sae_lab.sweep.cli import default_out
+            from sae_lab.sweep.space import load_sweep
+
+            sweep = load_sweep(args.config, args.set, args.shards)
+            p = plan.plan_sweep(sweep)
+            p.disk_path = args.out or default_out(sweep.name)
+        else:
+            return
+    except Exception:
+        return
+    plan.check(p)
 
 
 def _register(target: str) -> Callable[[argparse._SubParsersAction], None]:
@@ -149,6 +186,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, text, target in COMMANDS:
         if argv is None or name == wanted:
             _register(target)(sub)
+            if name in PLANNED:
+                sub.choices[name].add_argument(
+                    "--no-plan-check", action="store_true",
+                    help="skip the check that the run fits this machine's free disk, RAM and "
+                    "GPU memory (see `sae-lab plan`)")
         else:
             sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -158,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
+        if args.command in PLANNED and not args.no_plan_check:
+            check_plan(args)
         args.func(args)
     except USER_ERRORS as e:
         if args.debug or os.environ.get("SAE_LAB_DEBUG"):

@@ -5,6 +5,9 @@
     load_model(name, device, ...) -> the model in eval mode (its LM head when the checkpoint has
                                      one, unless lm_head=False); never runs remote code unless
                                      trust_remote_code=True
+    load_model(..., quantize="8bit"|"4bit", device_map="auto", keep_layers=n)
+                                  -> weights quantized by bitsandbytes, spread over the GPUs by
+                                     accelerate, and only the first n blocks built and loaded
     load_tokenizer(name, ...)     -> its tokenizer
     resolve_model("minilm")       -> the package's model directory, for from_pretrained
     canonical_name("minilm")      -> "sentence-transformers/all-MiniLM-L6-v2", for manifests and
@@ -18,6 +21,9 @@ functions, so the commands' --help stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,26 +110,99 @@ def load_tokenizer(name: str, revision: str | None = None,
         raise ValueError(f"cannot load tokenizer {name!r}: {_first_line(e)}") from e
 
 
+QUANTIZE = ("none", "8bit", "4bit")
+DEVICE_MAPS = ("none", "auto")
+
+
 def load_model(name: str, device: str | torch.device = "cpu", revision: str | None = None,
                dtype: str | torch.dtype = "float32", lm_head: bool = True,
-               trust_remote_code: bool = False) -> nn.Module:
+               trust_remote_code: bool = False, quantize: str = "none",
+               device_map: str = "none", keep_layers: int | None = None) -> nn.Module:
     """A Hub id, local directory or short name, in eval mode on `device`. With `lm_head`, the
     causal-LM class when the checkpoint has a next-token head (AutoModelForCausalLM), else the
-    bare model (AutoModel); harvesting passes lm_head=False, as its hooks sit in the body."""
+    bare model (AutoModel); harvesting passes lm_head=False, as its hooks sit in the body.
+
+    quantize: "8bit" / "4bit" (NF4) linear weights through bitsandbytes (pip install
+    'sae-lab[quantize]'); device_map "auto": accelerate spreads the blocks over the visible GPUs
+    (then `device` is not used); keep_layers: build and load only the first n blocks, for
+    reading activations at a layer below n (the weights of later blocks are never read)."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize={quantize!r}: choose one of {list(QUANTIZE)}")
+    if device_map not in DEVICE_MAPS:
+        raise ValueError(f"device_map={device_map!r}: choose one of {list(DEVICE_MAPS)}")
     check_path("model", name)
     path = resolve_model(name)
-    kw = {"revision": revision, "trust_remote_code": trust_remote_code}
+    kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
-        causal = lm_head and is_causal(AutoConfig.from_pretrained(path, **kw))
+        config = AutoConfig.from_pretrained(path, **kw)
+        causal = lm_head and is_causal(config)
+        if keep_layers is not None:
+            truncate_config(config, keep_layers)
         cls = AutoModelForCausalLM if causal else AutoModel
-        model = cls.from_pretrained(
-            path, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype, **kw)
-    except (OSError, ValueError) as e:
+        extra: dict[str, Any] = {}
+        if quantize != "none":
+            extra["quantization_config"] = _bnb_config(quantize, torch_dtype)
+        if device_map == "auto":
+            extra["device_map"] = "auto"
+        elif quantize != "none":  # bitsandbytes weights are placed at load and cannot move after
+            extra["device_map"] = {"": str(device)}
+        with _quiet_unused_blocks(keep_layers is not None):
+            model = cls.from_pretrained(path, config=config, dtype=torch_dtype, **extra, **kw)
+    except (OSError, ValueError, ImportError) as e:
         raise ValueError(f"cannot load model {name!r}: {_first_line(e)}") from e
-    return model.eval().to(device)
+    model = model.eval()
+    return model if "device_map" in extra else model.to(device)
+
+
+def truncate_config(config: Any, keep_layers: int) -> None:
+    """Make `config` describe only its first `keep_layers` blocks (per-layer lists cut too)."""
+    total = config.num_hidden_layers
+    if not 1 <= keep_layers <= total:
+        raise ValueError(f"keep_layers={keep_layers}: the model has {total} layers")
+    config.num_hidden_layers = keep_layers
+    config._sae_lab_n_layers = total  # the whole model's depth, for manifests
+    for key, value in vars(config).items():
+        if isinstance(value, list) and len(value) == total and key.startswith("layer"):
+            setattr(config, key, value[:keep_layers])
+
+
+class _UnusedWeightsOnly(logging.Filter):
+    """Drops transformers' load report when it lists only unexpected weights (the blocks left
+    out on purpose); a report of missing or mismatched weights still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return "LOAD REPORT" not in msg or "MISSING" in msg or "MISMATCH" in msg
+
+
+@contextmanager
+def _quiet_unused_blocks(active: bool) -> Iterator[None]:
+    log = logging.getLogger("transformers.modeling_utils")
+    quiet = _UnusedWeightsOnly()
+    if active:
+        log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
+
+
+def _bnb_config(quantize: str, compute_dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError(f"quantize={quantize} needs bitsandbytes: "
+                          "pip install 'sae-lab[quantize]'") from None
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def load_lm(name: str, device: str | torch.device = "cpu", revision: str | None = None

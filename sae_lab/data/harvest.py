@@ -64,7 +64,12 @@ class SourceConfig:
     batch_size: Annotated[int, Field(ge=1)] = 32
     """Windows per forward pass."""
     model_dtype: Literal["float16", "bfloat16", "float32"] = "float32"
-    """Dtype the model runs in."""
+    """Dtype the model runs in (and the compute dtype of quantized weights)."""
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+    """Load the linear weights in 8 or 4 bits with bitsandbytes (pip install
+    'sae-lab[quantize]'): a 7B model takes ~7.5 or ~4 GB instead of ~14.5 GB in float16."""
+    device_map: Literal["none", "auto"] = "none"
+    """auto: spread the model's blocks over all visible GPUs (accelerate); device is then unused."""
     device: str = "auto"
     """Device of the model: auto (CUDA when present), cpu, cuda, cuda:1, ..."""
     split: str = "train"
@@ -173,9 +178,11 @@ def load_source(cfg: SourceConfig, device: str) -> tuple[Any, Any]:
     # The tokenizer first: a wrong tokenizer fails before minutes of model loading.
     check_path("model", cfg.model)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.revision, cfg.trust_remote_code)
-    # No LM head: the hooks sit in the body, and `capture` stops before the head.
+    # No LM head, and no block after the deepest hooked one: they are never run, so their
+    # weights are not even loaded (`capture` also stops the forward pass there).
     model = load_model(cfg.model, device, cfg.revision, cfg.model_dtype, lm_head=False,
-                       trust_remote_code=cfg.trust_remote_code)
+                       trust_remote_code=cfg.trust_remote_code, quantize=cfg.quantize,
+                       device_map=cfg.device_map, keep_layers=_keep_layers(cfg))
     return model, tokenizer
 
 
@@ -240,6 +247,22 @@ def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Sh
         raise DatasetError(f"dataset {cfg.dataset} gave no tokens to store")
 
 
+def _keep_layers(cfg: SourceConfig) -> int | None:
+    """Blocks to load: up to the deepest harvested layer; None (all) when the config cannot be
+    read here, so that load_model reports the problem."""
+    from transformers import AutoConfig
+
+    from sae_lab.models import resolve_model
+
+    try:
+        total = AutoConfig.from_pretrained(resolve_model(cfg.model), revision=cfg.revision,
+                                           trust_remote_code=cfg.trust_remote_code
+                                           ).num_hidden_layers
+    except (OSError, ValueError, AttributeError):
+        return None
+    return min(max(cfg.layers) + 1, total)
+
+
 def probe_width(model: Any, cfg: SourceConfig, device: torch.device) -> int:
     import torch
 
@@ -274,13 +297,16 @@ def source_header(cfg: SourceConfig, model: Any, tokenizer: Any) -> dict[str, An
         "revision": cfg.revision or getattr(config, "_commit_hash", None),
         "model_family": L.family_name(model),
         "model_class": type(model).__name__,
-        "n_layers": L.n_layers(model),
+        "n_layers": getattr(config, "_sae_lab_n_layers", None) or L.n_layers(model),
+        "layers_loaded": L.n_layers(model),
         "tokenizer": canonical_name(cfg.tokenizer or cfg.model),
         "dataset": {"path": cfg.dataset, "name": cfg.dataset_name, "split": cfg.split,
                     "text_column": cfg.text_column, "prompt_column": cfg.prompt_column},
         "hook": cfg.hook,
         "ctx_len": cfg.ctx_len,
         "model_dtype": cfg.model_dtype,
+        "quantize": cfg.quantize,
+        "device_map": cfg.device_map,
         "special_tokens": "kept" if cfg.keep_special else "excluded",
         "vocab_size": getattr(tokenizer, "vocab_size", None),
     }

@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not e
 
 # Manifest fields that travel with the SAE so eval/inspect/steer/export know where it came from.
 MANIFEST_KEYS = ("model", "revision", "layer", "hook", "hook_name", "ctx_len", "tokenizer",
-                 "dtype", "model_family", "d_in")
+                 "dtype", "model_family", "d_in", "model_dtype", "quantize", "device_map")
 
 
 class TrainResult(NamedTuple):

@@ -1,0 +1,481 @@
+"""`sae-lab plan CONFIG.yaml`: what a harvest, a training run or a sweep will need, from its
+config alone (no weights loaded, no data read beyond a manifest), and the check that refuses a
+run that would not fit before it starts.
+
+    plan_harvest(HarvestConfig) / plan_train(TrainConfig) / plan_sweep(SweepConfig) -> Plan
+    Plan.needs: [Need(what, where = disk | host | device, bytes)], Plan.table()
+    check(plan)  -> PlanError (one line) naming the limit crossed: free disk, host RAM
+                    (MemAvailable), free device memory; `--no-plan-check` skips it
+
+The figures:
+- shards: exact bytes of the tar files `harvest` writes (ustar headers, 512-byte padding,
+  10 KiB records, safetensors headers), for max_tokens rows per layer; manifest.json aside.
+- model: parameters x dtype bytes of the blocks up to the deepest layer read (harvest loads no
+  more), the embeddings and final norms; quantized linear weights take 1 byte (8bit, plus one
+  float32 scale per output row) or 0.5 byte (4bit NF4, plus one float32 absmax per 64 weights);
+  plus the activations of one forward pass.
+- a trial: SAE parameters, their gradients and Adam's two moments (4 x parameters), the batch and
+  its temporaries, and the dense [B, d_sae] pre-activations: one buffer on the sparse TopK path
+  (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (PRE_COPIES, measured); plus the
+  data: the shuffle buffer (shards) or the arrays held in memory (synthetic, npy).
+- every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from sae_lab.data.harvest import HarvestConfig
+    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.train.config import TrainConfig
+
+Where = Literal["disk", "host", "device"]
+GiB = 2**30
+# Peak RSS of a process that has imported torch, Lightning, transformers and sae_lab's training
+# code: 450 MiB measured (Linux, torch 2.13 CPU); rounded up for allocator slack.
+RUNTIME = 512 * 2**20
+_TAR_BLOCK, _TAR_RECORD = 512, 20 * 512
+_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+# A CUDA process's context (kernels, cuBLAS workspace) before any tensor: typically 0.3-0.5 GiB
+# (not measured here: this machine has no GPU).
+CUDA_CONTEXT = 512 * 2**20
+# Dense [B, d_sae] float32 buffers alive at the peak of a training step, by architecture (dense
+# path), measured from peak RSS of a step at d_in 256, d_sae 16384, B 2048 against the sparse
+# TopK path (one buffer: sae_lab.sae.sparse_topk), which the rehearsal matched at full scale
+# (benchmarks/rehearsal.py). Rounded up.
+PRE_COPIES = {"sparse": 1.0, "matryoshka:sparse": 1.5, "topk": 3.5, "relu": 3.5, "batchtopk": 4.5,
+              "jumprelu": 6.5, "gated": 9.0}
+
+class PlanError(ValueError):
+    """A run that would cross a limit (disk, host RAM, device memory); one line."""
+
+
+@dataclass(frozen=True)
+class Need:
+    what: str
+    where: Where
+    bytes: int
+
+
+@dataclass
+class Plan:
+    """What one harvest / training run / sweep needs; `device` is where the model or SAE runs."""
+
+    title: str
+    device: str = "cpu"
+    disk_path: str = "."
+    needs: list[Need] = field(default_factory=list)
+    copies: dict[Where, int] = field(default_factory=dict)
+    """Concurrent copies of the per-run needs (sweep trials per machine / per GPU)."""
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, what: str, where: Where, nbytes: float) -> None:
+        if where == "device" and not self.device.startswith("cuda"):
+            where = "host"  # a CPU run keeps its "device" memory in RAM
+        self.needs.append(Need(what, where, int(nbytes)))
+
+    def total(self, where: Where) -> int:
+        return sum(n.bytes for n in self.needs if n.where == where) * self.copies.get(where, 1)
+
+    def table(self) -> str:
+        lines = [self.title]
+        for where in ("disk", "host", "device"):
+            rows = [n for n in self.needs if n.where == where]
+            if not rows:
+                continue
+            times = self.copies.get(where, 1)
+            label = {"disk": "disk", "host": "host RAM", "device": f"device ({self.device})"}
+            each = ""
+            if times > 1:
+                each = f" ({times} trials)" if where == "disk" else f" ({times} at once)"
+            lines.append(f"  {label[where]}: {human(self.total(where))}{each}")
+            lines += [f"    {human(n.bytes):>10}  {n.what}" for n in rows]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+# --- shards --------------------------------------------------------------------------------
+
+
+def shard_bytes(rows: int, d_in: int, dtype: str, shard_rows: int, block_rows: int) -> int:
+    """Exact bytes of the .tar files a harvest of `rows` rows writes (one layer)."""
+    total = 0
+    full, last = divmod(rows, shard_rows)
+    for n_rows, count in ((shard_rows, full), (last, 1 if last else 0)):
+        if count:
+            total += count * _tar_bytes(n_rows, d_in, dtype, block_rows)
+    return total
+
+
+def _tar_bytes(rows: int, d_in: int, dtype: str, block_rows: int) -> int:
+    full, last = divmod(rows, block_rows)
+    members = full * _member_bytes(block_rows, d_in, dtype)
+    if last:
+        members += _member_bytes(last, d_in, dtype)
+    end = members + 2 * _TAR_BLOCK  # tarfile's end-of-archive marker
+    return math.ceil(end / _TAR_RECORD) * _TAR_RECORD
+
+
+def _member_bytes(rows: int, d_in: int, dtype: str) -> int:
+    data = _safetensors_bytes(rows, d_in, dtype)
+    return _TAR_BLOCK + math.ceil(data / _TAR_BLOCK) * _TAR_BLOCK
+
+
+def _safetensors_bytes(rows: int, d_in: int, dtype: str) -> int:
+    """Bytes of shards.encode_block for a block of `rows` rows: the header written by safetensors
+    itself on empty stand-ins of the same shapes (the crc32 metadata at its longest, 10 digits)."""
+    import torch
+    from safetensors.torch import save
+
+    from sae_lab.data.shards import DTYPES
+
+    probe = {"acts": torch.empty(rows, d_in, dtype=DTYPES[dtype]),
+             "token_ids": torch.empty(rows, dtype=torch.int32),
+             "doc": torch.empty(rows, dtype=torch.int64),
+             "pos": torch.empty(rows, dtype=torch.int32)}
+    return len(save(probe, metadata={"crc32": "4294967295"}))
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def model_config(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    from sae_lab.models import resolve_model
+
+    return AutoConfig.from_pretrained(resolve_model(name), revision=revision,
+                                      trust_remote_code=trust_remote_code)
+
+
+def model_bytes(config: Any, dtype: str = "float32", quantize: str = "none",
+                keep_layers: int | None = None) -> int:
+    """Bytes of the weights (and buffers) of the bare model of `config` with `keep_layers`
+    blocks, counted on a model built on the meta device (nothing allocated)."""
+    import copy
+
+    import torch
+    from torch import nn
+    from transformers import AutoModel
+
+    from sae_lab.models import truncate_config
+
+    config = copy.deepcopy(config)
+    if keep_layers is not None:
+        truncate_config(config, keep_layers)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    itemsize = _DTYPE_BYTES[dtype]
+    total = 0
+    quantized: set[int] = set()
+    if quantize != "none":
+        from sae_lab.data.layers import blocks
+
+        for block in blocks(model):
+            for mod in block.modules():
+                if isinstance(mod, nn.Linear):
+                    w = mod.weight
+                    quantized.add(id(w))
+                    if quantize == "8bit":
+                        total += w.numel() + 4 * w.shape[0]  # int8 + a float32 scale per row
+                    else:
+                        total += w.numel() // 2 + 4 * math.ceil(w.numel() / 64)  # NF4 + absmax
+    for p in model.parameters():
+        if id(p) not in quantized:
+            total += p.numel() * (itemsize if p.is_floating_point() else p.element_size())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    return total
+
+
+def forward_bytes(config: Any, windows: int, ctx_len: int, dtype: str) -> int:
+    """Activations alive during one block of a forward pass (no gradients): the residual stream
+    and a few d_model-wide temporaries, the MLP's hidden units (gate, up, product), and one
+    [heads, T, T] attention-score matrix per window."""
+    d = config.hidden_size
+    d_ff = getattr(config, "intermediate_size", None) or 4 * d
+    heads = getattr(config, "num_attention_heads", 1)
+    tokens = windows * ctx_len
+    return _DTYPE_BYTES[dtype] * (tokens * (6 * d + 3 * d_ff) + windows * heads * ctx_len ** 2)
+
+
+def _device(name: str, gpus: int | None) -> str:
+    """Where a run would put its model / SAE: `gpus` GPUs assumed when given (planning for
+    another machine), else what this machine has."""
+    if gpus is not None:
+        return "cuda" if gpus > 0 and name != "cpu" else "cpu"
+    if name.startswith("cuda"):
+        return name  # planned even where this machine has no CUDA
+    from sae_lab.models import resolve_device
+
+    return resolve_device(name)
+
+
+# --- the three commands --------------------------------------------------------------------
+
+
+def plan_harvest(cfg: HarvestConfig, config: Any = None, gpus: int | None = None) -> Plan:
+    """Disk for the shards of every layer; memory for the model and its forward passes."""
+    from sae_lab.data.harvest import _auto_shard_rows
+    from sae_lab.models import canonical_name
+
+    config = config or model_config(cfg.model, cfg.revision, cfg.trust_remote_code)
+    device = _device("cuda" if cfg.device_map == "auto" else cfg.device, gpus)
+    plan = Plan(f"harvest {canonical_name(cfg.model)} layers {list(cfg.layers)} -> {cfg.out}",
+                device, cfg.out)
+    d_in = config.hidden_size
+    shard_rows = cfg.shard_rows or _auto_shard_rows(d_in, cfg.dtype, cfg.block_rows)
+    if cfg.max_tokens:
+        one = shard_bytes(cfg.max_tokens, d_in, cfg.dtype, shard_rows, cfg.block_rows)
+        plan.add(f"shards: {cfg.max_tokens:,} tokens x {len(cfg.layers)} layer(s) x d_in {d_in}"
+                 f" x {cfg.dtype} (exact tar bytes)", "disk", one * len(cfg.layers))
+    else:
+        plan.notes.append("max_tokens=0 (the whole dataset): shard bytes unknown; each token "
+                          f"takes {d_in * _DTYPE_BYTES[cfg.dtype] + 16} B per layer")
+    keep = min(max(cfg.layers) + 1, config.num_hidden_layers)
+    q = "" if cfg.quantize == "none" else f", {cfg.quantize}"
+    plan.add(f"model weights: {keep} of {config.num_hidden_layers} blocks, {cfg.model_dtype}{q}",
+             "device", model_bytes(config, cfg.model_dtype, cfg.quantize, keep))
+    plan.add(f"forward pass: {cfg.batch_size} windows x {cfg.ctx_len} tokens", "device",
+             forward_bytes(config, cfg.batch_size, cfg.ctx_len, cfg.model_dtype))
+    if device.startswith("cuda"):
+        plan.add("CUDA context", "device", CUDA_CONTEXT)
+    tokens = cfg.batch_size * cfg.ctx_len
+    plan.add("captured activations and the block being written", "host",
+             len(cfg.layers) * (tokens * d_in * 4 + 2 * cfg.block_rows * d_in * 4))
+    plan.add("Python, torch, transformers", "host", RUNTIME)
+    return plan
+
+
+def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = None) -> Plan:
+    """Memory for one training run; disk for its checkpoints and final SAE."""
+    if d_in is None:
+        from sae_lab.sweep.space import data_d_in
+
+        d_in = data_d_in(cfg)
+        if d_in is None:
+            raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set sae.d_in")
+    plan = Plan(f"train {cfg.sae.architecture} -> {cfg.out_dir}", _device(cfg.device, gpus),
+                cfg.out_dir)
+    add_trial(plan, cfg, d_in)
+    plan.add("Python, torch, Lightning", "host", RUNTIME)
+    return plan
+
+
+def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
+              checkpoints: int | None = None) -> None:
+    """Add one training run's needs to `plan` (without its data source unless `data_source`)."""
+    sae = cfg.sae.with_d_in(d_in)
+    f, b = sae.latents, cfg.batch_size
+    n_params = sae_params(sae, d_in)
+    pbytes = _DTYPE_BYTES[sae.dtype]
+    plan.add(f"SAE {d_in} x {f}: parameters, gradients, Adam moments ({n_params:,} params)",
+             "device", 4 * n_params * pbytes)
+    path = getattr(sae, "decoder", "dense")
+    if path == "sparse":
+        copies = PRE_COPIES.get(f"{sae.architecture}:sparse", PRE_COPIES["sparse"])
+    else:
+        copies = PRE_COPIES.get(sae.architecture, max(PRE_COPIES.values()))
+    plan.add(f"pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
+             "device", copies * b * f * 4)
+    plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
+    if plan.device.startswith("cuda"):
+        plan.add("CUDA context", "device", CUDA_CONTEXT)
+    data = cfg.data
+    if not data_source:
+        pass
+    elif data.shards is not None:
+        dtype = _manifest(data.shards).get("dtype", "float32")
+        plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
+                 max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
+    elif data.synthetic is not None:
+        rows = data.synthetic.n_tokens + max(b, int(data.synthetic.n_tokens * data.val_fraction))
+        plan.add(f"synthetic activations: {rows:,} rows float32", "host", rows * d_in * 4)
+    elif data.npy is not None:
+        plan.add(f"{data.npy} in memory (float32)", "host",
+                 2 * os.path.getsize(data.npy) * 4 // max(1, _npy_itemsize(data.npy)))
+    if checkpoints is None:  # `train` keeps best and last
+        checkpoints = 2 if cfg.save_checkpoints else 0
+    if checkpoints:
+        plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
+                 checkpoints * 3 * n_params * pbytes)
+    plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
+
+
+def sae_params(sae: Any, d_in: int) -> int:
+    """Parameters of an SAE: W_enc, W_dec, b_enc, b_dec, plus the architecture's extras."""
+    f = sae.latents
+    extra = {"gated": 3 * f, "jumprelu": f}.get(sae.architecture, 0)
+    return 2 * d_in * f + f + d_in + extra
+
+
+def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:
+    """The largest trial (corners of every architecture's space), times the trials that run at
+    once on this machine (and on one GPU)."""
+    from sae_lab.config import ConfigError
+    from sae_lab.sweep.space import corners, data_d_in
+
+    biggest, size = None, -1
+    for arch in sweep.architectures:
+        for values in corners(sweep.params[arch]):
+            cfg = sweep.train_config(arch, values)
+            try:
+                d_in = data_d_in(cfg) or cfg.sae.d_in
+            except ConfigError:  # shards not harvested yet: sae.d_in says the width
+                if not cfg.sae.d_in:
+                    raise
+                d_in = cfg.sae.d_in
+            if not d_in:
+                raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set "
+                                "base.sae.d_in")
+            s = sae_params(cfg.sae.with_d_in(d_in), d_in) + cfg.batch_size * cfg.sae.with_d_in(
+                d_in).latents
+            if s > size:
+                biggest, size, big_d = cfg, s, d_in
+    assert biggest is not None
+    res = sweep.resources
+    device = _device(biggest.device, gpus)
+    per_gpu = max(1, int(1 / res.gpus)) if 0 < res.gpus < 1 else 1
+    machine = sweep.max_concurrent or max(1, int((os.cpu_count() or 1) // res.cpus))
+    if res.gpus and device.startswith("cuda"):
+        n_gpus = _cuda_count() if gpus is None else gpus
+        machine = min(machine, int(n_gpus / res.gpus)) if n_gpus else machine
+    plan = Plan(f"sweep {sweep.name}: {sweep.num_trials} trials, largest "
+                f"{biggest.sae.architecture} d_sae {biggest.sae.with_d_in(big_d).latents} "
+                f"batch {biggest.batch_size}", device, ".")
+    add_trial(plan, biggest, big_d, checkpoints=1)  # Tune keeps each trial's last one
+    plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
+    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine,
+                   "disk": sweep.num_trials}
+    plan.notes.append(f"{machine} trial(s) at once on this machine"
+                      + (f", {per_gpu} per GPU" if device.startswith("cuda") else ""))
+    return plan
+
+
+def _manifest(source: Any) -> dict[str, Any]:
+    import json
+
+    path = Path(str(source)) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _npy_itemsize(path: Any) -> int:
+    import numpy as np
+
+    return np.load(path, mmap_mode="r", allow_pickle=False).dtype.itemsize
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# --- limits --------------------------------------------------------------------------------
+
+
+def available(plan: Plan) -> dict[Where, tuple[int, str]]:
+    """(bytes free, what was measured) per kind of need, on this machine now."""
+    out: dict[Where, tuple[int, str]] = {}
+    path = Path(plan.disk_path).expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    out["disk"] = (shutil.disk_usage(path).free, f"free disk at {path}")
+    host = host_available()
+    if host is not None:
+        out["host"] = (host, "available host RAM")
+    if plan.device.startswith("cuda") and _cuda_count():
+        import torch
+
+        free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        out["device"] = (free, "free GPU memory (smallest GPU)")
+    return out
+
+
+def host_available() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> None:
+    """PlanError naming the first limit the plan crosses; nothing when it fits."""
+    limits = available(plan) if limits is None else limits
+    for where in ("disk", "host", "device"):
+        need = plan.total(where)
+        if where in limits and need > limits[where][0]:
+            have, what = limits[where]
+            raise PlanError(f"plan: needs {human(need)} of {where} but {what} is {human(have)} "
+                            f"(see `sae-lab plan`; --no-plan-check to run anyway)")
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None) -> Plan:
+    """The plan of a sweep, train or harvest YAML (told apart by their keys)."""
+    from sae_lab.config import apply_overrides, load_yaml, parse
+
+    p = Path(path)
+    if not p.is_file():
+        from sae_lab.sweep.space import load_sweep
+
+        return plan_sweep(load_sweep(path, list(overrides)), gpus)  # a name in sweeps/
+    data = apply_overrides(load_yaml(p.read_text(), str(p)) or {}, list(overrides))
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: expected a mapping at the top level")
+    if "architectures" in data:
+        from sae_lab.sweep.space import load_sweep
+
+        return plan_sweep(load_sweep(path, list(overrides)), gpus)
+    if {"model", "dataset", "out"} <= data.keys():
+        from sae_lab.data.harvest import HarvestConfig
+
+        return plan_harvest(parse(HarvestConfig, data, str(p)), gpus=gpus)
+    from sae_lab.train.config import TrainConfig
+
+    return plan_train(TrainConfig.from_dict(data, str(p)), gpus=gpus)
+
+
+def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("plan", help="disk and memory a harvest, train or sweep config needs",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="a sweep, train or harvest YAML (told apart by their keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field first, e.g. --set batch_size=8192")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="plan for a machine with N GPUs (e.g. 2 for Kaggle's T4 x2) instead of "
+                   "this one; limits are then not checked")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> None:
+    plan = plan_file(args.config, args.overrides, args.gpus)
+    print(plan.table())
+    if args.gpus is not None:
+        return
+    limits = available(plan)
+    for where, (have, what) in limits.items():
+        need = plan.total(where)
+        verdict = "fits" if need <= have else "DOES NOT FIT"
+        print(f"  {where}: {human(need)} needed, {what} {human(have)}: {verdict}")
+    check(plan, limits)

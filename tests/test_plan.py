@@ -1,0 +1,141 @@
+"""`sae-lab plan`: exact shard bytes, model bytes, SAE state, and refusal before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+from sae_lab import plan as P
+from sae_lab.cli import main
+from sae_lab.data.shards import ShardSetWriter, read_manifest
+from sae_lab.train.config import TrainConfig
+
+
+def _tar_bytes(directory):
+    return sum(p.stat().st_size for p in directory.glob("shard-*.tar"))
+
+
+def test_shard_bytes_match_a_real_harvest_exactly(tiny_shards):
+    """tiny_shards: `harvest` of the tiny GPT-2, 3000 rows, shard_rows 2048, block_rows 1024."""
+    m = read_manifest(tiny_shards)
+    assert m["tokens"] == 3000 and len(m["shards"]) == 2
+    assert P.shard_bytes(3000, m["d_in"], m["dtype"], 2048, 1024) == _tar_bytes(tiny_shards)
+
+
+@pytest.mark.parametrize("rows,d_in,dtype", [(5000, 48, "float16"), (1500, 130, "bfloat16")])
+def test_shard_bytes_match_the_writer_exactly(tmp_path, rows, d_in, dtype):
+    w = ShardSetWriter(tmp_path, {"model": "m"}, dtype, shard_rows=2048, block_rows=1024)
+    g = torch.Generator().manual_seed(0)
+    w.add(0, torch.randn(rows, d_in, generator=g), torch.randint(0, 9, (rows,), generator=g),
+          torch.zeros(rows, dtype=torch.long), torch.arange(rows))
+    w.finish()
+    assert P.shard_bytes(rows, d_in, dtype, 2048, 1024) == _tar_bytes(tmp_path)
+
+
+def test_harvest_plan_disk_is_the_shard_bytes_of_every_layer(tiny_lm, corpus, tmp_path):
+    from sae_lab.data.harvest import HarvestConfig
+
+    cfg = HarvestConfig(model=str(tiny_lm), dataset=str(corpus), out=str(tmp_path),
+                        layers=(0, 1), max_tokens=3000, dtype="float32", shard_rows=2048,
+                        block_rows=1024, device="cpu")
+    plan = P.plan_harvest(cfg)
+    assert plan.total("disk") == 2 * P.shard_bytes(3000, 64, "float32", 2048, 1024)
+    assert plan.device == "cpu" and plan.total("device") == 0  # a CPU run: all in host RAM
+
+
+def test_model_bytes_are_the_loaded_models_bytes(tmp_path):
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=128, vocab_size=100)
+    model = T.LlamaModel(cfg)
+
+    def nbytes(m, dtype=4):
+        return (sum(p.numel() * dtype for p in m.parameters())
+                + sum(b.numel() * b.element_size() for b in m.buffers()))
+
+    assert P.model_bytes(cfg) == nbytes(model)
+    del model.layers[2]
+    assert P.model_bytes(cfg, keep_layers=2) == nbytes(model)
+    # 8bit: each block linear weight one byte plus a float32 scale per output row.
+    linear = sum(mod.weight.numel() for mod in model.layers.modules()
+                 if isinstance(mod, torch.nn.Linear))
+    rows = sum(mod.weight.shape[0] for mod in model.layers.modules()
+               if isinstance(mod, torch.nn.Linear))
+    assert P.model_bytes(cfg, quantize="8bit", keep_layers=2) == (
+        nbytes(model) - 4 * linear + linear + 4 * rows)
+
+
+def test_train_plan_counts_sae_state_and_pre_activations_known_answer():
+    cfg = TrainConfig.from_dict({"sae": {"architecture": "topk", "d_sae": 512, "k": 8},
+                                 "data": {"synthetic": {"d": 64, "n_tokens": 10_000}},
+                                 "batch_size": 256, "max_tokens": 10_000, "device": "cpu"})
+    plan = P.plan_train(cfg)
+    needs = {n.what.split(":")[0].split(" [")[0]: n.bytes for n in plan.needs}
+    params = 2 * 64 * 512 + 512 + 64
+    assert needs["SAE 64 x 512"] == 4 * params * 4
+    assert needs["pre-activations"] == 1 * 256 * 512 * 4  # sparse path: one buffer
+    dense = P.plan_train(TrainConfig.from_dict({**cfg.to_dict(), "sae": {
+        "architecture": "topk", "d_sae": 512, "k": 8, "decoder": "dense"}}))
+    assert sum(n.bytes for n in dense.needs if n.what.startswith("pre-")) == 3.5 * 256 * 512 * 4
+
+
+def test_check_names_the_limit_crossed():
+    plan = P.Plan("t", "cpu", ".", [P.Need("x", "host", 3 * P.GiB)])
+    P.check(plan, {"host": (4 * P.GiB, "available host RAM")})
+    with pytest.raises(P.PlanError, match=r"needs 3.00 GiB of host but available host RAM is "
+                                          r"2.00 GiB .*--no-plan-check"):
+        P.check(plan, {"host": (2 * P.GiB, "available host RAM")})
+
+
+def test_over_budget_harvest_is_refused_before_any_file_is_written(tiny_lm, corpus, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "shards"
+    with pytest.raises(SystemExit) as e:  # 10^12 tokens x 64 x 4 B: 256 TB of shards
+        main(["harvest", "--model", str(tiny_lm), "--dataset", str(corpus), "--out", str(out),
+              "--max-tokens", str(10**12), "--device", "cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sae-lab harvest: error: plan: needs ") and "of disk but free disk" in err
+    assert not out.exists()
+
+
+def test_over_budget_train_is_refused_and_no_plan_check_skips_the_check(tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr(P, "host_available", lambda: 2**20)  # 1 MiB of RAM left
+    out = tmp_path / "run"
+    args = ["train", "--set", "data.synthetic.d=16", "--set", "data.synthetic.n_tokens=2048",
+            "--set", "batch_size=256", "--set", "max_tokens=512", "--set", "sae.d_sae=32",
+            "--set", f"out_dir={out}", "--set", "progress_bar=false", "--set", "device=cpu"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "of host but available host RAM is 1.00 MiB" in \
+        capsys.readouterr().err
+    assert not out.exists()
+    import importlib
+
+    run = importlib.import_module("sae_lab.train.run")
+
+    called = []
+    monkeypatch.setattr(run, "train", lambda cfg, **kw: called.append(cfg) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # reached train() itself
+        main([*args, "--no-plan-check"])
+    assert called and called[0].out_dir == str(out)
+
+
+def test_a_config_plan_cannot_read_is_left_to_the_command(tmp_path, corpus, capsys):
+    with pytest.raises(SystemExit):
+        main(["harvest", "--model", str(tmp_path / "nope"), "--dataset", str(corpus),
+              "--out", str(tmp_path / "o")])
+    assert "--model " in capsys.readouterr().err  # harvest's own message, not the plan's
+
+
+def test_plan_command_prints_the_table_and_the_verdict(tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("sae: {architecture: topk, d_sae: 512}\n"
+                   "data: {synthetic: {d: 64, n_tokens: 10000}}\nbatch_size: 256\n"
+                   "max_tokens: 10000\ndevice: cpu\n")
+    main(["plan", str(cfg)])
+    out = capsys.readouterr().out
+    assert "SAE 64 x 512: parameters, gradients, Adam moments (66,112 params)" in out
+    assert "host: " in out and ": fits" in out
