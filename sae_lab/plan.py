@@ -16,7 +16,8 @@ The figures:
   plus the activations of one forward pass.
 - a trial: SAE parameters, their gradients and Adam's two moments (4 x parameters), the batch and
   its temporaries, and the dense [B, d_sae] pre-activations: one buffer on the sparse TopK path
-  (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (PRE_COPIES, measured); plus the
+  (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (each architecture's `step_buffers`,
+  measured); plus the
   data: the shuffle buffer (shards) or the arrays held in memory (synthetic, npy).
 - every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
 """
@@ -46,12 +47,6 @@ _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 # A CUDA process's context (kernels, cuBLAS workspace) before any tensor: typically 0.3-0.5 GiB
 # (not measured here: this machine has no GPU).
 CUDA_CONTEXT = 512 * 2**20
-# Dense [B, d_sae] float32 buffers alive at the peak of a training step, by architecture (dense
-# path), measured from peak RSS of a step at d_in 256, d_sae 16384, B 2048 against the sparse
-# TopK path (one buffer: sae_lab.sae.sparse_topk), which the rehearsal matched at full scale
-# (benchmarks/rehearsal.py). Rounded up.
-PRE_COPIES = {"sparse": 1.0, "matryoshka:sparse": 1.5, "topk": 3.5, "relu": 3.5, "batchtopk": 4.5,
-              "jumprelu": 6.5, "gated": 9.0}
 
 class PlanError(ValueError):
     """A run that would cross a limit (disk, host RAM, device memory); one line."""
@@ -284,11 +279,11 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
     pbytes = _DTYPE_BYTES[sae.dtype]
     plan.add(f"SAE {d_in} x {f}: parameters, gradients, Adam moments ({n_params:,} params)",
              "device", 4 * n_params * pbytes)
+    from sae_lab.sae import ARCHITECTURES
+
     path = getattr(sae, "decoder", "dense")
-    if path == "sparse":
-        copies = PRE_COPIES.get(f"{sae.architecture}:sparse", PRE_COPIES["sparse"])
-    else:
-        copies = PRE_COPIES.get(sae.architecture, max(PRE_COPIES.values()))
+    buffers = ARCHITECTURES[sae.architecture].step_buffers
+    copies = buffers.get(path, buffers["dense"])  # auto starts dense
     plan.add(f"pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
              "device", copies * b * f * 4)
     plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
@@ -316,10 +311,14 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
 
 
 def sae_params(sae: Any, d_in: int) -> int:
-    """Parameters of an SAE: W_enc, W_dec, b_enc, b_dec, plus the architecture's extras."""
-    f = sae.latents
-    extra = {"gated": 3 * f, "jumprelu": f}.get(sae.architecture, 0)
-    return 2 * d_in * f + f + d_in + extra
+    """Parameters of the SAE `sae` (a config) on d_in inputs, counted on the meta device."""
+    import torch
+
+    from sae_lab.sae import ARCHITECTURES
+
+    with torch.device("meta"):
+        module = ARCHITECTURES[sae.architecture](sae.with_d_in(d_in))
+    return sum(p.numel() for p in module.parameters())
 
 
 def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:

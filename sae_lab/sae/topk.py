@@ -68,6 +68,7 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
     k_based = True
     saelens_architecture = "topk"
+    step_buffers = {"dense": 3.5, "sparse": 1.0}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -224,18 +224,7 @@ def run_sweep(
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         check_resources(sweep, nodes)
         _record_spec(sweep, out, resume)
-        resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
-        if sweep.pack == 1:
-            trainable = tune.with_parameters(run_trial, sweep=sweep.to_dict())
-            space, tune_config = param_space(sweep), _tune_config(sweep)
-        else:
-            from sae_lab.sweep.packs import make_packs, pack_space, run_pack, start_rungs
-
-            rungs, name = start_rungs(sweep, out)  # held until the sweep ends
-            trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
-            space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
-            tune_config = _pack_tune_config(sweep)
-        trainable = tune.with_resources(trainable, resources)
+        trainable, space, tune_config, rungs = _trials(sweep, out, nodes)
         if resume:
             tuner = tune.Tuner.restore(
                 str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
@@ -253,6 +242,24 @@ def run_sweep(
             ray.kill(rungs)
         if started_ray:
             ray.shutdown()
+
+
+def _trials(sweep: SweepConfig, out: Path, nodes: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """(trainable, param space, TuneConfig, rungs actor or None): a trial per config, or a trial
+    per pack of configs with the actor that holds the rungs of every member."""
+    from ray import tune
+
+    resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
+    if sweep.pack == 1:
+        trainable = tune.with_parameters(run_trial, sweep=sweep.to_dict())
+        return (tune.with_resources(trainable, resources), param_space(sweep),
+                _tune_config(sweep), None)
+    from sae_lab.sweep.packs import make_packs, pack_space, run_pack, start_rungs
+
+    rungs, name = start_rungs(sweep, out)  # held until the sweep ends
+    trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
+    space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
+    return tune.with_resources(trainable, resources), space, _pack_tune_config(sweep), rungs
 
 
 def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
