@@ -255,12 +255,32 @@ def plan_harvest(cfg: HarvestConfig, config: Any = None, gpus: int | None = None
     return plan
 
 
+def live_d_in(cfg: TrainConfig) -> int | None:
+    """Width of a live source's activations: the model's hidden size (residual-stream hooks)."""
+    live = cfg.data.live
+    if live is None:
+        return None
+    return model_config(live.model, live.revision, live.trust_remote_code).hidden_size
+
+
+def add_live_model(plan: Plan, live: Any) -> None:
+    """The model a live source runs inside training: its blocks up to the layer, one forward."""
+    config = model_config(live.model, live.revision, live.trust_remote_code)
+    keep = min(max(live.layers) + 1, config.num_hidden_layers)
+    q = "" if live.quantize == "none" else f", {live.quantize}"
+    plan.add(f"live model weights: {keep} of {config.num_hidden_layers} blocks, "
+             f"{live.model_dtype}{q}", "device",
+             model_bytes(config, live.model_dtype, live.quantize, keep))
+    plan.add(f"live forward pass: {live.batch_size} windows x {live.ctx_len} tokens", "device",
+             forward_bytes(config, live.batch_size, live.ctx_len, live.model_dtype))
+
+
 def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = None) -> Plan:
     """Memory for one training run; disk for its checkpoints and final SAE."""
     if d_in is None:
         from sae_lab.sweep.space import data_d_in
 
-        d_in = data_d_in(cfg)
+        d_in = data_d_in(cfg) or live_d_in(cfg)
         if d_in is None:
             raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set sae.d_in")
     plan = Plan(f"train {cfg.sae.architecture} -> {cfg.out_dir}", _device(cfg.device, gpus),
@@ -296,6 +316,11 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
                  max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
+    elif data.live is not None:
+        add_live_model(plan, data.live)
+        # the pool of rows mixed across contexts sits on the model's device
+        plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32", "device",
+                 max(data.shuffle_buffer, b) * d_in * 4)
     elif data.synthetic is not None:
         rows = data.synthetic.n_tokens + max(b, int(data.synthetic.n_tokens * data.val_fraction))
         plan.add(f"synthetic activations: {rows:,} rows float32", "host", rows * d_in * 4)
@@ -332,7 +357,7 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:
         for values in corners(sweep.params[arch]):
             cfg = sweep.train_config(arch, values)
             try:
-                d_in = data_d_in(cfg) or cfg.sae.d_in
+                d_in = data_d_in(cfg) or live_d_in(cfg) or cfg.sae.d_in
             except ConfigError:  # shards not harvested yet: sae.d_in says the width
                 if not cfg.sae.d_in:
                     raise

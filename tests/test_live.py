@@ -229,3 +229,24 @@ def test_live_training_matches_training_from_shards_of_the_same_text(tmp_path, c
         fvu[name] = evaluate_rows(result.sae, [held])["fvu"]
     assert fvu["shards"] < 0.8  # it learnt something
     assert abs(fvu["live"] / fvu["shards"] - 1) <= 0.02, fvu
+
+
+def test_a_pack_of_members_shares_one_live_model(tiny_lm, corpus, tmp_path, monkeypatch):
+    """A packed sweep's pack over a live source loads the model once and feeds every member the
+    same rows: two architectures, one LiveSource."""
+    from sae_lab.data import live as live_module
+    from sae_lab.train.pack import train_pack
+
+    loads = []
+    real = live_module.load_source
+    monkeypatch.setattr(live_module, "load_source", lambda *a: loads.append(1) or real(*a))
+    base = {"data": {"live": live(tiny_lm, corpus)}, "batch_size": 128, "max_tokens": 1024,
+            "val_every_steps": 4, "progress_bar": False, "save_checkpoints": False}
+    cfgs = [TrainConfig.from_dict({**base, "sae": {"architecture": a, "expansion_factor": 2},
+                                   "out_dir": str(tmp_path / a)}) for a in ("topk", "relu")]
+    results = train_pack(cfgs, ["topk", "relu"], tmp_path / "pack", logger=False,
+                         save_checkpoints=False)
+    assert len(loads) == 1
+    assert [r.sae.cfg.architecture for r in results] == ["topk", "relu"]
+    assert all(r.metrics["tokens"] == 1024 and r.sae.metadata["source"] == "live"
+               for r in results)

@@ -139,3 +139,23 @@ def test_plan_command_prints_the_table_and_the_verdict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "SAE 64 x 512: parameters, gradients, Adam moments (66,112 params)" in out
     assert "host: " in out and ": fits" in out
+
+
+def test_a_live_train_plan_counts_the_model_and_its_pool(tiny_lm, corpus):
+    """data.live: d_in from the model's config, and the model's weights, one forward pass and the
+    shuffle pool on the device, next to the SAE."""
+    from sae_lab.plan import model_bytes, model_config, plan_train
+    from sae_lab.train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({
+        "data": {"live": {"model": str(tiny_lm), "dataset": str(corpus), "layers": [0],
+                          "ctx_len": 32, "batch_size": 8, "device": "cpu"},
+                 "shuffle_buffer": 4096},
+        "batch_size": 256, "sae": {"architecture": "topk", "expansion_factor": 4}})
+    plan = plan_train(cfg)
+    needs = {n.what.split(":")[0]: n.bytes for n in plan.needs}
+    config = model_config(str(tiny_lm))
+    assert needs["live model weights"] == model_bytes(config, "float32", "none", 1)
+    assert needs["live shuffle pool"] == 4096 * config.hidden_size * 4
+    assert any(n.what.startswith(f"SAE {config.hidden_size} x {4 * config.hidden_size}")
+               for n in plan.needs)

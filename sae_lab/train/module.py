@@ -83,20 +83,25 @@ class SAEModule(pl.LightningModule):
             self._log_train(out, step, x)
         return out.loss
 
-    def _log_train(self, out, step: int, x: Tensor) -> None:
+    def train_metrics(self, out, step: int, x: Tensor) -> dict[str, Tensor]:
+        """The train/ scalars of one step (loss parts, L0, batch FVU, dead fraction, ...)."""
         metrics = {f"train/{k}": v.float() for k, v in out.parts.items()}
         metrics["train/loss"] = out.loss.detach().float()
         metrics["train/l0"] = out.l0.float()
         with torch.no_grad():
             var = (x - x.mean(dim=0)).pow(2).sum()
             metrics["train/fvu"] = (out.x_hat.detach() - x).pow(2).sum() / var
-        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
-        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         metrics["train/dead_frac"] = self.sae.dead_mask.float().mean()
-        metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         metrics["train/skipped_batches"] = self.skipped_batches.float()
         for k, v in self.sae.extra_metrics(step).items():
             metrics[f"train/{k}"] = torch.tensor(v)
+        return metrics
+
+    def _log_train(self, out, step: int, x: Tensor) -> None:
+        metrics = self.train_metrics(out, step, x)
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
+        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
+        metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict(metrics, on_step=True, on_epoch=False)
         self.log("tokens", float((step + 1) * self.cfg.batch_size), on_step=True, on_epoch=False)
 

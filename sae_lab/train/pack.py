@@ -179,17 +179,8 @@ class PackModule(pl.LightningModule):
         if self.log_dir is None:
             return
         m = self.members[i]
-        metrics = {f"train/{k}": v.float() for k, v in out.parts.items()}
-        metrics["train/loss"] = out.loss.detach().float()
-        metrics["train/l0"] = out.l0.float()
-        with torch.no_grad():
-            var = (x - x.mean(dim=0)).pow(2).sum()
-            metrics["train/fvu"] = (out.x_hat.detach() - x).pow(2).sum() / var
-        metrics["train/dead_frac"] = m.sae.dead_mask.float().mean()
+        metrics = m.train_metrics(out, step, x)
         metrics["train/lr"] = self._member_groups(i)[0]["lr"]
-        metrics["train/skipped_batches"] = m.skipped_batches.float()
-        for k, v in m.sae.extra_metrics(step).items():
-            metrics[f"train/{k}"] = v
         metrics["tokens"] = (step + 1) * m.cfg.batch_size
         self._log(i, metrics, step)
 
