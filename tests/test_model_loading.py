@@ -12,9 +12,11 @@ import transformers as T
 from sae_lab.data import layers as L
 from sae_lab.data.harvest import HarvestConfig, harvest
 from sae_lab.data.shards import read_manifest
-from sae_lab.models import load_model
+from sae_lab.models import WARN_4BIT, load_model
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+needs_bnb = pytest.mark.skipif(not HAS_BNB,
+                               reason="bitsandbytes is not installed (sae-lab[quantize])")
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +70,56 @@ def test_bad_quantize_or_device_map_is_a_one_line_error(tiny_llama):
         load_model(str(tiny_llama), device_map="balanced")
 
 
-@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (sae-lab[quantize])")
-def test_8bit_activations_are_close_to_full_precision(tiny_llama):
+def _warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+
+def _cosine(acts, ref):
+    return torch.nn.functional.cosine_similarity(acts.float().flatten(0, 1), ref.flatten(0, 1),
+                                                 dim=-1)
+
+
+@needs_bnb
+def test_8bit_activations_are_close_to_full_precision(tiny_llama, capsys):
     """bitsandbytes >= 0.46 runs int8 on CPU; the issue asks for cosine >= 0.99 to float32.
-    (Measured: 8bit 0.9998 here, 0.9989 on MiniLM layer 5; 4bit NF4 0.97 on both, so 4bit
-    is not held to 0.99.)"""
+    (Measured: 8bit 0.9998 here, 0.9988 on MiniLM layer 5.)"""
     ref = _acts(load_model(str(tiny_llama), lm_head=False), 1)
     q = load_model(str(tiny_llama), lm_head=False, quantize="8bit", keep_layers=2)
     assert "8bit" in type(q.layers[0].mlp.up_proj).__name__
-    cos = torch.nn.functional.cosine_similarity(_acts(q, 1).float().flatten(0, 1),
-                                                ref.flatten(0, 1), dim=-1)
-    assert cos.min() >= 0.99
+    acts = _acts(q, 1)
+    assert acts.dtype == torch.float32 and _cosine(acts, ref).min() >= 0.99
+    assert _warnings(capsys) == []
     # `sae-lab plan`'s 8bit bytes against bitsandbytes' own count (measured: +0.8%; 4bit +4.9%).
     from sae_lab.plan import model_bytes, model_config
 
     planned = model_bytes(model_config(str(tiny_llama)), "float32", "8bit", keep_layers=2)
     assert abs(planned / q.get_memory_footprint() - 1) < 0.02
+
+
+@needs_bnb
+def test_4bit_loads_nf4_and_warns_in_one_line_that_it_misses_the_cosine_bar(tiny_llama, capsys):
+    """No 4-bit setting reaches 0.99 (benchmarks/quantize_cosine.py: NF4 0.970 on MiniLM layer 5,
+    fp4 0.940, compute dtype and double quant < 0.0002 apart), so 4bit loads the best one, NF4,
+    and says so. Measured here: mean 0.986, min 0.982."""
+    ref = _acts(load_model(str(tiny_llama), lm_head=False), 1)
+    capsys.readouterr()
+    q = load_model(str(tiny_llama), lm_head=False, quantize="4bit", keep_layers=2)
+    assert _warnings(capsys) == [f"warning: {WARN_4BIT}"]
+    up = q.layers[0].mlp.up_proj
+    assert type(up).__name__ == "Linear4bit" and up.weight.quant_type == "nf4"
+    assert up.compute_dtype == torch.float32 and up.weight.quant_state.nested is False
+    acts = _acts(q, 1)
+    assert acts.dtype == torch.float32
+    # Below the bar, as the warning says; if a bitsandbytes release lifts it, revisit WARN_4BIT.
+    assert 0.95 <= _cosine(acts, ref).mean() < 0.99
+
+
+@needs_bnb
+@pytest.mark.parametrize("quantize", ["8bit", "4bit"])
+def test_quantized_activations_come_in_the_model_dtype(tiny_llama, quantize):
+    q = load_model(str(tiny_llama), lm_head=False, dtype="float16", quantize=quantize,
+                   keep_layers=2)
+    assert _acts(q, 1).dtype == torch.float16
 
 
 @pytest.mark.gpu
