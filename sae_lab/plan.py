@@ -375,8 +375,6 @@ def add_source(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
         # the pool of rows mixed across contexts sits on the model's device
         plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32", "device",
                  max(data.shuffle_buffer, b) * d_in * 4)
-        plan.add(f"live held-out rows: {data.live.val_tokens:,} float32", "host",
-                 data.live.val_tokens * d_in * 4)
     elif data.synthetic is not None:
         rows = data.synthetic.n_tokens + max(b, int(data.synthetic.n_tokens * data.val_fraction))
         plan.add(f"synthetic activations: {rows:,} rows float32", "host", rows * d_in * 4)
