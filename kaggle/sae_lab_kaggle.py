@@ -234,6 +234,19 @@ def middle_layer(model: str) -> int:
     return n // 2
 
 
+def hub_token() -> None:
+    """On Kaggle, the notebook's HF_TOKEN secret (Add-ons -> Secrets) into the environment,
+    for gated models such as Llama-3.2-3B; nothing when unset or already in the environment."""
+    if os.environ.get("HF_TOKEN") or not ON_KAGGLE:
+        return
+    try:
+        from kaggle_secrets import UserSecretsClient
+
+        os.environ["HF_TOKEN"] = UserSecretsClient().get_secret("HF_TOKEN")
+    except Exception:  # no such secret, or not attached to this notebook
+        print("no HF_TOKEN secret: gated Hub models will not load", flush=True)
+
+
 def run_layer(args: argparse.Namespace, model: str, live: dict) -> int:
     """--layer; else the sweep's live layer when its model runs; else the middle one."""
     if args.layer >= 0:
@@ -332,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lab.sweep.space import load_sweep
 
     pipeline.quiet_env(offline=args.smoke)
+    hub_token()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards_root = Path(args.shards_dir) if args.shards_dir else out / "shards"
