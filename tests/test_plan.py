@@ -249,3 +249,17 @@ def test_sizes_are_read_with_their_units():
     assert P.parse_size("1.5MiB") == 3 * 2**19
     with pytest.raises(ValueError, match="'12': expected a size such as 20GB"):
         P.parse_size("12")
+
+
+def test_pack_sizing_reads_a_live_models_width(tiny_lm, corpus):
+    """pack: auto sizes packs by their members' memory: for a live source, at the model's
+    hidden size (it assumed d_in 1024 before)."""
+    from sae_lab.sweep.packs import expand, member_bytes
+    from sae_lab.sweep.space import sweep_from_dict
+
+    sweep = sweep_from_dict({**PACKED, "base": {**PACKED["base"], "data": {"live": {
+        "model": str(tiny_lm), "dataset": str(corpus), "layers": [0]}}}})
+    d = P.model_config(str(tiny_lm)).hidden_size
+    f = 4 * d
+    assert d != 1024 and member_bytes(sweep, expand(sweep)[0]) == 4 * (
+        4 * (2 * d * f + f + d) + 4 * 128 * f)
