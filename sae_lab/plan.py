@@ -320,8 +320,9 @@ def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = Non
 
 
 def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
-              checkpoints: int | None = None) -> None:
-    """Add one training run's needs to `plan` (without its data source unless `data_source`)."""
+              checkpoints: int | None = None, disk: bool = True) -> None:
+    """Add one training run's needs to `plan` (without its data source unless `data_source`,
+    without its checkpoints and final SAE unless `disk`)."""
     sae = cfg.sae.with_d_in(d_in)
     n_params = sae_params(sae, d_in)
     pbytes = _DTYPE_BYTES[sae.dtype]
@@ -332,6 +333,8 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
         plan.add("CUDA context", "device", CUDA_CONTEXT)
     if data_source:
         add_source(plan, cfg, d_in)
+    if not disk:
+        return
     if checkpoints is None:  # `train` keeps best and last
         checkpoints = 2 if cfg.save_checkpoints else 0
     if checkpoints:
@@ -461,13 +464,33 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None,
     plan = Plan(f"sweep {sweep.name}: {sweep.num_trials} trials, largest "
                 f"{biggest.sae.architecture} d_sae {biggest.sae.with_d_in(big_d).latents} "
                 f"batch {biggest.batch_size}", device, ".")
-    add_trial(plan, biggest, big_d, checkpoints=1)  # Tune keeps each trial's last one
+    add_trial(plan, biggest, big_d, disk=False)
     plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
-    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine,
-                   "disk": sweep.num_trials}
+    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine}
+    add_trials_disk(plan, sweep, sae_bytes(biggest.sae, big_d), min(machine, sweep.num_trials))
     plan.notes.append(f"{machine} trial(s) at once on this machine"
                       + (f", {per_gpu} per GPU" if device.startswith("cuda") else ""))
     return plan
+
+
+def add_trials_disk(plan: Plan, sweep: SweepConfig, size: SAEBytes, running: int) -> None:
+    """An unpacked sweep's disk, every trial as large as `size`: a running trial's checkpoint
+    holds its Lightning state (weights, buffers, Adam moments) and its SAE, and Tune writes the
+    next before deleting the last; a finished trial keeps its final SAE only."""
+    from sae_lab.sweep.run import KEEP_CHECKPOINTS
+
+    n, at_most = sweep.num_trials, KEEP_CHECKPOINTS + 1
+    plan.add(f"checkpoints of the {running} trial(s) running at once: {at_most} each (Tune keeps "
+             f"{KEEP_CHECKPOINTS} and writes the next before deleting it), with Adam moments and "
+             "the SAE", "disk", running * at_most * (size.checkpoint + size.saved),
+             "while training")
+    plan.add(f"final SAEs of the other {n - running} trial(s)", "disk",
+             (n - running) * size.saved, "while training")
+    plan.add(f"final SAEs: {n}, in each trial's last checkpoint", "disk", n * size.saved,
+             "after training")
+    plan.add(f"best/: the best SAE of each of {len(sweep.architectures)} architecture(s) and "
+             "the Pareto frontier (at most every SAE)", "disk",
+             (len(sweep.architectures) + n) * size.saved, "after training")
 
 
 def _trial_d_in(cfg: TrainConfig) -> int:

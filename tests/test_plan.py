@@ -263,3 +263,18 @@ def test_pack_sizing_reads_a_live_models_width(tiny_lm, corpus):
     f = 4 * d
     assert d != 1024 and member_bytes(sweep, expand(sweep)[0]) == 4 * (
         4 * (2 * d * f + f + d) + 4 * 128 * f)
+
+
+def test_unpacked_sweep_disk_known_answer():
+    """One trial per SAE, 2 at once: a running trial's checkpoints (2 while Tune swaps them,
+    each with its Lightning state and its SAE), the finished trials' final SAEs."""
+    from sae_lab.sweep.space import sweep_from_dict
+
+    sweep = sweep_from_dict({**PACKED, "pack": 1, "max_concurrent": 2,
+                             "resources": {"cpus": 1, "gpus": 0}})
+    plan = P.plan_sweep(sweep, gpus=0)
+    weights, counters = 4 * (2 * 16 * 64 + 64 + 16), 8 * 64
+    saved, checkpoint = weights + counters, 3 * weights + counters
+    assert plan.total("disk") == 2 * 2 * (checkpoint + saved) + 4 * saved
+    assert [n.bytes for n in plan.needs if n.phase == "after training"] == [6 * saved,
+                                                                           7 * saved]
