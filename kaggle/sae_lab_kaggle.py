@@ -4,8 +4,9 @@
       -> sweeps/kaggle_t4x2.yaml with Ray Tune, one pack of SAEs per GPU (2 packs at once)
       -> /kaggle/working/sweep/{results.csv, pareto.png, best/}, /kaggle/working/exports/<arch>/
          (SAELens), /kaggle/working/eval/<arch>/, /kaggle/working/browser/index.html
-    --live: no harvest and no shards; every trial runs the model itself (data.live), for
-      layers whose shards would not fit the disk; exports only (metrics: the trials' own)
+    --live: no harvest and no shards; every pack runs the model itself (data.live: by default
+      the sweep's, Llama-3.2-3B layer 16), for layers whose shards would not fit the disk;
+      exports only (metrics: the trials' own)
 
 Time budget: Kaggle ends GPU sessions after 12 hours. At --budget-hours (default 11) minus
 --reserve-minutes the sweep is stopped like Ctrl-C (Tune saves its state), and the best
@@ -41,6 +42,7 @@ Kaggle script gets no command-line flags), or pass --repo / set SAE_LAB_REPO els
 KAGGLE_WORKING = Path("/kaggle/working")
 ON_KAGGLE = KAGGLE_WORKING.is_dir() and bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
 SWEEP = "kaggle_t4x2.yaml"
+MODEL = "Qwen/Qwen2.5-0.5B"
 DATASET = "HuggingFaceFW/fineweb-edu"
 DATASET_NAME = "sample-10BT"
 SMOKE_SWEEP = [
@@ -56,20 +58,24 @@ SMOKE_SWEEP = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B", help="Hub model id or local path "
-                   "(e.g. gpt2)")
+    p.add_argument("--model", help=f"Hub model id or local path, e.g. gpt2 (default: {MODEL}; "
+                   "with --live, the sweep's data.live.model)")
     p.add_argument("--dataset", help="Hub dataset id, or a local .txt/.jsonl/.parquet file "
                    f"(default: {DATASET}; with --smoke: the standard library's docstrings)")
     p.add_argument("--dataset-name", help="Hub dataset configuration (default: "
                    f"{DATASET_NAME} for {DATASET}, else none)")
     p.add_argument("--split", default="train", help="Hub dataset split")
     p.add_argument("--text-column", default="text", help="column holding the text")
-    p.add_argument("--layer", type=int, default=-1, help="layer to harvest; -1: the middle one")
+    p.add_argument("--layer", type=int, default=-1, help="layer to harvest; -1: the middle one "
+                   "(with --live and the sweep's model: its data.live.layers)")
     p.add_argument("--tokens", type=int, default=8_000_000, help="tokens to harvest")
-    p.add_argument("--ctx-len", type=int, default=256, help="tokens per window")
-    p.add_argument("--harvest-batch-size", type=int, default=32, help="windows per forward")
-    p.add_argument("--model-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="dtype the model runs in while harvesting (T4s have no fast bfloat16)")
+    p.add_argument("--ctx-len", type=int, help="tokens per window (default: 256; with --live, "
+                   "the sweep's data.live.ctx_len)")
+    p.add_argument("--harvest-batch-size", type=int, help="windows per forward (default: 32; "
+                   "with --live, the sweep's data.live.batch_size)")
+    p.add_argument("--model-dtype", choices=["float32", "float16", "bfloat16"],
+                   help="dtype the model runs in (T4s have no fast bfloat16; default: float32; "
+                   "with --live, the sweep's data.live.model_dtype)")
     p.add_argument("--shard-rows", type=int, default=65_536, help="rows per shard")
     p.add_argument("--sweep", default=SWEEP, help="sweep YAML: a path or a name in sweeps/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -98,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if argv is None and "ipykernel" in sys.modules:  # run as a notebook cell: no flags
         argv = []
     args = p.parse_args(argv)
+    if not args.live:  # --live leaves unset ones to the sweep's data.live
+        args.ctx_len = args.ctx_len or 256
+        args.harvest_batch_size = args.harvest_batch_size or 32
+        args.model_dtype = args.model_dtype or "float32"
     if args.smoke:
         args.tokens, args.shard_rows, args.ctx_len = min(args.tokens, 8192), 2048, 64
         args.overrides = [*SMOKE_SWEEP, *args.overrides]
@@ -224,12 +234,36 @@ def middle_layer(model: str) -> int:
     return n // 2
 
 
-def inputs(args: argparse.Namespace, out: Path) -> tuple[str, str | None]:
+def hub_token() -> None:
+    """On Kaggle, the notebook's HF_TOKEN secret (Add-ons -> Secrets) into the environment,
+    for gated models such as Llama-3.2-3B; nothing when unset or already in the environment."""
+    if os.environ.get("HF_TOKEN") or not ON_KAGGLE:
+        return
+    try:
+        from kaggle_secrets import UserSecretsClient
+
+        os.environ["HF_TOKEN"] = UserSecretsClient().get_secret("HF_TOKEN")
+    except Exception:  # no such secret, or not attached to this notebook
+        print("no HF_TOKEN secret: gated Hub models will not load", flush=True)
+
+
+def run_layer(args: argparse.Namespace, model: str, live: dict) -> int:
+    """--layer; else the sweep's live layer when its model runs; else the middle one."""
+    if args.layer >= 0:
+        return args.layer
+    if live.get("layers") and model == live.get("model"):
+        return int(live["layers"][0])
+    return middle_layer(model)
+
+
+def inputs(args: argparse.Namespace, out: Path, live: dict | None = None) -> tuple[str, str | None]:
     """(model, dataset): with --smoke, a tiny random GPT-2 and (without --dataset) the standard
     library's docstrings."""
     from sae_lab.assets import tiny_causal_lm, write_corpus
 
-    model, dataset = args.model, args.dataset or (None if args.smoke else DATASET)
+    live = live or {}
+    model = args.model or live.get("model") or MODEL
+    dataset = args.dataset or (None if args.smoke else live.get("dataset") or DATASET)
     if args.smoke:
         if dataset is None:
             dataset = str(write_corpus(out / "corpus.txt", args.tokens))
@@ -238,13 +272,28 @@ def inputs(args: argparse.Namespace, out: Path) -> tuple[str, str | None]:
     return model, dataset
 
 
-def live_source(args: argparse.Namespace, model: str, dataset: str, layer: int) -> dict:
-    """The sweep's data.live section: what the harvest would have run."""
-    return {"model": model, "dataset": dataset, "layers": [layer], "hook": "resid_post",
-            "ctx_len": args.ctx_len, "batch_size": args.harvest_batch_size,
-            "model_dtype": args.model_dtype, "split": args.split,
-            "text_column": args.text_column,
-            "dataset_name": args.dataset_name or (DATASET_NAME if dataset == DATASET else None)}
+def live_source(args: argparse.Namespace, model: str, dataset: str, layer: int,
+                sweep_live: dict | None = None) -> dict:
+    """The sweep's data.live section: the sweep file's own (`sweep_live`: its sizes, dtype,
+    held-out rows), with the model, text and layer of this run, and the flags given."""
+    flags = {"ctx_len": args.ctx_len, "batch_size": args.harvest_batch_size,
+             "model_dtype": args.model_dtype}
+    defaults = {"ctx_len": 256, "batch_size": 32, "model_dtype": "float32"}  # the harvest's
+    return {**defaults, **(sweep_live or {}), "model": model, "dataset": dataset, "layers": [layer],
+            "hook": "resid_post", "split": args.split, "text_column": args.text_column,
+            "dataset_name": args.dataset_name or (DATASET_NAME if dataset == DATASET else None),
+            **{k: v for k, v in flags.items() if v is not None}}
+
+
+def sweep_live(sweep_file: str) -> dict:
+    """base.data.live of a sweep file ({} when it has none)."""
+    from sae_lab.config import load_yaml
+    from sae_lab.sweep.space import resolve_sweep_path
+
+    path = resolve_sweep_path(sweep_file)
+    raw = load_yaml(path.read_text(), str(path)) or {}
+    live = ((raw.get("base") or {}).get("data") or {}).get("live")
+    return live if isinstance(live, dict) else {}
 
 
 def harvest_and_sweep(args, sweep, model: str, dataset: str, layer: int, shards_root: Path,
@@ -296,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lab.sweep.space import load_sweep
 
     pipeline.quiet_env(offline=args.smoke)
+    hub_token()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards_root = Path(args.shards_dir) if args.shards_dir else out / "shards"
@@ -303,12 +353,13 @@ def run(args: argparse.Namespace) -> int:
     if sweeps_dir is not None and not Path(sweep_file).is_file():
         sweep_file = str(sweeps_dir / sweep_file)
     restore_previous_output(out)
-    model, dataset = inputs(args, out)
-    layer = args.layer if args.layer >= 0 else middle_layer(model)
+    own = sweep_live(sweep_file) if args.live else {}
+    model, dataset = inputs(args, out, own)
+    layer = run_layer(args, model, own)
     shards = shards_root / f"layer_{layer}"
     if args.live:
-        sweep = load_sweep(sweep_file, args.overrides, live=live_source(args, model, dataset,
-                                                                        layer))
+        sweep = load_sweep(sweep_file, args.overrides,
+                           live=live_source(args, model, dataset, layer, own))
     else:
         sweep = load_sweep(sweep_file, args.overrides, shards=str(shards))  # errors before work
     stage = pipeline.Stages(2 if args.live else 4)

@@ -3,9 +3,10 @@ config alone (no weights loaded, no data read beyond a manifest), and the check 
 run that would not fit before it starts.
 
     plan_harvest(HarvestConfig) / plan_train(TrainConfig) / plan_sweep(SweepConfig) -> Plan
-    Plan.needs: [Need(what, where = disk | host | device, bytes)], Plan.table()
+    Plan.needs: [Need(what, where = disk | host | device, bytes, phase)], Plan.table()
     check(plan)  -> PlanError (one line) naming the limit crossed: free disk, host RAM
                     (MemAvailable), free device memory; `--no-plan-check` skips it
+    sae-lab plan SWEEP --gpus 2 --gpu-memory 15GiB --disk 20GB: the limits of another machine
 
 The figures:
 - shards: exact bytes of the tar files `harvest` writes (ustar headers, 512-byte padding,
@@ -19,6 +20,11 @@ The figures:
   (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (each architecture's `step_buffers`,
   measured); plus the
   data: the shuffle buffer (shards) or the arrays held in memory (synthetic, npy).
+- a pack (packed sweeps): the packs `make_packs` makes, each with its data source (one live
+  model) once, every member's parameters, gradients and Adam moments, and the step buffers of
+  its largest member only (members step one after another); packs per GPU as Tune places them.
+- a sweep's disk: every trial's checkpoints as Tune keeps them (the last one, plus the next while
+  it is written), the final SAEs and best/.
 - every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
 """
 
@@ -57,6 +63,9 @@ class Need:
     what: str
     where: Where
     bytes: int
+    phase: str = ""
+    """Needs of different phases (a sweep's disk while training, after it) are not held at once:
+    a total counts the largest phase."""
 
 
 @dataclass
@@ -71,13 +80,18 @@ class Plan:
     """Concurrent copies of the per-run needs (sweep trials per machine / per GPU)."""
     notes: list[str] = field(default_factory=list)
 
-    def add(self, what: str, where: Where, nbytes: float) -> None:
+    def add(self, what: str, where: Where, nbytes: float, phase: str = "") -> None:
         if where == "device" and not self.device.startswith("cuda"):
             where = "host"  # a CPU run keeps its "device" memory in RAM
-        self.needs.append(Need(what, where, int(nbytes)))
+        self.needs.append(Need(what, where, int(nbytes), phase))
 
     def total(self, where: Where) -> int:
-        return sum(n.bytes for n in self.needs if n.where == where) * self.copies.get(where, 1)
+        phases: dict[str, int] = {}
+        for n in self.needs:
+            if n.where == where:
+                phases[n.phase] = phases.get(n.phase, 0) + n.bytes
+        base = phases.pop("", 0)
+        return (base + max(phases.values(), default=0)) * self.copies.get(where, 1)
 
     def table(self) -> str:
         lines = [self.title]
@@ -90,10 +104,25 @@ class Plan:
             each = ""
             if times > 1:
                 each = f" ({times} trials)" if where == "disk" else f" ({times} at once)"
+            if len({n.phase for n in rows}) > 1:
+                each += " (the larger phase)"
             lines.append(f"  {label[where]}: {human(self.total(where))}{each}")
-            lines += [f"    {human(n.bytes):>10}  {n.what}" for n in rows]
+            lines += [f"    {human(n.bytes):>10}  {n.phase + ': ' if n.phase else ''}{n.what}"
+                      for n in rows]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of "20GB", "15GiB", "512 MiB" (SI or binary units; a unit is required)."""
+    import re
+
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": GiB, "TIB": 2**40}
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]+)\s*", text)
+    if not m or m.group(2).upper() not in units:
+        raise ValueError(f"{text!r}: expected a size such as 20GB or 15GiB")
+    return int(float(m.group(1)) * units[m.group(2).upper()])
 
 
 def human(n: float) -> str:
@@ -291,28 +320,56 @@ def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = Non
 
 
 def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
-              checkpoints: int | None = None) -> None:
-    """Add one training run's needs to `plan` (without its data source unless `data_source`)."""
+              checkpoints: int | None = None, disk: bool = True) -> None:
+    """Add one training run's needs to `plan` (without its data source unless `data_source`,
+    without its checkpoints and final SAE unless `disk`)."""
     sae = cfg.sae.with_d_in(d_in)
-    f, b = sae.latents, cfg.batch_size
     n_params = sae_params(sae, d_in)
     pbytes = _DTYPE_BYTES[sae.dtype]
-    plan.add(f"SAE {d_in} x {f}: parameters, gradients, Adam moments ({n_params:,} params)",
-             "device", 4 * n_params * pbytes)
-    from sae_lab.sae import ARCHITECTURES
-
-    path = getattr(sae, "decoder", "dense")
-    buffers = ARCHITECTURES[sae.architecture].step_buffers
-    copies = buffers.get(path, buffers["dense"])  # auto starts dense
-    plan.add(f"pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
-             "device", copies * b * f * 4)
-    plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
+    plan.add(f"SAE {d_in} x {sae.latents}: parameters, gradients, Adam moments "
+             f"({n_params:,} params)", "device", 4 * n_params * pbytes)
+    add_step(plan, cfg, d_in)
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
-    data = cfg.data
-    if not data_source:
-        pass
-    elif data.shards is not None:
+    if data_source:
+        add_source(plan, cfg, d_in)
+    if not disk:
+        return
+    if checkpoints is None:  # `train` keeps best and last
+        checkpoints = 2 if cfg.save_checkpoints else 0
+    if checkpoints:
+        plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
+                 checkpoints * 3 * n_params * pbytes)
+    plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
+
+
+def step_buffers(cfg: TrainConfig, d_in: int) -> tuple[float, str]:
+    """(copies of the dense [B, d_sae] float32 pre-activations a training step holds, path)."""
+    from sae_lab.sae import ARCHITECTURES
+
+    sae = cfg.sae.with_d_in(d_in)
+    path = getattr(sae, "decoder", "dense")
+    buffers = ARCHITECTURES[sae.architecture].step_buffers
+    return buffers.get(path, buffers["dense"]), path  # auto starts dense
+
+
+def _step_bytes(cfg: TrainConfig, d_in: int) -> float:
+    return step_buffers(cfg, d_in)[0] * cfg.batch_size * cfg.sae.with_d_in(d_in).latents * 4
+
+
+def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
+    """A training step's temporaries: the [B, d_sae] pre-activations and the batch's."""
+    f, b = cfg.sae.with_d_in(d_in).latents, cfg.batch_size
+    copies, path = step_buffers(cfg, d_in)
+    plan.add(f"{label}pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
+             "device", _step_bytes(cfg, d_in))
+    plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
+
+
+def add_source(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
+    """The data source of a run (a pack shares one)."""
+    data, b = cfg.data, cfg.batch_size
+    if data.shards is not None:
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
                  max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
@@ -327,12 +384,45 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
     elif data.npy is not None:
         plan.add(f"{data.npy} in memory (float32)", "host",
                  2 * os.path.getsize(data.npy) * 4 // max(1, _npy_itemsize(data.npy)))
-    if checkpoints is None:  # `train` keeps best and last
-        checkpoints = 2 if cfg.save_checkpoints else 0
-    if checkpoints:
-        plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
-                 checkpoints * 3 * n_params * pbytes)
-    plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
+
+
+@dataclass(frozen=True)
+class SAEBytes:
+    """One SAE's sizes, counted on the meta device (nothing allocated)."""
+
+    params: int
+    """Number of parameters."""
+    param_bytes: int
+    """Their bytes, in the SAE's dtype."""
+    buffer_bytes: int
+    """Buffers (dead-latent counters, thresholds): saved, not trained."""
+
+    @property
+    def saved(self) -> int:
+        """What a saved SAE holds (safetensors; header and config aside)."""
+        return self.param_bytes + self.buffer_bytes
+
+    @property
+    def training(self) -> int:
+        """In memory while training: parameters, gradients, Adam's two moments, buffers."""
+        return 4 * self.param_bytes + self.buffer_bytes
+
+    @property
+    def checkpoint(self) -> int:
+        """In a checkpoint while it trains: parameters, buffers and Adam's two moments."""
+        return 3 * self.param_bytes + self.buffer_bytes
+
+
+def sae_bytes(sae: Any, d_in: int) -> SAEBytes:
+    import torch
+
+    from sae_lab.sae import ARCHITECTURES
+
+    with torch.device("meta"):
+        module = ARCHITECTURES[sae.architecture](sae.with_d_in(d_in))
+    params = sum(p.numel() for p in module.parameters())
+    return SAEBytes(params, sum(p.numel() * p.element_size() for p in module.parameters()),
+                    sum(b.numel() * b.element_size() for b in module.buffers()))
 
 
 def sae_params(sae: Any, d_in: int) -> int:
@@ -346,25 +436,19 @@ def sae_params(sae: Any, d_in: int) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:
-    """The largest trial (corners of every architecture's space), times the trials that run at
-    once on this machine (and on one GPU)."""
-    from sae_lab.config import ConfigError
-    from sae_lab.sweep.space import corners, data_d_in
+def plan_sweep(sweep: SweepConfig, gpus: int | None = None,
+               gpu_memory: int | None = None) -> Plan:
+    """A packed sweep: its packs (plan_packs). Else the largest trial (corners of every
+    architecture's space), times the trials that run at once on this machine (and on one GPU)."""
+    from sae_lab.sweep.space import corners
 
+    if sweep.pack != 1:
+        return plan_packs(sweep, gpus, gpu_memory)
     biggest, size = None, -1
     for arch in sweep.architectures:
         for values in corners(sweep.params[arch]):
             cfg = sweep.train_config(arch, values)
-            try:
-                d_in = data_d_in(cfg) or live_d_in(cfg) or cfg.sae.d_in
-            except ConfigError:  # shards not harvested yet: sae.d_in says the width
-                if not cfg.sae.d_in:
-                    raise
-                d_in = cfg.sae.d_in
-            if not d_in:
-                raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set "
-                                "base.sae.d_in")
+            d_in = _trial_d_in(cfg)
             s = sae_params(cfg.sae.with_d_in(d_in), d_in) + cfg.batch_size * cfg.sae.with_d_in(
                 d_in).latents
             if s > size:
@@ -380,13 +464,119 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None) -> Plan:
     plan = Plan(f"sweep {sweep.name}: {sweep.num_trials} trials, largest "
                 f"{biggest.sae.architecture} d_sae {biggest.sae.with_d_in(big_d).latents} "
                 f"batch {biggest.batch_size}", device, ".")
-    add_trial(plan, biggest, big_d, checkpoints=1)  # Tune keeps each trial's last one
+    add_trial(plan, biggest, big_d, disk=False)
     plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
-    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine,
-                   "disk": sweep.num_trials}
+    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine}
+    add_trials_disk(plan, sweep, sae_bytes(biggest.sae, big_d), min(machine, sweep.num_trials))
     plan.notes.append(f"{machine} trial(s) at once on this machine"
                       + (f", {per_gpu} per GPU" if device.startswith("cuda") else ""))
     return plan
+
+
+def add_trials_disk(plan: Plan, sweep: SweepConfig, size: SAEBytes, running: int) -> None:
+    """An unpacked sweep's disk, every trial as large as `size`: a running trial's checkpoint
+    holds its Lightning state (weights, buffers, Adam moments) and its SAE, and Tune writes the
+    next before deleting the last; a finished trial keeps its final SAE only."""
+    from sae_lab.sweep.run import KEEP_CHECKPOINTS
+
+    n, at_most = sweep.num_trials, KEEP_CHECKPOINTS + 1
+    plan.add(f"checkpoints of the {running} trial(s) running at once: {at_most} each (Tune keeps "
+             f"{KEEP_CHECKPOINTS} and writes the next before deleting it), with Adam moments and "
+             "the SAE", "disk", running * at_most * (size.checkpoint + size.saved),
+             "while training")
+    plan.add(f"final SAEs of the other {n - running} trial(s)", "disk",
+             (n - running) * size.saved, "while training")
+    plan.add(f"final SAEs: {n}, in each trial's last checkpoint", "disk", n * size.saved,
+             "after training")
+    plan.add(f"best/: the best SAE of each of {len(sweep.architectures)} architecture(s) and "
+             "the Pareto frontier (at most every SAE)", "disk",
+             (len(sweep.architectures) + n) * size.saved, "after training")
+
+
+def _trial_d_in(cfg: TrainConfig) -> int:
+    from sae_lab.config import ConfigError
+    from sae_lab.sweep.space import data_d_in
+
+    try:
+        d_in = data_d_in(cfg) or live_d_in(cfg) or cfg.sae.d_in
+    except ConfigError:  # shards not harvested yet: sae.d_in says the width
+        if not cfg.sae.d_in:
+            raise
+        d_in = cfg.sae.d_in
+    if not d_in:
+        raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set "
+                        "base.sae.d_in")
+    return d_in
+
+
+def plan_packs(sweep: SweepConfig, gpus: int | None = None,
+               gpu_memory: int | None = None) -> Plan:
+    """A packed sweep as it will run: the packs `make_packs` makes for this machine (or for one
+    with `gpus` GPUs of `gpu_memory` bytes), the largest pack's memory times the packs that run
+    at once on a GPU (and on the machine), and the disk of every pack's checkpoints."""
+    from sae_lab.sweep.packs import make_packs
+    from sae_lab.sweep.run import KEEP_CHECKPOINTS, memory_budget, trial_slots
+
+    res = sweep.resources
+    n_gpus = _cuda_count() if gpus is None else gpus
+    # Planning for another machine, its CPU count is unknown: enough for its GPUs' trials.
+    cpus = float(os.cpu_count() or 1) if gpus is None or not res.gpus else \
+        res.cpus * n_gpus / res.gpus
+    slots = trial_slots(sweep, [{"CPU": cpus, "GPU": float(n_gpus)}])
+    budget = memory_budget(sweep, gpu_memory) if gpus is None or gpu_memory else 0.0
+    packs = make_packs(sweep, slots, budget)
+    cfgs = [[sweep.train_config(m.architecture, m.values) for m in pack] for pack in packs]
+    d_in = _trial_d_in(cfgs[0][0])  # one data source per sweep (base.data)
+    sizes = [[sae_bytes(c.sae, d_in) for c in pack] for pack in cfgs]
+    device = _device(cfgs[0][0].device, gpus)
+    on_gpu = device.startswith("cuda") and res.gpus > 0
+    per_gpu = max(1, int(1 / res.gpus)) if 0 < res.gpus < 1 else 1
+    at_once = min(slots, len(packs))
+    def need(i: int) -> float:  # what differs between packs: members' state, largest step
+        return sum(s.training for s in sizes[i]) + max(_step_bytes(c, d_in) for c in cfgs[i])
+
+    biggest = max(range(len(packs)), key=need)
+    members = sum(len(p) for p in packs)
+    plan = Plan(f"sweep {sweep.name}: {members} SAEs in {len(packs)} pack(s) of up to "
+                f"{max(len(p) for p in packs)}, {at_once} at once"
+                + (f", {per_gpu} per GPU" if on_gpu else ""), device, ".")
+    add_pack(plan, cfgs[biggest], sizes[biggest], d_in)
+    plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
+    plan.copies = {"host": at_once, "device": min(per_gpu, at_once) if on_gpu else at_once}
+    everyone = [s for pack in sizes for s in pack]
+    at_most = KEEP_CHECKPOINTS + 1
+    plan.add(f"pack checkpoints: {len(packs)} pack(s) x {at_most} (Tune keeps "
+             f"{KEEP_CHECKPOINTS}, and writes the next before deleting it) x every member's "
+             "weights, buffers and Adam moments", "disk",
+             at_most * sum(s.checkpoint for s in everyone), "while training")
+    plan.add(f"final SAEs: {members}, in each pack's last checkpoint", "disk",
+             sum(s.saved for s in everyone), "after training")
+    largest = max(s.saved for s in everyone)
+    plan.add(f"best/: the best SAE of each of {len(sweep.architectures)} architecture(s) and "
+             "the Pareto frontier (at most every SAE)", "disk",
+             len(sweep.architectures) * largest + sum(s.saved for s in everyone),
+             "after training")
+    data = cfgs[0][0].data
+    if data.shards is not None and (Path(str(data.shards)) / "manifest.json").is_file():
+        held = sum(p.stat().st_size for p in Path(str(data.shards)).glob("*.tar"))
+        plan.notes.append(f"shards read from {data.shards}: {human(held)} already on disk, "
+                          "not counted")
+    plan.notes.append("a running member's checkpoint holds its Adam moments; a stopped one's "
+                      "only its weights (so the disk shrinks as ASHA stops members)")
+    return plan
+
+
+def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: int) -> None:
+    """One pack's memory: its data source once, every member's training state, and the step of
+    its largest member (members step one after another, each backward freeing its graph)."""
+    plan.add(f"{len(cfgs)} SAEs: parameters, gradients, Adam moments, buffers "
+             f"({sum(s.params for s in sizes):,} params)", "device",
+             sum(s.training for s in sizes))
+    steps = [_step_bytes(c, d_in) for c in cfgs]
+    add_step(plan, cfgs[steps.index(max(steps))], d_in, "largest member's step: ")
+    if plan.device.startswith("cuda"):
+        plan.add("CUDA context", "device", CUDA_CONTEXT)
+    add_source(plan, cfgs[0], d_in)
 
 
 def _manifest(source: Any) -> dict[str, Any]:
@@ -454,7 +644,8 @@ def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> Non
 # --- command line --------------------------------------------------------------------------
 
 
-def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None) -> Plan:
+def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None,
+              gpu_memory: int | None = None) -> Plan:
     """The plan of a sweep, train or harvest YAML (told apart by their keys)."""
     from sae_lab.config import apply_overrides, load_yaml, parse
 
@@ -462,14 +653,14 @@ def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None) -> 
     if not p.is_file():
         from sae_lab.sweep.space import load_sweep
 
-        return plan_sweep(load_sweep(path, list(overrides)), gpus)  # a name in sweeps/
+        return plan_sweep(load_sweep(path, list(overrides)), gpus, gpu_memory)  # in sweeps/
     data = apply_overrides(load_yaml(p.read_text(), str(p)) or {}, list(overrides))
     if not isinstance(data, dict):
         raise PlanError(f"{path}: expected a mapping at the top level")
     if "architectures" in data:
         from sae_lab.sweep.space import load_sweep
 
-        return plan_sweep(load_sweep(path, list(overrides)), gpus)
+        return plan_sweep(load_sweep(path, list(overrides)), gpus, gpu_memory)
     if {"model", "dataset", "out"} <= data.keys():
         from sae_lab.data.harvest import HarvestConfig
 
@@ -477,6 +668,13 @@ def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None) -> 
     from sae_lab.train.config import TrainConfig
 
     return plan_train(TrainConfig.from_dict(data, str(p)), gpus=gpus)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
@@ -487,17 +685,30 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
                    help="override a field first, e.g. --set batch_size=8192")
     p.add_argument("--gpus", type=int, metavar="N",
                    help="plan for a machine with N GPUs (e.g. 2 for Kaggle's T4 x2) instead of "
-                   "this one; limits are then not checked")
+                   "this one; only the limits given below are then checked")
+    p.add_argument("--gpu-memory", type=_size, metavar="SIZE",
+                   help="with --gpus: memory of each GPU, e.g. 15GiB (a T4); also what packs "
+                   "are sized against (pack: auto)")
+    p.add_argument("--disk", type=_size, metavar="SIZE",
+                   help="disk at the output to check against instead of this machine's free "
+                   "disk, e.g. 20GB (Kaggle's /kaggle/working)")
+    p.add_argument("--ram", type=_size, metavar="SIZE",
+                   help="host RAM to check against instead of this machine's, e.g. 29GiB")
+    p.add_argument("--out", help="where the run will write (a sweep's --out): the disk checked")
     p.set_defaults(func=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> None:
-    plan = plan_file(args.config, args.overrides, args.gpus)
+    plan = plan_file(args.config, args.overrides, args.gpus, args.gpu_memory)
+    if args.out:
+        plan.disk_path = args.out
     print(plan.table())
-    if args.gpus is not None:
-        return
-    limits = available(plan)
+    limits = {} if args.gpus is not None else available(plan)
+    given = {"disk": (args.disk, "the disk given (--disk)"),
+             "host": (args.ram, "the RAM given (--ram)"),
+             "device": (args.gpu_memory, "the memory of one GPU given (--gpu-memory)")}
+    limits.update({where: lim for where, lim in given.items() if lim[0] is not None})
     for where, (have, what) in limits.items():
         need = plan.total(where)
         verdict = "fits" if need <= have else "DOES NOT FIT"

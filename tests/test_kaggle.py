@@ -61,6 +61,15 @@ def test_live_switch_makes_the_sweep_read_the_model_live(tmp_path):
     assert data["live"]["layers"] == [6] and data["live"]["ctx_len"] == 128
     assert data["live"]["dataset_name"] == kaggle.DATASET_NAME
     assert args.live and not kaggle.parse_args([]).live
+    # --live alone runs the sweep file's own live source (Llama-3.2-3B layer 16, float16)
+    bare = kaggle.parse_args(["--live"])
+    own = kaggle.sweep_live(kaggle.SWEEP)
+    model, dataset = kaggle.inputs(bare, tmp_path, own)
+    layer = kaggle.run_layer(bare, model, own)
+    assert (model, dataset, layer) == ("meta-llama/Llama-3.2-3B", kaggle.DATASET, 16)
+    live = kaggle.live_source(bare, model, dataset, layer, own)
+    assert live == {**own, "split": "train", "text_column": "text"}
+    assert kaggle.parse_args([]).model_dtype == "float32"  # the harvest's default stays
 
 
 def test_budget_sends_sigint_when_time_is_up():

@@ -135,3 +135,46 @@ def test_packs_group_configs_by_data_stream():
         assert len({sweep.train_config(m.architecture, m.values).batch_size for m in p}) == 1
     auto = sweep_from_dict({**d, "pack": "auto"})
     assert sorted(len(p) for p in make_packs(auto, slots=2)) == [1, 2, 4, 5]
+
+
+
+class StopAtStep3(pl.Callback):
+    """Early stopping stops member 0 (relu) at step 3, before the checkpoint at step 6."""
+
+    def on_train_batch_end(self, trainer, pack, *_):
+        if trainer.global_step == 3:
+            pack.stop(0)
+
+
+def test_pack_checkpoint_keeps_adam_moments_of_running_members_only(tmp_path):
+    """A stopped member takes no more steps: the checkpoint holds its weights, not its Adam
+    moments; the pack resumes from it (resumes in general are exact: the test above)."""
+    from sae_lab.sweep.packs import SlimCheckpoint
+
+    cfgs, names = member_cfgs(tmp_path), list(MEMBERS)
+    out = tmp_path / "retried"
+    with pytest.raises(RuntimeError, match="killed"):
+        train_pack(cfgs, names, out, callbacks=[StopAtStep3(), SlimCheckpoint(), Crash()],
+                   logger=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["pack"]["status"] == ["stopped", "running", "running"]
+    # The optimiser numbers parameters member after member, each in its parameter order.
+    weights = ckpt["state_dict"]
+    counts = [sum(k.startswith(f"members.{i}.sae.") and weights[k].is_floating_point()
+                  and weights[k].dim() > 0 and not k.endswith("tokens_since_fired")
+                  for k in weights) for i in range(3)]
+    first = [sum(counts[:i]) for i in range(3)]
+    owner = {j: i for i in range(3) for j in range(first[i], first[i] + counts[i])}
+    opt = ckpt["optimizer_states"][0]
+    assert sorted(p for g in opt["param_groups"] for p in g["params"]) == sorted(owner)
+    assert {owner[j] for j in opt["state"]} == {1, 2}
+    assert {j for j in owner if owner[j] > 0} == set(opt["state"])
+    resumed = train_pack(cfgs, names, out, logger=False,
+                         ckpt_path=out / "checkpoints" / "last.ckpt")
+    assert [r.status for r in resumed] == ["stopped", "done", "done"]
+    assert resumed[1].metrics["tokens"] == 128 * 12 and resumed[0].metrics["tokens"] == 128 * 3
+    # the stopped member took no step after the checkpoint (the resumed run's last one)
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert torch.equal(last["state_dict"]["members.0.sae.W_enc"], weights["members.0.sae.W_enc"])
+    assert not torch.equal(last["state_dict"]["members.1.sae.W_enc"],
+                           weights["members.1.sae.W_enc"])

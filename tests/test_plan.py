@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as T
@@ -10,6 +12,8 @@ from sae_lab import plan as P
 from sae_lab.cli import main
 from sae_lab.data.shards import ShardSetWriter, read_manifest
 from sae_lab.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _tar_bytes(directory):
@@ -159,3 +163,118 @@ def test_a_live_train_plan_counts_the_model_and_its_pool(tiny_lm, corpus):
     assert needs["live shuffle pool"] == 4096 * config.hidden_size * 4
     assert any(n.what.startswith(f"SAE {config.hidden_size} x {4 * config.hidden_size}")
                for n in plan.needs)
+
+
+# --- packed sweeps ----------------------------------------------------------------------------
+
+PACKED = {"name": "packed",
+          "base": {"data": {"synthetic": {"d": 16, "n_tokens": 4096}}, "batch_size": 128,
+                   "max_tokens": 1024, "device": "auto", "sae": {"expansion_factor": 4}},
+          "architectures": ["relu"],
+          "space": {"relu": {"sparsity_coef": {"grid": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}}},
+          "search": "grid", "pack": "auto", "resources": {"cpus": 1, "gpus": 0.5}}
+
+
+def test_packed_sweep_plan_known_answer():
+    """6 ReLU SAEs, 16 x 64, on 2 GPUs at half a GPU per pack: 4 slots -> packs of 2 -> 3 packs,
+    2 on a GPU. Each pack: its members' state, its largest step, one data source."""
+    from sae_lab.sweep.space import sweep_from_dict
+
+    plan = P.plan_sweep(sweep_from_dict(PACKED), gpus=2, gpu_memory=16 * P.GiB)
+    assert plan.title.startswith("sweep packed: 6 SAEs in 3 pack(s) of up to 2, 3 at once, "
+                                 "2 per GPU")
+    weights = 4 * (16 * 64 + 64 + 64 * 16 + 16)  # W_enc, b_enc, W_dec, b_dec in float32
+    counters = 8 * 64  # tokens_since_fired, int64
+    member = 4 * weights + counters  # parameters, gradients, two Adam moments
+    step = 3.5 * 128 * 64 * 4  # relu's dense path: 3.5 [B, d_sae] float32 buffers
+    batch = 8 * 128 * 16 * 4
+    assert plan.total("device") == 2 * (2 * member + step + batch + P.CUDA_CONTEXT)
+    rows = 4096 + 204  # synthetic rows and the held-out 5%
+    assert plan.total("host") == 3 * (rows * 16 * 4 + P.RUNTIME)
+    # Tune keeps each pack's last checkpoint and writes the next before deleting it: 2 at once,
+    # each with every member's weights, counters and Adam moments.
+    assert plan.total("disk") == 2 * 6 * (3 * weights + counters)
+    after = [n.bytes for n in plan.needs if n.phase == "after training"]
+    assert after == [6 * (weights + counters), (1 + 6) * (weights + counters)]
+
+
+def test_packed_sweep_plan_splits_packs_as_the_sweep_does():
+    """pack: auto cuts packs smaller when the members' memory exceeds half a GPU: the plan
+    plans the packs make_packs makes."""
+    from sae_lab.sweep.packs import make_packs
+    from sae_lab.sweep.space import sweep_from_dict
+
+    sweep = sweep_from_dict(PACKED)
+    plan = P.plan_sweep(sweep, gpus=2, gpu_memory=400_000)  # 100 kB a pack: one SAE each
+    assert len(make_packs(sweep, 4, 100_000)) == 6
+    assert plan.title.startswith("sweep packed: 6 SAEs in 6 pack(s) of up to 1, 4 at once")
+
+
+def test_the_kaggle_sweep_fits_two_t4s_and_20_gb(tmp_path):
+    """sweeps/kaggle_t4x2.yaml with Llama-3.2-3B's config: two packs, each fitting a 15 GiB T4
+    next to the live model, and every checkpoint within /kaggle/working's 20 GB."""
+    T.LlamaConfig(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                  num_attention_heads=24, num_key_value_heads=8, vocab_size=128_256,
+                  tie_word_embeddings=True).save_pretrained(tmp_path)  # the Hub's widths
+    plan = P.plan_file(str(REPO / "sweeps" / "kaggle_t4x2.yaml"),
+                       [f"base.data.live.model={tmp_path}"], gpus=2, gpu_memory=15 * P.GiB)
+    assert " in 2 pack(s)" in plan.title and plan.device == "cuda"
+    assert any(n.what.startswith("live model weights: 17 of 28 blocks") for n in plan.needs)
+    P.check(plan, {"disk": (20 * 10**9, "20 GB"), "device": (15 * P.GiB, "a T4")})
+    assert plan.total("device") > 10 * P.GiB and plan.total("disk") > 10 * P.GiB  # not vacuous
+
+
+def test_too_big_sweep_is_refused_before_anything_runs(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({**PACKED, "base": {**PACKED["base"], "sae": {
+        "d_sae": 2**26}}}))  # 6 x 2^26 latents x 16 x 2: ~1.4 TB of checkpoints
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("sae-lab sweep: error: plan: needs ")
+    assert " of disk but free disk at " in err and not out.exists()
+    with pytest.raises(SystemExit) as e:  # planned for two GPUs too small for a pack
+        main(["plan", str(path), "--gpus", "2", "--gpu-memory", "1GiB", "--disk", "20TB"])
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    assert "disk: " in out.out and "device: " in out.out  # the table, then the verdict
+    assert "of device but the memory of one GPU given (--gpu-memory) is 1.00 GiB" in out.err
+
+
+def test_sizes_are_read_with_their_units():
+    assert P.parse_size("20GB") == 20 * 10**9 and P.parse_size("15 GiB") == 15 * 2**30
+    assert P.parse_size("1.5MiB") == 3 * 2**19
+    with pytest.raises(ValueError, match="'12': expected a size such as 20GB"):
+        P.parse_size("12")
+
+
+def test_pack_sizing_reads_a_live_models_width(tiny_lm, corpus):
+    """pack: auto sizes packs by their members' memory: for a live source, at the model's
+    hidden size (it assumed d_in 1024 before)."""
+    from sae_lab.sweep.packs import expand, member_bytes
+    from sae_lab.sweep.space import sweep_from_dict
+
+    sweep = sweep_from_dict({**PACKED, "base": {**PACKED["base"], "data": {"live": {
+        "model": str(tiny_lm), "dataset": str(corpus), "layers": [0]}}}})
+    d = P.model_config(str(tiny_lm)).hidden_size
+    f = 4 * d
+    assert d != 1024 and member_bytes(sweep, expand(sweep)[0]) == 4 * (
+        4 * (2 * d * f + f + d) + 4 * 128 * f)
+
+
+def test_unpacked_sweep_disk_known_answer():
+    """One trial per SAE, 2 at once: a running trial's checkpoints (2 while Tune swaps them,
+    each with its Lightning state and its SAE), the finished trials' final SAEs."""
+    from sae_lab.sweep.space import sweep_from_dict
+
+    sweep = sweep_from_dict({**PACKED, "pack": 1, "max_concurrent": 2,
+                             "resources": {"cpus": 1, "gpus": 0}})
+    plan = P.plan_sweep(sweep, gpus=0)
+    weights, counters = 4 * (2 * 16 * 64 + 64 + 16), 8 * 64
+    saved, checkpoint = weights + counters, 3 * weights + counters
+    assert plan.total("disk") == 2 * 2 * (checkpoint + saved) + 4 * saved
+    assert [n.bytes for n in plan.needs if n.phase == "after training"] == [6 * saved,
+                                                                           7 * saved]

@@ -473,6 +473,8 @@ def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_pat
         assert float(r["tokens"]) == want or 512 <= float(r["tokens"]) < 2048
         tb = out / "tune" / r["pack"] / "members" / r["trial"] / "tensorboard"
         assert list(tb.glob("events.out.tfevents*")), r["trial"]  # one TB run per member
+        sae = out / r["checkpoint"] / "sae" / "sae_weights.safetensors"
+        assert sae.is_file() and not (tb.parent / "final").exists()  # each SAE saved once
     best = result.best("relu")
     assert best is not None and load(out / "best" / "relu").d_in == 16
     assert json.loads((out / "best" / "summary.json").read_text())["relu"]["trial"] == best.trial

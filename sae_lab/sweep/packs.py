@@ -5,7 +5,8 @@ Tune trial, early stopping per member across all packs.
         --group by stream_key, chunk--> packs --Tune grid, one trial each-->
         run_pack: train_pack(members) --every validation--> MemberRungs (a Ray actor):
             ASHA within each architecture, over the members of every pack --> stop / go on
-        --checkpoint: trainer.ckpt (all members) + members.json; final: members/<name>/sae
+        --checkpoint: trainer.ckpt (every member's weights; Adam's moments of the running ones)
+          + members.json; final: members/<name>/sae (each SAE saved once, in the last checkpoint)
 
 The rule is ArchitectureASHA's (sae_lab.sweep.scheduler), applied to members instead of trials:
 the same objective, the same rungs (grace_tokens times powers of the reduction factor), one
@@ -91,14 +92,35 @@ def make_packs(sweep: SweepConfig, slots: int = 1, memory_bytes: float = 0) -> l
 def member_bytes(sweep: SweepConfig, m: Member) -> float:
     """Training memory of one member: weights, gradients and two Adam moments, plus ~4
     [batch, d_sae] activations (pre-activations, codes and their gradients)."""
-    from sae_lab.sweep.space import data_d_in
-
     cfg = sweep.train_config(m.architecture, m.values)
-    d_in = data_d_in(cfg) or 1024
+    d_in = stream_d_in(cfg) or 1024
     sae = cfg.sae.with_d_in(d_in)
     d_sae = sae.d_sae or sae.expansion_factor * d_in
     size = 2 if sae.dtype in ("bfloat16", "float16") else 8 if sae.dtype == "float64" else 4
     return size * (4 * (2 * d_in * d_sae + d_sae + d_in) + 4 * cfg.batch_size * d_sae)
+
+
+def stream_d_in(cfg: Any) -> int | None:
+    """Width of the data's activations, from a shard manifest, the live model's config (the
+    residual stream: its hidden size) or sae.d_in (shards not harvested yet)."""
+    from sae_lab.config import ConfigError
+    from sae_lab.sweep.space import data_d_in
+
+    try:
+        d_in = data_d_in(cfg)
+    except ConfigError:
+        if not cfg.sae.d_in:
+            raise
+        return cfg.sae.d_in
+    if d_in is None and cfg.data.live is not None:
+        from transformers import AutoConfig
+
+        from sae_lab.models import resolve_model
+
+        live = cfg.data.live
+        d_in = AutoConfig.from_pretrained(resolve_model(live.model), revision=live.revision,
+                                          trust_remote_code=live.trust_remote_code).hidden_size
+    return d_in or cfg.sae.d_in
 
 
 def pack_space(packs: list[list[Member]]) -> dict[str, Any]:
@@ -186,7 +208,33 @@ def start_rungs(sweep: SweepConfig, out: Path) -> tuple[Any, str | None]:
 # --- the Tune trainable -----------------------------------------------------------------------
 
 
-class PackReport(pl.Callback):
+class SlimCheckpoint(pl.Callback):
+    """Pack checkpoints hold Adam's two moments only for members still running: a member that
+    stopped (early stopping) or failed takes no more steps, so its weights are all its final SAE
+    needs (a third of its bytes with the moments, at float32)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pack: PackModule,
+                           checkpoint: dict[str, Any]) -> None:
+        drop_idle_moments(checkpoint, pack)
+
+
+def drop_idle_moments(checkpoint: dict[str, Any], pack: PackModule) -> None:
+    """Remove from a Lightning checkpoint the optimiser state of every member not running.
+    Adam keeps state per parameter, so a resumed pack simply has none for them (and never
+    needs it: they take no step)."""
+    states = checkpoint.get("optimizer_states")
+    if not states:
+        return
+    state, groups = states[0]["state"], states[0]["param_groups"]
+    for i in range(len(pack.members)):
+        if pack.status[i] == RUNNING:
+            continue
+        for g in pack._groups[i]:  # the member's parameter groups in the pack's one optimiser
+            for index in groups[g]["params"]:
+                state.pop(index, None)
+
+
+class PackReport(SlimCheckpoint):
     """At the end of every validation: each running member's metrics to the rungs (stopping the
     members they stop), then `tune.report` with a checkpoint of the whole pack."""
 
@@ -307,8 +355,9 @@ def run_pack(config: dict[str, Any], sweep: dict[str, Any], rungs: str | None) -
         ckpt_path = local / TRAINER_CKPT
     report = PackReport(spec, members, actor, info, restored)
     try:
+        # Tune keeps the checkpoints, and the final SAEs go into the last one (report.final)
         results = train_pack(cfgs, names, os.getcwd(), callbacks=[report], ckpt_path=ckpt_path,
-                             save_checkpoints=False)
+                             save_checkpoints=False, save_final=False)
     except Exception as e:  # Tune retries the pack from its checkpoint
         raise TrialError(f"{type(e).__name__}: {e} (pack {info['pack']} on host "
                          f"{info['hostname']})") from e

@@ -54,6 +54,8 @@ from sae_lab.sweep.trial import TrialError, quiet_trial
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
 METRICS_FILE = "metrics.json"
+KEEP_CHECKPOINTS = 1
+"""Checkpoints Tune keeps per trial: the latest, the one its last reported metrics belong to."""
 
 
 class TuneReport(pl.Callback):
@@ -347,13 +349,13 @@ def trial_slots(sweep: SweepConfig, nodes: list[dict[str, float]]) -> int:
     return max(1, int(min(limits)))
 
 
-def memory_budget(sweep: SweepConfig) -> float:
-    """Bytes one pack may use: half of one GPU's memory (trials on GPUs) or of this machine's
-    RAM; 0 when unknown."""
+def memory_budget(sweep: SweepConfig, gpu_memory: float | None = None) -> float:
+    """Bytes one pack may use: half of one GPU's memory (trials on GPUs; `gpu_memory` bytes, else
+    this machine's first GPU) or of this machine's RAM; 0 when unknown."""
     import torch
 
-    if sweep.resources.gpus and torch.cuda.is_available():
-        gpu = torch.cuda.get_device_properties(0).total_memory
+    if sweep.resources.gpus and (gpu_memory or torch.cuda.is_available()):
+        gpu = gpu_memory or torch.cuda.get_device_properties(0).total_memory
         return 0.5 * gpu * min(1.0, sweep.resources.gpus)
     try:
         return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -368,7 +370,7 @@ def _run_config(sweep: SweepConfig, out: Path, verbose: int):
         name=EXPERIMENT, storage_path=str(out), verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         # The latest checkpoint is the one the last reported metrics belong to.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         callbacks=[EventLog(str(out / "events.jsonl"))],
     )

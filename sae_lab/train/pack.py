@@ -293,10 +293,12 @@ def build_pack(cfgs: list[TrainConfig], names: list[str], dm: pl.LightningDataMo
 
 def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
                callbacks: list[pl.Callback] | tuple = (), ckpt_path: str | Path | None = None,
-               logger: bool = True, save_checkpoints: bool = True) -> list[MemberResult]:
+               logger: bool = True, save_checkpoints: bool = True,
+               save_final: bool = True) -> list[MemberResult]:
     """Train the members of a pack together; each member's SAE and metrics land in
-    out_dir/members/<name>/ (final/, metrics.json, tensorboard/). `ckpt_path` resumes all
-    members (weights, Adam state, schedules, dead counters, status, stream position)."""
+    out_dir/members/<name>/ (final/ and metrics.json unless not `save_final`, tensorboard/).
+    `ckpt_path` resumes all members (weights, Adam state, schedules, dead counters, status,
+    stream position)."""
     if len(set(names)) != len(names) or len(names) != len(cfgs) or not cfgs:
         raise ValueError(f"a pack needs one unique name per member, got {names}")
     check_stream(cfgs, names)
@@ -326,7 +328,7 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
             trainer.save_checkpoint(tmp)
             tmp.replace(saved)
         raise TrainingInterrupted(trainer.global_step, saved)
-    return finish(pack, dm, trainer.global_step, members_dir)
+    return finish(pack, dm, trainer.global_step, members_dir if save_final else None)
 
 
 def finish(pack: PackModule, dm: pl.LightningDataModule, global_step: int,
