@@ -27,17 +27,22 @@ SETTINGS: dict[str, dict[str, Any]] = {
                    "n_features": 160, "active": 5.0},
 }
 
-TOKENS = 150_000
+TOKENS = 900_000
 
 
 def train_config(arch: str, setting: str, out_dir: str) -> TrainConfig:
-    """The one rule, never tuned per setting. Inputs are normalised to E||x||^2 = d, so an
-    active feature's magnitude is about a = sqrt(d / active): k = 2 * active (the issue's rule);
-    an L1 penalty shrinks each activation by ~lambda/2, so lambda = c * a; an L0 penalty charges
-    lambda per fire against a gain ~a^2, so lambda = c * a^2."""
+    """The one rule, never tuned per setting. Latents: as many as true features, the regime of
+    real activations, where features outnumber latents and every latent has something to learn
+    (with spare latents, a penalty SAE rightly leaves the spares dead, and a dead-fraction bar
+    would ask for duplicates). Inputs are normalised to E||x||^2 = d, so an active feature's
+    magnitude is about a = sqrt(d / active): k = 2 * active (the issue's rule); an L1 penalty
+    shrinks each activation by ~lambda/2, so lambda = c * a; an L0 penalty charges lambda per
+    fire against a gain ~a^2, so lambda = c * a^2. Steps, not tokens, limit these small runs:
+    lr 1e-2 at batch 1024 for 900k tokens (879 steps)."""
     data = BASE | SETTINGS[setting]
     a2 = data["d"] / data["active"]
-    sae: dict[str, Any] = {"architecture": arch, "expansion_factor": 4, "dead_tokens": 10_000}
+    sae: dict[str, Any] = {"architecture": arch, "d_sae": data["n_features"],
+                           "dead_tokens": 10_000}
     if ARCHITECTURES[arch].k_based:
         sae["k"] = math.ceil(2 * data["active"])
     else:
@@ -45,7 +50,7 @@ def train_config(arch: str, setting: str, out_dir: str) -> TrainConfig:
                                 "jumprelu": 0.1 * a2}[arch]
     return TrainConfig.from_dict({
         "sae": sae, "data": {"synthetic": data | {"n_tokens": TOKENS}},
-        "batch_size": 256, "max_tokens": TOKENS, "lr": 3e-3, "val_every_steps": 10_000,
+        "batch_size": 1024, "max_tokens": TOKENS, "lr": 1e-2, "val_every_steps": 10_000,
         "save_checkpoints": False, "progress_bar": False, "out_dir": out_dir,
     })
 

@@ -120,7 +120,8 @@ def test_adam_betas_set_the_trajectory_a_hand_adam_step_predicts(tmp_path):
 
 # Settings that leave latents dead within a few steps: TopK never selects most of them;
 # JumpReLU thresholds far above the pre-activations; a gated SAE's gates shut (ShutGates).
-DEAD_MAKERS = {"topk": {"k": 2}, "gated": {}, "jumprelu": {"threshold_init": 3.0}}
+DEAD_MAKERS = {"topk": {"k": 2}, "gated": {},
+               "jumprelu": {"threshold_init": 3.0, "preact_coef": 0.0}}
 
 
 class ShutGates(pl.Callback):
@@ -149,6 +150,25 @@ def test_aux_coef_gives_dead_latents_encoder_gradients(arch, tmp_path):
         dead_grads[coef] = max(per_step)
     assert dead_grads[0.0] == 0.0
     assert dead_grads[0.5] > 1e-4
+
+
+def test_preact_loss_lowers_the_thresholds_of_dead_jumprelu_latents(tmp_path):
+    """Thresholds far above every pre-activation: the L0 estimator's kernel holds no entry and
+    AuxK moves only pre, so without the pre-activation loss a dead latent's threshold stays put
+    (the JumpReLU of issue 16 with 34% dead); with it, every dead threshold comes down."""
+    moved = {}
+    for coef in (0.0, 0.1):
+        spy = StepSpy()
+        sae = {**DEAD_MAKERS["jumprelu"], "threshold_init": 30.0, "dead_tokens": 2 * B,
+               "preact_coef": coef}
+        train(config(tmp_path / str(coef), arch="jumprelu", steps=8, grad_clip=0.0, sae=sae),
+              callbacks=[spy], logger=False)
+        start = spy.start["log_threshold"]
+        end = spy.steps[-1]["log_threshold"][1]
+        assert spy.dead[-1].all()
+        moved[coef] = (end - start)
+    assert (moved[0.0] == 0).all()
+    assert (moved[0.1] < 0).all()
 
 
 def test_sparsity_warmup_scales_the_sparsity_term_by_step_over_warmup(tmp_path, monkeypatch):

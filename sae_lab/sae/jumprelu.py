@@ -51,6 +51,8 @@ class JumpReLUConfig(PenaltyConfig):
     """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
     aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
     """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
+    preact_coef: Annotated[float, Field(ge=0)] = 0.01
+    """Weight of the pre-activation loss on dead latents, sum of ReLU(theta - pre) (0: off)."""
 
 
 def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
@@ -150,13 +152,22 @@ class JumpReLUSAE(SAE):
             dead_pre = functools.partial(self._dead_block, pre)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
-        auxk = self.dead_aux_loss(dead_pre, x, x_hat)  # revival (base.py)
-        loss = loss + self.cfg.aux_coef * auxk
+        dead = self.dead_latents()
+        block = None if dead is None else dead_pre(dead)  # [B, n_dead]
+        auxk = self.dead_aux_loss(lambda _: block, x, x_hat)  # revival (base.py)
+        # AuxK turns a dead latent toward the residual but cannot lower the threshold that the
+        # L0 term pushed above all its pre-activations; this term (the pre-activation loss of
+        # Anthropic's Circuits Updates, January 2025, here on dead latents only) brings pre and
+        # theta together until the latent fires and the reconstruction decides.
+        preact = x.new_zeros(()) if block is None else (
+            (self.threshold[dead] - block).relu().sum(dim=-1).mean())
+        loss = loss + self.cfg.aux_coef * auxk + self.cfg.preact_coef * preact
         parts = {
             "mse": recon.detach() / self.d_in,
             "l1": z.detach().abs().sum() / B,
             "sparsity": l0.detach(),
             "auxk": auxk.detach(),
+            "preact": preact.detach(),
         }
         return TrainOutput(loss, x_hat, n_active.float() / B, fired, parts)
 
