@@ -25,8 +25,9 @@ RSS after loading vs the plan's model bytes (and the process peak, which on CPU 
 float32 weights that 8bit quantizes while loading), and the cosine of the quantized activations
 to float32.
 
-Part 3b needs ~10 GB of RAM and ~10 GB of disk in the temporary folder (two checkpoints with
-Adam state); ~15 minutes on an idle 2-core machine. Run it alone on the machine.
+Part 3b needs ~14 GiB of RAM (its peak is the final held-out evaluation) and ~11 GB of disk in
+the temporary folder (two checkpoints with Adam state); 13 minutes on 2 cores at load 2-4. Run
+it alone on the machine.
 """
 
 from __future__ import annotations
