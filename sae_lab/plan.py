@@ -18,8 +18,9 @@ The figures:
 - a trial: SAE parameters, their gradients and Adam's two moments (4 x parameters), the batch and
   its temporaries, and the dense [B, d_sae] pre-activations: one buffer on the sparse TopK path
   (sae_lab.sae.sparse_topk), 3.5-9 on the dense paths (each architecture's `step_buffers`,
-  measured), or what held-out evaluation needs beyond a step (EVAL_BUFFERS); plus the
-  data: the shuffle buffer (shards) or the arrays held in memory (synthetic, npy).
+  measured), or what held-out evaluation needs beyond a step (the "eval" entry of
+  `step_buffers`, measured); plus the data: the shuffle buffer (shards) or the arrays held in
+  memory (synthetic, npy).
 - a pack (packed sweeps): the packs `make_packs` makes, each with its data source (one live
   model) once, every member's parameters, gradients and Adam moments, and the step buffers of
   its largest member only (members step one after another); packs per GPU as Tune places them.
@@ -48,10 +49,6 @@ GiB = 2**30
 # Peak RSS of a process that has imported torch, Lightning, transformers and sae_lab's training
 # code: 450 MiB measured (Linux, torch 2.13 CPU); rounded up for allocator slack.
 RUNTIME = 512 * 2**20
-# Held-out evaluation encodes densely at batch_size: the codes z [B, d_sae], then ReconStats'
-# z.abs().double() (two buffers' worth) and z != 0: 4.27 [B, d_sae] float32 buffers at the peak
-# (measured: TopK, d_sae 65,536, batch 4096; the 3B rehearsal's peak RSS comes there).
-EVAL_BUFFERS = 4.25
 _TAR_BLOCK, _TAR_RECORD = 512, 20 * 512
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 # A CUDA process's context (kernels, cuBLAS workspace) before any tensor: typically 0.3-0.5 GiB
@@ -349,12 +346,15 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
 
 def step_buffers(cfg: TrainConfig, d_in: int) -> tuple[float, str]:
     """(copies of the dense [B, d_sae] float32 pre-activations a training step holds, path)."""
+    path = getattr(cfg.sae, "decoder", "dense")
+    buffers = _buffers(cfg)
+    return buffers.get(path, buffers["dense"]), path  # auto starts dense
+
+
+def _buffers(cfg: TrainConfig) -> dict[str, float]:
     from sae_lab.sae import ARCHITECTURES
 
-    sae = cfg.sae.with_d_in(d_in)
-    path = getattr(sae, "decoder", "dense")
-    buffers = ARCHITECTURES[sae.architecture].step_buffers
-    return buffers.get(path, buffers["dense"]), path  # auto starts dense
+    return {"eval": 4.5} | ARCHITECTURES[cfg.sae.architecture].step_buffers
 
 
 def _step_bytes(cfg: TrainConfig, d_in: int) -> float:
@@ -370,10 +370,11 @@ def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
     plan.add(f"batch [B={b}, d_in={d_in}] and its temporaries", "device", 8 * b * d_in * 4)
     # Held-out evaluation (validation, final metrics) runs between steps, so only what it needs
     # beyond the step counts; the exported SAE it reads takes the place of the freed gradients.
-    extra = EVAL_BUFFERS * b * f * 4 - copies * b * f * 4 - 8 * b * d_in * 4
+    evals = _buffers(cfg)["eval"]
+    extra = evals * b * f * 4 - copies * b * f * 4 - 8 * b * d_in * 4
     if extra > 0:
         plan.add(f"{label}held-out evaluation: dense codes and metrics [B={b}, d_sae={f}] "
-                 f"float32 x {EVAL_BUFFERS:g}, beyond the step's", "device", extra)
+                 f"float32 x {evals:g}, beyond the step's", "device", extra)
 
 
 def add_source(plan: Plan, cfg: TrainConfig, d_in: int) -> None:

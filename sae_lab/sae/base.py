@@ -68,10 +68,12 @@ class SAE(nn.Module):
     unit_norm_decoder: ClassVar[bool] = True
     """Keep W_dec rows at unit norm after each step (False: the norm is in the penalty)."""
     has_b_enc: ClassVar[bool] = True
-    step_buffers: ClassVar[dict[str, float]] = {"dense": 9.0}
+    step_buffers: ClassVar[dict[str, float]] = {"dense": 9.0, "eval": 4.5}
     """[B, d_sae] float32 buffers alive at the peak of a training step, by path ("dense",
     "sparse"), for `sae-lab plan`. Measured from peak RSS of a step (d_in 256, d_sae 16384,
-    B 2048) against the sparse TopK path's one buffer; an unmeasured path counts as dense."""
+    B 2048) against the sparse TopK path's one buffer; an unmeasured path counts as dense.
+    "eval": the peak of a held-out evaluation batch (encode, decode, metrics; d_in 256, d_sae
+    65,536, B 2048), unmeasured counts as 4.5."""
 
     def __init__(self, cfg: SAEConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -43,7 +43,7 @@ class BatchTopKConfig(TopKConfig):
 class BatchTopKSAE(TopKSAE):
     config_cls = BatchTopKConfig
     saelens_architecture = "jumprelu"  # inference is a JumpReLU with one threshold for all
-    step_buffers = {"dense": 4.5, "sparse": 1.0}
+    step_buffers = {"dense": 4.5, "sparse": 1.0, "eval": 4.35}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

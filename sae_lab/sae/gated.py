@@ -49,7 +49,7 @@ class GatedSAE(SAE):
                     "sae.dead_tokens training tokens")
     saelens_architecture = "gated"
     has_b_enc = False
-    step_buffers = {"dense": 9.0}
+    step_buffers = {"dense": 9.0, "eval": 4.35}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

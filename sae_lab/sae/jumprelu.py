@@ -99,7 +99,7 @@ class JumpReLUSAE(SAE):
     config_cls = JumpReLUConfig
     dead_meaning = "exceeded its threshold on none of the last sae.dead_tokens training tokens"
     saelens_architecture = "jumprelu"
-    step_buffers = {"dense": 6.5}
+    step_buffers = {"dense": 6.5, "eval": 3.35}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -36,7 +36,7 @@ class ReLUSAE(SAE):
     config_cls = ReLUConfig
     dead_meaning = "had ReLU(pre) > 0 on none of the last sae.dead_tokens training tokens"
     unit_norm_decoder = False
-    step_buffers = {"dense": 3.5}
+    step_buffers = {"dense": 3.5, "eval": 2.1}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -68,7 +68,7 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
     k_based = True
     saelens_architecture = "topk"
-    step_buffers = {"dense": 3.5, "sparse": 1.0}
+    step_buffers = {"dense": 3.5, "sparse": 1.0, "eval": 2.1}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
