@@ -338,6 +338,8 @@ def test_jumprelu_thresholds_get_their_own_learning_rate():
     groups = sae.param_groups(1e-3)
     by_lr = {g["lr"]: g["params"] for g in groups}
     assert by_lr[7e-3] == [sae.log_threshold]
+    capped = {g["lr"]: g["params"] for g in sae.param_groups(1e-2)}  # 7e-2 > threshold_lr_max
+    assert capped[0.03] == [sae.log_threshold]
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(
         p.numel() for p in sae.parameters()
     )
