@@ -1,7 +1,7 @@
 """Export an SAE in SAELens v6's on-disk layout, so `sae_lens.SAE.load_from_disk(DIR)` loads it.
 
     DIR/cfg.json                  architecture, d_in, d_sae, dtype, device, apply_b_dec_to_input,
-                                  normalize_activations="none", (k), metadata{model_name, ...}
+                                  normalize_activations, (k), metadata{model_name, ...}
     DIR/sae_weights.safetensors   exactly the tensors that architecture has in SAELens
     DIR/sparsity.safetensors      {"sparsity": log10(feature density + 1e-10)}, when known
 
@@ -20,8 +20,10 @@ Each architecture says what it maps to (`SAE.saelens_architecture`, `saelens_cfg
                             + b_mag); tensors W_enc, W_dec, b_dec, b_gate, r_mag, b_mag (no b_enc).
 
 Every SAELens architecture subtracts b_dec from the input when apply_b_dec_to_input is true, as
-every sae_lab architecture does. Input normalisation is already folded into saved sae_lab weights
-(SAEModule folds its input scale before saving), hence normalize_activations="none".
+every sae_lab architecture does. The dataset-wide input scale is already folded into saved sae_lab
+weights (SAEModule folds it before saving), hence normalize_activations="none"; an SAE with
+token_norm (each token scaled to norm sqrt(d_in) on the way in, back on the way out) exports as
+"constant_norm_rescale", SAELens's name for exactly that.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def saelens_config(
         "dtype": sae.cfg.dtype,
         "device": "cpu",
         "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
+        "normalize_activations": "constant_norm_rescale" if sae.cfg.token_norm else "none",
         "reshape_activations": "none",
     }
     cfg.update(sae.saelens_cfg())

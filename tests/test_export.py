@@ -45,8 +45,14 @@ def make_sae(arch: str, seed: int = 0):
 
 
 def saelens_forward(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
-    """SAELens v6 inference, written out from sae_lens/saes/{standard,topk,jumprelu,gated}_sae."""
-    sae_in = x - w["b_dec"] * cfg["apply_b_dec_to_input"]
+    """SAELens v6 inference, written out from sae_lens/saes/{standard,topk,jumprelu,gated}_sae,
+    with normalize_activations "none" or "constant_norm_rescale" (sae_lens/saes/sae.py)."""
+    coeff = 1.0
+    if cfg["normalize_activations"] == "constant_norm_rescale":
+        coeff = cfg["d_in"] ** 0.5 / x.norm(dim=-1, keepdim=True)
+    else:
+        assert cfg["normalize_activations"] == "none"
+    sae_in = x * coeff - w["b_dec"] * cfg["apply_b_dec_to_input"]
     arch = cfg["architecture"]
     if arch == "gated":
         active = (sae_in @ w["W_enc"] + w["b_gate"] > 0).float()
@@ -62,7 +68,7 @@ def saelens_forward(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
             z = torch.relu(pre) * (pre > w["threshold"]).float()
         else:
             raise AssertionError(arch)
-    return z @ w["W_dec"] + w["b_dec"]
+    return (z @ w["W_dec"] + w["b_dec"]) / coeff
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -108,6 +114,7 @@ def test_cfg_fields(tmp_path):
     sae.metadata["hook_name"] = "blocks.3.hook_mlp_out"  # the manifest's name wins
     cfg = json.loads((export_saelens(sae, tmp_path / "r", hook_name=None) / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "blocks.3.hook_mlp_out"
+    assert cfg["normalize_activations"] == "constant_norm_rescale"  # relu's token_norm
 
 
 def test_jumprelu_threshold_is_exp_log_threshold(tmp_path):

@@ -63,7 +63,7 @@ def test_one_evaluation_loop_for_training_and_eval():
     whole = ReconStats()
     x = torch.cat(batches)
     z = sae.encode(x)
-    whole.update(x, sae.decode(z), z)
+    whole.update(x, sae.decode(z, x), z)
     assert tuple(whole.compute()) == RECON_METRICS
     for name in RECON_METRICS:
         assert rows[name] == pytest.approx(full[name]) == pytest.approx(whole.compute()[name])

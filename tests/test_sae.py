@@ -30,7 +30,7 @@ def make(arch: str, d_in: int = 16, d_sae: int = 64, **kw):
 def test_forward_is_decode_of_encode(arch):
     sae = make(arch).eval()
     x = torch.randn(32, 16)
-    torch.testing.assert_close(sae(x), sae.decode(sae.encode(x)), rtol=0, atol=0)
+    torch.testing.assert_close(sae(x), sae.decode(sae.encode(x), x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -64,7 +64,7 @@ def test_topk_has_exactly_k_nonzeros_per_row():
 
 
 def test_batchtopk_keeps_k_times_batch_in_training_and_threshold_in_eval():
-    sae = make("batchtopk", k=4).train()
+    sae = make("batchtopk", k=4, token_norm=False).train()
     x = torch.randn(32, 16) + 2.0
     z = sae.encode(x)
     assert (z != 0).sum().item() == 4 * 32
@@ -159,7 +159,7 @@ def test_jumprelu_threshold_gradient_value():
 
 
 def test_jumprelu_encode_is_pre_times_step():
-    sae = make("jumprelu", threshold_init=0.5)
+    sae = make("jumprelu", threshold_init=0.5, token_norm=False)
     x = torch.randn(32, 16)
     pre = sae.pre_acts(x)
     torch.testing.assert_close(sae.encode(x), pre * (pre > 0.5))
@@ -209,7 +209,7 @@ def test_gated_shares_weights_through_r_mag():
 
 
 def test_relu_penalty_is_decoder_norm_weighted_l1():
-    sae = make("relu", sparsity_coef=0.5)
+    sae = make("relu", sparsity_coef=0.5, token_norm=False)
     with torch.no_grad():
         sae.W_dec.mul_(3.0)
     x = torch.randn(16, 16)
@@ -383,7 +383,7 @@ def test_sae_saved_with_the_old_flat_config_still_loads(arch, tmp_path):
         "aux_coef": 0.03125, "decoder": "sparse", "threshold_momentum": 0.99,
         "sparsity_coef": -1.0, "bandwidth": 0.1, "threshold_init": 0.5, "threshold_lr_scale": 10.0,
     }
-    sae = make(arch)
+    sae = make(arch, token_norm=False)  # it did not exist: such an SAE was trained without it
     sae.save(tmp_path / "s")
     cfg_path = tmp_path / "s" / "cfg.json"
     saved = json.loads(cfg_path.read_text())
@@ -398,3 +398,32 @@ def test_sae_saved_with_the_old_flat_config_still_loads(arch, tmp_path):
         cfg_path.write_text(json.dumps({**saved, "sae": {**old_flat, "k": 8}}))
         with pytest.raises(ConfigError, match=r"sae\.k=8 does not apply"):
             load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if ARCHITECTURES[a].config_cls().token_norm])
+def test_token_norm_codes_ignore_a_tokens_norm_and_the_reconstruction_keeps_it(arch):
+    """With token_norm (the default here) every token is seen at norm sqrt(d_in): scaling a
+    token leaves its codes alone and scales its reconstruction; an all-zero token stays finite."""
+    sae = make(arch).eval()
+    x = torch.randn(32, 16) + 0.5
+    c = torch.rand(32, 1) * 10 + 0.1  # a different scale per token
+    torch.testing.assert_close(sae.encode(c * x), sae.encode(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sae(c * x), c * sae(x), rtol=1e-4, atol=1e-5)
+    plain = make(arch, token_norm=False).eval()
+    assert not torch.allclose(plain.encode(c * x), plain.encode(x))  # not true without it
+    zero = sae(torch.zeros(1, 16))
+    assert torch.isfinite(zero).all() and zero.abs().max() < 1e-4
+
+
+def test_token_norm_defaults_and_saved_sae_without_the_field_loads_with_it_off(tmp_path):
+    import json
+
+    assert {a: ARCHITECTURES[a].config_cls().token_norm for a in ARCHS} == {
+        a: a != "topk" for a in ARCHS}
+    sae = make("relu")
+    sae.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "cfg.json"
+    saved = json.loads(cfg_path.read_text())
+    assert saved["sae"].pop("token_norm") is True
+    cfg_path.write_text(json.dumps(saved))  # as an SAE saved before the field existed
+    assert load(tmp_path / "old").cfg.token_norm is False

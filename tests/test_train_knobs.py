@@ -73,6 +73,7 @@ def test_grad_clip_bounds_the_gradient_norm_the_optimiser_sees(tmp_path):
 def test_init_b_dec_starts_at_the_geometric_median_of_the_first_batch(tmp_path):
     cfg = config(tmp_path / "on", arch="relu")
     x = first_batch(make_datamodule(cfg)).double()  # [B, d]: the rows train() initialises from
+    x = x * x.shape[1] ** 0.5 / x.norm(dim=1, keepdim=True).clamp_min(1e-6)  # relu's token_norm
     starts = {}
     for flag in (True, False):
         spy = StepSpy()

@@ -141,11 +141,13 @@ class Steering:
             z = h.new_zeros(h.shape[0], sae.d_sae)
         z_new = apply_edits(z, self.edits)
         if self.splice is None:
-            out = h + (z_new - z) @ sae.W_dec
+            delta = (z_new - z) @ sae.W_dec  # in the SAE's units: token_norm's, if it has it
+            s = sae.token_scale(h)
+            out = h + (delta if s is None else delta / s)
         else:
-            out = sae.decode(z_new)
+            out = sae.decode(z_new, h)
             if self.splice == "keep-error":
-                out = out + (h - sae.decode(z))
+                out = out + (h - sae.decode(z, h))
         out = out.view(B, T, d).to(act.dtype)
         if self.prompt_len is None:
             return out

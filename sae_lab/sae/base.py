@@ -4,6 +4,10 @@
     z     = act(pre)                         # [B, d_sae], sparse; act is the architecture's
     x_hat = z @ W_dec + b_dec                # [B, d_in]
 
+With cfg.token_norm, x is first scaled to norm sqrt(d_in) (x * s, s = sqrt(d_in) / ||x||) and the
+reconstruction scaled back (x_hat / s), as SAELens's constant_norm_rescale; `encode` takes raw x,
+`decode(z, x)` gives x's units, and `training_loss` takes x as `normalize_input` returns it.
+
 Shapes are written `# [B, d_in]` in comments: B tokens, d_in activation width, d_sae latents.
 """
 
@@ -50,7 +54,7 @@ class TrainOutput(NamedTuple):
 
 class SAE(nn.Module):
     """Base class. A subclass sets `config_cls` (its `name` comes from the config's architecture
-    tag), implements `encode` and `training_loss`, registers itself (`@register`), and answers
+    tag), implements `codes` and `training_loss`, registers itself (`@register`), and answers
     what the rest of sae_lab asks of an architecture through the class attributes below."""
 
     name: ClassVar[str]
@@ -111,18 +115,40 @@ class SAE(nn.Module):
         """pre_acts of the given latents only, [B, len(latents)]."""
         return centred_matmul(x, self.b_dec, self.W_enc[:, latents]) + self.b_enc[latents]
 
+    def token_scale(self, x: Tensor) -> Tensor | None:
+        """[B, 1] factors s = sqrt(d_in) / ||x|| taking each token to norm sqrt(d_in) (float32; an
+        all-zero token keeps s finite and stays zero); None without token_norm."""
+        if not self.cfg.token_norm:
+            return None
+        norm = torch.linalg.vector_norm(x.float(), dim=-1, keepdim=True)
+        return self.d_in**0.5 / norm.clamp_min(1e-6)
+
+    def normalize_input(self, x: Tensor) -> Tensor:
+        """x as the SAE's weights see it: each token at norm sqrt(d_in) with token_norm, else x."""
+        s = self.token_scale(x)
+        return x if s is None else (x * s).to(x.dtype)
+
     def encode(self, x: Tensor) -> Tensor:
-        """Sparse codes z, [B, d_sae]."""
+        """Sparse codes z, [B, d_sae], of raw activations x."""
+        return self.codes(self.normalize_input(x))
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The architecture's sparse codes of x as `normalize_input` returns it, [B, d_sae]."""
         raise NotImplementedError
 
-    def decode(self, z: Tensor) -> Tensor:
-        return z @ self.W_dec + self.b_dec  # [B, d_in]
+    def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """Reconstruction from codes, [B, d_in]; with token_norm, in the units of x (the
+        activations z was encoded from) when given, else at norm ~sqrt(d_in)."""
+        x_hat = z @ self.W_dec + self.b_dec
+        s = self.token_scale(x) if x is not None else None
+        return x_hat if s is None else (x_hat / s).to(x_hat.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), x)
 
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
-        """Loss and its named parts on a batch; `sparsity_scale` in [0, 1] warms lambda up."""
+        """Loss and its named parts on a batch x (as `normalize_input` returns it; x_hat in the
+        same units); `sparsity_scale` in [0, 1] warms lambda up."""
         raise NotImplementedError
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -227,7 +253,11 @@ class SAE(nn.Module):
         """Make the SAE act on raw x when it was trained on x * scale.
 
         z is unchanged: (s x - b) W = (x - b/s)(s W), and x_hat / s = z (W_dec / s) + b_dec / s.
+        With token_norm there is nothing to fold: every token is rescaled to norm sqrt(d_in)
+        before the weights see it, whatever the scale.
         """
+        if self.cfg.token_norm:
+            return
         self.W_enc *= scale
         self.W_dec /= scale
         self.b_dec /= scale

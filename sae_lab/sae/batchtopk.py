@@ -32,6 +32,9 @@ from sae_lab.sae.topk import TopKConfig, TopKSAE
 class BatchTopKConfig(TopKConfig):
     architecture: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
     """BatchTopK: the k * B largest activations of the batch; a global threshold at inference."""
+    token_norm: bool = True
+    """On: the batch-wide selection compares activations across tokens, and without it the
+    largest tokens take most of the batch's k * B (issue 16: heavy+wide recovery 0.42 -> 1.00)."""
     threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """EMA momentum of the inference threshold estimated in training."""
     threshold_start_step: Annotated[int, Field(ge=-1)] = -1
@@ -73,7 +76,7 @@ class BatchTopKSAE(TopKSAE):
         values, flat_index = self.keep(pre, k)
         return values, sparse.SparsePattern.from_flat(flat_index, pre.shape[0], self.d_sae)
 
-    def encode(self, x: Tensor) -> Tensor:
+    def codes(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
         if self.training:
             return self.densify(*self.select(pre, self.cfg.k))

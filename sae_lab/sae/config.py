@@ -18,7 +18,7 @@ from sae_lab.config import ConfigError, config, parse, to_dict
 __all__ = ["ConfigError", "SAEConfig", "PenaltyConfig", "COMMON_FIELDS", "LEGACY_DEFAULTS"]
 
 COMMON_FIELDS = frozenset(
-    {"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens"}
+    {"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens", "token_norm"}
 )
 """Fields every architecture has."""
 
@@ -47,6 +47,11 @@ class SAEConfig:
     """Parameter dtype."""
     dead_tokens: Annotated[int, Field(ge=1)] = 1_000_000
     """A latent is dead once it has fired on none of this many consecutive training tokens."""
+    token_norm: bool = False
+    """Scale each token to norm sqrt(d_in) before encoding, and its reconstruction back (SAELens's
+    constant_norm_rescale): every token then weighs alike in the loss and in a batch-wide
+    selection, whatever its norm. Default on where measured to help (issue 16: every
+    architecture but TopK, whose selection is per token)."""
 
     @property
     def latents(self) -> int:
@@ -74,6 +79,9 @@ class PenaltyConfig(SAEConfig):
 
     sparsity_coef: Annotated[float, Field(ge=0)] = 1.0
     """Sparsity coefficient lambda."""
+    token_norm: bool = True
+    """On: a penalty SAE trained on heavy-tailed token norms fits the largest tokens first
+    (issue 16: heavy+wide recovery, JumpReLU 0.80 -> 0.99)."""
     decoder: Literal["auto", "sparse", "dense"] = "auto"
     """'sparse' computes a step from the active latents only; 'dense' is the reference path;
     'auto' takes 'sparse' once the last step had under 10% of its entries active."""

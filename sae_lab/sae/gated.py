@@ -70,7 +70,7 @@ class GatedSAE(SAE):
         pre = centred_matmul(x, self.b_dec, self.W_enc[:, latents])
         return pre * self.r_mag[latents].exp() + self.b_mag[latents]
 
-    def encode(self, x: Tensor) -> Tensor:
+    def codes(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self.gate_and_mag(x)
         return torch.where(pi_gate > 0, pi_mag.relu(), 0.0)
 

@@ -127,7 +127,7 @@ class JumpReLUSAE(SAE):
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
 
-    def encode(self, x: Tensor) -> Tensor:
+    def codes(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
 

@@ -87,7 +87,7 @@ def sae_config(architecture: str = DEFAULT_ARCHITECTURE, **fields: Any) -> SAECo
 def parse_saved_sae_config(data: dict[str, Any]) -> SAEConfig:
     """A cfg.json "sae" dict, also one saved before per-architecture configs (flat, with every
     architecture's fields): fields the architecture does not have are dropped where they still
-    hold the old defaults."""
+    hold the old defaults; one saved before token_norm existed gets token_norm off."""
     name = data.get("architecture", DEFAULT_ARCHITECTURE)
     cls = ARCHITECTURES.get(name)
     if cls is not None:
@@ -98,6 +98,7 @@ def parse_saved_sae_config(data: dict[str, Any]) -> SAEConfig:
         }
         if data.get("sparsity_coef") == -1.0:  # old "architecture default"
             del data["sparsity_coef"]
+        data.setdefault("token_norm", False)  # saved before it existed: trained without it
     return parse_sae_config(data)
 
 

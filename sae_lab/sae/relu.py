@@ -42,13 +42,13 @@ class ReLUSAE(SAE):
         super().__init__(*args, **kwargs)
         self._sparse = SparsePenalty()  # speed path; scratch buffer and last density, not saved
 
-    def encode(self, x: Tensor) -> Tensor:
+    def codes(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
 
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
         if self._sparse.use_sparse(self.cfg.decoder):
             return self._sparse_loss(x, sparsity_scale)
-        z = self.encode(x)  # [B, d_sae]
+        z = self.codes(x)  # [B, d_sae]
         x_hat = self.decode(z)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         z_sum = z.sum(dim=0)  # [d_sae]: the penalty needs only column sums, no [B, d_sae] product

@@ -89,7 +89,7 @@ class TopKSAE(SAE):
         pattern, order = sparse.SparsePattern.from_indices(indices, self.d_sae)
         return values.gather(1, order).flatten(), pattern
 
-    def encode(self, x: Tensor) -> Tensor:
+    def codes(self, x: Tensor) -> Tensor:
         values, indices = self.select(self.pre_acts(x), self.cfg.k)
         return self.densify(values, indices)
 

@@ -99,6 +99,6 @@ def stream_stats(sae: SAE, batches: Iterable[Tensor], stats: Stats, max_batches:
             raise ValueError(f"activations have width {x.shape[-1]}; the SAE has d_in={sae.d_in}")
         x = x.to(device, dtype)
         z = sae.encode(x)  # [B, d_sae]
-        stats.update(x, sae.decode(z), z)
+        stats.update(x, sae.decode(z, x), z)
         del z  # or it would sit beside the next batch's encode: one [B, d_sae] buffer more
     return stats

@@ -59,7 +59,7 @@ class SAEModule(pl.LightningModule):
             mean_sq_norm = sample.pow(2).sum(dim=-1).mean()
             self.input_scale.fill_((self.sae.d_in / mean_sq_norm).sqrt().item())
         if self.cfg.init_b_dec:
-            self.sae.init_from_data(sample * self.input_scale)
+            self.sae.init_from_data(self.sae.normalize_input(sample * self.input_scale))
 
     def _scaled(self, batch: Tensor) -> Tensor:
         dtype = self.sae.W_enc.dtype
@@ -67,7 +67,7 @@ class SAEModule(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
         step = self.global_step
-        x = self._scaled(batch)
+        x = self.sae.normalize_input(self._scaled(batch))  # train/ metrics are in its units
         out = self.sae.training_loss(x, step, warmup_factor(step, self.cfg.sparsity_warmup_steps))
         if not torch.isfinite(out.loss):
             culprit = "batch" if not torch.isfinite(batch).all() else "loss"
@@ -127,7 +127,7 @@ class SAEModule(pl.LightningModule):
             return
         x = self._scaled(batch)
         z = self.sae.encode(x)
-        x_hat = self.sae.decode(z) / self.input_scale.to(x.dtype)
+        x_hat = self.sae.decode(z, x) / self.input_scale.to(x.dtype)
         self._val.update(batch.to(x.dtype), x_hat, z)
 
     def on_validation_epoch_end(self) -> None:

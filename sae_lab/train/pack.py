@@ -151,7 +151,7 @@ class PackModule(pl.LightningModule):
         """Forward, backward, parallel-gradient removal and clipping of member i (the order
         Lightning's automatic optimisation runs for one SAEModule). False: no update."""
         m = self.members[i]
-        x = m._scaled(batch)
+        x = m.sae.normalize_input(m._scaled(batch))
         out = m.sae.training_loss(x, step, warmup_factor(step, m.cfg.sparsity_warmup_steps))
         if not torch.isfinite(out.loss):
             culprit = "batch" if not torch.isfinite(batch).all() else "loss"
@@ -200,7 +200,7 @@ class PackModule(pl.LightningModule):
             m = self.members[i]
             x = m._scaled(batch)
             z = m.sae.encode(x)
-            stats.update(batch.to(x.dtype), m.sae.decode(z) / m.input_scale.to(x.dtype), z)
+            stats.update(batch.to(x.dtype), m.sae.decode(z, x) / m.input_scale.to(x.dtype), z)
 
     def on_validation_epoch_end(self) -> None:
         tokens = float(self.global_step * self.cfg.batch_size)
