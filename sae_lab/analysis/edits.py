@@ -7,9 +7,12 @@ With z = encode(h) at each position and z' = z after the edits (applied in the o
     clamp  "i:=N"   z'_i = N
     "all:..."       the same edit on every latent ("all:x0.5" halves them all)
 
-    no splice:          h' = h + (z' - z) @ W_dec                 the SAE's error stays in h
-    splice drop-error:  h' = decode(z')                           the model runs on the SAE
-    splice keep-error:  h' = decode(z') + (h - decode(z))         = the line above, re-derived
+    no splice:          h' = h + (z' - z) @ W_dec / s             the SAE's error stays in h
+    splice drop-error:  h' = decode(z', h)                        the model runs on the SAE
+    splice keep-error:  h' = decode(z', h) + (h - decode(z, h))   = the line above, re-derived
+
+where s = sqrt(d_in) / ||h|| for an SAE with token_norm (its codes are in the units of h scaled to
+norm sqrt(d_in), so an added N * W_dec[i] scales with the token's norm), else 1.
 
 so "halve every latent, then add one" is `all:x0.5 123:+4` (Templeton et al. 2024 steer by
 clamping features; the splice is the SAE-in-the-loop of downstream-loss evaluations). Edits apply

@@ -112,17 +112,17 @@ def reference_rows(prefix: str = "sae.") -> list[tuple[str, str, Any, str]]:
         docs["architecture"] = f"One of {', '.join(ARCHITECTURES)}."
         for field_name, info in cls.config_cls.__pydantic_fields__.items():
             default = DEFAULT_ARCHITECTURE if field_name == "architecture" else info.default
-            if field_name not in COMMON_FIELDS:
-                owners.setdefault(field_name, {})[name] = default
+            owners.setdefault(field_name, {})[name] = default
             rows.setdefault(field_name, [f"{prefix}{field_name}", _type_name(info.annotation),
                                          default, docs.get(field_name, "")])
     for field_name, by_arch in owners.items():
         row = rows[field_name]
-        doc = row[3]
-        if doc[1:2].islower():  # "Steps over ..." reads "topk: steps over ..."; "EMA ..." stays
-            doc = doc[:1].lower() + doc[1:]
-        row[3] = f"{'/'.join(by_arch)}: {doc}"
-        if len(set(by_arch.values())) > 1:
+        if field_name not in COMMON_FIELDS:
+            doc = row[3]
+            if doc[1:2].islower():  # "Steps over ..." reads "topk: steps over ..."; "EMA ..."
+                doc = doc[:1].lower() + doc[1:]
+            row[3] = f"{'/'.join(by_arch)}: {doc}"
+        if field_name != "architecture" and len(set(by_arch.values())) > 1:
             row[3] += " Default: " + ", ".join(f"{a} {d!r}" for a, d in by_arch.items()) + "."
     rows["architecture"][1] = " | ".join(repr(a) for a in ARCHITECTURES)
     return [tuple(r) for r in rows.values()]
