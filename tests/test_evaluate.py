@@ -25,7 +25,7 @@ X = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, -2.0], [1.0, 0.0]])
 
 def relu_of_x_sae(dec_scale: float = 1.0):
     """x_hat = dec_scale * ReLU(x) with latents 0, 1; latents 2, 3 never fire."""
-    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=2, d_sae=4))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=2, d_sae=4, token_norm=False))
     with torch.no_grad():
         sae.W_enc.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         sae.b_enc.copy_(torch.tensor([0.0, 0, -1, -1]))

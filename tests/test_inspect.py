@@ -42,7 +42,7 @@ def fake_blocks(acts: torch.Tensor, docs: list[int], block: int = 7):
 
 
 def identity_relu_sae(d: int):
-    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=d, d_sae=d))
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=d, d_sae=d, token_norm=False))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(d))
         sae.W_dec.copy_(torch.eye(d))

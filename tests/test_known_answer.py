@@ -138,12 +138,8 @@ def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
 # it leaves this table; not strict within 0.02 of the bar, where another CPU's sums could tip the
 # cell either way.
 FAMILY_SHORT: dict[tuple[str, str], str] = {
-    ("batchtopk", "base"): "0.82 / 0.03",
     ("matryoshka", "base"): "0.18 / 0.04",
-    ("batchtopk", "skewed+noisy"): "0.65 / 0.06",
     ("matryoshka", "skewed+noisy"): "0.22 / 0.01",
-    ("batchtopk", "heavy+wide"): "0.42 / 0.00",
-    ("jumprelu", "heavy+wide"): "0.80 / 0.00",
     ("matryoshka", "heavy+wide"): "0.00 / 0.14",
 }
 MARGINAL: set[tuple[str, str]] = set()
