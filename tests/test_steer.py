@@ -68,6 +68,24 @@ def test_add_moves_activation_by_exactly_scale_times_decoder_row(model, hook):
     assert torch.allclose(h1 - h0, (4.0 * sae.W_dec[LATENT]).expand_as(h0), atol=1e-5)
 
 
+def test_token_norm_sae_edits_move_the_activation_in_its_own_units(model):
+    """With token_norm the codes are those of h scaled to norm sqrt(d): adding N to a latent
+    moves h by N * W_dec[i] * ||h|| / sqrt(d), and the splice reconstructs at h's norm."""
+    sae = make_sae(arch="relu")
+    assert sae.cfg.token_norm
+    ids = torch.randint(0, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    h0, _ = hook_output(model, 0, "resid_post", ids)
+    h1, _ = hook_output(model, 0, "resid_post", ids, steering(sae, f"{LATENT}:+4"))
+    scale = h0.norm(dim=-1, keepdim=True) / 64**0.5  # [B, T, 1]: differs per position
+    assert scale.std() > 0.01 * scale.mean()
+    assert torch.allclose(h1 - h0, 4.0 * sae.W_dec[LATENT] * scale, atol=1e-4)
+    kept, _ = hook_output(model, 0, "resid_post", ids, steering(sae, splice="keep-error"))
+    assert torch.allclose(kept, h0, atol=1e-4)  # no edits, error kept: h itself
+    dropped, _ = hook_output(model, 0, "resid_post", ids, steering(sae, splice="drop-error"))
+    with torch.no_grad():
+        assert torch.allclose(dropped, sae(h0.flatten(0, 1)).view_as(h0), atol=1e-4)
+
+
 def test_clamp_sets_the_latents_contribution(model):
     sae = make_sae()
     ids = torch.randint(0, 200, (2, 10), generator=torch.Generator().manual_seed(1))
