@@ -134,10 +134,9 @@ def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
 # (tests/recovery_family.py: settings, the rule, the table; `python -m tests.recovery_family`).
 # Issue 16's bar is matched >= 0.9 at cos >= 0.9 with <= 5% dead in every cell. Every cell meets
 # it (2026-12-02: the lowest is TopK on skewed+noisy, 0.94; over feature seeds 1-3, ReLU's 0.92
-# there, seed 3). A cell
-# measured short of it goes here as 'matched / dead': strict where far from the bar, so a fix that
-# lifts it fails here until it leaves this table; not strict within 0.02 of the bar, where
-# another CPU's sums could tip the cell either way.
+# there, seed 3). A cell measured short of it goes here as 'matched / dead': strict where far
+# from the bar, so a fix that lifts it fails here until it leaves this table; not strict within
+# 0.02 of the bar, where another CPU's sums could tip the cell either way.
 FAMILY_SHORT: dict[tuple[str, str], str] = {}
 MARGINAL: set[tuple[str, str]] = set()
 """Cells within 0.02 of the bar (either side): xfail, not strict."""
