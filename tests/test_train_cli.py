@@ -75,6 +75,21 @@ def test_resume_with_a_changed_config_is_refused_before_writing(tmp_path, capsys
     assert code == 0 and "tokens=1536" in out
 
 
+def test_resuming_a_run_from_before_token_norm_names_it(tmp_path, capsys):
+    """A config.yaml written before sae.token_norm existed holds no such key: that run was
+    trained without it, so resuming under today's default (on for relu) must not go ahead."""
+    cfg = write_config(tmp_path, sae={"architecture": "relu", "expansion_factor": 4})
+    assert run(["train", cfg], capsys)[0] == 0
+    saved_path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    assert saved["sae"].pop("token_norm") is True
+    saved_path.write_text(yaml.safe_dump(saved))
+    code, _, err = run(["train", cfg, "--resume"], capsys)
+    assert code == 2 and "sae.token_norm: False -> True" in one_line(err)
+    code, _, _ = run(["train", cfg, "--set", "sae.token_norm=false", "--resume"], capsys)
+    assert code == 0
+
+
 def test_resume_on_data_of_another_width_is_refused_before_writing(tmp_path, capsys):
     npy = tmp_path / "acts.npy"
     np.save(npy, np.random.default_rng(0).standard_normal((2048, 8)).astype(np.float32))

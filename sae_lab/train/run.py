@@ -17,6 +17,7 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from sae_lab.config import load_yaml
 from sae_lab.data.arrays import ArrayDataModule
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.live import LiveDataModule
@@ -143,7 +144,7 @@ def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
         raise RunDirError(f"--resume: {out} has no checkpoints/last.ckpt to continue from; "
                           "remove the directory or choose another out_dir")
     if saved.is_file():
-        before = _flat(TrainConfig.from_yaml(saved).to_dict())
+        before = _flat(saved_config(saved).to_dict())
         now = _flat(cfg.to_dict())
         diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                  if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES]
@@ -151,6 +152,15 @@ def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
             raise RunDirError(f"--resume: the config differs from the run in {saved} ("
                               f"{'; '.join(diffs)}); resume with the same config")
     return ckpt
+
+
+def saved_config(path: Path) -> TrainConfig:
+    """A run's config.yaml (a full dump): one written before sae.token_norm existed was trained
+    without it, whatever today's default."""
+    d = load_yaml(path.read_text(), str(path)) or {}
+    if isinstance(d, dict) and isinstance(d.get("sae"), dict):
+        d["sae"].setdefault("token_norm", False)
+    return TrainConfig.from_dict(d, str(path))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
