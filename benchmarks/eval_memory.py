@@ -53,7 +53,7 @@ def child(arch: str, d_in: int, d_sae: int, batch: int) -> dict:
     import torch
 
     from sae_lab.sae import ARCHITECTURES, sae_config
-    from sae_lab.train.metrics import ReconStats, stream_stats
+    from sae_lab.training.metrics import ReconStats, stream_stats
 
     extra = {"k": 32} if ARCHITECTURES[arch].k_based else {}
     sae = ARCHITECTURES[arch](sae_config(arch, d_in=d_in, d_sae=d_sae, **extra))

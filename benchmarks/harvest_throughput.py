@@ -29,8 +29,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from sae_lab.assets import write_corpus  # noqa: E402
 from sae_lab.data import harvest as H  # noqa: E402
-from sae_lab.data import layers as L  # noqa: E402
 from sae_lab.data.shards import ShardSetWriter  # noqa: E402
+from sae_lab.lm import hooks as L  # noqa: E402
 
 
 def timed_run(cfg: H.HarvestConfig, model, tokenizer, write: bool

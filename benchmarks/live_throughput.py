@@ -32,8 +32,8 @@ from sae_lab.assets import write_corpus  # noqa: E402
 from sae_lab.data import harvest as H  # noqa: E402
 from sae_lab.data.config import DataConfig  # noqa: E402
 from sae_lab.data.live import LiveDataModule  # noqa: E402
-from sae_lab.train.config import TrainConfig  # noqa: E402
-from sae_lab.train.run import train  # noqa: E402
+from sae_lab.training.config import TrainConfig  # noqa: E402
+from sae_lab.training.run import train  # noqa: E402
 
 
 class StepClock(pl.Callback):

@@ -25,8 +25,8 @@ import torch
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.shards import ShardSetWriter
 from sae_lab.sae import sae_config
-from sae_lab.train.config import DataConfig, TrainConfig
-from sae_lab.train.run import build_module, first_batch
+from sae_lab.training.config import DataConfig, TrainConfig
+from sae_lab.training.run import build_module, first_batch
 
 D_IN, BATCH = 384, 4096
 

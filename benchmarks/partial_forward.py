@@ -21,8 +21,8 @@ import time
 import torch
 import transformers as T
 
-from sae_lab.data import layers as L
-from sae_lab.models import load_model
+from sae_lab.lm import hooks as L
+from sae_lab.lm.load import load_model
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sae_lab.data import layers as L
-from sae_lab.models import load_model, load_tokenizer, resolve_model
+from sae_lab.lm import hooks as L
+from sae_lab.lm.load import load_model, load_tokenizer, resolve_model
 
 
 def batch(model_name: str) -> tuple[dict, torch.Tensor]:

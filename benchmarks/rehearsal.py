@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
 LLAMA_3B = dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
                 num_key_value_heads=8, vocab_size=128_256, max_position_embeddings=2048,
@@ -71,7 +71,7 @@ def rss() -> int:
 
 def train_config(a: argparse.Namespace, model_dir: str, corpus: str, out: str) -> TrainConfig:
     """The rehearsal's run: `sae-lab train` with this config does the same."""
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
     return TrainConfig.from_dict({
         "sae": {"architecture": "topk", "d_sae": a.d_sae, "k": 32, "decoder": "sparse"},
@@ -123,7 +123,7 @@ def part_3b_child(a: argparse.Namespace) -> dict:
     """`sae_lab.train` of the rehearsal's config: step times, and peak RSS where it grows."""
     import pytorch_lightning as pl
 
-    from sae_lab.train.run import train
+    from sae_lab.training.run import train
 
     d = a.path
     cfg = train_config(a, f"{d}/llama-3b-shape", f"{d}/corpus.txt", f"{d}/run")
@@ -160,8 +160,8 @@ def part_7b_child(path: str, quantize: str) -> dict:
     import transformers  # noqa: F401  (imported before the baseline)
 
     from sae_lab import plan as P
-    from sae_lab.data import layers as L
-    from sae_lab.models import load_model
+    from sae_lab.lm import hooks as L
+    from sae_lab.lm.load import load_model
 
     base = rss()
     model = load_model(path, lm_head=False, quantize=quantize)

@@ -24,8 +24,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from sae_lab.assets import minilm_path, write_corpus  # noqa: E402
 from sae_lab.data import harvest as H  # noqa: E402
-from sae_lab.train.config import TrainConfig  # noqa: E402
-from sae_lab.train.run import train  # noqa: E402
+from sae_lab.training.config import TrainConfig  # noqa: E402
+from sae_lab.training.run import train  # noqa: E402
 
 # Per architecture: the sparsity settings tried (k, or lambda), around the demo sweep's ranges.
 SETTINGS = {"relu": [2.0, 4.0, 8.0], "jumprelu": [0.25, 1.0, 4.0], "gated": [1.0, 3.0, 9.0],

@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from sae_lab.sae import ARCHITECTURES, sae_config
-from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig
-from sae_lab.train.module import SAEModule
-from sae_lab.train.run import train
+from sae_lab.training.config import DataConfig, SyntheticConfig, TrainConfig
+from sae_lab.training.module import SAEModule
+from sae_lab.training.run import train
 
 
 class PlainTopK(nn.Module):

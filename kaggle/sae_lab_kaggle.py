@@ -423,8 +423,8 @@ def export(args, sweep, result, shards: Path, out: Path, model: str, stage, stop
 def export_live(saes: dict, out: Path, stopped: bool, stage) -> int:
     """--live: SAELens exports of the best SAEs; their metrics are the trials' own held-out
     ones (the results table above), as no shards exist to evaluate on."""
-    from sae_lab.analysis.lm import load_sae_dir
     from sae_lab.export import export_saelens
+    from sae_lab.lm.attach import load_sae_dir
 
     stage("SAELens exports")
     for arch, d in saes.items():

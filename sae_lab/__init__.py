@@ -4,16 +4,14 @@
     result = sae_lab.train(sae_lab.TrainConfig(...))   # -> TrainResult(sae, metrics, out_dir)
     sae = sae_lab.load("runs/sae/final")
 
-`sae_lab.train` is a function; the training code lives in the subpackage `sae_lab/train/`
-(imported as `from sae_lab.train.run import ...`). Lightning is imported only when training
-starts, so `import sae_lab` and `sae-lab --help` stay quick.
+`sae_lab.train` is a function; the training code lives in the subpackage `sae_lab.training`.
+Lightning is imported only when training starts, so `import sae_lab` and `sae-lab --help` stay
+quick.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from sae_lab.version import __version__
@@ -24,13 +22,13 @@ _SAE_NAMES = ("ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "sae_config",
               "GatedConfig", "JumpReLUConfig")
 _LAZY = {
     **dict.fromkeys(_SAE_NAMES, "sae_lab.sae"),
-    **dict.fromkeys(("DataConfig", "SyntheticConfig", "TrainConfig"), "sae_lab.train.config"),
+    **dict.fromkeys(("DataConfig", "SyntheticConfig", "TrainConfig"), "sae_lab.training.config"),
 }
 
 if TYPE_CHECKING:
     from sae_lab.sae import ARCHITECTURES, SAE, SAEConfig, load  # noqa: F401
-    from sae_lab.train.config import DataConfig, SyntheticConfig, TrainConfig  # noqa: F401
-    from sae_lab.train.run import TrainResult
+    from sae_lab.training.config import DataConfig, SyntheticConfig, TrainConfig  # noqa: F401
+    from sae_lab.training.run import TrainResult
 
 
 def __getattr__(name: str) -> Any:
@@ -41,22 +39,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-class _Package(types.ModuleType):
-    """Keeps `sae_lab.train` the function below: importing the subpackage sae_lab.train would
-    otherwise rebind the name to the module (the import system sets it on its parent)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "train" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def train(cfg: TrainConfig, callbacks=(), ckpt_path=None, logger: bool = True) -> TrainResult:
-    """Train one SAE; see `sae_lab.train.run.train`."""
-    from sae_lab.train.run import train as _train
+    """Train one SAE; see `sae_lab.training.run.train`."""
+    from sae_lab.training.run import train as _train
 
     return _train(cfg, callbacks=callbacks, ckpt_path=ckpt_path, logger=logger)
 

@@ -24,7 +24,7 @@ from typing import Annotated
 from pydantic import Field
 
 from sae_lab import assets
-from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
+from sae_lab.cli.args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import ConfigError, config, require
 from sae_lab.files import atomic_write_json
 

@@ -111,14 +111,14 @@ def _table(rows: list[tuple[str, str, Any, str]]) -> str:
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for name, tp, default, doc in rows:
         shown = _default(default) if default not in ({}, "{...}") else ""
-        tp = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", tp)  # sae_lab.train.config.X -> X
+        tp = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", tp)  # sae_lab.training.config.X -> X
         lines.append(f"| `{name}` | {_cell(tp)} | {shown} | {_cell(doc)} |")
     return "\n".join(lines)
 
 
 def config_reference() -> str:
     from sae_lab.sweep.space import SweepConfig
-    from sae_lab.train.config import TrainConfig, reference
+    from sae_lab.training.config import TrainConfig, reference
 
     return "\n".join([
         "**Training config** (`sae-lab train CONFIG.yaml`, `sae_lab.TrainConfig`, the `base:` of "

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sae_lab.cli_args import DefaultsFormatter, int_at_least
+from sae_lab.cli.args import DefaultsFormatter, int_at_least
 from sae_lab.files import atomic_file, atomic_write_json
-from sae_lab.models import is_causal, load_lm, resolve_device
+from sae_lab.lm.load import is_causal, load_lm, resolve_device
 
 if TYPE_CHECKING:  # torch is imported inside the functions: `sae-lab eval --help` stays fast
     import torch
@@ -50,7 +50,7 @@ class EvalStats:
     def __init__(self, d_sae: int) -> None:
         import torch
 
-        from sae_lab.train.metrics import ReconStats
+        from sae_lab.training.metrics import ReconStats
 
         self.recon = ReconStats()
         self.n = 0
@@ -76,7 +76,7 @@ class EvalStats:
         return self.fires.double() / max(self.n, 1)
 
     def compute(self) -> dict[str, float]:
-        from sae_lab.train.metrics import DEAD_FRAC
+        from sae_lab.training.metrics import DEAD_FRAC
 
         m = self.recon.compute()
         dead = float((self.fires == 0).double().mean())
@@ -100,7 +100,7 @@ class EvalResult(NamedTuple):
 def evaluate_sae(sae: SAE, batches: Iterable[Tensor], device: str | torch.device = "cpu"
                  ) -> EvalResult:
     """Stream [B, d_in] activation batches through `sae` (in eval mode) and sum the metrics."""
-    from sae_lab.train.metrics import stream_stats
+    from sae_lab.training.metrics import stream_stats
 
     stats = stream_stats(sae.to(device), batches, EvalStats(sae.d_sae))
     if stats.n == 0:
@@ -247,7 +247,7 @@ def _downstream_sums(model: nn.Module, batches: Iterable[Any], layer: int, hook:
     import torch
     from torch import Tensor
 
-    from sae_lab.analysis.splice import edit_activation
+    from sae_lab.lm.splice import edit_activation
 
     model.eval()
     device = next(model.parameters()).device
@@ -331,7 +331,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.analysis.lm import add_hook_args
+    from sae_lab.lm.attach import add_hook_args
     p = sub.add_parser(
         "eval",
         help="held-out metrics of an SAE, and its downstream loss",
@@ -368,8 +368,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.lm import check_shards, hook_point, load_sae_dir, model_name
     from sae_lab.data.shards import read_manifest
+    from sae_lab.lm.attach import check_shards, hook_point, load_sae_dir, model_name
     if not args.shards and not args.dataset:
         raise ValueError("nothing to evaluate: give --shards (reconstruction metrics) and/or "
                          "--dataset (downstream loss)")

@@ -39,11 +39,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sae_lab.analysis.lm import load_sae_dir
-from sae_lab.data.layers import hook_name
 from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
 from sae_lab.files import atomic_dir, check_output_dir
-from sae_lab.models import canonical_name
+from sae_lab.lm.attach import load_sae_dir
+from sae_lab.lm.hooks import hook_name
+from sae_lab.lm.load import canonical_name
 from sae_lab.sae.base import SAE
 
 # The first SAELens release with this layout (metadata block, architecture-specific classes).

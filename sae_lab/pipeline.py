@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sae_lab.analysis.browser import feature_browser
-from sae_lab.analysis.lm import load_sae_dir
 from sae_lab.data.shards import read_manifest
 from sae_lab.evaluate import evaluate_sae, save_report, shard_activations
 from sae_lab.export import export_saelens
-from sae_lab.models import is_causal
+from sae_lab.lm.attach import load_sae_dir
+from sae_lab.lm.load import is_causal
+from sae_lab.reading.browser import feature_browser
 from sae_lab.sweep.report import SweepResult
 
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from sae_lab.data.harvest import HarvestConfig
     from sae_lab.sweep.space import SweepConfig
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
 Where = Literal["disk", "host", "device"]
 GiB = 2**30
@@ -181,7 +181,7 @@ def _safetensors_bytes(rows: int, d_in: int, dtype: str) -> int:
 def model_config(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
-    from sae_lab.models import resolve_model
+    from sae_lab.lm.load import resolve_model
 
     return AutoConfig.from_pretrained(resolve_model(name), revision=revision,
                                       trust_remote_code=trust_remote_code)
@@ -197,7 +197,7 @@ def model_bytes(config: Any, dtype: str = "float32", quantize: str = "none",
     from torch import nn
     from transformers import AutoModel
 
-    from sae_lab.models import truncate_config
+    from sae_lab.lm.load import truncate_config
 
     config = copy.deepcopy(config)
     if keep_layers is not None:
@@ -208,7 +208,7 @@ def model_bytes(config: Any, dtype: str = "float32", quantize: str = "none",
     total = 0
     quantized: set[int] = set()
     if quantize != "none":
-        from sae_lab.data.layers import blocks
+        from sae_lab.lm.hooks import blocks
 
         for block in blocks(model):
             for mod in block.modules():
@@ -244,7 +244,7 @@ def _device(name: str, gpus: int | None) -> str:
         return "cuda" if gpus > 0 and name != "cpu" else "cpu"
     if name.startswith("cuda"):
         return name  # planned even where this machine has no CUDA
-    from sae_lab.models import resolve_device
+    from sae_lab.lm.load import resolve_device
 
     return resolve_device(name)
 
@@ -255,7 +255,7 @@ def _device(name: str, gpus: int | None) -> str:
 def plan_harvest(cfg: HarvestConfig, config: Any = None, gpus: int | None = None) -> Plan:
     """Disk for the shards of every layer; memory for the model and its forward passes."""
     from sae_lab.data.harvest import _auto_shard_rows
-    from sae_lab.models import canonical_name
+    from sae_lab.lm.load import canonical_name
 
     config = config or model_config(cfg.model, cfg.revision, cfg.trust_remote_code)
     device = _device("cuda" if cfg.device_map == "auto" else cfg.device, gpus)
@@ -676,7 +676,7 @@ def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None,
         from sae_lab.data.harvest import HarvestConfig
 
         return plan_harvest(parse(HarvestConfig, data, str(p)), gpus=gpus)
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
     return plan_train(TrainConfig.from_dict(data, str(p)), gpus=gpus)
 

@@ -18,7 +18,7 @@ from sae_lab.files import atomic_write_json
 
 
 def train_schema() -> dict[str, Any]:
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
     schema = json_schema(TrainConfig, "sae-lab train config")
     schema["properties"]["sae"] = _sae_section(schema["properties"]["sae"])

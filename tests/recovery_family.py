@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from sae_lab.data.synthetic import make_features, recovery
 from sae_lab.sae import ARCHITECTURES
 from sae_lab.sae.batchtopk import BatchTopKSAE
 from sae_lab.sae.matryoshka import MatryoshkaSAE
-from sae_lab.synthetic import make_features, recovery
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import train
 
 # Each setting moves some of the generator's knobs away from "base". Seed 1, not the training
 # seed 0 (see test_the_sae_does_not_start_at_the_answer).

@@ -3,8 +3,8 @@
 
 import pytest
 
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import train
 
 
 @pytest.mark.parametrize("k, k_start", [(12, 0), (12, 48)])

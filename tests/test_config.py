@@ -22,7 +22,7 @@ from sae_lab.config import (
     register_renamed,
     require,
 )
-from sae_lab.train.config import TrainConfig
+from sae_lab.training.config import TrainConfig
 
 
 def train_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -209,7 +209,7 @@ def test_reference_rows_expand_sections():
 
 
 def test_flags_from_a_config():
-    from sae_lab.cli_args import add_config_arguments, config_from_args
+    from sae_lab.cli.args import add_config_arguments, config_from_args
 
     @config
     class Cmd:
@@ -241,9 +241,9 @@ def test_flags_from_a_config():
 def test_harvest_config_choices_match_what_harvest_supports():
     from typing import get_args
 
-    from sae_lab.data import layers as L
     from sae_lab.data.harvest import HarvestConfig
     from sae_lab.data.shards import DTYPES
+    from sae_lab.lm import hooks as L
 
     hints = {n: f.annotation for n, f in HarvestConfig.__pydantic_fields__.items()}
     assert set(get_args(hints["hook"])) == set(L.HOOKS)

@@ -14,7 +14,7 @@ import torch
 
 from sae_lab.data.datamodule import ShardDataModule, shuffle_batches
 from sae_lab.data.shards import ShardError, ShardSetWriter
-from sae_lab.train.config import DataConfig
+from sae_lab.training.config import DataConfig
 
 D = 4
 HEADER = {"model": "m", "layer": 0, "hook": "resid_post"}
@@ -150,8 +150,8 @@ def test_too_few_shards_are_reported(shard_dir):
 def test_sae_width_that_disagrees_with_the_manifest_names_both(shard_dir):
     from sae_lab.sae import sae_config
     from sae_lab.sae.config import ConfigError
-    from sae_lab.train.config import TrainConfig
-    from sae_lab.train.run import build_module
+    from sae_lab.training.config import TrainConfig
+    from sae_lab.training.run import build_module
 
     data = DataConfig(shards=str(shard_dir))
     cfg = TrainConfig(sae=sae_config(d_in=512), data=data, batch_size=256, max_tokens=1024)

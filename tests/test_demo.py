@@ -52,7 +52,7 @@ def test_flags_come_from_the_config_fields():
     """Every DemoConfig field is a flag (its docstring the help); values reach the config."""
     import argparse
 
-    from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
+    from sae_lab.cli.args import DefaultsFormatter, add_config_arguments, config_from_args
 
     p = argparse.ArgumentParser(formatter_class=DefaultsFormatter)
     add_config_arguments(p, DemoConfig, flags={"overrides": "--set"})

@@ -1,4 +1,4 @@
-"""One device resolver and one model loader (sae_lab.models), used by harvest, train, eval,
+"""One device resolver and one model loader (sae_lab.lm.load), used by harvest, train, eval,
 inspect and steer alike."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_lab.cli import main
-from sae_lab.models import load_model, load_tokenizer, resolve_device
+from sae_lab.lm.load import load_model, load_tokenizer, resolve_device
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sae_lab.evaluate import (
     save_report,
 )
 from sae_lab.sae import ARCHITECTURES, sae_config
-from sae_lab.train.metrics import fvu
+from sae_lab.training.metrics import fvu
 
 X = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, -2.0], [1.0, 0.0]])
 

@@ -88,7 +88,7 @@ def test_inspect_values_are_checked_up_front(tmp_path, capsys):
 
 
 def test_browser_json_escapes_every_lt():
-    from sae_lab.analysis.browser import render_html
+    from sae_lab.reading.browser import render_html
 
     html = render_html([{"id": 0, "contexts": [{"tokens": ["<!--<script>", "</script>"]}]}],
                        "summary <!--<script>")
@@ -100,7 +100,7 @@ def test_browser_json_escapes_every_lt():
 
 
 def test_inspect_and_export_refuse_a_foreign_out_before_any_work(tmp_path, capsys, monkeypatch):
-    from sae_lab.analysis import lm
+    from sae_lab.lm import attach as lm
 
     acts, sae = small_set(tmp_path)
     foreign = tmp_path / "proj"
@@ -118,7 +118,7 @@ def test_inspect_and_export_refuse_a_foreign_out_before_any_work(tmp_path, capsy
 
 
 def test_inspect_shows_a_progress_bar_over_the_rows(capsys):
-    from sae_lab.analysis.browser import _counted
+    from sae_lab.reading.browser import _counted
 
     blocks = [{"acts": torch.zeros(n, 2)} for n in (1024, 1024, 500)]
     assert list(_counted(iter(blocks), 2000, True)) == blocks  # unchanged, all passed on

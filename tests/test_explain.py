@@ -22,8 +22,8 @@ import pytest
 import torch
 from tiny import make_sae
 
-from sae_lab.analysis.contexts import TokenText, top_activations
-from sae_lab.analysis.explain import (
+from sae_lab.reading.contexts import TokenText, top_activations
+from sae_lab.reading.explain import (
     EndpointError,
     HTTPChat,
     LocalChat,
@@ -246,10 +246,10 @@ def test_browser_shows_titles(tmp_path):
     """`sae-lab inspect` output gains the titles of explained latents (list, panel, search)."""
     from test_inspect import chromium_dom
 
-    from sae_lab.analysis.browser import write_browser
-    from sae_lab.analysis.contexts import latent_records
-    from sae_lab.analysis.explain import attach_titles
     from sae_lab.files import atomic_write_json
+    from sae_lab.reading.browser import write_browser
+    from sae_lab.reading.contexts import latent_records
+    from sae_lab.reading.explain import attach_titles
 
     sae = token_sae()
     top = top_activations(sae, one_hot_blocks(), n=3)
@@ -271,9 +271,9 @@ def test_contexts_read_as_text_for_wordpiece_and_bpe(tiny_lm):
     """The LLM sees words, not `##` pieces glued together, with the activating piece marked."""
     import numpy as np
 
-    from sae_lab.analysis.contexts import TopActivations
-    from sae_lab.analysis.explain import _context
-    from sae_lab.analysis.lm import load_tokenizer
+    from sae_lab.lm.attach import load_tokenizer
+    from sae_lab.reading.contexts import TopActivations
+    from sae_lab.reading.explain import _context
 
     text = "Load the mimetypes database from the Windows registry; parse it."
     for name in ("minilm", str(tiny_lm)):

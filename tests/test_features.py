@@ -10,9 +10,9 @@ import pytest
 import torch
 from tiny import make_sae
 
-from sae_lab.analysis.features import features_json, format_features, text_features
-from sae_lab.analysis.lm import load_lm
 from sae_lab.cli import main
+from sae_lab.lm.attach import load_lm
+from sae_lab.reading.features import features_json, format_features, text_features
 
 TEXT = "The beginning and end of each header; parse it."
 

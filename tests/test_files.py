@@ -48,7 +48,7 @@ def test_export_refuses_a_directory_holding_other_files(tmp_path, capsys):
 
 
 def test_inspect_output_refuses_a_sweep(tmp_path):
-    from sae_lab.analysis.browser import write_browser
+    from sae_lab.reading.browser import write_browser
 
     sweep = tmp_path / "sweeps" / "x"
     sweep.mkdir(parents=True)
@@ -69,7 +69,7 @@ def test_earlier_outputs_are_replaced(tmp_path):
         [MARKER, "cfg.json", "sae_weights.safetensors"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
     # another command's output is not ours to replace
-    from sae_lab.analysis.browser import write_browser
+    from sae_lab.reading.browser import write_browser
 
     with pytest.raises(OutputDirError, match="export"):
         write_browser([], out, "s")

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from sae_lab.data.harvest import HarvestConfig, harvest
-from sae_lab.data.layers import LayerError
 from sae_lab.data.shards import iter_blocks, read_manifest, verify
 from sae_lab.data.text import DatasetError, iter_texts, window_batches
+from sae_lab.lm.hooks import LayerError
 
 HARVEST = [sys.executable, "-m", "sae_lab.cli", "harvest"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

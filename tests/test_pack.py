@@ -6,9 +6,9 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.pack import train_pack
-from sae_lab.train.run import train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.pack import train_pack
+from sae_lab.training.run import train
 
 BASE = {
     "data": {"synthetic": {"d": 16, "n_features": 32, "active": 3, "n_tokens": 4096}},

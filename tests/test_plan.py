@@ -11,7 +11,7 @@ import transformers as T
 from sae_lab import plan as P
 from sae_lab.cli import main
 from sae_lab.data.shards import ShardSetWriter, read_manifest
-from sae_lab.train.config import TrainConfig
+from sae_lab.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_over_budget_train_is_refused_and_no_plan_check_skips_the_check(tmp_path
     assert not out.exists()
     import importlib
 
-    run = importlib.import_module("sae_lab.train.run")
+    run = importlib.import_module("sae_lab.training.run")
 
     called = []
     monkeypatch.setattr(run, "train", lambda cfg, **kw: called.append(cfg) or 1 / 0)
@@ -164,7 +164,7 @@ def test_a_live_train_plan_counts_the_model_and_its_pool(tiny_lm, corpus):
     """data.live: d_in from the model's config, and the model's weights, one forward pass and the
     shuffle pool on the device, next to the SAE."""
     from sae_lab.plan import model_bytes, model_config, plan_train
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
     cfg = TrainConfig.from_dict({
         "data": {"live": {"model": str(tiny_lm), "dataset": str(corpus), "layers": [0],

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from tiny import HOOK, LAYER, make_sae
 
-from sae_lab.analysis.lm import load_lm
-from sae_lab.analysis.probe import (
+from sae_lab.lm.attach import load_lm
+from sae_lab.reading.probe import (
     prototype_scores,
     read_labelled,
     run_probes,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_inspect import chromium_dom
 
-from sae_lab.analysis.browser import write_browser
-from sae_lab.analysis.contexts import TokenText, TopActivations, latent_records
-from sae_lab.analysis.lm import load_tokenizer
+from sae_lab.lm.attach import load_tokenizer
+from sae_lab.reading.browser import write_browser
+from sae_lab.reading.contexts import TokenText, TopActivations, latent_records
 
 
 def one_context(tokenizer, text: str, at_token: str, left: int = 30, right: int = 30):

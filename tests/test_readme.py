@@ -23,7 +23,7 @@ def test_generated_sections_are_current():
 
 def test_check_mode_names_a_stale_section(tmp_path, capsys):
     from sae_lab.config import field_docs
-    from sae_lab.train.config import TrainConfig
+    from sae_lab.training.config import TrainConfig
 
     doc = field_docs(TrainConfig)["lr"]
     stale = tmp_path / "README.md"
@@ -35,7 +35,7 @@ def test_check_mode_names_a_stale_section(tmp_path, capsys):
 
 
 def test_reference_covers_every_command_and_config_field():
-    from sae_lab.train.config import reference
+    from sae_lab.training.config import reference
 
     sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
                and "train" in a.choices)

@@ -15,7 +15,7 @@ from sae_lab import ARCHITECTURES, load, sae_config
 from sae_lab.cli import main
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.shards import iter_blocks, read_manifest
-from sae_lab.train.config import DataConfig
+from sae_lab.training.config import DataConfig
 
 TOKENS = 51_200  # >= 50k rows; 12 full shards of 4096 and one of 2048
 

@@ -250,7 +250,7 @@ def test_auxk_uses_dead_latents_only(arch, decoder):
 
 
 def test_k_schedule_start_middle_end():
-    from sae_lab.schedules import k_at_step
+    from sae_lab.sae.topk import k_at_step
 
     assert k_at_step(0, 32, 128, 100, "linear") == 128
     assert k_at_step(50, 32, 128, 100, "linear") == 80
@@ -348,7 +348,7 @@ def test_jumprelu_thresholds_get_their_own_learning_rate():
 
 
 def test_lr_and_sparsity_warmup_schedules():
-    from sae_lab.schedules import lr_factor, warmup_factor
+    from sae_lab.training.schedules import lr_factor, warmup_factor
 
     assert lr_factor(0, 10, 100, 0.8) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100, 0.8) == 1.0

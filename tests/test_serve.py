@@ -21,9 +21,9 @@ import pytest
 import torch
 from tiny import HOOK, LAYER, make_sae
 
-from sae_lab.analysis.lm import load_lm
-from sae_lab.analysis.serve import Viewer
 from sae_lab.files import atomic_write_json
+from sae_lab.lm.attach import load_lm
+from sae_lab.reading.serve import Viewer
 
 TEXT = "The parser reads the file and returns a list of values."
 
@@ -170,7 +170,7 @@ def test_serve_in_chromium(tiny_lm, tmp_path):
 
 def test_viewer_known_answer(tiny_lm):
     """Per-token top latents are the SAE's encoding of the hook activations."""
-    from sae_lab.data.layers import capture, run_to_hooks
+    from sae_lab.lm.hooks import capture, run_to_hooks
 
     model, tok = load_lm(str(tiny_lm))
     sae = make_sae()

@@ -251,7 +251,7 @@ def test_training_reader_verifies_shards_without_being_told(tmp_path):
     """ShardDataModule calls read_shard(url, rows, d_in, dtype): the digest comes from the
     manifest, so a swapped shard stops training with an error naming it."""
     from sae_lab.data.datamodule import ShardDataModule
-    from sae_lab.train.config import DataConfig
+    from sae_lab.training.config import DataConfig
 
     write(tmp_path, 6144, shard_rows=2048)  # three shards; the last is held out
     (tmp_path / "shard-000001.tar").write_bytes((tmp_path / "shard-000000.tar").read_bytes())

@@ -9,11 +9,11 @@ import torch
 from tiny import make_sae
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from sae_lab.analysis.edits import Steering, parse_edit
-from sae_lab.analysis.lm import load_lm
-from sae_lab.analysis.splice import edit_activation
-from sae_lab.analysis.steer import format_side_by_side, steer
-from sae_lab.data.layers import hook_module, output_tensor
+from sae_lab.lm.attach import load_lm
+from sae_lab.lm.hooks import hook_module, output_tensor
+from sae_lab.lm.splice import edit_activation
+from sae_lab.reading.edits import Steering, parse_edit
+from sae_lab.reading.steer import format_side_by_side, steer
 
 LATENT = 3
 

@@ -258,7 +258,7 @@ def test_cpu_sweep_results_pareto_best(cluster, tmp_path):
     import ray
 
     from sae_lab.sweep.run import run_sweep
-    from sae_lab.train.run import evaluate_rows, make_datamodule
+    from sae_lab.training.run import evaluate_rows, make_datamodule
 
     d = tiny_sweep()
     # A fifth, doomed trial: lr=1e30 overflows to inf at step 1 (nan_policy: error). It is the

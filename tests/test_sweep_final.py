@@ -7,8 +7,8 @@ import json
 import pytest
 
 from sae_lab.sweep import run as sweep_run
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import TrainResult, evaluate_rows, make_datamodule, train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import TrainResult, evaluate_rows, make_datamodule, train
 
 CFG = {
     "sae": {"architecture": "topk", "k": 4, "expansion_factor": 4},

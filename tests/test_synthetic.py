@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_lab.config import ConfigError
-from sae_lab.synthetic import SyntheticConfig, magnitudes, make_features, sample
+from sae_lab.data.synthetic import SyntheticConfig, magnitudes, make_features, sample
 
 
 @pytest.mark.parametrize("dist", ["normal", "lognormal"])

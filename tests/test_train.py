@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from sae_lab import load
-from sae_lab.train.config import ConfigError, TrainConfig
-from sae_lab.train.run import evaluate_rows, train
+from sae_lab.training.config import ConfigError, TrainConfig
+from sae_lab.training.run import evaluate_rows, train
 
 TINY = {
     "sae": {"architecture": "topk", "k": 4, "expansion_factor": 4},
@@ -70,7 +70,7 @@ def test_normalisation_is_folded_into_saved_weights(tmp_path):
 
 
 def run_val_rows(cfg):
-    from sae_lab.train.run import make_datamodule
+    from sae_lab.training.run import make_datamodule
 
     return make_datamodule(cfg).val_dataloader()
 
@@ -136,7 +136,7 @@ class _Poison(torch.utils.data.IterableDataset):
 
 def _poisoned(cfg, bad_at):
     from sae_lab.data.arrays import ArrayDataModule
-    from sae_lab.synthetic import make_features, sample
+    from sae_lab.data.synthetic import make_features, sample
 
     rows = sample(cfg.data.synthetic, make_features(cfg.data.synthetic), 1024, seed=0)
     dm = ArrayDataModule(rows[:512], rows[512:], cfg.batch_size)
@@ -146,7 +146,7 @@ def _poisoned(cfg, bad_at):
 
 
 def test_nan_batch_stops_with_error_naming_the_step(tmp_path, monkeypatch):
-    from sae_lab.train import run
+    from sae_lab.training import run
 
     cfg = tiny(tmp_path)
     monkeypatch.setattr(run, "make_datamodule", lambda c: _poisoned(c, bad_at=7))
@@ -155,7 +155,7 @@ def test_nan_batch_stops_with_error_naming_the_step(tmp_path, monkeypatch):
 
 
 def test_nan_batch_skipped_and_counted(tmp_path, monkeypatch):
-    from sae_lab.train import run
+    from sae_lab.training import run
 
     cfg = tiny(tmp_path, nan_policy="skip")
     monkeypatch.setattr(run, "make_datamodule", lambda c: _poisoned(c, bad_at=7))

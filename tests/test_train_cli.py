@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from sae_lab.cli import main
-from sae_lab.train.config import TrainConfig
+from sae_lab.training.config import TrainConfig
 
 TINY = {
     "sae": {"architecture": "topk", "k": 4, "expansion_factor": 4},
@@ -118,7 +118,7 @@ def test_crafted_checkpoint_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_ctrl_c_exits_130_with_the_command_that_continues(tmp_path, capsys, monkeypatch):
-    from sae_lab.train import run as run_mod
+    from sae_lab.training import run as run_mod
 
     plain = run_mod.StopOnInterrupt.on_train_batch_end
 
@@ -175,7 +175,7 @@ def test_output_to_a_file_has_a_line_per_validation_and_no_banners(tmp_path, cap
 
 
 def test_progress_bar_counts_steps_and_shows_loss_and_fvu(tmp_path, capfd):
-    from sae_lab.train.run import train
+    from sae_lab.training.run import train
 
     cfg = TrainConfig.from_dict({**TINY, "progress_bar": True, "log_every_steps": 1,
                                  "out_dir": str(tmp_path / "bar")})
@@ -198,7 +198,7 @@ def test_print_config_is_reusable_with_another_data_source(tmp_path, capsys, tin
 
 def test_final_metrics_cover_the_whole_held_out_set(tmp_path, capsys):
     from sae_lab import load
-    from sae_lab.train.run import evaluate_rows, make_datamodule
+    from sae_lab.training.run import evaluate_rows, make_datamodule
 
     cfg = write_config(tmp_path, data={"synthetic": {**TINY["data"]["synthetic"],
                                                      "n_tokens": 8192}})
@@ -255,7 +255,7 @@ def test_non_finite_held_out_row_is_an_error_naming_its_shard(tmp_path, capsys, 
 
 
 def test_non_finite_held_out_rows_skipped_and_counted_when_asked(tmp_path, nan_shards):
-    from sae_lab.train.run import train
+    from sae_lab.training.run import train
 
     cfg = TrainConfig.from_dict({**TINY, "data": {"shards": str(nan_shards)}, "val_batches": 0,
                                  "nan_policy": "skip", "out_dir": str(tmp_path / "skip")})

@@ -8,8 +8,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import first_batch, make_datamodule, train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import first_batch, make_datamodule, train
 
 B = 128
 

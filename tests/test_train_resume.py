@@ -11,8 +11,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.run import TrainingInterrupted, train
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.run import TrainingInterrupted, train
 
 
 def config(tmp_path, name: str, data: dict, **over) -> TrainConfig:

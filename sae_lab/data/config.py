@@ -8,7 +8,7 @@ from pydantic import Field
 
 from sae_lab.config import ConfigError, PathStr, config, require
 from sae_lab.data.harvest import SourceConfig
-from sae_lab.synthetic import SyntheticConfig
+from sae_lab.data.synthetic import SyntheticConfig
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from sae_lab.cli_args import DefaultsFormatter, add_config_arguments, config_from_args
+from sae_lab.cli.args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import PathStr, config, require
-from sae_lab.models import (
+from sae_lab.lm.load import (
     canonical_name,
     check_path,
     load_model,
@@ -126,8 +126,8 @@ def harvest(cfg: HarvestConfig, model: Any = None, tokenizer: Any = None) -> dic
     `model` and `tokenizer` may be passed in (already loaded); otherwise they are loaded from
     cfg.model.
     """
-    from sae_lab.data import layers as L
     from sae_lab.data.shards import ShardSetWriter
+    from sae_lab.lm import hooks as L
 
     device = resolve_device(cfg.device)
     texts = open_texts(cfg)  # a missing dataset fails here: before the model, before any output
@@ -212,9 +212,9 @@ def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Sh
            device: torch.device, texts: Iterator[Document] | None) -> None:
     from tqdm.auto import tqdm
 
-    from sae_lab.data import layers as L
     from sae_lab.data.shards import DTYPES
     from sae_lab.data.text import DatasetError, iter_texts, window_batches
+    from sae_lab.lm import hooks as L
 
     start = min(w.rows for w in writers.values())
     limit = cfg.max_tokens or None
@@ -252,7 +252,7 @@ def _keep_layers(cfg: SourceConfig) -> int | None:
     read here, so that load_model reports the problem."""
     from transformers import AutoConfig
 
-    from sae_lab.models import resolve_model
+    from sae_lab.lm.load import resolve_model
 
     try:
         total = AutoConfig.from_pretrained(resolve_model(cfg.model), revision=cfg.revision,
@@ -266,7 +266,7 @@ def _keep_layers(cfg: SourceConfig) -> int | None:
 def probe_width(model: Any, cfg: SourceConfig, device: torch.device) -> int:
     import torch
 
-    from sae_lab.data import layers as L
+    from sae_lab.lm import hooks as L
 
     with torch.inference_mode(), L.capture(model, [max(cfg.layers)], cfg.hook) as acts:
         L.run_to_hooks(model, input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
@@ -289,7 +289,7 @@ def check_ctx_len(model: Any, ctx_len: int) -> None:
 
 
 def source_header(cfg: SourceConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
-    from sae_lab.data import layers as L
+    from sae_lab.lm import hooks as L
 
     config = getattr(model, "config", None)
     return {

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_lab.data import layers as L
 from sae_lab.data.arrays import BatchStream
 from sae_lab.data.config import DataConfig, LiveConfig
 from sae_lab.data.datamodule import shuffle_batches
@@ -38,7 +37,8 @@ from sae_lab.data.harvest import (
 )
 from sae_lab.data.position import StreamPosition
 from sae_lab.data.text import DatasetError, WindowBatch, iter_texts, window_batches
-from sae_lab.models import resolve_device
+from sae_lab.lm import hooks as L
+from sae_lab.lm.load import resolve_device
 
 
 class LiveSource:

@@ -14,6 +14,7 @@ cfg.decoder picks how a training step is computed; both give the same loss and g
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -25,7 +26,16 @@ from sae_lab.sae.base import SAE, TrainOutput
 from sae_lab.sae.config import SAEConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_topk import Codes, SparseTopK, decode
-from sae_lab.schedules import k_at_step
+
+
+def k_at_step(step: int, k: int, k_start: int, steps: int, shape: str = "linear") -> int:
+    """k decays from k_start to k over `steps` steps (Gao et al. 2024 use a k warm-down)."""
+    if not k_start or steps <= 0 or step >= steps:
+        return k
+    t = step / steps
+    frac = 1 - t if shape == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+    return max(k, round(k + (k_start - k) * frac))
+
 
 
 @config

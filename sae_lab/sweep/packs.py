@@ -34,8 +34,8 @@ from sae_lab.files import atomic_write_json
 from sae_lab.sweep.report import MEMBERS_FILE
 from sae_lab.sweep.scheduler import ArchitectureASHA, asha_settings
 from sae_lab.sweep.space import SweepConfig, objective, param_space, sweep_from_dict
-from sae_lab.train.metrics import VAL_METRICS
-from sae_lab.train.pack import RUNNING, STOPPED, PackModule, stream_key
+from sae_lab.training.metrics import VAL_METRICS
+from sae_lab.training.pack import RUNNING, STOPPED, PackModule, stream_key
 
 TRAINER_CKPT = "trainer.ckpt"
 RUNGS_FILE = "rungs.jsonl"
@@ -115,7 +115,7 @@ def stream_d_in(cfg: Any) -> int | None:
     if d_in is None and cfg.data.live is not None:
         from transformers import AutoConfig
 
-        from sae_lab.models import resolve_model
+        from sae_lab.lm.load import resolve_model
 
         live = cfg.data.live
         d_in = AutoConfig.from_pretrained(resolve_model(live.model), revision=live.revision,
@@ -328,7 +328,7 @@ def run_pack(config: dict[str, Any], sweep: dict[str, Any], rungs: str | None) -
     from ray import tune
 
     from sae_lab.sweep.trial import TrialError, quiet_trial
-    from sae_lab.train.pack import train_pack
+    from sae_lab.training.pack import train_pack
 
     quiet_trial()
     spec = sweep_from_dict(sweep)

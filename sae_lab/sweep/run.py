@@ -134,7 +134,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from sae_lab.train.run import train
+    from sae_lab.training.run import train
 
     quiet_trial()
     spec = sweep_from_dict(sweep)
@@ -181,7 +181,7 @@ def _final_from_checkpoint(local: Path, cfg: Any, l0_weight: float, info: dict[s
                            last: dict[str, Any]) -> dict[str, Any]:
     """The final metrics of a trial's saved SAE on the whole held-out set."""
     from sae_lab.sae.base import load
-    from sae_lab.train.run import evaluate_held_out, make_datamodule
+    from sae_lab.training.run import evaluate_held_out, make_datamodule
 
     sae = load(local / SAE_DIR)
     val, _ = evaluate_held_out(sae, make_datamodule(cfg), cfg.nan_policy)

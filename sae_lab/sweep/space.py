@@ -44,8 +44,8 @@ from sae_lab.config import (
     to_dict,
 )
 from sae_lab.sae import ARCHITECTURES
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import OBJECTIVE, SWEEP_METRICS
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.metrics import OBJECTIVE, SWEEP_METRICS
 
 METRICS = SWEEP_METRICS
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""

@@ -25,7 +25,7 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 
 @config
 class SyntheticConfig:
-    """Activations built from known sparse features (see sae_lab.synthetic)."""
+    """Activations built from known sparse features (see sae_lab.data.synthetic)."""
 
     d: PosInt = 64
     """Activation width."""

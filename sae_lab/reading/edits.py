@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sae_lab.analysis.contexts import check_latent
+from sae_lab.reading.contexts import check_latent
 from sae_lab.sae.base import SAE
 
 Kind = Literal["scale", "add", "clamp"]

@@ -21,14 +21,14 @@ from sae_lab.config import load_yaml
 from sae_lab.data.arrays import ArrayDataModule
 from sae_lab.data.datamodule import ShardDataModule
 from sae_lab.data.live import LiveDataModule
+from sae_lab.data.synthetic import make_features, sample
 from sae_lab.files import atomic_write_json, atomic_write_text
-from sae_lab.models import resolve_device
+from sae_lab.lm.load import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
-from sae_lab.synthetic import make_features, sample
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import DEAD_FRAC, ReconStats, stream_stats
-from sae_lab.train.module import SAEModule, finite_rows
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats
+from sae_lab.training.module import SAEModule, finite_rows
 
 # Lightning's advice on dataloader workers and logging intervals is noise for streaming batches.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")

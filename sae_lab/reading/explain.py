@@ -36,7 +36,7 @@ from sae_lab.files import atomic_write_json
 if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
     import torch
 
-    from sae_lab.analysis.contexts import TokenText, TopActivations
+    from sae_lab.reading.contexts import TokenText, TopActivations
     from sae_lab.sae.base import SAE
 
 EXPLANATIONS = "explanations.json"
@@ -136,7 +136,7 @@ class LocalChat:
     """An in-process transformers causal LM (a local directory; never remote code), greedy."""
 
     def __init__(self, path: str, device: str = "cpu", max_new_tokens: int = 200) -> None:
-        from sae_lab.analysis.lm import load_lm
+        from sae_lab.lm.attach import load_lm
 
         self.model, self.tokenizer = load_lm(path, device)
         self.name = str(path)
@@ -234,7 +234,7 @@ def _context(top: TopActivations, row: int, text: TokenText, left: int, right: i
              mark: bool) -> str:
     """The window as the text reads (decoded whole, so `##`, `Ġ`, `▁` pieces join as words),
     the activating token marked <<so>>; pieces decoded one by one when that does not line up."""
-    from sae_lab.analysis.contexts import context_window
+    from sae_lab.reading.contexts import context_window
 
     ids, at = context_window(top, row, left, right)
     dec = text.tokenizer.decode
@@ -448,7 +448,7 @@ def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
 
 
 def add_explain_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+    from sae_lab.cli.args import DefaultsFormatter, int_at_least
 
     p = sub.add_parser(
         "explain",
@@ -498,9 +498,9 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.contexts import TokenText, parse_latents, top_activations
-    from sae_lab.analysis.lm import check_shards, load_sae_dir, load_tokenizer, resolve_device
     from sae_lab.data.shards import iter_blocks, read_manifest
+    from sae_lab.lm.attach import check_shards, load_sae_dir, load_tokenizer, resolve_device
+    from sae_lab.reading.contexts import TokenText, parse_latents, top_activations
 
     device = resolve_device(args.device)
     sae = load_sae_dir(args.sae_dir, device)

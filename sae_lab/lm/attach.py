@@ -3,7 +3,7 @@
     load_sae_dir(path)                      the SAE, with a one-line error for a wrong directory
     hook_point(sae, layer, hook)            (layer, hook) from arguments or the SAE's metadata
     check_shards(sae, manifest, source)     shards of the SAE's width; warnings if from elsewhere
-    load_model, load_lm, resolve_device     re-exported from sae_lab.models
+    load_model, load_lm, resolve_device     re-exported from sae_lab.lm.load
     promoted_tokens(W_dec, W_U, k)          per latent, the k output tokens it raises most
 """
 
@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# The device and model loaders live in sae_lab.models; imported from here they still work.
-from sae_lab.models import (  # noqa: F401
+# The device and model loaders live in sae_lab.lm.load; imported from here they still work.
+from sae_lab.lm.load import (  # noqa: F401
     is_causal,
     load_lm,
     load_model,
@@ -73,7 +73,7 @@ def model_name(sae: SAE, model: str | None) -> str:
 
 def unembedding_for(model: nn.Module, d_in: int, name: str) -> Tensor:
     """The [vocab, d_in] unembedding, or a one-line error naming the model."""
-    from sae_lab.data.layers import unembedding
+    from sae_lab.lm.hooks import unembedding
 
     W_U = unembedding(model) if is_causal(getattr(model, "config", None)) else None
     if W_U is None:

@@ -201,7 +201,7 @@ def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+    from sae_lab.cli.args import DefaultsFormatter, int_at_least
 
     p = sub.add_parser(
         "inspect",
@@ -255,9 +255,9 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
                     batch_size: int = 4096, device: str = "auto",
                     progress: bool = True) -> Path:
     """`sae-lab inspect` as a function (the flags are its arguments); returns OUT/index.html."""
-    from sae_lab.analysis.contexts import TokenText, latent_records, parse_latents, top_activations
-    from sae_lab.analysis.lm import check_shards, load_sae_dir, load_tokenizer, resolve_device
     from sae_lab.data.shards import iter_blocks, read_manifest
+    from sae_lab.lm.attach import check_shards, load_sae_dir, load_tokenizer, resolve_device
+    from sae_lab.reading.contexts import TokenText, latent_records, parse_latents, top_activations
 
     check_output_dir(out, "inspect", BROWSER_FILES)  # before minutes of work, not after
     device = resolve_device(device)
@@ -287,7 +287,7 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
     say(f"writing contexts of {len(ids)} latents")
     records = latent_records(found, ids, TokenText(tokenizer), context_left, context_right,
                              promoted)
-    from sae_lab.analysis.explain import EXPLANATIONS, attach_titles
+    from sae_lab.reading.explain import EXPLANATIONS, attach_titles
 
     attach_titles(records, Path(sae_dir) / EXPLANATIONS)  # from `sae-lab explain`, if run
     meta = sae.metadata
@@ -301,7 +301,7 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
 def _promoted(sae: Any, name: str, device: str, top_logits: int | None) -> Any:
     """The output tokens each latent promotes most (W_dec @ W_U), or None when the model has no
     unembedding and the user did not ask for the view explicitly."""
-    from sae_lab.analysis.lm import load_model, promoted_tokens, unembedding_for
+    from sae_lab.lm.attach import load_model, promoted_tokens, unembedding_for
 
     lm = load_model(name, device)
     try:

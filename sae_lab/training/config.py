@@ -28,13 +28,13 @@ from sae_lab.config import (
     reference as _reference,
 )
 from sae_lab.data.config import DataConfig
+from sae_lab.data.synthetic import SyntheticConfig
 from sae_lab.files import atomic_write_text
 from sae_lab.sae import AnySAEConfig, sae_config
 from sae_lab.sae.registry import reference_rows
-from sae_lab.synthetic import SyntheticConfig
 
 # DataConfig and SyntheticConfig live with their data (data/config.py, synthetic.py); they are
-# re-exported here (see __all__) so imports from sae_lab.train.config keep working.
+# re-exported here (see __all__) so imports from sae_lab.training.config keep working.
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]

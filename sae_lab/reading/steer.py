@@ -1,7 +1,7 @@
 """Steer a model with several SAE latent edits at once, and show the generation next to the
 unsteered one.
 
-The edits (`sae_lab.analysis.edits`): scale a latent's activation (`123:x30`), add a multiple of
+The edits (`sae_lab.reading.edits`): scale a latent's activation (`123:x30`), add a multiple of
 its decoder direction (`456:+4`), clamp it (`789:=0`), or the same on every latent (`all:x0.5`);
 at every position or only on the prompt; optionally splicing the SAE's reconstruction into the
 model (`--splice`, dropping or keeping the error term). "Add" is activation steering along the
@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from sae_lab.analysis.edits import LatentEdit, Steering, check_edits, edit_arg
-from sae_lab.analysis.splice import edit_activation
+from sae_lab.lm.splice import edit_activation
+from sae_lab.reading.edits import LatentEdit, Steering, check_edits, edit_arg
 
 
 class Steered(NamedTuple):
@@ -124,7 +124,7 @@ def add_steer_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=100, help="width of the side-by-side table")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    from sae_lab.analysis.lm import add_hook_args
+    from sae_lab.lm.attach import add_hook_args
 
     add_hook_args(p)
     p.set_defaults(func=cmd_steer)
@@ -136,7 +136,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
         args.edits.append(edit_arg(f"{args.latent}:{op}{args.scale:g}"))
     if not args.edits:
         raise ValueError("give at least one --edit LATENT:OP (or --latent I --scale S)")
-    from sae_lab.analysis.lm import (
+    from sae_lab.lm.attach import (
         hook_point,
         is_causal,
         load_lm,
@@ -153,7 +153,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
     name = model_name(sae, args.model)
     from transformers import AutoConfig
 
-    from sae_lab.models import resolve_model
+    from sae_lab.lm.load import resolve_model
 
     # Checked on the config, before minutes of loading weights.
     if not is_causal(AutoConfig.from_pretrained(resolve_model(name))):

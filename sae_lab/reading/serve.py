@@ -52,7 +52,7 @@ class Viewer:
     def _analyse(self, text: str, n_latents: int) -> dict[str, Any]:
         import torch
 
-        from sae_lab.data.layers import capture, run_to_hooks
+        from sae_lab.lm.hooks import capture, run_to_hooks
 
         fast = getattr(self.tokenizer, "is_fast", False)
         enc = self.tokenizer(text, truncation=True, max_length=self.max_length,
@@ -109,7 +109,7 @@ def _pieces(text: str, offsets: list[tuple[int, int]] | None, ids: list[int],
 
 def read_inspect_contexts(path: str | os.PathLike) -> dict[int, list[dict[str, Any]]]:
     """{latent: contexts} from an `sae-lab inspect` output (the JSON inside its index.html)."""
-    from sae_lab.analysis.browser import INDEX
+    from sae_lab.reading.browser import INDEX
 
     index = Path(path) / INDEX if Path(path).is_dir() else Path(path)
     if not index.is_file():
@@ -296,8 +296,8 @@ def page(title: str) -> str:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.analysis.lm import add_hook_args
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+    from sae_lab.cli.args import DefaultsFormatter, int_at_least
+    from sae_lab.lm.attach import add_hook_args
 
     p = sub.add_parser(
         "serve",
@@ -323,8 +323,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.explain import EXPLANATIONS, read_explanations
-    from sae_lab.analysis.lm import hook_point, load_lm, load_sae_dir, model_name, resolve_device
+    from sae_lab.lm.attach import hook_point, load_lm, load_sae_dir, model_name, resolve_device
+    from sae_lab.reading.explain import EXPLANATIONS, read_explanations
 
     device = resolve_device(args.device)
     sae = load_sae_dir(args.sae_dir, device)

@@ -99,7 +99,7 @@ def _text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str],
                    hook: str, pool: str, batch_size: int, max_length: int) -> Features:
     import torch
 
-    from sae_lab.data.layers import capture, run_to_hooks
+    from sae_lab.lm.hooks import capture, run_to_hooks
 
     if pool not in ("mean", "max"):
         raise ValueError(f"unknown pooling {pool!r}; choose mean or max")
@@ -294,8 +294,8 @@ def _fraction(text: str) -> float:
 
 
 def add_probe_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.analysis.lm import add_hook_args
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+    from sae_lab.cli.args import DefaultsFormatter, int_at_least
+    from sae_lab.lm.attach import add_hook_args
 
     p = sub.add_parser(
         "probe",
@@ -330,7 +330,7 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.lm import hook_point, load_lm, load_sae_dir, model_name, resolve_device
+    from sae_lab.lm.attach import hook_point, load_lm, load_sae_dir, model_name, resolve_device
 
     data = read_labelled(args.data, args.positive)
     device = resolve_device(args.device)

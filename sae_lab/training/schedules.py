@@ -1,17 +1,7 @@
-"""Step -> value schedules: k decay, learning rate, sparsity warm-up."""
+"""Step -> value schedules: learning rate and sparsity warm-up (TopK's k schedule is in
+sae_lab.sae.topk)."""
 
 from __future__ import annotations
-
-import math
-
-
-def k_at_step(step: int, k: int, k_start: int, steps: int, shape: str = "linear") -> int:
-    """k decays from k_start to k over `steps` steps (Gao et al. 2024 use a k warm-down)."""
-    if not k_start or steps <= 0 or step >= steps:
-        return k
-    t = step / steps
-    frac = 1 - t if shape == "linear" else 0.5 * (1 + math.cos(math.pi * t))
-    return max(k, round(k + (k_start - k) * frac))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_start: float) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sae_lab.analysis.contexts import TokenText
+from sae_lab.reading.contexts import TokenText
 from sae_lab.sae.base import SAE
 
 EXPLANATIONS = "explanations.json"  # {"<latent>": {"title": ..., "explanation": ..., ...}}
@@ -61,7 +61,7 @@ def text_features(model: nn.Module, tokenizer: Any, sae: SAE, texts: list[str], 
                   latents: list[int] | None = None, titles: dict[int, str] | None = None,
                   keep_special: bool = False) -> list[TextFeatures]:
     """Top `top` latents per token and `top_text` over each text (restricted to `latents`)."""
-    from sae_lab.data.layers import capture, run_to_hooks
+    from sae_lab.lm.hooks import capture, run_to_hooks
 
     sae = sae.eval()
     device = next(model.parameters()).device
@@ -182,8 +182,8 @@ def read_prompts(prompts: list[str] | None, file: str | None) -> list[str]:
 
 
 def add_features_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.analysis.lm import add_hook_args
-    from sae_lab.cli_args import DefaultsFormatter, int_at_least
+    from sae_lab.cli.args import DefaultsFormatter, int_at_least
+    from sae_lab.lm.attach import add_hook_args
 
     p = sub.add_parser(
         "features",
@@ -210,8 +210,7 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from sae_lab.analysis.contexts import parse_latents
-    from sae_lab.analysis.lm import (
+    from sae_lab.lm.attach import (
         hook_point,
         load_model,
         load_sae_dir,
@@ -219,6 +218,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         model_name,
         resolve_device,
     )
+    from sae_lab.reading.contexts import parse_latents
 
     texts = read_prompts(args.prompt, args.file)
     device = resolve_device(args.device)

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from sae_lab.sae.base import SAE
-from sae_lab.schedules import lr_factor, warmup_factor
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import DEAD_FRAC, ReconStats
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.metrics import DEAD_FRAC, ReconStats
+from sae_lab.training.schedules import lr_factor, warmup_factor
 
 
 class NonFiniteBatchError(FloatingPointError):

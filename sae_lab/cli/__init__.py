@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from sae_lab.cli_args import DefaultsFormatter, int_at_least  # noqa: F401  (re-exported)
+from sae_lab.cli.args import DefaultsFormatter, int_at_least  # noqa: F401  (re-exported)
 from sae_lab.version import __version__
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2. (ConfigError
@@ -21,7 +21,7 @@ USER_ERRORS = (OSError, ValueError, KeyError, FloatingPointError)
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.train.config import reference
+    from sae_lab.training.config import reference
 
     rows = "\n".join(f"  {name}: {tp} = {default!r}\n      {doc}"
                      for name, tp, default, doc in reference())
@@ -59,7 +59,7 @@ def _data_source_overrides(overrides: list[str]) -> list[str]:
 
 
 def train_config(args: argparse.Namespace):  # -> TrainConfig
-    from sae_lab.train.config import TrainConfig, apply_overrides
+    from sae_lab.training.config import TrainConfig, apply_overrides
 
     overrides = _data_source_overrides(args.overrides)
     if args.config:
@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return
-    from sae_lab.train.run import TrainingInterrupted, resume_point, train
+    from sae_lab.training.run import TrainingInterrupted, resume_point, train
 
     ckpt = resume_point(cfg, args.resume)  # checks the run directory; writes nothing
     try:
@@ -107,17 +107,17 @@ COMMANDS = [
     ("export", "write an SAE in another library's format (SAELens v6)",
      "sae_lab.export:add_export_parser"),
     ("inspect", "top-activating contexts of each latent, as a static HTML feature browser",
-     "sae_lab.analysis.browser:add_inspect_parser"),
+     "sae_lab.reading.browser:add_inspect_parser"),
     ("features", "which latents fire on a text: top latents per token and over the whole text",
-     "sae_lab.analysis.features:add_features_parser"),
+     "sae_lab.reading.features:add_features_parser"),
     ("steer", "generate with several SAE latent edits (scale, add, clamp), side by side",
-     "sae_lab.analysis.steer:add_steer_parser"),
+     "sae_lab.reading.steer:add_steer_parser"),
     ("explain", "explain latents with an LLM (title + explanation) and score them by detection",
-     "sae_lab.analysis.explain:add_explain_parser"),
+     "sae_lab.reading.explain:add_explain_parser"),
     ("probe", "linear and prototype probes on SAE latents vs. raw activations, from labelled text",
-     "sae_lab.analysis.probe:add_probe_parser"),
+     "sae_lab.reading.probe:add_probe_parser"),
     ("serve", "a local web page: type text, see the latents that fire on each token",
-     "sae_lab.analysis.serve:add_serve_parser"),
+     "sae_lab.reading.serve:add_serve_parser"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
      "sae_lab.demo:add_parser"),
     ("plan", "disk and memory a harvest, train or sweep config needs",
@@ -139,7 +139,7 @@ def check_plan(args: argparse.Namespace) -> None:
 
     try:
         if args.command == "harvest":
-            from sae_lab.cli_args import config_from_args
+            from sae_lab.cli.args import config_from_args
             from sae_lab.data.harvest import HarvestConfig
 
             p = plan.plan_harvest(config_from_args(HarvestConfig, args))

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from sae_lab.data.layers import hook_module, output_tensor, replace_output
+from sae_lab.lm.hooks import hook_module, output_tensor, replace_output
 
 Edit = Callable[[Tensor], Tensor]
 

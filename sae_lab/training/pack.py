@@ -30,11 +30,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from sae_lab.files import atomic_write_json, atomic_write_text
-from sae_lab.schedules import lr_factor, warmup_factor
-from sae_lab.train.config import TrainConfig
-from sae_lab.train.metrics import DEAD_FRAC, ReconStats
-from sae_lab.train.module import SAEModule, finite_rows
-from sae_lab.train.run import (
+from sae_lab.training.config import TrainConfig
+from sae_lab.training.metrics import DEAD_FRAC, ReconStats
+from sae_lab.training.module import SAEModule, finite_rows
+from sae_lab.training.run import (
     StopOnInterrupt,
     TrainingInterrupted,
     _accelerator,
@@ -45,6 +44,7 @@ from sae_lab.train.run import (
     make_datamodule,
     quiet_lightning,
 )
+from sae_lab.training.schedules import lr_factor, warmup_factor
 
 STREAM_FIELDS = ("data", "batch_size", "max_tokens", "seed", "device", "precision",
                  "val_every_steps", "val_batches")

@@ -1,1 +1,0 @@
-"""Looking inside an SAE: top-activating contexts, the HTML feature browser, and steering."""

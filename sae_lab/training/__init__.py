@@ -1,0 +1,2 @@
+"""Training: the config, the LightningModule, packs of SAEs on one stream, metrics and schedules;
+`sae_lab.train(cfg)` is `training.run.train`."""
