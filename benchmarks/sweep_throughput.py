@@ -66,7 +66,7 @@ def sweep_dict(shape: dict, per_arch: int, pack: int | str, asha: bool) -> dict:
 def run(d: dict, root: Path) -> tuple[float, float, list[dict]]:
     """(wall seconds, SAE-tokens, rows of results.csv) of one sweep."""
     from sae_lab.sweep.run import run_sweep
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     out = Path(tempfile.mkdtemp(dir=root))
     start = time.perf_counter()

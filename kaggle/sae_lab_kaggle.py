@@ -288,7 +288,7 @@ def live_source(args: argparse.Namespace, model: str, dataset: str, layer: int,
 def sweep_live(sweep_file: str) -> dict:
     """base.data.live of a sweep file ({} when it has none)."""
     from sae_lab.config import load_yaml
-    from sae_lab.sweep.space import resolve_sweep_path
+    from sae_lab.sweep.schema import resolve_sweep_path
 
     path = resolve_sweep_path(sweep_file)
     raw = load_yaml(path.read_text(), str(path)) or {}
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
                   else install(args.repo, args.ref, args.pip_spec))
     from sae_lab import pipeline
     from sae_lab.sweep.report import load_result
-    from sae_lab.sweep.space import load_sweep
+    from sae_lab.sweep.schema import load_sweep
 
     pipeline.quiet_env(offline=args.smoke)
     hub_token()

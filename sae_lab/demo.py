@@ -126,7 +126,7 @@ def harvest_stage(cfg: DemoConfig, out: Path, model: str, corpus: Path) -> Path:
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     """Run (or continue) the demo; returns the outputs by name."""
     from sae_lab import pipeline
-    from sae_lab.sweep.space import load_sweep
+    from sae_lab.sweep.schema import load_sweep
 
     out = Path(cfg.out).resolve()
     model = cfg.model or str(assets.minilm_path())

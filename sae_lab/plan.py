@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from sae_lab.data.harvest import HarvestConfig
-    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.sweep.schema import SweepConfig
     from sae_lab.training.config import TrainConfig
 
 Where = Literal["disk", "host", "device"]
@@ -308,9 +308,9 @@ def add_live_model(plan: Plan, live: Any) -> None:
 def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = None) -> Plan:
     """Memory for one training run; disk for its checkpoints and final SAE."""
     if d_in is None:
-        from sae_lab.sweep.space import data_d_in
+        from sae_lab.data.config import data_d_in
 
-        d_in = data_d_in(cfg) or live_d_in(cfg)
+        d_in = data_d_in(cfg.data) or live_d_in(cfg)
         if d_in is None:
             raise PlanError("plan: cannot tell the data's d_in (a remote shard set): set sae.d_in")
     plan = Plan(f"train {cfg.sae.architecture} -> {cfg.out_dir}", _device(cfg.device, gpus),
@@ -451,7 +451,7 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None,
                gpu_memory: int | None = None) -> Plan:
     """A packed sweep: its packs (plan_packs). Else the largest trial (corners of every
     architecture's space), times the trials that run at once on this machine (and on one GPU)."""
-    from sae_lab.sweep.space import corners
+    from sae_lab.sweep.schema import corners
 
     if sweep.pack != 1:
         return plan_packs(sweep, gpus, gpu_memory)
@@ -506,10 +506,10 @@ def add_trials_disk(plan: Plan, sweep: SweepConfig, size: SAEBytes, running: int
 
 def _trial_d_in(cfg: TrainConfig) -> int:
     from sae_lab.config import ConfigError
-    from sae_lab.sweep.space import data_d_in
+    from sae_lab.data.config import data_d_in
 
     try:
-        d_in = data_d_in(cfg) or live_d_in(cfg) or cfg.sae.d_in
+        d_in = data_d_in(cfg.data) or live_d_in(cfg) or cfg.sae.d_in
     except ConfigError:  # shards not harvested yet: sae.d_in says the width
         if not cfg.sae.d_in:
             raise
@@ -662,14 +662,14 @@ def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None,
 
     p = Path(path)
     if not p.is_file():
-        from sae_lab.sweep.space import load_sweep
+        from sae_lab.sweep.schema import load_sweep
 
         return plan_sweep(load_sweep(path, list(overrides)), gpus, gpu_memory)  # in sweeps/
     data = apply_overrides(load_yaml(p.read_text(), str(p)) or {}, list(overrides))
     if not isinstance(data, dict):
         raise PlanError(f"{path}: expected a mapping at the top level")
     if "architectures" in data:
-        from sae_lab.sweep.space import load_sweep
+        from sae_lab.sweep.schema import load_sweep
 
         return plan_sweep(load_sweep(path, list(overrides)), gpus, gpu_memory)
     if {"model", "dataset", "out"} <= data.keys():

@@ -45,7 +45,7 @@ def _sae_section(union: dict[str, Any]) -> dict[str, Any]:
 
 def sweep_schema() -> dict[str, Any]:
     """The sweep's schema, with `base:` checked as the training config it is."""
-    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.sweep.schema import SweepConfig
 
     schema = json_schema(SweepConfig, "sae-lab sweep config")
     train = train_schema()

@@ -100,7 +100,7 @@ def test_precision_32_written_as_a_number():
 
 
 def test_sweep_round_trips_through_its_dict():
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     d = {"architectures": ["relu", "topk"], "scheduler": "none",
          "base": {"data": {"synthetic": {"d": 8}}, "lr": "3e-4"},
@@ -175,7 +175,7 @@ def test_require_names_the_full_dotted_path():
 
 
 def test_sweep_errors_raised_after_parsing_are_not_prefixed():
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     with pytest.raises(ConfigError, match=r"^space\.relu: empty search space"):
         sweep_from_dict({"architectures": ["relu"], "space": {"relu": {"lr": 1e-3}},

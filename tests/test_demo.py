@@ -19,7 +19,7 @@ from sae_lab.cli import main
 from sae_lab.config import ConfigError, parse
 from sae_lab.demo import DemoConfig
 from sae_lab.pipeline import Stages
-from sae_lab.sweep.space import load_sweep
+from sae_lab.sweep.schema import load_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

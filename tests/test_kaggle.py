@@ -50,7 +50,7 @@ def test_sweep_it_runs_packs_one_pack_per_gpu():
 def test_live_switch_makes_the_sweep_read_the_model_live(tmp_path):
     """--live: the sweep's base.data becomes data.live with what the harvest would have run
     (the model and text, layer, ctx_len, forward batch, dtype), and no shards."""
-    from sae_lab.sweep.space import load_sweep
+    from sae_lab.sweep.schema import load_sweep
 
     kaggle = load_script()
     args = kaggle.parse_args(["--live", "--model", "gpt2", "--layer", "6", "--ctx-len", "128"])

@@ -82,7 +82,8 @@ def test_wrong_width_is_one_line_in_both_evaluations():
 
 
 def test_metric_names_are_defined_once():
-    from sae_lab.sweep import report, space
+    from sae_lab.sweep import report
+    from sae_lab.sweep import schema as space
     from sae_lab.training import metrics
 
     assert space.METRICS == metrics.SWEEP_METRICS == (metrics.OBJECTIVE, *metrics.VAL_METRICS)

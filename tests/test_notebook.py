@@ -67,7 +67,7 @@ def test_runs_end_to_end(tmp_path, kernel_name):
     out = run_dir / "runs" / "quickstart"
     assert "'tokens': 8192" in outputs and "latents per token: 32.0 of 3072" in outputs
     assert (out / "topk" / "final" / "cfg.json").is_file()
-    from sae_lab.sweep.space import load_sweep
+    from sae_lab.sweep.schema import load_sweep
 
     for arch in load_sweep("demo.yaml").architectures:
         assert (out / "sweep" / "best" / arch).is_dir()

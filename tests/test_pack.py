@@ -118,7 +118,7 @@ def test_members_stop_at_the_right_rung_across_packs_within_their_architecture(t
 
 def test_packs_group_configs_by_data_stream():
     from sae_lab.sweep.packs import expand, make_packs
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     d = {"base": {**BASE, "sae": {"expansion_factor": 2}},
          "architectures": ["relu", "topk", "batchtopk"],

@@ -193,7 +193,7 @@ PACKED = {"name": "packed",
 def test_packed_sweep_plan_known_answer():
     """6 ReLU SAEs, 16 x 64, on 2 GPUs at half a GPU per pack: 4 slots -> packs of 2 -> 3 packs,
     2 on a GPU. Each pack: its members' state, its largest step, one data source."""
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     plan = P.plan_sweep(sweep_from_dict(PACKED), gpus=2, gpu_memory=16 * P.GiB)
     assert plan.title.startswith("sweep packed: 6 SAEs in 3 pack(s) of up to 2, 3 at once, "
@@ -217,7 +217,7 @@ def test_packed_sweep_plan_splits_packs_as_the_sweep_does():
     """pack: auto cuts packs smaller when the members' memory exceeds half a GPU: the plan
     plans the packs make_packs makes."""
     from sae_lab.sweep.packs import make_packs
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     sweep = sweep_from_dict(PACKED)
     plan = P.plan_sweep(sweep, gpus=2, gpu_memory=400_000)  # 100 kB a pack: one SAE each
@@ -270,7 +270,7 @@ def test_pack_sizing_reads_a_live_models_width(tiny_lm, corpus):
     """pack: auto sizes packs by their members' memory: for a live source, at the model's
     hidden size (it assumed d_in 1024 before)."""
     from sae_lab.sweep.packs import expand, member_bytes
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     sweep = sweep_from_dict({**PACKED, "base": {**PACKED["base"], "data": {"live": {
         "model": str(tiny_lm), "dataset": str(corpus), "layers": [0]}}}})
@@ -283,7 +283,7 @@ def test_pack_sizing_reads_a_live_models_width(tiny_lm, corpus):
 def test_unpacked_sweep_disk_known_answer():
     """One trial per SAE, 2 at once: a running trial's checkpoints (2 while Tune swaps them,
     each with its Lightning state and its SAE), the finished trials' final SAEs."""
-    from sae_lab.sweep.space import sweep_from_dict
+    from sae_lab.sweep.schema import sweep_from_dict
 
     sweep = sweep_from_dict({**PACKED, "pack": 1, "max_concurrent": 2,
                              "resources": {"cpus": 1, "gpus": 0}})

@@ -68,7 +68,7 @@ def test_wrong_types_are_rejected_at_the_field(schemas, name, data, where):
 
 def test_descriptions_come_from_the_field_docs(schemas):
     from sae_lab.config import field_docs
-    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.sweep.schema import SweepConfig
     from sae_lab.training.config import TrainConfig
 
     train = schemas["train.schema.json"]

@@ -21,14 +21,9 @@ import yaml
 import sae_lab
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep.scheduler import build_scheduler
-from sae_lab.sweep.space import (
-    check_resources,
-    objective,
-    param_space,
-    sweep_from_dict,
-    trial_values,
-    validate,
-)
+from sae_lab.sweep.schema import sweep_from_dict, validate
+from sae_lab.sweep.space import check_resources, param_space, trial_values
+from sae_lab.training.metrics import objective
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny trials checkpoint many times a second; Tune warns that its state snapshots keep up.
@@ -80,7 +75,7 @@ def test_objective_ranks_by_price_of_sparsity_not_raw_fvu():
 
     # ASHA as the sweep builds it: at the first rung the dense trial is the one stopped.
     sweep = sweep_from_dict(tiny_sweep())
-    sched = build_scheduler(sweep)
+    sched = build_scheduler(sweep, validate(sweep))
     sched.set_search_properties(sweep.metric, sweep.mode)
     a, b = fake_trial("sparse", "topk"), fake_trial("dense", "topk")
     for t in (a, b):
@@ -89,7 +84,7 @@ def test_objective_ranks_by_price_of_sparsity_not_raw_fvu():
     assert sched.on_trial_result(None, b, dense) == "STOP"
 
     # The same rung ranked on raw FVU would keep the dense trial and favour it.
-    raw = build_scheduler(sweep)
+    raw = build_scheduler(sweep, validate(sweep))
     raw.set_search_properties("fvu", "min")
     for t in (a, b):
         raw.on_trial_add(None, t)
@@ -99,7 +94,7 @@ def test_objective_ranks_by_price_of_sparsity_not_raw_fvu():
 
 def test_asha_compares_trials_only_within_their_architecture():
     sweep = sweep_from_dict(tiny_sweep())
-    sched = build_scheduler(sweep)
+    sched = build_scheduler(sweep, validate(sweep))
     sched.set_search_properties(sweep.metric, sweep.mode)
     topk = fake_trial("t", "topk")
     relu_fast, relu_slow = fake_trial("r1", "relu"), fake_trial("r2", "relu")
@@ -206,7 +201,7 @@ def test_param_space_expands_per_architecture():
 
 
 def test_shipped_sweeps_validate(tmp_path):
-    from sae_lab.sweep.space import load_sweep
+    from sae_lab.sweep.schema import load_sweep
 
     (tmp_path / "manifest.json").write_text(json.dumps({"d_in": 384}))
     names = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))

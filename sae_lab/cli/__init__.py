@@ -147,7 +147,7 @@ def check_plan(args: argparse.Namespace) -> None:
             p = plan.plan_train(train_config(args))
         elif args.command == "sweep" and not args.check:
             from sae_lab.sweep.cli import default_out
-            from sae_lab.sweep.space import load_sweep
+            from sae_lab.sweep.schema import load_sweep
 
             sweep = load_sweep(args.config, args.set, args.shards)
             p = plan.plan_sweep(sweep)

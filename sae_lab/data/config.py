@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
@@ -61,3 +63,32 @@ class DataConfig:
 SOURCES = ("synthetic", "npy", "shards", "live")
 
 __all__ = ["DataConfig", "LiveConfig", "SyntheticConfig"]
+
+
+def data_d_in(data: DataConfig) -> int | None:
+    """Activation width of the configured data, without loading it (None when not knowable)."""
+    if data.synthetic is not None:
+        return data.synthetic.d
+    if data.npy is not None:
+        import numpy as np
+
+        path = Path(data.npy)
+        if not path.is_file():
+            raise ConfigError(f"base.data.npy: no such file: {path}")
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        return int(shape[1]) if len(shape) == 2 else None
+    if data.live is not None:
+        return None  # known once the model is loaded, in each trial
+    shards = str(data.shards)
+    if "://" in shards:
+        return None
+    manifest = Path(shards) / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"base.data.shards: no manifest.json in {shards}")
+    info = json.loads(manifest.read_text())
+    n_shards = len(info.get("shards", []))
+    if n_shards and n_shards <= data.val_shards:  # every trial would fail at its first step
+        raise ConfigError(f"base.data.val_shards={data.val_shards} leaves no training shards: "
+                          f"{shards} has {n_shards} shard(s)")
+    d_in = info.get("d_in")
+    return int(d_in) if d_in else None

@@ -49,12 +49,12 @@ def main(args: argparse.Namespace) -> None:
     """Run (or --check) the sweep. Bad input raises ConfigError/FileNotFoundError naming the
     culprit; a sweep stopped with unfinished trials raises KeyboardInterrupt (exit code 130); a
     sweep in which no trial measured anything exits with code 1."""
-    from sae_lab.sweep.space import load_sweep, validate
+    from sae_lab.sweep.schema import load_sweep, validate
 
     sweep = load_sweep(args.config, args.set, args.shards)
     out = args.out or default_out(sweep.name)
     if args.check:
-        d_ins = validate(sweep)
+        d_ins = validate(sweep).d_in
         for arch in sweep.architectures:
             keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
             print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")

@@ -33,8 +33,9 @@ import pytorch_lightning as pl
 from sae_lab.files import atomic_write_json
 from sae_lab.sweep.report import MEMBERS_FILE
 from sae_lab.sweep.scheduler import ArchitectureASHA, asha_settings
-from sae_lab.sweep.space import SweepConfig, objective, param_space, sweep_from_dict
-from sae_lab.training.metrics import VAL_METRICS
+from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict
+from sae_lab.sweep.space import param_space
+from sae_lab.training.metrics import VAL_METRICS, objective
 from sae_lab.training.pack import RUNNING, STOPPED, PackModule, stream_key
 
 TRAINER_CKPT = "trainer.ckpt"
@@ -104,10 +105,10 @@ def stream_d_in(cfg: Any) -> int | None:
     """Width of the data's activations, from a shard manifest, the live model's config (the
     residual stream: its hidden size) or sae.d_in (shards not harvested yet)."""
     from sae_lab.config import ConfigError
-    from sae_lab.sweep.space import data_d_in
+    from sae_lab.data.config import data_d_in
 
     try:
-        d_in = data_d_in(cfg)
+        d_in = data_d_in(cfg.data)
     except ConfigError:
         if not cfg.sae.d_in:
             raise
@@ -191,7 +192,7 @@ class MemberRungs:
         return {m: t for (m, t, final), go in self.answers.items() if not go and not final}
 
 
-def start_rungs(sweep: SweepConfig, out: Path) -> tuple[Any, str | None]:
+def start_rungs(sweep: SweepConfig, checked: CheckedSweep, out: Path) -> tuple[Any, str | None]:
     """(actor, its name): the sweep's MemberRungs as a named Ray actor replaying OUT/rungs.jsonl;
     (None, None) when the sweep has no early stopping. The name is new for every launch (the
     trainable is handed it again on resume)."""
@@ -201,7 +202,7 @@ def start_rungs(sweep: SweepConfig, out: Path) -> tuple[Any, str | None]:
         return None, None
     name = f"sae_lab_rungs_{os.getpid()}_{time.time_ns()}"
     actor = ray.remote(num_cpus=0)(MemberRungs).options(name=name).remote(
-        asha_settings(sweep), sweep.metric, sweep.mode, str(out / RUNGS_FILE))
+        asha_settings(sweep, checked), sweep.metric, sweep.mode, str(out / RUNGS_FILE))
     return actor, name
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae.registry import ARCHITECTURES
-from sae_lab.sweep.space import SweepConfig, trial_values
+from sae_lab.sweep.schema import SweepConfig
+from sae_lab.sweep.space import trial_values
 from sae_lab.training.metrics import OBJECTIVE, VAL_METRICS
 from sae_lab.training.pack import FAILED, RUNNING, STOPPED
 

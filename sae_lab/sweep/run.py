@@ -39,17 +39,10 @@ from sae_lab.sweep.report import (
     write_report,
 )
 from sae_lab.sweep.scheduler import architecture_of, build_scheduler
-from sae_lab.sweep.space import (
-    SweepConfig,
-    build_search_alg,
-    check_resources,
-    objective,
-    param_space,
-    sweep_from_dict,
-    trial_values,
-    validate,
-)
+from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict, validate
+from sae_lab.sweep.space import build_search_alg, check_resources, param_space, trial_values
 from sae_lab.sweep.trial import TrialError, quiet_trial
+from sae_lab.training.metrics import objective
 
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
@@ -207,7 +200,7 @@ def run_sweep(
     from ray import tune
 
     out = Path(out).resolve()
-    validate(sweep)
+    checked = validate(sweep)
     # num_to_keep=1 makes Tune snapshot its state at every checkpoint (what keeps --resume exact);
     # with frequent validations it warns about exactly that.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -226,7 +219,7 @@ def run_sweep(
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         check_resources(sweep, nodes)
         _record_spec(sweep, out, resume)
-        trainable, space, tune_config, rungs = _trials(sweep, out, nodes)
+        trainable, space, tune_config, rungs = _trials(sweep, checked, out, nodes)
         if resume:
             tuner = tune.Tuner.restore(
                 str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
@@ -246,7 +239,8 @@ def run_sweep(
             ray.shutdown()
 
 
-def _trials(sweep: SweepConfig, out: Path, nodes: list[dict[str, Any]]) -> tuple[Any, ...]:
+def _trials(sweep: SweepConfig, checked: CheckedSweep, out: Path,
+            nodes: list[dict[str, Any]]) -> tuple[Any, ...]:
     """(trainable, param space, TuneConfig, rungs actor or None): a trial per config, or a trial
     per pack of configs with the actor that holds the rungs of every member."""
     from ray import tune
@@ -255,10 +249,10 @@ def _trials(sweep: SweepConfig, out: Path, nodes: list[dict[str, Any]]) -> tuple
     if sweep.pack == 1:
         trainable = tune.with_parameters(run_trial, sweep=sweep.to_dict())
         return (tune.with_resources(trainable, resources), param_space(sweep),
-                _tune_config(sweep), None)
+                _tune_config(sweep, checked), None)
     from sae_lab.sweep.packs import make_packs, pack_space, run_pack, start_rungs
 
-    rungs, name = start_rungs(sweep, out)  # held until the sweep ends
+    rungs, name = start_rungs(sweep, checked, out)  # held until the sweep ends
     trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
     space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
     return tune.with_resources(trainable, resources), space, _pack_tune_config(sweep), rungs
@@ -311,12 +305,12 @@ def _sigterm_as_sigint() -> Any:
     return signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
-def _tune_config(sweep: SweepConfig):
+def _tune_config(sweep: SweepConfig, checked: CheckedSweep):
     from ray import tune
 
     return tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode,
-        search_alg=build_search_alg(sweep), scheduler=build_scheduler(sweep),
+        search_alg=build_search_alg(sweep), scheduler=build_scheduler(sweep, checked),
         num_samples=sweep.num_trials if sweep.search == "optuna" else sweep.num_samples,
         # the built-in generator takes max_concurrent itself (Tune ignores this for it)
         max_concurrent_trials=(sweep.max_concurrent or None) if sweep.search == "optuna" else None,

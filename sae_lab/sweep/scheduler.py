@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from sae_lab.sweep.space import corners, grace_tokens
+from sae_lab.sweep.schema import CheckedSweep
 
 
 def architecture_of(config: dict[str, Any]) -> str:
@@ -63,23 +63,21 @@ class ArchitectureASHA(FIFOScheduler):
             f"{arch}: {g.debug_string()}" for arch, g in sorted(self.groups.items()))
 
 
-def asha_settings(sweep: Any) -> dict[str, Any]:
+def asha_settings(sweep: Any, checked: CheckedSweep) -> dict[str, Any]:
     """ASHAScheduler's arguments for the sweep: training tokens as the clock, rungs from
     grace_tokens and the reduction factor (used per trial here, per pack member in packs.py)."""
-    cfgs = [sweep.train_config(a, v) for a in sweep.architectures
-            for v in corners(sweep.params[a])]
     return dict(
         time_attr="tokens",
-        max_t=max(c.max_steps * c.batch_size for c in cfgs),
-        grace_period=min(grace_tokens(sweep, c) for c in cfgs),
+        max_t=checked.max_tokens,
+        grace_period=checked.grace_tokens,
         reduction_factor=sweep.scheduler.reduction_factor,
         brackets=sweep.scheduler.brackets,
     )
 
 
-def build_scheduler(sweep: Any) -> TrialScheduler | None:
+def build_scheduler(sweep: Any, checked: CheckedSweep) -> TrialScheduler | None:
     """ArchitectureASHA with training tokens as its clock, or None (every trial runs out).
     Metric and mode come from TuneConfig (Tune refuses them twice)."""
     if sweep.scheduler.type == "none":
         return None
-    return ArchitectureASHA(**asha_settings(sweep))
+    return ArchitectureASHA(**asha_settings(sweep, checked))

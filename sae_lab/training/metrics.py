@@ -23,7 +23,7 @@ FVU, MSE, COS, L0, L1 = "fvu", "mse", "cos", "l0", "l1"
 DEAD_FRAC = "dead_frac"
 """Fraction of latents that fired on none of the last sae.dead_tokens training tokens."""
 OBJECTIVE = "objective"
-"""A sweep's default score: fvu + l0_weight * l0 / d_in (sweep.space.objective)."""
+"""A sweep's default score: fvu + l0_weight * l0 / d_in (`objective` below)."""
 RECON_METRICS = (FVU, MSE, COS, L0, L1)
 """What ReconStats.compute returns."""
 VAL_METRICS = (FVU, MSE, L0, L1, DEAD_FRAC)
@@ -32,6 +32,19 @@ SWEEP_METRICS = (OBJECTIVE, *VAL_METRICS)
 """What a sweep may rank trials on."""
 
 Stats = TypeVar("Stats")
+
+
+def objective(fvu: float, l0: float, d_in: int, l0_weight: float) -> float:
+    """The early-stopping and `best/` score: fvu + l0_weight * l0 / d_in (lower is better).
+
+    Raw FVU always favours the densest SAE, since more active latents reconstruct better. This
+    prices sparsity instead: one more active latent per token must buy at least l0_weight / d_in
+    of FVU. Iso-objective lines in the (L0/d_in, FVU) plane have slope -l0_weight, so the score
+    picks out the point of the Pareto frontier where the frontier has that slope, and trials at
+    different L0 are compared on the same exchange rate. Dividing by d_in makes the weight mean
+    the same for models of any width. l0_weight -> 0 gives back raw FVU.
+    """
+    return fvu + l0_weight * l0 / d_in
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
