@@ -1,5 +1,5 @@
-"""The docs' multi-node recipe (docs/cluster.md), run as written on loopback: a head, a worker that joins it and
-a driver that connects with --address, for a user who has run a local sweep before.
+"""The multi-node recipe of docs/cluster.md, run as written on loopback: a head, a worker that
+joins it and a driver that connects with --address, for a user who has run a local sweep before.
 
 Such a user has ~/.ray/auth_token (a local `ray.init()` writes one), and since Ray 2.52
 `ray start --head` turns token authentication on whenever that file exists, while
