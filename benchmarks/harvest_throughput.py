@@ -12,7 +12,7 @@ Both variants run `sae_lab.data.harvest.harvest` on the same model, text and bat
 of writing (dtype conversion, statistics, checksums, safetensors, tar, manifest). The time spent
 inside the model's forward pass is measured in the same runs. Variants alternate and the best of
 `--repeats` is kept, because this machine's other work makes single timings noisy.
-Target (issue 3): writing costs <= 10% of the forward time.
+Target: writing costs <= 10% of the forward time.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Writes a shard set of random float16 rows (d_in=384) to a temporary directory, t
   - training: sae_lab's TopK SAE (d_sae=6144, k=32, batch 4096) through the Lightning path
     (SAEModule + Trainer) fed by the same reader; steady-state steps timed by a callback,
     data loading excluded.
-Target (issue 3): the reader delivers >= 5x what training consumes.
+Target: the reader delivers >= 5x what training consumes.
 """
 
 from __future__ import annotations

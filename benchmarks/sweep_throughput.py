@@ -1,4 +1,4 @@
-"""Packed against unpacked sweeps (issue 12), through the real `run_sweep` on one local Ray.
+"""Packed against unpacked sweeps, through the real `run_sweep` on one local Ray.
 
     python benchmarks/sweep_throughput.py            # both shapes and the ASHA comparison
     python benchmarks/sweep_throughput.py --quick    # demo shapes only, one round

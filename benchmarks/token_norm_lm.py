@@ -3,14 +3,13 @@
     python benchmarks/token_norm_lm.py                       # 300k tokens, layer 3, ~15 min CPU
     python benchmarks/token_norm_lm.py --archs relu,batchtopk --tokens 100000
 
-Issue 16 turned token_norm on by default for every architecture but TopK, from synthetic data
-with heavy-tailed token norms. This checks what it costs on an LM's activations: the demo's
-corpus (docstrings of this Python's standard library) through MiniLM, harvested once, then each
-architecture at a few sparsity settings, token_norm off (the reference) and on, same seed and
-data. FVU is measured in raw activation units on the held-out shard; a ratio above 1 means
-token_norm reconstructs worse. L0 moves too (a penalty SAE's L0 is learned), so read the pairs
-as points near the same L0, not as a frontier.
-"""
+The known-answer recovery family turned token_norm on by default for every architecture but
+TopK, from synthetic data with heavy-tailed token norms. This checks what it costs on an LM's
+activations: the demo's corpus (docstrings of this Python's standard library) through MiniLM,
+harvested once, then each architecture at a few sparsity settings, token_norm off (the
+reference) and on, same seed and data. FVU is measured in raw activation units on the held-out
+shard; a ratio above 1 means token_norm reconstructs worse. L0 moves too (a penalty SAE's L0 is
+learned), so read the pairs as points near the same L0, not as a frontier. """
 
 from __future__ import annotations
 

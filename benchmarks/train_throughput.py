@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --quick    # d_sae=6144, k=32 only, fewer steps
     python benchmarks/train_throughput.py --only penalty --threads 1   # Table 3 alone
 
-Table 1 (issue 7), for d_sae in {6144, 24576} and k in {32, 128}: the plain reference (a dense
+Table 1, for d_sae in {6144, 24576} and k in {32, 128}: the plain reference (a dense
 TopK step: topk, scatter, decoder matmul, Adam, unit-norm decoder), sae_lab's dense and sparse
 TopK steps (training_loss + backward + the optimiser SAEModule configures), the sparse step with
 10% dead latents (AuxK on) and BatchTopK's sparse step, all taking turns step by step; then the
@@ -14,12 +14,12 @@ tokens/s (median step), the ratio to the reference, and the memory two steps of 
 model need beyond the model itself: optimiser state, reused buffers, temporaries (peak RSS in a
 separate process on CPU, peak allocated on CUDA; the Lightning rows run the same step).
 
-Table 2 (issue 2): every architecture through the full Lightning path at d_sae=6144 (k=32) on
+Table 2: every architecture through the full Lightning path at d_sae=6144 (k=32) on
 synthetic data, each timed next to the reference, with its held-out FVU after the same number of
 steps; TopK and BatchTopK come with both decoders, so the FVU column shows the sparse path
 learning what the dense one does (same seed).
 
-Table 3 (issue 15): relu, jumprelu and gated once sparse (bias or threshold set so that L0 is
+Table 3: relu, jumprelu and gated once sparse (bias or threshold set so that L0 is
 about --l0, printed as measured), each against a plain PyTorch step of the same maths (no sae_lab
 code), the two taking turns step by step; the ratio is the median of the per-pair ratios, with
 their range.
@@ -88,7 +88,7 @@ def plain_step_fn(d_in: int, d_sae: int, k: int, device: str) -> Callable[[Tenso
 
 
 class PlainPenalty(nn.Module):
-    """The penalty references (issue 15): ReLU-L1, JumpReLU and Gated SAEs written as the papers'
+    """The penalty references: ReLU-L1, JumpReLU and Gated SAEs written as the papers'
     equations in plain dense PyTorch, as a straightforward implementation would."""
 
     def __init__(self, arch: str, d_in: int, d_sae: int, lam: float, cut: float) -> None:
@@ -504,7 +504,7 @@ def architecture_table(args, device: str) -> None:
 
 
 def penalty_table(args, device: str) -> None:
-    """Table 3 (issue 15): relu, jumprelu and gated once sparse, against the plain references."""
+    """Table 3: relu, jumprelu and gated once sparse, against the plain references."""
     print(f"\n## Table 3: penalty SAEs once sparse, against a plain PyTorch step of the same maths"
           f"\n## (tokens/s, ratio sae_lab / reference; L0 set to about {args.l0} by the bias or "
           f"threshold, measured below; sae.decoder={args.penalty_decoder})")

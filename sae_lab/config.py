@@ -3,7 +3,7 @@
 Configs are plain dataclasses validated by pydantic v2 (`@config`): types are checked and coerced
 on construction (YAML 1.1's `1e-3` string becomes a float, `512.5` for an int is refused),
 unknown keys are refused, and the docstring under each field is its documentation, used by
-`--help`, the README reference and the JSON Schema (`sae-lab schema`). Cross-field checks go in
+`--help`, the docs' reference and the JSON Schema (`sae-lab schema`). Cross-field checks go in
 `__post_init__` as `require(ok, field, value, "what it must be")`; the error names the full
 dotted path (`data.synthetic.active=600.0: must be <= n_features=512`).
 
@@ -286,7 +286,7 @@ def is_config(obj: Any) -> bool:
     return dataclasses.is_dataclass(obj) and hasattr(obj, "__pydantic_fields__")
 
 
-# --- reference rows (README tables, --help epilogs) -----------------------------------------
+# --- reference rows (docs reference tables, --help epilogs) ---------------------------------
 
 
 def reference(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:

@@ -1,5 +1,5 @@
 """BatchTopK's inference threshold, learnt in training, must give held-out L0 close to k
-(issue 10 item 3: it gave 10.9 and 13.2 for k=24 in the demo)."""
+(it once gave 10.9 and 13.2 for k=24 in the demo)."""
 
 import pytest
 

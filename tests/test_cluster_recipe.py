@@ -1,5 +1,5 @@
-"""The README's multi-node recipe, run as written on loopback: a head, a worker that joins it and
-a driver that connects with --address, for a user who has run a local sweep before.
+"""The multi-node recipe of docs/cluster.md, run as written on loopback: a head, a worker that
+joins it and a driver that connects with --address, for a user who has run a local sweep before.
 
 Such a user has ~/.ray/auth_token (a local `ray.init()` writes one), and since Ray 2.52
 `ray start --head` turns token authentication on whenever that file exists, while
@@ -33,8 +33,8 @@ print("alive nodes:", sum(n["Alive"] for n in ray.nodes()))
 
 
 def readme_recipe() -> list[tuple[dict[str, str], list[str]]]:
-    """(environment, argv) of each command in the README's cluster block, `export`s applied."""
-    text = (REPO / "README.md").read_text()
+    """(environment, argv) of each command in docs/cluster.md's cluster block, `export`s applied."""
+    text = (REPO / "docs" / "cluster.md").read_text()
     block = re.search(r"To use several machines.*?```bash\n(.*?)```", text, re.S).group(1)
     exported: dict[str, str] = {}
     steps = []
@@ -71,7 +71,7 @@ def test_readme_cluster_recipe_joins_a_worker_when_an_auth_token_exists(tmp_path
     address = f"127.0.0.1:{port}"
     # Unix socket paths must stay short, so not under tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    # Ours, not the README's: one CPU each, loopback, no dashboard, ports nobody else holds, and
+    # Ours, not the docs': one CPU each, loopback, no dashboard, ports nobody else holds, and
     # --block so that stopping these two processes stops their nodes (never `ray stop`, which
     # would stop every Ray node of this user on the machine).
     local = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]

@@ -35,7 +35,7 @@ def train_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-# --- issue 10.1: 1e-3 is a number, in YAML and in --set -----------------------------------
+# --- 1e-3 is a number, in YAML and in --set ---------------------------------------------
 
 
 def test_scientific_notation_is_a_number_in_set_and_yaml(tmp_path, capsys):
@@ -51,7 +51,7 @@ def test_scientific_notation_is_a_number_in_set_and_yaml(tmp_path, capsys):
     assert isinstance(cfg.max_tokens, int)
 
 
-# --- issue 10.9: types checked up front, naming the field ---------------------------------
+# --- types checked up front, naming the field -------------------------------------------
 
 
 @pytest.mark.parametrize("text, culprit", [

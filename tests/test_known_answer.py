@@ -1,6 +1,6 @@
 """Each architecture, trained through the full Lightning path on synthetic activations built from
 known features, must find those features; a deliberately broken SAE must not pass the same bounds.
-Below the single setting, the family (issue 16): several generator settings, one rule for the
+Below the single setting, the family: several generator settings, one rule for the
 hyperparameters, every architecture (tests/recovery_family.py).
 
 Data: 256 unit directions in d=128, ~4 active per token, magnitudes N(1, 0.25). Random directions
@@ -132,7 +132,7 @@ def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
 
 # --- the family: generator settings x every architecture, hyperparameters from one rule --------
 # (tests/recovery_family.py: settings, the rule, the table; `python -m tests.recovery_family`).
-# Issue 16's bar is matched >= 0.9 at cos >= 0.9 with <= 5% dead in every cell. Every cell meets
+# The bar is matched >= 0.9 at cos >= 0.9 with <= 5% dead in every cell. Every cell meets
 # it (2026-12-02: the lowest is TopK on skewed+noisy, 0.94; over feature seeds 1-3, ReLU's 0.92
 # there, seed 3). A cell measured short of it goes here as 'matched / dead': strict where far
 # from the bar, so a fix that lifts it fails here until it leaves this table; not strict within

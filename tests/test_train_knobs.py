@@ -156,7 +156,7 @@ def test_aux_coef_gives_dead_latents_encoder_gradients(arch, tmp_path):
 def test_preact_loss_lowers_the_thresholds_of_dead_jumprelu_latents(tmp_path):
     """Thresholds far above every pre-activation: the L0 estimator's kernel holds no entry and
     AuxK moves only pre, so without the pre-activation loss a dead latent's threshold stays put
-    (the JumpReLU of issue 16 with 34% dead); with it, every dead threshold comes down."""
+    (the known-answer family's JumpReLU had 34% dead); with it, every dead threshold comes down."""
     moved = {}
     for coef in (0.0, 0.1):
         spy = StepSpy()

@@ -12,7 +12,7 @@ projections, before dropout, residual and LayerNorm).
 Models are looked up by `config.model_type`; unknown types fall back to a search over the common
 attribute names, and an error lists every name tried.
 
-Issue 5 (steering, SAE splicing) reuses `hook_module` with `output_tensor` / `replace_output` to
+Steering and SAE splicing reuse `hook_module` with `output_tensor` / `replace_output` to
 edit the activation in a forward hook.
 """
 

@@ -50,8 +50,8 @@ class SAEConfig:
     token_norm: bool = False
     """Scale each token to norm sqrt(d_in) before encoding, and its reconstruction back (SAELens's
     constant_norm_rescale): every token then weighs alike in the loss and in a batch-wide
-    selection, whatever its norm. On where measured to help (issue 16): every architecture but
-    TopK, whose selection is per token already."""
+    selection, whatever its norm. On where measured to help (the known-answer recovery family):
+    every architecture but TopK, whose selection is per token already."""
 
     @property
     def latents(self) -> int:
@@ -80,7 +80,7 @@ class PenaltyConfig(SAEConfig):
     sparsity_coef: Annotated[float, Field(ge=0)] = 1.0
     """Sparsity coefficient lambda."""
     # On: trained on heavy-tailed token norms, a penalty SAE fits the largest tokens first
-    # (issue 16, heavy+wide recovery: JumpReLU 0.80 -> 0.99, Gated 0.91 -> 0.98).
+    # (known-answer family, heavy+wide recovery: JumpReLU 0.80 -> 0.99, Gated 0.91 -> 0.98).
     token_norm: bool = True
     decoder: Literal["auto", "sparse", "dense"] = "auto"
     """'sparse' computes a step from the active latents only; 'dense' is the reference path;

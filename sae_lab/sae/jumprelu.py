@@ -114,7 +114,7 @@ class JumpReLUSAE(SAE):
         # lr ~ 4e-4 a threshold changes by a factor e^0.4 in 1000 steps: far too slow for runs
         # shorter than the paper's. A larger rate for the thresholds alone fixes that. Capped:
         # at lr 1e-2 the scaled rate moved every threshold by ~10% a step, and thresholds that
-        # never settle left JumpReLU's latents blends (known-answer family, issue 16: heavy+wide
+        # never settle left JumpReLU's latents blends (known-answer family: heavy+wide
         # 0.71 of the features found at 0.1, 0.80 at 0.03; skewed+noisy 0.87 at 0.01, 0.92 at 0.03).
         rest = [p for n, p in self.named_parameters() if n != "log_threshold"]
         theta_lr = min(lr * self.cfg.threshold_lr_scale, self.cfg.threshold_lr_max)

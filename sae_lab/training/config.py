@@ -1,7 +1,7 @@
 """Training configuration: nested config dataclasses (sae_lab.config), read from and written to
 YAML, validated up front.
 
-Every field has a one-line docstring; the README's config reference, `sae-lab train --help` and
+Every field has a one-line docstring; the docs' config reference, `sae-lab train --help` and
 the JSON Schema (`sae-lab schema`) are generated from them.
 """
 
