@@ -241,7 +241,8 @@ def test_explain_cli_on_tiny_gpt2(tiny_lm, tiny_shards, tmp_path):
         failed = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards),
                       "--latents", "4-5", "--url", server.url, "--model", "rule")
     assert failed.returncode == 2, failed.stderr
-    assert failed.stderr.strip().startswith("sae-lab explain: error: no latent was explained")
+    last = failed.stderr.strip().splitlines()[-1]  # after each latent's progress line
+    assert last.startswith("sae-lab explain: error: no latent was explained: all 2 asked failed")
 
 
 def test_local_model_plumbing(tiny_lm, tmp_path):
