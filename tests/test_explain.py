@@ -27,6 +27,7 @@ from sae_lab.reading.explain import (
     EndpointError,
     HTTPChat,
     LocalChat,
+    NothingExplained,
     balanced_accuracy,
     explain,
     parse_detection,
@@ -86,6 +87,7 @@ class ChatServer:
 
     def __init__(self, fail_first_with_429: bool = True, slow_request: int | None = 2) -> None:
         self.requests: list[dict] = []
+        self.always_malformed = False
         self.lock = threading.Lock()
         server = self
 
@@ -105,6 +107,8 @@ class ChatServer:
                 if n == slow_request:
                     time.sleep(1.0)  # longer than the client's timeout: it must retry
                 text = rule_answer(body["messages"])
+                if server.always_malformed and text != "OK":
+                    text = "I think this feature is about many things."
                 self._send(200, {"choices": [{"index": 0, "message": {
                     "role": "assistant", "content": text}, "finish_reason": "stop"}]})
 
@@ -231,13 +235,23 @@ def test_explain_cli_on_tiny_gpt2(tiny_lm, tiny_shards, tmp_path):
                 "--url", "http://127.0.0.1:9/v1", "--retries", "0")
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1
     assert "unreachable" in down.stderr
+    # Every latent asked about fails (latent 5's answers are always malformed): exit 2.
+    with ChatServer(fail_first_with_429=False, slow_request=None) as server:
+        server.always_malformed = True
+        failed = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards),
+                      "--latents", "4-5", "--url", server.url, "--model", "rule")
+    assert failed.returncode == 2, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]  # after each latent's progress line
+    assert last.startswith("sae-lab explain: error: no latent was explained: all 2 asked failed")
 
 
 def test_local_model_plumbing(tiny_lm, tmp_path):
     """A tiny random GPT-2 answers nonsense: the plumbing runs and records it as failed."""
     chat = LocalChat(str(tiny_lm), max_new_tokens=8)
     assert isinstance(chat([{"role": "user", "content": "Reply with OK."}]), str)
-    recs = run_explain(chat, tmp_path / "e.json", latents=(0, 1))
+    with pytest.raises(NothingExplained, match="no latent was explained: all 2 asked failed"):
+        run_explain(chat, tmp_path / "e.json", latents=(0, 1))
+    recs = json.loads((tmp_path / "e.json").read_text())  # written all the same
     assert set(recs) == {"0", "1"}
     assert all(r["status"] == "failed" and "malformed" in r["error"] for r in recs.values())
 

@@ -10,10 +10,14 @@ arbitrary corpus text cannot inject markup.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,179 +26,85 @@ from sae_lab.files import atomic_dir, check_output_dir
 INDEX = "index.html"
 BROWSER_FILES = (INDEX,)  # what an earlier `sae-lab inspect` left in --out
 
-_CSS = """
-body { font: 14px system-ui, sans-serif; margin: 0; color: #1d232b; }
-header { padding: 10px 16px; background: #f1f4f8; border-bottom: 1px solid #d5dbe3; }
-header h1 { font-size: 17px; margin: 0 0 4px 0; }
-#summary { color: #55606e; margin-bottom: 8px; }
-#search { width: 360px; padding: 5px 8px; font-size: 14px; }
-#count { margin-left: 10px; color: #55606e; }
-main { display: flex; height: calc(100vh - 96px); }
-nav { width: 240px; overflow-y: auto; border-right: 1px solid #d5dbe3; }
-nav button { display: block; width: 100%; text-align: left; border: 0; padding: 4px 12px;
-  background: none; font: 13px ui-monospace, monospace; cursor: pointer; }
-nav button:hover { background: #e8eef6; }
-nav button.selected { background: #cfe0f5; }
-nav button.dead { color: #9aa3ad; }
-section { flex: 1; overflow-y: auto; padding: 12px 20px; }
-.ctx { font: 13px ui-monospace, monospace; white-space: pre-wrap; margin: 3px 0;
-  padding: 3px 6px; background: #fafbfc; border-left: 3px solid #d5dbe3; }
-.ctx .val { color: #55606e; margin-right: 8px; }
-.hot { background: #f7b267; border-radius: 2px; font-weight: bold; }
-.chip { display: inline-block; font: 13px ui-monospace, monospace; white-space: pre;
-  background: #e3f1e6; border-radius: 3px; padding: 1px 5px; margin: 2px; }
-"""
-
-_JS = r"""
-"use strict";
-const data = JSON.parse(document.getElementById("data").textContent);
-const byId = new Map(data.latents.map((l) => [l.id, l]));
-const list = document.getElementById("list");
-const panel = document.getElementById("panel");
-const search = document.getElementById("search");
-const count = document.getElementById("count");
-const show = (t) => t.replace(/\n/g, "\u21b5");
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function fmtDensity(d) {
-  return d > 0 ? (100 * d).toPrecision(3) + "% (log10 " + Math.log10(d).toFixed(2) + ")"
-               : "never fired";
-}
-
-function haystack(l) {
-  if (l._hay === undefined) {
-    const parts = l.contexts.map((c) => c.tokens.join(""));
-    if (l.promoted) parts.push(l.promoted.map((p) => p[0]).join(" "));
-    if (l.title) parts.push(l.title);
-    l._hay = parts.join("\n").toLowerCase();
-  }
-  return l._hay;
-}
-
-function matches(l, q) {
-  if (!q) return true;
-  if (/^\d+$/.test(q)) return l.id === Number(q);
-  return haystack(l).includes(q.toLowerCase());
-}
-
-function renderList(q) {
-  list.replaceChildren();
-  let n = 0;
-  for (const l of data.latents) {
-    if (!matches(l, q)) continue;
-    const pct = l.density > 0 ? (100 * l.density).toPrecision(2) + "%" : "dead";
-    const b = el("button", l.density > 0 ? "" : "dead",
-                 "#" + l.id + "  " + pct + (l.title ? "  " + l.title : ""));
-    b.id = "item-" + l.id;
-    b.dataset.latent = l.id;
-    b.addEventListener("click", () => { location.hash = "latent=" + l.id; });
-    list.appendChild(b);
-    n += 1;
-  }
-  count.textContent = n + " of " + data.latents.length + " latents";
-  list.dataset.shown = String(n);
-}
-
-function renderPanel(id) {
-  const l = byId.get(id);
-  panel.replaceChildren();
-  for (const b of list.querySelectorAll("button.selected")) b.classList.remove("selected");
-  if (!l) { panel.appendChild(el("p", "", "Latent " + id + " is not in this browser.")); return; }
-  const item = document.getElementById("item-" + id);
-  if (item) item.classList.add("selected");
-  panel.dataset.latent = String(id);
-  panel.appendChild(el("h2", "", "Latent " + id + (l.title ? ": " + l.title : "")));
-  if (l.explanation) panel.appendChild(el("p", "explanation", l.explanation));
-  const stats = "Density: " + fmtDensity(l.density) + "   max activation: " + l.max;
-  panel.appendChild(el("p", "", stats));
-  panel.appendChild(el("h3", "", "Top-activating contexts"));
-  if (l.contexts.length === 0) {
-    panel.appendChild(el("p", "", "It never fired on the inspected tokens."));
-  }
-  for (const c of l.contexts) {
-    const row = el("div", "ctx");
-    row.appendChild(el("span", "val", c.value.toFixed(3)));
-    c.tokens.forEach((t, i) => {
-      if (i !== c.at) { row.appendChild(el("span", "", show(t))); return; }
-      // A piece carries the space before its word (" parse"): only the word is highlighted.
-      const lead = t.match(/^\s*/)[0];
-      if (lead && lead !== t) row.appendChild(el("span", "", show(lead)));
-      const s = el("span", "hot", show(lead !== t ? t.slice(lead.length) : t));
-      s.title = "activation " + c.value;
-      row.appendChild(s);
-    });
-    panel.appendChild(row);
-  }
-  if (l.promoted) {
-    panel.appendChild(el("h3", "", "Output tokens it promotes most (W_dec \u00b7 W_U)"));
-    const box = el("div", "promoted");
-    for (const [t, v] of l.promoted) {
-      const c = el("span", "chip", show(t));
-      c.title = String(v);
-      box.appendChild(c);
-    }
-    panel.appendChild(box);
-  }
-}
-
-function fromHash() {
-  const h = new URLSearchParams(location.hash.slice(1));
-  if (h.has("q")) { search.value = h.get("q"); renderList(search.value.trim()); }
-  if (h.has("latent")) renderPanel(Number(h.get("latent")));
-}
-
-document.getElementById("summary").textContent = data.summary;
-search.addEventListener("input", () => renderList(search.value.trim()));
-window.addEventListener("hashchange", fromHash);
-renderList("");
-if (data.latents.length) renderPanel(data.latents[0].id);
-fromHash();
-document.body.dataset.ready = "1";
-"""
-
-# Runs first, so an error anywhere later (even a syntax error) is recorded in the DOM.
-_ERRORS_JS = """
-window.addEventListener("error", (e) => {
-  const root = document.documentElement;
-  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + " | " : "") + e.message;
-});
-"""
+TEMPLATES = "templates"  # package data beside this module: the pages, their CSS and JS
 
 
-def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_lab features"
-                ) -> str:
-    """The whole page as one string."""
-    payload = json.dumps({"summary": summary, "latents": latents}, ensure_ascii=False,
-                         separators=(",", ":"))
+@functools.cache
+def _jinja() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("sae_lab.reading", TEMPLATES),
+                              autoescape=True, keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def asset(name: str) -> Any:
+    """templates/NAME (this package's own CSS or JS) as markup, to inline in a page."""
+    from markupsafe import Markup
+
+    return Markup(resources.files(__package__).joinpath(TEMPLATES, name).read_text("utf-8"))
+
+
+def render_page(template: str, **context: Any) -> str:
+    """templates/TEMPLATE rendered: strings in `context` are escaped, markup (assets) is not."""
+    return _jinja().get_template(template).render(**context)
+
+
+def render_html(latents: list[dict[str, Any]], summary: str, title: str = "sae_lab features",
+                sae_sha256: str | None = None) -> str:
+    """The whole page as one string: templates/browser.html with its CSS, JS and the data
+    inlined, so the page is one self-contained file."""
+    from markupsafe import Markup
+
+    data: dict[str, Any] = {"summary": summary, "latents": latents}
+    if sae_sha256:
+        data["sae_sha256"] = sae_sha256
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     # Any "<" could start "</script>" or "<!--" (which changes how the HTML parser ends the
     # script element); "\\u003c" is the same JSON string and holds no markup.
     payload = payload.replace("<", "\\u003c")
-    esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-        f"<title>{esc}</title>\n<script>{_ERRORS_JS}</script>\n<style>{_CSS}</style>\n</head>\n"
-        "<body>\n<header><h1>" + esc + "</h1><div id=\"summary\"></div>\n"
-        "<input id=\"search\" type=\"search\" "
-        "placeholder=\"latent index, or text in its contexts\"><span id=\"count\"></span>"
-        "</header>\n<main><nav id=\"list\"></nav><section id=\"panel\"></section></main>\n"
-        f"<script id=\"data\" type=\"application/json\">{payload}</script>\n"
-        f"<script>{_JS}</script>\n</body></html>\n"
-    )
+    return render_page("browser.html", title=title, payload=Markup(payload),
+                       errors_js=asset("errors.js"), css=asset("browser.css"),
+                       js=asset("browser.js"))
 
 
 def write_browser(latents: list[dict[str, Any]], out: str | os.PathLike, summary: str,
-                  title: str = "sae_lab features") -> Path:
+                  title: str = "sae_lab features", sae_sha256: str | None = None) -> Path:
     """Write out/index.html atomically (a temporary directory, then rename over `out`); an
-    existing `out` is replaced only when it is an earlier browser."""
+    existing `out` is replaced only when it is an earlier browser. `sae_sha256` (sae_hash of the
+    SAE the contexts are of) lets `sae-lab serve --inspect` check it serves that SAE."""
     with atomic_dir(out, "inspect", known=BROWSER_FILES) as tmp:
-        (tmp / INDEX).write_text(render_html(latents, summary, title), encoding="utf-8")
+        (tmp / INDEX).write_text(render_html(latents, summary, title, sae_sha256),
+                                 encoding="utf-8")
     return Path(out) / INDEX
+
+
+def sae_hash(sae_dir: str | os.PathLike) -> str:
+    """sha256 (hex) of an SAE directory's weights file: which SAE a browser's contexts are of."""
+    from sae_lab.sae.base import WEIGHTS_FILE
+
+    digest = hashlib.sha256()
+    with open(Path(sae_dir) / WEIGHTS_FILE, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_browser_data(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(index.html, its embedded data) of an `sae-lab inspect` output (a directory or its
+    index.html); one-line errors for anything else."""
+    index = Path(path) / INDEX if Path(path).is_dir() else Path(path)
+    if not index.is_file():
+        raise FileNotFoundError(f"{path}: no {INDEX} (not an `sae-lab inspect` output)")
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                  index.read_text(encoding="utf-8"), re.S)
+    try:
+        data = json.loads(m.group(1)) if m else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("latents"), list):
+        raise ValueError(f"{index}: no latent data (not an `sae-lab inspect` output)")
+    return index, data
 
 
 # --- command line: `sae-lab inspect` -----------------------------------------------------------
@@ -295,7 +205,8 @@ def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,
                f"{name}, layer {meta.get('layer', manifest.get('layer'))} "
                f"{meta.get('hook', manifest.get('hook'))}; {found.n_rows} tokens from "
                f"{shards}; showing {len(ids)} latents")
-    return write_browser(records, out, summary, title=f"sae_lab: {Path(sae_dir).name}")
+    return write_browser(records, out, summary, title=f"sae_lab: {Path(sae_dir).name}",
+                         sae_sha256=sae_hash(sae_dir))
 
 
 def _promoted(sae: Any, name: str, device: str, top_logits: int | None) -> Any:

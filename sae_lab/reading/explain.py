@@ -10,7 +10,7 @@
                (the detection score of Paulo et al. 2024, delphi, and SAEBench's autointerp)
 
 The LLM is any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp's server) reached with
-urllib, or an in-process transformers causal LM. Results go to a JSON file (by default
+httpx, or an in-process transformers causal LM. Results go to a JSON file (by default
 SAE_DIR/explanations.json, {"<latent>": {"title", "explanation", "score", ...}}), rewritten
 atomically after every latent, so an interrupted run continues where it stopped.
 """
@@ -18,22 +18,23 @@ atomically after every latent, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sae_lab.files import atomic_write_json
 
-if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
+if TYPE_CHECKING:  # torch and httpx are imported where they run: `--help` stays fast
+    import httpx
     import torch
 
     from sae_lab.reading.contexts import TokenText, TopActivations
@@ -45,6 +46,10 @@ Message = dict[str, str]
 
 class EndpointError(OSError):
     """The chat endpoint cannot be reached or keeps failing: the whole run stops (one line)."""
+
+
+class NothingExplained(ValueError):
+    """Every latent the LLM was asked about came back failed (one line, naming the first error)."""
 
 
 class MalformedAnswer(ValueError):
@@ -59,24 +64,40 @@ class Chat(Protocol):
 
 # --- chat backends -----------------------------------------------------------------------------
 
+MAX_ANSWER_BYTES = 4 * 2**20
+"""The largest answer body read from a chat endpoint; a larger one is an error."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (a timeout, a lost connection, a 5xx or 429 answer)."""
+
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.wait = wait
+
 
 @dataclass
 class HTTPChat:
-    """POST {url}/chat/completions (OpenAI chat API) with retries.
+    """POST {url}/chat/completions (OpenAI chat API) with httpx, retried with backoff.
 
-    Timeouts, connection errors and 5xx answers are retried with exponential backoff; a 429 waits
-    for its Retry-After header (seconds) when it has one. Other 4xx answers fail at once.
+    Each request has one deadline, `timeout` seconds for the whole of it (connecting, sending,
+    waiting, reading), however slowly the server trickles bytes. Answers larger than `max_bytes`
+    are refused, redirects are not followed (the API key would travel with them), and no error
+    message holds the API key. Timeouts, connection errors and 5xx answers are retried with
+    exponential backoff; a 429 waits for its Retry-After header (seconds) when it has one. Other
+    4xx answers, redirects, oversized and non-JSON answers fail at once.
     """
 
     url: str
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
     retries: int = 3
     backoff: float = 1.0
     max_wait: float = 60.0
     temperature: float = 0.0
     max_tokens: int = 300
+    max_bytes: int = MAX_ANSWER_BYTES
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     @property
@@ -88,48 +109,115 @@ class HTTPChat:
         return self.url.rstrip("/") + "/chat/completions"
 
     def __call__(self, messages: list[Message]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages,
-                           "temperature": self.temperature, "max_tokens": self.max_tokens,
-                           "stream": False}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "stream": False}
         last = ""
         for attempt in range(self.retries + 1):
             wait = self.backoff * 2**attempt
             try:
-                req = urllib.request.Request(self.endpoint, body, headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return _message_text(json.loads(resp.read()), self.endpoint)
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:200].decode(errors="replace").strip()
-                last = f"HTTP {e.code} {detail}".strip()
-                if e.code == 429:
-                    wait = _retry_after(e.headers.get("Retry-After"), wait)
-                elif e.code < 500:
-                    raise EndpointError(f"endpoint {self.endpoint}: {last}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"unreachable ({reason})" if isinstance(e, urllib.error.URLError) \
-                    else f"no answer within {self.timeout:g} s"
+                return self._text(self._post(body))
+            except _Transient as e:
+                last = str(e)
+                wait = wait if e.wait is None else e.wait
             if attempt < self.retries:
                 self.sleep(min(wait, self.max_wait))
-        raise EndpointError(f"endpoint {self.endpoint}: {last} (after {self.retries + 1} tries)")
+        tries = "1 try" if self.retries == 0 else f"{self.retries + 1} tries"
+        raise self._error(f"{last} (after {tries})")
+
+    def _error(self, reason: str) -> EndpointError:
+        """A one-line error naming the endpoint, the API key blanked out wherever it appears."""
+        msg = " ".join(f"endpoint {self.endpoint}: {reason}".split())
+        if self.api_key:
+            msg = msg.replace(self.api_key, "<api key>")
+        return EndpointError(msg)
+
+    def _text(self, payload: Any) -> str:
+        try:
+            return str(payload["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError):
+            raise self._error(f"not an OpenAI chat completion ({str(payload)[:120]})") from None
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        """One request under one deadline: the answer's JSON."""
+        import httpx
+
+        # Made here, so that importing httpx and loading certificates are not timed.
+        client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._attempt(client, body))
+        with ThreadPoolExecutor(1) as pool:  # called from a running loop (a notebook)
+            return pool.submit(asyncio.run, self._attempt(client, body)).result()
+
+    async def _attempt(self, client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
+        try:
+            return await asyncio.wait_for(self._request(client, body), self.timeout)
+        except asyncio.TimeoutError:
+            raise _Transient(f"no complete answer within {self.timeout:g} s") from None
+
+    async def _request(self, client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
+        import httpx
+
+        headers = {"Accept-Encoding": "identity"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            async with client, client.stream("POST", self.endpoint, json=body,
+                                             headers=headers) as resp:
+                return await self._answer(resp)
+        except httpx.TimeoutException:
+            raise _Transient(f"no complete answer within {self.timeout:g} s") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+            raise self._error(f"not a usable URL ({e})") from None
+        except httpx.ConnectError as e:
+            raise _Transient(f"unreachable ({e or type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise _Transient(f"connection failed ({e or type(e).__name__})") from None
+
+    async def _answer(self, resp: httpx.Response) -> Any:
+        code = resp.status_code
+        if resp.has_redirect_location or 300 <= code < 400:
+            raise self._error(f"answered HTTP {code}, a redirect to "
+                              f"{resp.headers.get('location', '(no location)')}, not followed "
+                              "(the API key would go with it): use the final URL")
+        if not 200 <= code < 300:
+            detail = (await self._read(resp, 2048, strict=False)).decode(errors="replace")
+            reason = f"HTTP {code} {detail[:200]}".strip()
+            if code == 429:
+                raise _Transient(reason, _retry_after(resp.headers.get("Retry-After"), None))
+            if code >= 500:
+                raise _Transient(reason)
+            raise self._error(reason)
+        data = await self._read(resp, self.max_bytes, strict=True)
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kind = resp.headers.get("content-type", "no Content-Type")
+            text = data[:80].decode(errors="replace")
+            raise self._error(f"the answer is not JSON (HTTP {code}, {kind}: {text!r})") from None
+
+    async def _read(self, resp: httpx.Response, cap: int, strict: bool) -> bytes:
+        """The body, at most `cap` bytes: past them, an error (`strict`) or the first `cap`."""
+        size = resp.headers.get("content-length", "")
+        if strict and size.isdigit() and int(size) > cap:
+            raise self._error(f"the answer is {int(size)} bytes, more than the {cap} accepted")
+        buf = bytearray()
+        async for chunk in resp.aiter_bytes():
+            buf += chunk
+            if len(buf) > cap:
+                if strict:
+                    raise self._error(f"the answer is more than the {cap} bytes accepted; "
+                                      "stopped reading")
+                break
+        return bytes(buf[:cap])
 
 
-def _retry_after(header: str | None, default: float) -> float:
+def _retry_after(header: str | None, default: float | None) -> float | None:
     try:
         return max(0.0, float(header)) if header is not None else default
     except ValueError:  # an HTTP date: not worth parsing, back off instead
         return default
-
-
-def _message_text(payload: Any, endpoint: str) -> str:
-    try:
-        return str(payload["choices"][0]["message"]["content"] or "")
-    except (KeyError, IndexError, TypeError):
-        raise EndpointError(f"endpoint {endpoint}: not an OpenAI chat completion "
-                            f"({str(payload)[:120]})") from None
 
 
 class LocalChat:
@@ -411,8 +499,11 @@ def explain(sae: SAE, top: TopActivations, active: torch.Tensor, inactive: torch
             right: int = 4, redo_failed: bool = False, seed: int = 0,
             say: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
     """Explain and score `latents`, skipping those already in `out`; `out` is rewritten after
-    every latent."""
+    every latent. When the LLM was asked about some latents and every one of them failed, raises
+    NothingExplained (after writing `out`)."""
     done = read_explanations(out)
+    failed: list[tuple[int, str]] = []
+    asked = 0
     for pos, latent in enumerate(latents):
         old = done.get(str(latent))
         if old and not (redo_failed and old.get("status") == "failed"):
@@ -425,6 +516,14 @@ def explain(sae: SAE, top: TopActivations, active: torch.Tensor, inactive: torch
         atomic_write_json(out, done)
         score = "-" if rec["score"] is None else f"{rec['score']:.2f}"
         say(f"latent {latent}: {rec['status']}, score {score}: {rec['title'] or rec['error']}")
+        asked += rec["status"] != "dead"
+        if rec["status"] == "failed":
+            failed.append((latent, rec["error"]))
+    if asked and len(failed) == asked:
+        latent, error = failed[0]
+        raise NothingExplained(f"no latent was explained: all {asked} asked failed (latent "
+                               f"{latent}: {error}); records in {out}; --redo-failed retries "
+                               "them")
     return done
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -27,6 +25,7 @@ if TYPE_CHECKING:  # torch is imported where it runs: `--help` stays fast
     from sae_lab.sae.base import SAE
 
 MAX_CHARS = 20_000
+MAX_BODY = 4 * MAX_CHARS  # bytes of a POST body (JSON escapes make the text longer)
 
 
 class Viewer:
@@ -107,42 +106,90 @@ def _pieces(text: str, offsets: list[tuple[int, int]] | None, ids: list[int],
     return out
 
 
-def read_inspect_contexts(path: str | os.PathLike) -> dict[int, list[dict[str, Any]]]:
-    """{latent: contexts} from an `sae-lab inspect` output (the JSON inside its index.html)."""
-    from sae_lab.reading.browser import INDEX
+def read_inspect_contexts(path: str | os.PathLike, sae_dir: str | os.PathLike | None = None
+                          ) -> dict[int, list[dict[str, Any]]]:
+    """{latent: contexts} from an `sae-lab inspect` output (the JSON inside its index.html).
 
-    index = Path(path) / INDEX if Path(path).is_dir() else Path(path)
-    if not index.is_file():
-        raise FileNotFoundError(f"{path}: no {INDEX} (not an `sae-lab inspect` output)")
-    m = re.search(r'<script id="data" type="application/json">(.*?)</script>',
-                  index.read_text(encoding="utf-8"), re.S)
-    if not m:
-        raise ValueError(f"{index}: no latent data (not an `sae-lab inspect` output)")
-    return {int(r["id"]): r.get("contexts", []) for r in json.loads(m.group(1))["latents"]}
+    With `sae_dir`, the output must have been made from that SAE (the weights' sha256 it
+    records): another SAE's contexts would be shown as this one's.
+    """
+    from sae_lab.reading.browser import read_browser_data, sae_hash
+
+    index, data = read_browser_data(path)
+    if sae_dir is not None:
+        check_same_sae(index, data.get("sae_sha256"), sae_dir, sae_hash(sae_dir))
+    return {int(r["id"]): r.get("contexts", []) for r in data["latents"]}
+
+
+def check_same_sae(index: Path, recorded: str | None, sae_dir: str | os.PathLike,
+                   actual: str) -> None:
+    """A one-line ValueError unless the browser at `index` records the SAE hash `actual`."""
+    if recorded is None:
+        raise ValueError(f"{index} records no SAE hash (an older `sae-lab inspect` output), so "
+                         f"its contexts may be another SAE's: rerun `sae-lab inspect {sae_dir}`")
+    if recorded != actual:
+        raise ValueError(f"{index} holds the contexts of another SAE (weights sha256 "
+                         f"{recorded[:12]}, not {Path(sae_dir).name}'s {actual[:12]}): rerun "
+                         f"`sae-lab inspect {sae_dir}`, or serve the SAE it was made from")
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""The names a page served on 127.0.0.1 may be reached by (the Host header, with the port)."""
+
+
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's Host header names this loopback server: a page from another site
+    that re-points its own name at 127.0.0.1 (DNS rebinding) still sends its own name."""
+    if not host:
+        return False
+    host = host.lower()
+    return host in {f"{h}:{port}" for h in LOCAL_HOSTS} or (port == 80 and host in LOCAL_HOSTS)
+
+
+def _error(status: int, message: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"error": message}, status=status)
 
 
 def make_app(viewer: Viewer, title: str = "sae_lab viewer") -> Any:
+    """The aiohttp app: GET / (the page) and POST /api/analyse (JSON {"text"}). Requests whose
+    Host is not this loopback server are refused (403), POSTs that are not JSON (415, as a
+    cross-site form would send) and bodies over the size limit (413)."""
     from aiohttp import web
+
+    @web.middleware
+    async def only_local(request: web.Request, handler: Any) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        if not sock or not host_allowed(request.host, sock[1]):
+            return _error(403, "Host header is not this local server")
+        return await handler(request)
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=page(title), content_type="text/html")
 
     async def analyse(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error(415, "expected Content-Type: application/json")
+        if (request.content_length or 0) > MAX_BODY:
+            return _error(413, f"body larger than {MAX_BODY} bytes")
         try:
             body = await request.json()
-            text = body["text"]
-            assert isinstance(text, str)
-        except Exception:
-            return web.json_response({"error": 'expected JSON {"text": "..."}'}, status=400)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {MAX_BODY} bytes")
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            return _error(400, 'expected JSON {"text": "..."}')
         if not text.strip():
-            return web.json_response({"error": "empty text"}, status=400)
+            return _error(400, "empty text")
         if len(text) > MAX_CHARS:
-            return web.json_response({"error": f"text longer than {MAX_CHARS} characters"},
-                                     status=413)
+            return _error(413, f"text longer than {MAX_CHARS} characters")
         result = await asyncio.get_running_loop().run_in_executor(None, viewer.analyse, text)
         return web.json_response(result)
 
-    app = web.Application(client_max_size=4 * MAX_CHARS)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[only_local])
     app.router.add_get("/", index)
     app.router.add_post("/api/analyse", analyse)
     return app
@@ -169,127 +216,12 @@ async def _serve(app: Any, port: int) -> None:
 
 # --- the page ----------------------------------------------------------------------------------
 
-_CSS = """
-body { font: 14px system-ui, sans-serif; margin: 0; color: #1d232b; }
-header { padding: 10px 16px; background: #f1f4f8; border-bottom: 1px solid #d5dbe3; }
-header h1 { font-size: 17px; margin: 0 0 6px 0; }
-textarea { width: 100%; box-sizing: border-box; height: 70px; font: 14px ui-monospace, monospace; }
-#go { margin-top: 6px; padding: 4px 14px; }
-#status { margin-left: 10px; color: #55606e; }
-main { display: flex; }
-#tokens { flex: 2; padding: 12px 16px; font: 15px ui-monospace, monospace; white-space: pre-wrap;
-  line-height: 1.9; }
-#tokens span { border-radius: 2px; cursor: default; }
-#latents { flex: 1; padding: 12px 16px; border-left: 1px solid #d5dbe3; overflow-y: auto;
-  max-height: calc(100vh - 170px); }
-.latent { padding: 4px 6px; margin: 2px 0; cursor: pointer; border-radius: 3px; }
-.latent:hover { background: #e8eef6; }
-.latent.selected { background: #cfe0f5; }
-.latent .title { font-weight: bold; }
-.latent .expl, .ctx { color: #44505c; font-size: 12px; }
-.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; margin: 2px 0 2px 12px; }
-.ctx b { background: #f7b267; }
-"""
-
-_JS = r"""
-"use strict";
-const $ = (id) => document.getElementById(id);
-let result = null, selected = null;
-const show = (t) => t.replace(/\n/g, "\u21b5\n");
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function paint() {
-  const box = $("tokens");
-  box.replaceChildren();
-  const l = result.latents.find((x) => x.id === selected);
-  result.tokens.forEach((t, i) => {
-    const s = el("span", "", show(t.text));
-    const a = l ? l.acts[i] : 0;
-    if (a > 0) {
-      s.className = "hot";
-      s.dataset.value = String(a);
-      s.style.background = "rgba(247, 140, 40, " + (0.15 + 0.85 * a / l.max).toFixed(3) + ")";
-    }
-    s.title = t.top.map((p) => "#" + p[0] + " " + p[1]).join("\n") || "no latent fires";
-    box.appendChild(s);
-  });
-  for (const d of document.querySelectorAll(".latent")) {
-    d.classList.toggle("selected", Number(d.dataset.latent) === selected);
-  }
-}
-
-function listLatents() {
-  const box = $("latents");
-  box.replaceChildren(el("h3", "", "Top latents in this text"));
-  if (result.latents.length === 0) box.appendChild(el("p", "", "No latent fires."));
-  for (const l of result.latents) {
-    const d = el("div", "latent");
-    d.dataset.latent = String(l.id);
-    const head = el("div");
-    head.appendChild(el("span", "", "#" + l.id + "  max " + l.max.toFixed(2) + "  "));
-    head.appendChild(el("span", "title", l.title));
-    d.appendChild(head);
-    if (l.explanation) {
-      const score = l.score === null || l.score === undefined ? "" :
-        " (detection " + l.score.toFixed(2) + ")";
-      d.appendChild(el("div", "expl", l.explanation + score));
-    }
-    for (const c of l.contexts.slice(0, 3)) {
-      const row = el("div", "ctx");
-      c.tokens.forEach((t, i) => row.appendChild(el(i === c.at ? "b" : "span", "", show(t))));
-      d.appendChild(row);
-    }
-    d.addEventListener("click", () => { selected = l.id; paint(); });
-    box.appendChild(d);
-  }
-}
-
-async function analyse() {
-  const text = $("text").value;
-  $("status").textContent = "running...";
-  document.body.dataset.state = "busy";
-  try {
-    const r = await fetch("api/analyse", {method: "POST",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({text})});
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
-    result = body;
-    selected = result.latents.length ? result.latents[0].id : null;
-    listLatents();
-    paint();
-    $("status").textContent = result.tokens.length + " tokens, " + result.latents.length +
-      " latents fire";
-  } catch (e) {
-    $("status").textContent = "error: " + e.message;
-  }
-  document.body.dataset.state = "done";
-}
-
-$("go").addEventListener("click", analyse);
-$("text").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) analyse();
-});
-document.body.dataset.ready = "1";
-"""
-
-
 def page(title: str) -> str:
-    esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-        f"<title>{esc}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<header><h1>{esc}</h1>\n"
-        "<textarea id=\"text\" placeholder=\"type text, then Analyse (Ctrl+Enter)\"></textarea>"
-        "<br><button id=\"go\">Analyse</button><span id=\"status\"></span></header>\n"
-        "<main><div id=\"tokens\"></div><div id=\"latents\"></div></main>\n"
-        f"<script>{_JS}</script>\n</body></html>\n"
-    )
+    """The viewer page: templates/viewer.html with its CSS and JS inlined."""
+    from sae_lab.reading.browser import asset, render_page
+
+    return render_page("viewer.html", title=title, css=asset("viewer.css"),
+                       js=asset("viewer.js"))
 
 
 # --- command line: `sae-lab serve` -------------------------------------------------------------
@@ -333,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.explanations and not Path(notes_path).is_file():
         raise FileNotFoundError(f"--explanations {notes_path}: no such file")
     notes = {int(k): v for k, v in read_explanations(notes_path).items() if isinstance(v, dict)}
-    contexts = read_inspect_contexts(args.inspect) if args.inspect else {}
+    contexts = read_inspect_contexts(args.inspect, args.sae_dir) if args.inspect else {}
     name = model_name(sae, args.model)
     model, tokenizer = load_lm(name, device)
     viewer = Viewer(model, tokenizer, sae, layer, hook, notes, contexts, args.top_k,

@@ -1,0 +1,4 @@
+window.addEventListener("error", (e) => {
+  const root = document.documentElement;
+  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + " | " : "") + e.message;
+});
