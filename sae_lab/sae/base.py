@@ -6,7 +6,8 @@
 
 With cfg.token_norm, x is first scaled to norm sqrt(d_in) (x * s, s = sqrt(d_in) / ||x||) and the
 reconstruction scaled back (x_hat / s), as SAELens's constant_norm_rescale; `encode` takes raw x,
-`decode(z, x)` gives x's units, and `training_loss` takes x as `normalize_input` returns it.
+`decode(z, x)` gives x's units (so does `decode(z)` right after `encode`, which remembers s), and
+`training_loss` takes x as `normalize_input` returns it.
 
 Shapes are written `# [B, d_in]` in comments: B tokens, d_in activation width, d_sae latents.
 """
@@ -129,19 +130,40 @@ class SAE(nn.Module):
         return x if s is None else (x * s).to(x.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Sparse codes z, [B, d_sae], of raw activations x."""
-        return self.codes(self.normalize_input(x))
+        """Sparse codes z, [B, d_sae], of raw activations x. With token_norm, each token's scale
+        is remembered so that `decode(z)` without x can give x's units back (as SAELens does)."""
+        s = self.token_scale(x)
+        self._last_scale = None if s is None else s.detach()
+        return self.codes(x if s is None else (x * s).to(x.dtype))
 
     def codes(self, x: Tensor) -> Tensor:
         """The architecture's sparse codes of x as `normalize_input` returns it, [B, d_sae]."""
         raise NotImplementedError
 
     def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """Reconstruction from codes, [B, d_in]; with token_norm, in the units of x (the
-        activations z was encoded from) when given, else at norm ~sqrt(d_in)."""
-        x_hat = z @ self.W_dec + self.b_dec
-        s = self.token_scale(x) if x is not None else None
-        return x_hat if s is None else (x_hat / s).to(x_hat.dtype)
+        """Reconstruction from codes, [B, d_in], in the units of the raw activations. With
+        token_norm, those are the units of x (the activations z was encoded from) when given,
+        else of the last `encode`, whose tokens z must match; without either it is refused
+        (`decode_normalized` gives the reconstruction at norm ~sqrt(d_in))."""
+        x_hat = self.decode_normalized(z)
+        if not self.cfg.token_norm:
+            return x_hat
+        s = self.token_scale(x) if x is not None else self._remembered_scale(z)
+        return (x_hat / s).to(x_hat.dtype)
+
+    def decode_normalized(self, z: Tensor) -> Tensor:
+        """Reconstruction in the units `normalize_input` gives (what training compares),
+        [B, d_in]."""
+        return z @ self.W_dec + self.b_dec
+
+    def _remembered_scale(self, z: Tensor) -> Tensor:
+        s = getattr(self, "_last_scale", None)
+        if s is None or s.shape[:-1] != z.shape[:-1] or s.device != z.device:
+            got = "no encode came before" if s is None else \
+                f"the last encode had {tuple(s.shape[:-1])} tokens, z has {tuple(z.shape[:-1])}"
+            raise ValueError(f"decode(z) of a token_norm SAE needs the activations z came from: "
+                             f"call decode(z, x) ({got})")
+        return s
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x), x)
