@@ -306,23 +306,51 @@ class SAE(nn.Module):
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json."""
+    """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json. A file that cannot be
+    read, or weights whose shapes differ from what cfg.json describes, is a one-line ValueError
+    naming the file."""
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not an sae_lab SAE directory)")
-    raw = json.loads(cfg_path.read_text())
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     cfg = parse_saved_sae_config(raw["sae"])
     sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")
-    state = load_file(weights_path)
+    state = read_weights(weights_path)
+    _check_shapes(sae, state, weights_path, cfg_path)
     missing, unexpected = sae.load_state_dict(state, strict=False)
     missing = [m for m in missing if m not in TRAINING_BUFFERS]
     if missing or unexpected:
         raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
     return sae.to(device)
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a file that is not one is a one-line ValueError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a safetensors file / corrupt header ({e})") from e
+
+
+def _check_shapes(sae: SAE, state: dict[str, Tensor], weights_path: Path,
+                  cfg_path: Path) -> None:
+    expected = sae.state_dict()
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and want.shape != tensor.shape:
+            raise ValueError(
+                f"{weights_path}: {name} is {list(tensor.shape)} but {cfg_path} (d_in "
+                f"{sae.d_in}, d_sae {sae.d_sae}) describes {list(want.shape)}; the config and "
+                "the weights are of different SAEs")
 
 
 def centred_matmul(x: Tensor, b_dec: Tensor, W: Tensor) -> Tensor:
