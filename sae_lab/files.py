@@ -73,6 +73,9 @@ def _chmod_tree(root: Path) -> None:
 class DiskFullError(OSError):
     """No space left on the device: one line naming the path and the space needed."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def is_disk_full(e: BaseException) -> bool:
     """ENOSPC, however the writer reports it: an OSError, or a library's own error whose text
