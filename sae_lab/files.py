@@ -3,6 +3,8 @@ over a directory that holds something else.
 
     atomic_write_bytes/text/json(path, ...)   temporary file beside `path`, fsync, os.replace
     atomic_file(path)                         the same for writers that want a path (safetensors)
+    DiskFullError                             what they raise when the disk fills (ENOSPC, however
+                                              the writer reports it), naming the path and space
     atomic_dir(directory, command)            fill a temporary directory, then swap it in
     check_output_dir(directory, command)      refuse a directory that is not an earlier output
 
@@ -21,6 +23,7 @@ This module depends on nothing else in sae_lab.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -64,13 +67,69 @@ def _chmod_tree(root: Path) -> None:
             _chmod_default(path, is_dir=path.is_dir())
 
 
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+class DiskFullError(OSError):
+    """No space left on the device: one line naming the path and the space needed."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, however the writer reports it: an OSError, or a library's own error whose text
+    (or cause) says so (safetensors: "No space left on device (os error 28)")."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskFullError:
+    """The one-line error for a write of `needed` bytes (None: unknown) to `path` that found
+    the disk full."""
+    target = Path(path)
+    try:
+        free = shutil.disk_usage(_existing_parent(target)).free
+    except OSError:
+        free = None
+    parts = [f"needs ~{_mb(needed)}" if needed else "", f"{_mb(free)} free" if free is not None
+             else ""]
+    detail = ", ".join(p for p in parts if p)
+    return DiskFullError(errno.ENOSPC, f"no space left on device writing {target}"
+                         + (f" ({detail})" if detail else "") + "; free some space and retry")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """A temporary path beside `path` to write; it replaces `path` when the block succeeds and is
-    removed when it raises."""
+    removed when it raises. A full disk is a DiskFullError naming `path` and `needed` bytes (or
+    what had been written when it filled)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -81,14 +140,17 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_file(tmp)
         _chmod_default(tmp, is_dir=False)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        written = _size(tmp)
         tmp.unlink(missing_ok=True)
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise disk_full_error(target, needed or written) from e
         raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically (temporary file, fsync, rename)."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path, len(data)) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return Path(path)
 
@@ -157,8 +219,8 @@ def _marker_command(directory: Path) -> str | None:
 
 @contextmanager
 def atomic_dir(directory: str | os.PathLike, command: str | None = None,
-               known: Iterable[str] = SAE_FILES, say: Callable[[str], None] | None = None
-               ) -> Iterator[Path]:
+               known: Iterable[str] = SAE_FILES, say: Callable[[str], None] | None = None,
+               needed: int | None = None) -> Iterator[Path]:
     """A temporary directory beside `directory` to fill; it replaces `directory` when the block
     finishes and is deleted if the block raises, so nothing half-written looks complete.
 
@@ -166,7 +228,8 @@ def atomic_dir(directory: str | os.PathLike, command: str | None = None,
     directories are known by their files (SAE_FILES) and get no marker. An existing `directory`
     that is not an earlier output of `command` (see check_output_dir) is refused before anything
     is written. Temporary directories of dead runs and a copy stranded in .NAME.old are dealt
-    with first (see the module docstring).
+    with first (see the module docstring). A full disk is a DiskFullError naming `directory`
+    and `needed` bytes (None: what had been written when it filled).
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +243,11 @@ def atomic_dir(directory: str | os.PathLike, command: str | None = None,
         yield tmp
         _chmod_tree(tmp)
         replace_dir(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise disk_full_error(target, needed or written or None) from e
         raise
 
 

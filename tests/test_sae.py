@@ -34,6 +34,31 @@ def test_forward_is_decode_of_encode(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_decode_of_encode_without_x_is_in_the_units_of_x(arch):
+    """decode(z) after encode(x) rescales with the scale of that encode (as SAELens does): on
+    activations of norm ~3 sqrt(d_in) the normalised reconstruction would be off by a factor 3."""
+    sae = make(arch, token_norm=True).eval()
+    with torch.no_grad():
+        sae.b_dec.fill_(0.5)  # a reconstruction that is not zero even where no latent fires
+    x = 3 * torch.randn(32, 16)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), sae(x), rtol=0, atol=0)
+    assert (sae.decode_normalized(sae.encode(x)) - sae(x)).abs().max() > 0.5
+
+
+def test_decode_without_x_or_a_matching_encode_is_refused():
+    sae = make("relu", token_norm=True).eval()
+    z = torch.rand(8, 64)
+    with pytest.raises(ValueError, match=r"call decode\(z, x\) \(no encode came before\)"):
+        sae.decode(z)
+    sae.encode(torch.randn(4, 16))
+    with pytest.raises(ValueError, match=r"the last encode had \(4,\) tokens, z has \(8,\)") as e:
+        sae.decode(z)
+    assert "\n" not in str(e.value)
+    plain = make("relu", token_norm=False).eval()  # nothing to rescale: decode(z) is plain
+    torch.testing.assert_close(plain.decode(z), z @ plain.W_dec + plain.b_dec)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_init_unit_norm_decoder_tied_encoder(arch):
     sae = make(arch)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
@@ -150,7 +175,7 @@ def test_jumprelu_threshold_gradient_value():
         pre = sae.pre_acts(x)
         theta = sae.threshold
         z = pre * (pre > theta)
-        x_hat = sae.decode(z)
+        x_hat = sae.decode_normalized(z)
         dL_dz = (2 * (x_hat - x) @ sae.W_dec.T) / x.shape[0]  # d recon / d z, recon = mean_b sum
         K = ((pre - theta).abs() < eps / 2).to(pre.dtype)
         d_theta = (dL_dz * -(theta / eps) * K).sum(0) + lam * (-(1 / eps) * K).sum(0) / x.shape[0]
@@ -178,7 +203,7 @@ def test_gated_aux_loss_sends_no_gradient_to_decoder():
     sae.zero_grad()
     pi_gate, pi_mag = sae.gate_and_mag(x)
     z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
-    recon = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    recon = (sae.decode_normalized(z) - x).pow(2).sum(-1).mean()
     sparsity = (pi_gate.relu() * sae.W_dec.norm(dim=1)).sum(-1).mean()
     (recon + sae.cfg.lam * sparsity).backward()
     torch.testing.assert_close(grad_full, sae.W_dec.grad, rtol=1e-5, atol=1e-7)
@@ -190,7 +215,7 @@ def test_gated_aux_loss_sends_no_gradient_to_decoder():
     sae.zero_grad()
     pi_gate, pi_mag = sae.gate_and_mag(x)
     z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
-    recon = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    recon = (sae.decode_normalized(z) - x).pow(2).sum(-1).mean()
     (recon + sae.cfg.lam * (pi_gate.relu() * sae.W_dec.norm(dim=1)).sum(-1).mean()).backward()
     assert not torch.allclose(with_aux, sae.W_enc.grad)
 

@@ -132,8 +132,10 @@ def test_truncated_shard_names_the_shard(tmp_path):
     boundary = offset + -(-size // 512) * 512
     for cut in (boundary, offset + size // 2):
         shard.write_bytes(data[:cut])
-        with pytest.raises(ShardError, match="shard-000000.tar"):
+        with pytest.raises(ShardError, match="shard-000000.tar") as e:
             list(iter_blocks(tmp_path))
+        assert " object at 0x" not in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).endswith(f"(unexpected end of data @ {shard})")
     shard.write_bytes(b"")
     with pytest.raises(ShardError, match="shard-000000.tar"):
         list(iter_blocks(tmp_path))

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -516,6 +517,68 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
             assert [t for m, t, f in keys if m == r["trial"]][-1] == float(r["tokens"])
     completes = [e["trial"] for e in events(out) if e["event"] == "complete"]
     assert len(completes) == len(set(completes)) == 2  # each pack finished once
+
+
+# A sweep driver that SIGKILLs itself when Tune hands it pack001's second checkpoint: Tune's state
+# on disk names the first one (saved after it was registered); the second is already on storage.
+KILL_AT_SECOND_CHECKPOINT = """
+import os, signal, sys
+import yaml
+from ray.tune import Callback
+from sae_lab.sweep import run
+from sae_lab.sweep.space import sweep_from_dict
+
+class KillAtSecond(Callback):
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if trial.config["pack"]["id"] == "pack001" and checkpoint.path.endswith("_000001"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make = run._run_config
+def with_kill(*args):
+    config = make(*args)
+    config.callbacks.append(KillAtSecond())
+    return config
+run._run_config = with_kill
+sweep = sweep_from_dict(yaml.safe_load(open(sys.argv[1])))
+run.run_sweep(sweep, sys.argv[2], address=sys.argv[3], verbose=0)
+"""
+
+
+@pytest.mark.slow
+def test_packed_sweep_resumes_when_the_checkpoint_its_state_names_is_gone(cluster, tmp_path):
+    """Killed between a new checkpoint and the experiment state naming it, a packed sweep's
+    state names checkpoint_000000, which Tune deletes (num_to_keep 1) once the next one is
+    registered: --resume continues from the newest complete checkpoint on disk instead of
+    failing the pack, and every member finishes once."""
+    from sae_lab.sweep.recover import newest_complete
+    from sae_lab.sweep.run import run_sweep
+
+    d = tiny_sweep(pack=2, scheduler={"type": "none"}, search="grid")
+    d["base"]["max_tokens"] = 8192  # 32 steps, validated every 4
+    d["architectures"] = ["relu", "topk"]
+    d["space"] = {"all": {"expansion_factor": 2},
+                  "relu": {"sparsity_coef": {"grid": [0.5, 2.0]}}, "topk": {"k": {"grid": [2, 6]}}}
+    path = tmp_path / "packs.yaml"
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_CHECKPOINT, str(path), str(out),
+                           cluster.address], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    pack = out / "tune" / "pack001"
+    assert (pack / "checkpoint_000001").is_dir()
+    # what the kill point leaves once Tune has deleted the checkpoint its state still names
+    shutil.rmtree(pack / "checkpoint_000000")
+    newest = newest_complete(pack)
+    newest_tokens = json.loads((newest / "members.json").read_text())["tokens"]
+    result = run_sweep(sweep_from_dict(d), out, resume=True, verbose=0)
+    rows = result.rows()
+    assert sorted(r["trial"] for r in rows) == ["relu_000", "relu_001", "topk_002", "topk_003"]
+    assert {r["status"] for r in rows} == {"done"}, rows
+    completes = [e["trial"] for e in events(out) if e["event"] == "complete"]
+    assert len(completes) == len(set(completes)) == 2  # each pack finished once
+    reports = [json.loads(ln) for ln in (pack / "result.json").read_text().splitlines()]
+    resumed_at = [r["tokens"] for r in reports if r["iterations_since_restore"] == 1][-1]
+    assert resumed_at == newest_tokens + 4 * 256, reports  # the next validation after it
 
 
 def test_cli_check_prints_trials(capsys):

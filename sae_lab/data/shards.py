@@ -210,7 +210,7 @@ def read_shard(url: str, expected_rows: int | None = None, d_in: int | None = No
         raw = open_url(url)
     except (OSError, ValueError) as e:
         raise ShardError(f"shard {label}: cannot open ({e})") from e
-    stream = _HashingReader(raw)
+    stream = _HashingReader(raw, url)
     try:
         for index, member in enumerate(tar_file_iterator(stream)):
             block = _check_block(member, label, d_in, dtype)
@@ -242,10 +242,14 @@ def read_shard(url: str, expected_rows: int | None = None, d_in: int | None = No
 
 
 class _HashingReader:
-    """A read-only stream that computes the sha256 of every byte read through it."""
+    """A read-only stream that computes the sha256 of every byte read through it. It prints as
+    the shard's path: webdataset appends the stream to its errors ("... @ STREAM")."""
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.h = f, hashlib.sha256()
+    def __init__(self, f: IO[bytes], url: str) -> None:
+        self.f, self.h, self.url = f, hashlib.sha256(), url
+
+    def __repr__(self) -> str:
+        return str(self.url)
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)

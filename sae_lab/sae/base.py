@@ -6,7 +6,8 @@
 
 With cfg.token_norm, x is first scaled to norm sqrt(d_in) (x * s, s = sqrt(d_in) / ||x||) and the
 reconstruction scaled back (x_hat / s), as SAELens's constant_norm_rescale; `encode` takes raw x,
-`decode(z, x)` gives x's units, and `training_loss` takes x as `normalize_input` returns it.
+`decode(z, x)` gives x's units (so does `decode(z)` right after `encode`, which remembers s), and
+`training_loss` takes x as `normalize_input` returns it.
 
 Shapes are written `# [B, d_in]` in comments: B tokens, d_in activation width, d_sae latents.
 """
@@ -129,19 +130,40 @@ class SAE(nn.Module):
         return x if s is None else (x * s).to(x.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Sparse codes z, [B, d_sae], of raw activations x."""
-        return self.codes(self.normalize_input(x))
+        """Sparse codes z, [B, d_sae], of raw activations x. With token_norm, each token's scale
+        is remembered so that `decode(z)` without x can give x's units back (as SAELens does)."""
+        s = self.token_scale(x)
+        self._last_scale = None if s is None else s.detach()
+        return self.codes(x if s is None else (x * s).to(x.dtype))
 
     def codes(self, x: Tensor) -> Tensor:
         """The architecture's sparse codes of x as `normalize_input` returns it, [B, d_sae]."""
         raise NotImplementedError
 
     def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """Reconstruction from codes, [B, d_in]; with token_norm, in the units of x (the
-        activations z was encoded from) when given, else at norm ~sqrt(d_in)."""
-        x_hat = z @ self.W_dec + self.b_dec
-        s = self.token_scale(x) if x is not None else None
-        return x_hat if s is None else (x_hat / s).to(x_hat.dtype)
+        """Reconstruction from codes, [B, d_in], in the units of the raw activations. With
+        token_norm, those are the units of x (the activations z was encoded from) when given,
+        else of the last `encode`, whose tokens z must match; without either it is refused
+        (`decode_normalized` gives the reconstruction at norm ~sqrt(d_in))."""
+        x_hat = self.decode_normalized(z)
+        if not self.cfg.token_norm:
+            return x_hat
+        s = self.token_scale(x) if x is not None else self._remembered_scale(z)
+        return (x_hat / s).to(x_hat.dtype)
+
+    def decode_normalized(self, z: Tensor) -> Tensor:
+        """Reconstruction in the units `normalize_input` gives (what training compares),
+        [B, d_in]."""
+        return z @ self.W_dec + self.b_dec
+
+    def _remembered_scale(self, z: Tensor) -> Tensor:
+        s = getattr(self, "_last_scale", None)
+        if s is None or s.shape[:-1] != z.shape[:-1] or s.device != z.device:
+            got = "no encode came before" if s is None else \
+                f"the last encode had {tuple(s.shape[:-1])} tokens, z has {tuple(z.shape[:-1])}"
+            raise ValueError(f"decode(z) of a token_norm SAE needs the activations z came from: "
+                             f"call decode(z, x) ({got})")
+        return s
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x), x)
@@ -284,23 +306,51 @@ class SAE(nn.Module):
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json."""
+    """Rebuild an SAE saved with `SAE.save`; the class comes from cfg.json. A file that cannot be
+    read, or weights whose shapes differ from what cfg.json describes, is a one-line ValueError
+    naming the file."""
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not an sae_lab SAE directory)")
-    raw = json.loads(cfg_path.read_text())
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     cfg = parse_saved_sae_config(raw["sae"])
     sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")
-    state = load_file(weights_path)
+    state = read_weights(weights_path)
+    _check_shapes(sae, state, weights_path, cfg_path)
     missing, unexpected = sae.load_state_dict(state, strict=False)
     missing = [m for m in missing if m not in TRAINING_BUFFERS]
     if missing or unexpected:
         raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
     return sae.to(device)
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a file that is not one is a one-line ValueError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a safetensors file / corrupt header ({e})") from e
+
+
+def _check_shapes(sae: SAE, state: dict[str, Tensor], weights_path: Path,
+                  cfg_path: Path) -> None:
+    expected = sae.state_dict()
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and want.shape != tensor.shape:
+            raise ValueError(
+                f"{weights_path}: {name} is {list(tensor.shape)} but {cfg_path} (d_in "
+                f"{sae.d_in}, d_sae {sae.d_sae}) describes {list(want.shape)}; the config and "
+                "the weights are of different SAEs")
 
 
 def centred_matmul(x: Tensor, b_dec: Tensor, W: Tensor) -> Tensor:

@@ -93,7 +93,7 @@ class GatedSAE(SAE):
             pi_gate, pi_mag = self.gate_and_mag(x)
             gate_open = pi_gate > 0
             z = torch.where(gate_open, pi_mag.relu(), 0.0)
-            x_hat = self.decode(z)
+            x_hat = self.decode_normalized(z)
             gate_acts = pi_gate.relu()
             sparsity = gate_acts.sum(dim=0) @ norms / B  # column sums: no [B, d_sae] product
             x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()

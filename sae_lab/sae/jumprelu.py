@@ -149,7 +149,7 @@ class JumpReLUSAE(SAE):
             pre = self.pre_acts(x)  # [B, d_sae]
             B = x.shape[0]
             z = _JumpReLU.apply(pre, theta, eps)
-            x_hat = self.decode(z)
+            x_hat = self.decode_normalized(z)
             l0 = _Step.apply(pre, theta, eps).sum(dim=-1).mean()
             active = z.detach() != 0
             n_active = active.sum()

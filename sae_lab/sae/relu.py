@@ -49,7 +49,7 @@ class ReLUSAE(SAE):
         if self._sparse.use_sparse(self.cfg.decoder):
             return self._sparse_loss(x, sparsity_scale)
         z = self.codes(x)  # [B, d_sae]
-        x_hat = self.decode(z)
+        x_hat = self.decode_normalized(z)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         z_sum = z.sum(dim=0)  # [d_sae]: the penalty needs only column sums, no [B, d_sae] product
         sparsity = z_sum @ self.W_dec.norm(dim=1) / x.shape[0]

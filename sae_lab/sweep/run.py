@@ -30,6 +30,7 @@ from ray.tune import Callback
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep.progress import TrialProgress
+from sae_lab.sweep.recover import repair_checkpoints
 from sae_lab.sweep.report import (
     EXPERIMENT,
     FINISHED,
@@ -221,6 +222,7 @@ def run_sweep(
         _record_spec(sweep, out, resume)
         trainable, space, tune_config, rungs = _trials(sweep, checked, out, nodes)
         if resume:
+            repair_checkpoints(exp_dir, say=lambda line: print(f"note: {line}", flush=True))
             tuner = tune.Tuner.restore(
                 str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
                 restart_errored=False, param_space=space,

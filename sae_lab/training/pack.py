@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from sae_lab.files import atomic_write_json, atomic_write_text
+from sae_lab.training.checkpoint_io import AtomicCheckpointIO
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
 from sae_lab.training.module import SAEModule, finite_rows
@@ -276,7 +277,7 @@ def _pack_trainer(cfg: TrainConfig, out_dir: Path, accelerator: str,
         check_val_every_n_epoch=None, limit_val_batches=cfg.val_batches or 1.0,
         num_sanity_val_steps=0, logger=False, callbacks=[*checkpoints, *callbacks],
         enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=out_dir,
+        enable_model_summary=False, default_root_dir=out_dir, plugins=[AtomicCheckpointIO()],
     )
 
 

@@ -26,6 +26,7 @@ from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.lm.load import resolve_device
 from sae_lab.sae.base import SAE
 from sae_lab.sae.registry import ARCHITECTURES
+from sae_lab.training.checkpoint_io import AtomicCheckpointIO
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.training.module import SAEModule, finite_rows
@@ -220,6 +221,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_steps,
         default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -258,9 +260,7 @@ def train(
         saved = None
         if cfg.save_checkpoints:
             saved = out_dir / "checkpoints" / "last.ckpt"
-            tmp = saved.with_name("last.ckpt.tmp")
-            trainer.save_checkpoint(tmp)
-            tmp.replace(saved)
+            trainer.save_checkpoint(saved)  # atomic (AtomicCheckpointIO)
         raise TrainingInterrupted(trainer.global_step, saved)
     sae = module.export_sae()
     # Final metrics: the whole held-out set, not the val_batches of periodic validation.
