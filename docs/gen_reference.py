@@ -132,7 +132,7 @@ def _table(rows: list[tuple[str, str, Any, str]]) -> str:
 def config_reference() -> str:
     from sae_lab.config import reference as section_reference
     from sae_lab.sae.registry import ARCHITECTURES
-    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.sweep.schema import SweepConfig
     from sae_lab.training.config import TrainConfig, reference
 
     parts = [
