@@ -115,15 +115,16 @@ class Plan:
 
 
 def parse_size(text: str) -> int:
-    """Bytes of "20GB", "15GiB", "512 MiB" (SI or binary units; a unit is required)."""
-    import re
+    """Bytes of "20GB", "15GiB", "512 MiB" (pydantic's ByteSize; a unit is required: a bare
+    "12" is more likely a slip than twelve bytes)."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
 
-    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": GiB, "TIB": 2**40}
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]+)\s*", text)
-    if not m or m.group(2).upper() not in units:
-        raise ValueError(f"{text!r}: expected a size such as 20GB or 15GiB")
-    return int(float(m.group(1)) * units[m.group(2).upper()])
+    try:
+        if any(c.isalpha() for c in text):
+            return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        pass
+    raise ValueError(f"{text!r}: expected a size such as 20GB or 15GiB")
 
 
 def human(n: float) -> str:
@@ -619,9 +620,7 @@ def available(plan: Plan) -> dict[Where, tuple[int, str]]:
     while not path.exists():
         path = path.parent
     out["disk"] = (shutil.disk_usage(path).free, f"free disk at {path}")
-    host = host_available()
-    if host is not None:
-        out["host"] = (host, "available host RAM")
+    out["host"] = (host_available(), "available host RAM")
     if plan.device.startswith("cuda") and _cuda_count():
         import torch
 
@@ -630,15 +629,11 @@ def available(plan: Plan) -> dict[Where, tuple[int, str]]:
     return out
 
 
-def host_available() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux); None elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def host_available() -> int:
+    """Memory the OS can give without swapping (psutil: MemAvailable on Linux)."""
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> None:

@@ -29,7 +29,7 @@ from ray.tune import Callback
 
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.sae.config import ConfigError
-from sae_lab.sweep.progress import TrialProgress
+from sae_lab.sweep import progress as trial_progress
 from sae_lab.sweep.recover import repair_checkpoints
 from sae_lab.sweep.report import (
     EXPERIMENT,
@@ -282,7 +282,7 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
               flush=True)
     if progress and not verbose:
-        with TrialProgress(out, local_trials(sweep)):
+        with trial_progress.printing(out, local_trials(sweep)):
             result = run_sweep(sweep, out, resume=resume, verbose=0)
     else:
         result = run_sweep(sweep, out, resume=resume, verbose=verbose)
@@ -407,6 +407,7 @@ class EventLog(Callback):
         line = {"time": time.time(), "event": event, "trial": trial.trial_id, **extra}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+        trial_progress.report(event, trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._write("start", trial)
