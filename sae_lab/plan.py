@@ -526,8 +526,8 @@ def plan_packs(sweep: SweepConfig, gpus: int | None = None,
     """A packed sweep as it will run: the packs `make_packs` makes for this machine (or for one
     with `gpus` GPUs of `gpu_memory` bytes), the largest pack's memory times the packs that run
     at once on a GPU (and on the machine), and the disk of every pack's checkpoints."""
-    from sae_lab.sweep.packs import make_packs
-    from sae_lab.sweep.run import KEEP_CHECKPOINTS, memory_budget, trial_slots
+    from sae_lab.sweep.packs import make_packs, memory_budget, trial_slots
+    from sae_lab.sweep.run import KEEP_CHECKPOINTS
 
     res = sweep.resources
     n_gpus = _cuda_count() if gpus is None else gpus

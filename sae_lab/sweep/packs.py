@@ -34,7 +34,7 @@ from sae_lab.files import atomic_write_json
 from sae_lab.sweep.report import MEMBERS_FILE
 from sae_lab.sweep.scheduler import ArchitectureASHA, asha_settings
 from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict
-from sae_lab.sweep.space import param_space
+from sae_lab.sweep.space import build_search_alg, param_space
 from sae_lab.training.metrics import VAL_METRICS, objective
 from sae_lab.training.pack import RUNNING, STOPPED, PackModule, stream_key
 
@@ -363,3 +363,65 @@ def run_pack(config: dict[str, Any], sweep: dict[str, Any], rungs: str | None) -
         raise TrialError(f"{type(e).__name__}: {e} (pack {info['pack']} on host "
                          f"{info['hostname']})") from e
     report.final(results)
+
+
+# --- packs as Tune trials ----------------------------------------------------------------------
+
+
+def pack_trials(sweep: SweepConfig, checked: CheckedSweep, out: Path,
+                nodes: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """(trainable, param space, TuneConfig, rungs actor): a Tune trial per pack, and the actor
+    that holds the rungs of every member (held until the sweep ends)."""
+    from ray import tune
+
+    rungs, name = start_rungs(sweep, checked, out)
+    trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
+    space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
+    resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
+    return tune.with_resources(trainable, resources), space, _pack_tune_config(sweep), rungs
+
+
+def local_packs(sweep: SweepConfig) -> int:
+    """Packs the sweep makes on this machine."""
+    import torch
+
+    here = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+    return len(make_packs(sweep, trial_slots(sweep, here), memory_budget(sweep)))
+
+
+def _pack_tune_config(sweep: SweepConfig):
+    """Packs: no Tune scheduler (members are stopped by the rungs actor, not whole packs)."""
+    from ray import tune
+
+    return tune.TuneConfig(
+        search_alg=build_search_alg(sweep), num_samples=1, reuse_actors=sweep.reuse_actors,
+        trial_name_creator=pack_name, trial_dirname_creator=pack_name,
+    )
+
+
+def pack_name(trial: Any) -> str:
+    return trial.config["pack"]["id"]
+
+
+def trial_slots(sweep: SweepConfig, nodes: list[dict[str, float]]) -> int:
+    """Trials the cluster runs at once: by GPUs when trials take GPUs, else by CPUs."""
+    limits = [sum(n.get("CPU", 0.0) for n in nodes) // sweep.resources.cpus]
+    if sweep.resources.gpus:
+        limits.append(sum(n.get("GPU", 0.0) for n in nodes) // sweep.resources.gpus)
+    if sweep.max_concurrent:
+        limits.append(sweep.max_concurrent)
+    return max(1, int(min(limits)))
+
+
+def memory_budget(sweep: SweepConfig, gpu_memory: float | None = None) -> float:
+    """Bytes one pack may use: half of one GPU's memory (trials on GPUs; `gpu_memory` bytes, else
+    this machine's first GPU) or of this machine's RAM; 0 when unknown."""
+    import torch
+
+    if sweep.resources.gpus and (gpu_memory or torch.cuda.is_available()):
+        gpu = gpu_memory or torch.cuda.get_device_properties(0).total_memory
+        return 0.5 * gpu * min(1.0, sweep.resources.gpus)
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0.0

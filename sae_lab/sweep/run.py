@@ -252,12 +252,9 @@ def _trials(sweep: SweepConfig, checked: CheckedSweep, out: Path,
         trainable = tune.with_parameters(run_trial, sweep=sweep.to_dict())
         return (tune.with_resources(trainable, resources), param_space(sweep),
                 _tune_config(sweep, checked), None)
-    from sae_lab.sweep.packs import make_packs, pack_space, run_pack, start_rungs
+    from sae_lab.sweep.packs import pack_trials
 
-    rungs, name = start_rungs(sweep, checked, out)  # held until the sweep ends
-    trainable = tune.with_parameters(run_pack, sweep=sweep.to_dict(), rungs=name)
-    space = pack_space(make_packs(sweep, trial_slots(sweep, nodes), memory_budget(sweep)))
-    return tune.with_resources(trainable, resources), space, _pack_tune_config(sweep), rungs
+    return pack_trials(sweep, checked, out, nodes)
 
 
 def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
@@ -293,12 +290,9 @@ def local_trials(sweep: SweepConfig) -> int:
     """Tune trials the sweep runs on this machine: one per SAE, or one per pack."""
     if sweep.pack == 1:
         return sweep.num_trials
-    import torch
+    from sae_lab.sweep.packs import local_packs
 
-    from sae_lab.sweep.packs import make_packs
-
-    here = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
-    return len(make_packs(sweep, trial_slots(sweep, here), memory_budget(sweep)))
+    return local_packs(sweep)
 
 
 def _sigterm_as_sigint() -> Any:
@@ -319,44 +313,6 @@ def _tune_config(sweep: SweepConfig, checked: CheckedSweep):
         reuse_actors=sweep.reuse_actors,
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
-
-
-def _pack_tune_config(sweep: SweepConfig):
-    """Packs: no Tune scheduler (members are stopped by the rungs actor, not whole packs)."""
-    from ray import tune
-
-    return tune.TuneConfig(
-        search_alg=build_search_alg(sweep), num_samples=1, reuse_actors=sweep.reuse_actors,
-        trial_name_creator=pack_name, trial_dirname_creator=pack_name,
-    )
-
-
-def pack_name(trial: Any) -> str:
-    return trial.config["pack"]["id"]
-
-
-def trial_slots(sweep: SweepConfig, nodes: list[dict[str, float]]) -> int:
-    """Trials the cluster runs at once: by GPUs when trials take GPUs, else by CPUs."""
-    limits = [sum(n.get("CPU", 0.0) for n in nodes) // sweep.resources.cpus]
-    if sweep.resources.gpus:
-        limits.append(sum(n.get("GPU", 0.0) for n in nodes) // sweep.resources.gpus)
-    if sweep.max_concurrent:
-        limits.append(sweep.max_concurrent)
-    return max(1, int(min(limits)))
-
-
-def memory_budget(sweep: SweepConfig, gpu_memory: float | None = None) -> float:
-    """Bytes one pack may use: half of one GPU's memory (trials on GPUs; `gpu_memory` bytes, else
-    this machine's first GPU) or of this machine's RAM; 0 when unknown."""
-    import torch
-
-    if sweep.resources.gpus and (gpu_memory or torch.cuda.is_available()):
-        gpu = gpu_memory or torch.cuda.get_device_properties(0).total_memory
-        return 0.5 * gpu * min(1.0, sweep.resources.gpus)
-    try:
-        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0.0
 
 
 def _run_config(sweep: SweepConfig, out: Path, verbose: int):
