@@ -29,21 +29,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Session fixtures over tests/tiny.py: built once, shared by the tests that need them.
 @functools.cache
 def _corpus(base: Path) -> Path:
-    from tiny import write_corpus
+    from helpers.tiny import write_corpus
 
     return write_corpus(base / "corpus.txt")
 
 
 @functools.cache
 def _tiny_lm(base: Path) -> Path:
-    from tiny import build_tiny_lm
+    from helpers.tiny import build_tiny_lm
 
     return build_tiny_lm(base / "tiny-gpt2", _corpus(base))
 
 
 @functools.cache
 def _tiny_shards(base: Path) -> Path:
-    from tiny import write_tiny_shards
+    from helpers.tiny import write_tiny_shards
 
     return write_tiny_shards(_tiny_lm(base), _corpus(base), base / "tiny-acts")
 

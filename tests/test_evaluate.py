@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from tiny import identity_sae
+from helpers.tiny import identity_sae
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_lab.evaluate import (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 from sae_lab.cli import main
 from sae_lab.data import shards

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 from sae_lab.cli import main
 from sae_lab.export import export_saelens

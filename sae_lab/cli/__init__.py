@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 # One line per command: name, its one-line help, and "module:function" that adds its subparser.
 # Only the module of the command being run is imported (and modules keep torch, ray and
 # transformers inside their command functions), so `sae-lab --help` and `sae-lab CMD --help`
-# stay fast; the others are listed with their help line only. tests/test_cli.py checks that
+# stay fast; the others are listed with their help line only. tests/cli/test_cli_help.py checks that
 # these help lines are the ones the modules register.
 COMMANDS = [
     ("harvest", "store a model's activations as WebDataset shards",

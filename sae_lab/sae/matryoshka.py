@@ -17,7 +17,7 @@ The default groups (d_sae/16, /16, /8, /4, /2) are the authors' for LM activatio
 frequencies fall off steeply. Where many features are equally frequent, a prefix smaller than
 their number can only reconstruct x with blends of them, and the later latents learn corrections
 to the blends: on flat synthetic data (256 features, 512 latents, 150k tokens) the default groups
-found 0.63 of the features, prefixes (384, 512) 0.94 (tests/test_known_answer.py). The loss is
+found 0.63 of the features, prefixes (384, 512) 0.94 (tests/sae/test_known_answer.py). The loss is
 the paper's sum over prefixes (as in sae-lens); dictionary_learning's trainer takes the mean,
 which under Adam (steps blind to the loss scale) only weighs AuxK G times more.
 """

@@ -10,7 +10,7 @@ own input scale, parameters, Adam state (its own parameter groups, betas and lea
 schedule), dead-latent counters, metrics and TensorBoard run. One optimiser holds every member's
 groups because Lightning counts each optimiser step as a global step; Adam is elementwise, so one
 optimiser over N members' groups gives each member exactly the update it gets alone (tested:
-tests/test_pack.py). Members that share a data stream must agree on `STREAM_FIELDS`.
+tests/training/test_pack.py). Members that share a data stream must agree on `STREAM_FIELDS`.
 
 A member stops on its own: early stopping (`stop`), or a NaN loss (with nan_policy: error it is
 marked failed with its error and the pack goes on). A stopped member takes no more forward or

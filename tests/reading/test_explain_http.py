@@ -17,7 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_explain import run_explain
+from helpers.explain_data import run_explain
 
 from sae_lab.reading.explain import EndpointError, HTTPChat, NothingExplained
 

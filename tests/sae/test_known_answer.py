@@ -16,7 +16,7 @@ Matryoshka k=6 prefixes (384, 512) 150k 98 s (matched 0.94, FVU 0.077, L0 6.0); 
 """
 
 import pytest
-from recovery_family import SETTINGS, run, table
+from helpers.recovery_family import SETTINGS, run, table
 
 from sae_lab.data.synthetic import make_features, recovery
 from sae_lab.sae import ARCHITECTURES

@@ -11,7 +11,7 @@ import signal
 import pytest
 import pytorch_lightning as pl
 import torch
-from tiny import CTX, HOOK, LAYER
+from helpers.tiny import CTX, HOOK, LAYER
 
 from sae_lab.config import ConfigError
 from sae_lab.data.config import DataConfig
@@ -77,8 +77,8 @@ def test_live_config_errors(tiny_lm, corpus):
 
 
 class SigintAt(pl.Callback):
-    """Ctrl-C during step `step` (as tests/test_train_resume.py sends it); records where the
-    training stream of this run started."""
+    """Ctrl-C during step `step` (as tests/training/test_train_resume.py sends it); records where
+    the training stream of this run started."""
 
     def __init__(self, step: int | None = None) -> None:
         self.step, self.start = step, None

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_inspect import chromium_dom
+from helpers.browser import chromium_dom
 
 from sae_lab.lm.attach import load_tokenizer
 from sae_lab.reading.browser import write_browser

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
+from helpers.tiny import CTX, HOOK, LAYER, identity_sae, make_sae
 from safetensors.torch import load_file
-from tiny import CTX, HOOK, LAYER, identity_sae, make_sae
 
 from sae_lab.cli import main
 from sae_lab.evaluate import evaluate_sae, shard_activations

@@ -1,6 +1,6 @@
 """The known-answer family: generator settings x architectures, with hyperparameters from one
-rule (`train_config`), shared by tests/test_known_answer.py and the README's table
-(`python -m tests.recovery_family` prints it)."""
+rule (`train_config`), shared by tests/sae/test_known_answer.py and the README's table
+(`PYTHONPATH=tests python -m helpers.recovery_family` prints it)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ def table(cells: dict[tuple[str, str], Cell]) -> str:
 
 
 if __name__ == "__main__":
-    # python -m tests.recovery_family [ARCHS [SETTINGS [SEED]]], comma-separated; "" for all
+    # PYTHONPATH=tests python -m helpers.recovery_family [ARCHS [SETTINGS [SEED]]], comma-separated;
+    # "" for all
     archs = sys.argv[1].split(",") if len(sys.argv) > 1 and sys.argv[1] else sorted(ARCHITECTURES)
     settings = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else list(SETTINGS)
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1

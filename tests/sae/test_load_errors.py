@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 import torch
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 import sae_lab
 from sae_lab.cli import main

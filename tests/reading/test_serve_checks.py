@@ -13,13 +13,13 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 from sae_lab.cli import main
 from sae_lab.reading.browser import TEMPLATES, asset, render_html, sae_hash, write_browser
 from sae_lab.reading.serve import MAX_BODY, make_app, page, read_inspect_contexts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONTEXTS = [{"tokens": ["a", " b"], "at": 1, "value": 1.5}]
 
 

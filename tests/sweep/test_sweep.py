@@ -26,7 +26,7 @@ from sae_lab.sweep.schema import sweep_from_dict, validate
 from sae_lab.sweep.space import check_resources, param_space, trial_values
 from sae_lab.training.metrics import objective
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Tiny trials checkpoint many times a second; Tune warns that its state snapshots keep up.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 

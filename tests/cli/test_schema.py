@@ -13,7 +13,7 @@ from sae_lab.config import load_yaml
 
 jsonschema = pytest.importorskip("jsonschema")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_YAML = """
 sae: {architecture: topk, k: 16, expansion_factor: 4}
 data: {synthetic: {d: 32, n_tokens: 10000}}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 from sae_lab.lm.load import MINILM, canonical_name, packaged_dir, resolve_model
 

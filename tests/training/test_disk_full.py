@@ -11,9 +11,9 @@ import zipfile
 
 import pytest
 import torch
+from helpers.tiny import make_sae
+from helpers.train_config import tiny
 from safetensors import SafetensorError
-from test_train import tiny
-from tiny import make_sae
 
 import sae_lab.export
 import sae_lab.files

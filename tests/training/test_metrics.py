@@ -49,7 +49,7 @@ def test_dead_fraction_by_hand():
 
 def test_one_evaluation_loop_for_training_and_eval():
     # train.run.evaluate_rows and evaluate.evaluate_sae both run train.metrics.stream_stats.
-    from tiny import make_sae
+    from helpers.tiny import make_sae
 
     from sae_lab.evaluate import evaluate_sae
     from sae_lab.training.metrics import RECON_METRICS
@@ -73,7 +73,7 @@ def test_one_evaluation_loop_for_training_and_eval():
 
 def test_wrong_width_is_one_line_in_both_evaluations():
     # Before: evaluate_rows failed inside the matmul (a RuntimeError naming no culprit).
-    from tiny import make_sae
+    from helpers.tiny import make_sae
 
     from sae_lab.training.run import evaluate_rows
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from tiny import make_sae
+from helpers.tiny import make_sae
 
 from sae_lab.cli import main
 from sae_lab.lm.attach import load_lm

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import make_sae
+from helpers.tiny import make_sae
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_lab.lm.attach import load_lm

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import torch
-from tiny import HOOK, LAYER, make_sae
+from helpers.tiny import HOOK, LAYER, make_sae
 
 from sae_lab.files import atomic_write_json
 from sae_lab.lm.attach import load_lm

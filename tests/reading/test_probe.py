@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from tiny import HOOK, LAYER, make_sae
+from helpers.tiny import HOOK, LAYER, make_sae
 
 from sae_lab.lm.attach import load_lm
 from sae_lab.reading.probe import (

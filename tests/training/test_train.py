@@ -8,31 +8,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from helpers.train_config import TINY, tiny
 
 from sae_lab import load
 from sae_lab.training.config import ConfigError, TrainConfig
 from sae_lab.training.run import evaluate_rows, train
-
-TINY = {
-    "sae": {"architecture": "topk", "k": 4, "expansion_factor": 4},
-    "data": {"synthetic": {"d": 16, "n_features": 32, "active": 3, "n_tokens": 8192}},
-    "batch_size": 256,
-    "max_tokens": 256 * 20,
-    "val_every_steps": 10,
-    "val_batches": 2,
-    "progress_bar": False,
-}
-
-
-def tiny(tmp_path, **over) -> TrainConfig:
-    d = yaml.safe_load(yaml.safe_dump(TINY))
-    for k, v in over.items():
-        if isinstance(v, dict):
-            d[k].update(v)
-        else:
-            d[k] = v
-    d["out_dir"] = str(tmp_path / "run")
-    return TrainConfig.from_dict(d)
 
 
 def test_train_returns_sae_metrics_and_saved_final(tmp_path):

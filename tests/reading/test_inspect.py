@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 import torch
-from tiny import make_sae  # noqa: E402
+from helpers.browser import chromium_dom
+from helpers.tiny import make_sae  # noqa: E402
 
 from sae_lab.lm.attach import load_lm, promoted_tokens, unembedding_for
 from sae_lab.reading.browser import write_browser
@@ -100,26 +98,6 @@ def test_model_without_unembedding_is_a_one_line_error():
 
 
 # --- the browser, end to end -------------------------------------------------------------------
-
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync",
-                  "--enable-logging=stderr", "--v=0"]
-
-
-def chromium_dom(url: str) -> tuple[str, str]:
-    """(DOM after load, console lines) of `url` in headless Chromium."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("chromium is not installed; the browser test needs it "
-                    "(Debian: apt-get install -y chromium)")
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-                               url], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
-    return proc.stdout, "\n".join(console)
 
 
 @pytest.mark.slow

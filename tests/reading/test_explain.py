@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from tiny import make_sae
+from helpers.explain_data import Words, one_hot_blocks, run_explain, token_sae
+from helpers.tiny import make_sae
 
 from sae_lab.reading.contexts import TokenText, top_activations
 from sae_lab.reading.explain import (
@@ -29,41 +30,10 @@ from sae_lab.reading.explain import (
     LocalChat,
     NothingExplained,
     balanced_accuracy,
-    explain,
     parse_detection,
     sample_rows,
     titles,
 )
-from sae_lab.sae import ARCHITECTURES, sae_config
-
-V = 12  # words w0..w11; latent j fires exactly on token j
-
-
-class Words:
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(f"w{i:02d}" for i in ids)
-
-    def batch_decode(self, seqs: list[list[int]]) -> list[str]:
-        return [self.decode(ids) for ids in seqs]
-
-
-def one_hot_blocks(n: int = 600, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (n,), generator=g)
-    acts = torch.nn.functional.one_hot(ids, V).float() * (1 + torch.rand(n, 1, generator=g))
-    for s in range(0, n, 128):  # doc = row: every context is one token, so answers are exact
-        yield {"acts": acts[s:s + 128], "token_ids": ids[s:s + 128].int(),
-               "doc": torch.arange(s, min(n, s + 128)), "shard": "fake"}
-
-
-def token_sae():
-    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=V, d_sae=V))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(V))
-        sae.W_dec.copy_(torch.eye(V))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
 
 
 def rule_answer(messages: list[dict]) -> str:
@@ -136,14 +106,6 @@ class ChatServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def run_explain(chat, out, latents=(0, 1, 3, 5, 7)):
-    sae = token_sae()
-    top = top_activations(sae, one_hot_blocks(), n=13)
-    active, inactive = sample_rows(sae, one_hot_blocks(), list(latents), 30, 10, seed=0)
-    return explain(sae, top, active, inactive, list(latents), TokenText(Words()), chat, out,
-                   n_top=8, n_sampled=4, n_held_random=5)
 
 
 def test_explain_over_http_known_scores_retries_and_cache(tmp_path):
@@ -258,7 +220,7 @@ def test_local_model_plumbing(tiny_lm, tmp_path):
 
 def test_browser_shows_titles(tmp_path):
     """`sae-lab inspect` output gains the titles of explained latents (list, panel, search)."""
-    from test_inspect import chromium_dom
+    from helpers.browser import chromium_dom
 
     from sae_lab.files import atomic_write_json
     from sae_lab.reading.browser import write_browser

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 import torch
-from test_sparse import assert_same
+from helpers.checks import assert_same
 from torch.utils.flop_counter import FlopCounterMode
 
 from sae_lab import ARCHITECTURES, sae_config

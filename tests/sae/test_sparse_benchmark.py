@@ -11,7 +11,7 @@ import torch
 
 from sae_lab.sae import ARCHITECTURES, sae_config
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
 
 
 def load_bench():

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny models and data, known-answer runs, checks."""
