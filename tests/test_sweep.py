@@ -394,8 +394,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
     path.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
-         "--address", cluster.address, "--quiet"],
+        [sys.executable, "-m", "sae_lab.cli", "sweep", str(path), "--out", str(out),
+         "--address", cluster.address, "--quiet", "--no-plan-check"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 120
@@ -495,8 +495,8 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
     path.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
-         "--address", cluster.address, "--quiet"],
+        [sys.executable, "-m", "sae_lab.cli", "sweep", str(path), "--out", str(out),
+         "--address", cluster.address, "--quiet", "--no-plan-check"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while len(list(out.glob("tune/pack*/checkpoint_*/members.json"))) < 2:
@@ -524,10 +524,12 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
 
 
 def test_cli_check_prints_trials(capsys):
-    from sae_lab.sweep.cli import _standalone
+    from sae_lab.cli import main
 
-    assert _standalone(["demo.yaml", "--check"]) == 0
+    main(["sweep", "demo.yaml", "--check"])
     assert "trials, metric objective (min)" in (printed := capsys.readouterr().out)
     assert re.search(r"search random, in \d+ packs on this machine \(pack: auto\): OK", printed)
-    assert _standalone(["demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"])
+    assert e.value.code == 2
     assert "larger than the number of latents" in capsys.readouterr().err
