@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
 from sae_lab.sae import sparse
 from sae_lab.sae.config import ConfigError, SAEConfig
-from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
+from sae_lab.sae.registry import architectures, parse_saved_sae_config
 from sae_lab.version import __version__
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -291,7 +291,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SA
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not an sae_lab SAE directory)")
     raw = json.loads(cfg_path.read_text())
     cfg = parse_saved_sae_config(raw["sae"])
-    sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
+    sae = architectures()[cfg.architecture](cfg, metadata=raw.get("metadata"))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")

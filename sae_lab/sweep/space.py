@@ -23,6 +23,7 @@ corner of its space (range ends, every listed value) against the data's d_in.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 import json
 import math
@@ -43,16 +44,18 @@ from sae_lab.config import (
     require,
     to_dict,
 )
-from sae_lab.sae import ARCHITECTURES
+from sae_lab.sae import CONFIGS, TopKConfig
+from sae_lab.sae.config import searchable
 from sae_lab.training.config import TrainConfig
-from sae_lab.training.metrics import OBJECTIVE, SWEEP_METRICS
+from sae_lab.training.metric_names import OBJECTIVE, SWEEP_METRICS
 
 METRICS = SWEEP_METRICS
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
-_SAE_FIELDS = frozenset().union(*(cls.searchable for cls in ARCHITECTURES.values()))
+_SAE_FIELDS = frozenset().union(*(searchable(cls) for cls in CONFIGS.values()))
 _OWNED_BY_SWEEP = frozenset({"sae.architecture", "sae.d_in", "out_dir", "progress_bar"})
 _MAX_CORNERS = 256
+NO_OPTUNA = "search: optuna needs the optional extra: pip install 'sae-lab[optuna]'"
 
 
 def objective(fvu: float, l0: float, d_in: int, l0_weight: float) -> float:
@@ -355,9 +358,9 @@ def sweep_from_dict(d: Any) -> SweepConfig:
 def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
     for arch in sweep.architectures:
-        if arch not in ARCHITECTURES:
+        if arch not in CONFIGS:
             raise ConfigError(f"architectures: unknown architecture {arch!r}; "
-                              f"known: {sorted(ARCHITECTURES)}")
+                              f"known: {sorted(CONFIGS)}")
     if len(set(sweep.architectures)) != len(sweep.architectures):
         raise ConfigError(f"architectures: listed twice in {sweep.architectures}")
     for name in sweep.space:
@@ -487,7 +490,8 @@ def validate(sweep: SweepConfig, d_in: int | None = None) -> dict[str, int]:
                 if p.kind in ("loguniform", "uniform"):
                     raise ConfigError(f"space.{arch}.{key}: search: grid needs grid/choice "
                                       f"values, got {p.kind}")
-    build_search_alg(sweep)  # optuna missing -> error now, not after launch
+    if sweep.search == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise ConfigError(NO_OPTUNA)  # now, not after launch (and without importing Ray)
     return d_ins
 
 
@@ -559,7 +563,7 @@ def _check_ranking(sweep: SweepConfig) -> None:
     if sweep.scheduler.type != "asha" or sweep.metric not in ("fvu", "mse", "l1"):
         return
     for arch in sweep.architectures:
-        k_based = ARCHITECTURES[arch].k_based
+        k_based = issubclass(CONFIGS[arch], TopKConfig)
         ks = {sweep.train_config(arch, v).sae.k for v in corners(sweep.params[arch])} if k_based \
             else set()
         if not k_based or len(ks) > 1:
@@ -627,8 +631,7 @@ def build_search_alg(sweep: SweepConfig):
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise ConfigError("search: optuna needs the optional extra: pip install "
-                          "'sae-lab[optuna]'") from None
+        raise ConfigError(NO_OPTUNA) from None
 
     # With a define-by-run space (and an empty param_space) Tune never hands TuneConfig's
     # metric and mode to the searcher, so it gets them here.
