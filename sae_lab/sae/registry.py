@@ -1,8 +1,8 @@
-"""name -> architecture. Each architecture's module registers its class (`@register`); a new
-architecture is one file, its config in config.py (CONFIGS) and one import line in
-sae/__init__.py (which imports them all when ARCHITECTURES is first used). The configs alone
+"""name -> architecture. Each architecture's module, sae_lab.sae.<name>, registers its class
+(`@register`); a new architecture is that file plus its config in config.py (CONFIGS), by whose
+names `architectures()` imports the modules when ARCHITECTURES is first needed. The configs alone
 need no torch: parsing and checking one (below) imports no architecture. This module sits below
-the architectures and base.py: it never imports them.
+the architectures and base.py: it imports them only by name, on demand.
 
 `AnySAEConfig` is the union of the registered configs, picked by `architecture` (default topk):
 
