@@ -15,7 +15,6 @@ the library functions the notebook and the Kaggle runner call (sae_lab.pipeline)
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import field
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Annotated
 from pydantic import Field
 
 from sae_lab import assets
-from sae_lab.cli.args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import ConfigError, config, require
 from sae_lab.files import atomic_write_json
 
@@ -183,22 +181,3 @@ def report(out: Path, corpus: Path, shards: Path, best: Path, elapsed: str) -> d
           f"load a checkpoint with sae_lab.load('{best}'), or the export with "
           f"sae_lens.SAE.load_from_disk('{out / 'exports' / best.name}').")
     return outputs
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",
-        description="Harvest all-MiniLM-L6-v2 activations over the standard library's "
-        "docstrings (or --text), run sweeps/demo.yaml on them with Ray Tune, print the results, "
-        "write pareto.png, export the best SAEs for SAELens and build a feature browser. A few "
-        "minutes on 2 CPU cores; re-running continues an interrupted run.",
-        formatter_class=DefaultsFormatter,
-    )
-    add_config_arguments(p, DemoConfig, flags={"overrides": "--set"},
-                         metavars={"overrides": "KEY=VALUE", "text": "FILE", "out": "DIR"})
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    run_demo(config_from_args(DemoConfig, args))

@@ -22,14 +22,12 @@ Downstream loss (causal LMs; Bloom et al.'s "CE loss score", SAEBench's KL score
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sae_lab.cli.args import DefaultsFormatter, int_at_least
 from sae_lab.files import atomic_file, atomic_write_json
 from sae_lab.lm.load import is_causal, load_lm, resolve_device
 
@@ -327,98 +325,73 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den != 0 else float("nan")
 
 
-# --- command line ------------------------------------------------------------------------------
+# --- an SAE directory, end to end (`sae-lab eval`) ------------------------------------------
 
 
-def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.lm.attach import add_hook_args
-    p = sub.add_parser(
-        "eval",
-        help="held-out metrics of an SAE, and its downstream loss",
-        description="Reconstruction metrics over activation shards (FVU, MSE, cosine, L0, dead "
-        "fraction, shrinkage, density histogram) and, with --dataset, the model's loss with the "
-        "SAE spliced in. Prints a table; writes eval.json (and the density plot) to --out.",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--shards", help="activation shards to evaluate on (hold them out of training)")
-    p.add_argument("--last-shards", type=int_at_least(1), help="evaluate on the manifest's last "
-                   "N shards only: what training held out with data.val_shards=N")
-    p.add_argument("--max-tokens", type=int_at_least(1),
-                   help="evaluate on at most this many shard rows")
-    p.add_argument("--batch-size", type=int_at_least(1), default=4096,
-                   help="rows per SAE forward pass")
-    p.add_argument("--skip-nonfinite", action="store_true",
-                   help="leave out shard rows holding NaN/Inf (counted in eval.json as "
-                   "nonfinite_rows) instead of stopping with an error")
-    p.add_argument("--out", help="output directory (default: SAE_DIR/eval)")
-    p.add_argument("--model", help="causal LM for the downstream loss (default: the SAE's model)")
-    p.add_argument("--dataset", help="text for the downstream loss: .txt/.jsonl/.parquet file or "
-                   "a Hub dataset id")
-    p.add_argument("--text-column", default="text", help="dataset column holding the text")
-    p.add_argument("--split", default="train", help="dataset split")
-    p.add_argument("--ctx-len", type=int_at_least(2),
-                   help="tokens per sequence (default: the SAE's ctx_len)")
-    p.add_argument("--n-seqs", type=int_at_least(1), default=64,
-                   help="sequences scored for the loss")
-    p.add_argument("--lm-batch-size", type=int_at_least(1), default=8,
-                   help="sequences per model forward")
-    add_hook_args(p)
-    p.set_defaults(func=cmd_eval)
+class EvalReport(NamedTuple):
+    sae: SAE
+    metrics: dict[str, float]
+    """reconstruction metrics (with shards), downstream loss (with a dataset), or both"""
+    density: Tensor | None
+    """per-latent firing frequency over the evaluated rows (with shards)"""
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def evaluate_dir(sae_dir: str | os.PathLike, shards: str | None = None,
+                 dataset: str | None = None, *, last_shards: int | None = None,
+                 max_tokens: int | None = None, batch_size: int = 4096,
+                 skip_nonfinite: bool = False, model: str | None = None,
+                 text_column: str = "text", split: str = "train", ctx_len: int | None = None,
+                 n_seqs: int = 64, lm_batch_size: int = 8, layer: int | None = None,
+                 hook: str | None = None, device: str = "auto",
+                 warn: Callable[[str], None] = _warn) -> EvalReport:
+    """Reconstruction metrics of the SAE in `sae_dir` over `shards` (its last `last_shards`
+    shards only, when given) and/or the model's loss with it spliced in, on `dataset`."""
     from sae_lab.data.shards import read_manifest
     from sae_lab.lm.attach import check_shards, hook_point, load_sae_dir, model_name
-    if not args.shards and not args.dataset:
+
+    if not shards and not dataset:
         raise ValueError("nothing to evaluate: give --shards (reconstruction metrics) and/or "
                          "--dataset (downstream loss)")
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    metrics: dict[str, Any] = {}
+    device = resolve_device(device)
+    sae = load_sae_dir(sae_dir, device)
+    metrics: dict[str, float] = {}
     density = None
-    if args.shards:
-        manifest = read_manifest(args.shards)
-        for w in check_shards(sae, manifest, args.shards):
-            print(f"warning: {w}", file=sys.stderr)
+    if shards:
+        manifest = read_manifest(shards)
+        for w in check_shards(sae, manifest, shards):
+            warn(w)
         names = None
-        if args.last_shards:
+        if last_shards:
             names = [e["name"] for e in manifest["shards"]]
-            if args.last_shards > len(names):
-                raise ValueError(f"--last-shards {args.last_shards}: shards {args.shards} hold "
-                                 f"only {len(names)} shard(s)")
-            names = names[-args.last_shards :]
-        elif _same_path(sae.metadata.get("source"), args.shards):
-            print("warning: these are the shards the SAE was trained on; pass --last-shards N "
-                  "(its data.val_shards) to evaluate on held-out rows only", file=sys.stderr)
-        skipped = {"rows": 0} if args.skip_nonfinite else None
-        batches = shard_activations(args.shards, args.batch_size, args.max_tokens, names,
-                                    skipped)
-        result = evaluate_sae(sae, batches, device)
+            if last_shards > len(names):
+                raise ValueError(f"--last-shards {last_shards}: shards {shards} hold only "
+                                 f"{len(names)} shard(s)")
+            names = names[-last_shards:]
+        elif _same_path(sae.metadata.get("source"), shards):
+            warn("these are the shards the SAE was trained on; pass --last-shards N (its "
+                 "data.val_shards) to evaluate on held-out rows only")
+        skipped = {"rows": 0} if skip_nonfinite else None
+        result = evaluate_sae(sae, shard_activations(shards, batch_size, max_tokens, names,
+                                                     skipped), device)
         metrics.update(result.metrics)
         if skipped is not None:
             metrics["nonfinite_rows"] = float(skipped["rows"])
         density = result.density
-    if args.dataset:
-        name = model_name(sae, args.model)
-        model, tokenizer = load_lm(name, device)
-        if not is_causal(model.config):
+    if dataset:
+        name = model_name(sae, model)
+        lm, tokenizer = load_lm(name, device)
+        if not is_causal(lm.config):
             raise ValueError(f"model {name} is not a causal LM; the downstream loss needs one")
-        layer, hook = hook_point(sae, args.layer, args.hook)
-        ctx_len = args.ctx_len or sae.metadata.get("ctx_len") or 128
-        seqs = dataset_batches(args.dataset, tokenizer, ctx_len, args.n_seqs, args.lm_batch_size,
-                               args.text_column, args.split)
-        metrics.update(downstream_loss(model, seqs, layer, hook, sae_reconstruct(sae), sae.d_in))
-    print(format_table(metrics))
-    if "dead_frac" in metrics:
-        print("dead_frac: share of latents that fired on no token of the evaluated rows "
-              f"(in training, a {sae.cfg.architecture} latent is dead once it "
-              f"{sae.dead_meaning})")
-    out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
-    sources = {"sae_dir": str(args.sae_dir), "shards": args.shards,
-               "last_shards": args.last_shards, "dataset": args.dataset}
-    save_report(out, {**metrics, **sources}, density)
-    print(f"saved: {out / EVAL_JSON}")
+        layer, hook = hook_point(sae, layer, hook)
+        ctx_len = ctx_len or sae.metadata.get("ctx_len") or 128
+        seqs = dataset_batches(dataset, tokenizer, ctx_len, n_seqs, lm_batch_size, text_column,
+                               split)
+        metrics.update(downstream_loss(lm, seqs, layer, hook, sae_reconstruct(sae), sae.d_in))
+    return EvalReport(sae, metrics, density)
 
 
 def _same_path(a: Any, b: Any) -> bool:

@@ -28,10 +28,8 @@ token_norm (each token scaled to norm sqrt(d_in) on the way in, back on the way 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,52 +130,30 @@ def export_saelens(
     return Path(out)
 
 
-# --- command line ------------------------------------------------------------------------------
+# --- an SAE directory, end to end (`sae-lab export`) -------------------------------------------
 
 
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write an SAE in another library's format (SAELens v6)",
-        description="Export an sae_lab SAE directory so the SAE ecosystem can load it: "
-        "--format saelens writes what sae_lens.SAE.load_from_disk(OUT) reads. The feature "
-        "density for sparsity.safetensors comes from --density, else SAE_DIR/eval (written by "
-        "`sae-lab eval --shards`), else --shards.",
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--format", choices=["saelens"], default="saelens", help="target format")
-    p.add_argument("--out", required=True, help="directory to write; an existing one is replaced "
-                   "only if it is an earlier export")
-    p.add_argument("--density", help="feature_density.safetensors from `sae-lab eval`")
-    p.add_argument("--shards", help="measure the feature density on these activation shards")
-    p.add_argument("--max-tokens", type=int, help="rows of --shards to measure density on")
-    p.add_argument("--model-name", help="metadata.model_name (default: the SAE's model)")
-    p.add_argument("--hook-name", help="metadata.hook_name (default: blocks.L.hook_H)")
-    p.add_argument("--context-size", type=int, help="metadata.context_size (default: ctx_len)")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> None:
+def export_dir(sae_dir: str | os.PathLike, out: str | os.PathLike,
+               density: str | os.PathLike | None = None, shards: str | None = None,
+               max_tokens: int | None = None, model_name: str | None = None,
+               hook_name: str | None = None, context_size: int | None = None
+               ) -> tuple[Path, SAE, str | None]:
+    """Export the SAE in `sae_dir` to `out` (SAELens v6); returns (out, the SAE, where its
+    feature density came from: `density`, else SAE_DIR/eval, else measured on `shards`; None
+    when none of them is there)."""
     from safetensors.torch import load_file
 
-    check_output_dir(args.out, "export", EXPORT_FILES)  # before measuring any density
-    sae = load_sae_dir(args.sae_dir)
-    density, source = None, None
-    default = Path(args.sae_dir) / "eval" / DENSITY_FILE
-    if args.density or (default.is_file() and not args.shards):
-        path = Path(args.density or default)
+    check_output_dir(out, "export", EXPORT_FILES)  # before measuring any density
+    sae = load_sae_dir(sae_dir)
+    found, source = None, None
+    default = Path(sae_dir) / "eval" / DENSITY_FILE
+    if density or (default.is_file() and not shards):
+        path = Path(density or default)
         if not path.is_file():
             raise FileNotFoundError(f"--density {path}: no such file")
-        density, source = load_file(path)["density"], str(path)
-    elif args.shards:
-        density = evaluate_sae(sae, shard_activations(args.shards, max_tokens=args.max_tokens)
-                               ).density
-        source = args.shards
-    out = export_saelens(sae, args.out, density, args.model_name, args.hook_name,
-                         args.context_size)
-    if source is None:
-        print("note: no feature density known (run `sae-lab eval --shards` first, or pass "
-              "--shards); sparsity.safetensors not written", file=sys.stderr)
-    else:
-        print(f"feature density from {source}")
-    print(f"saved: {out} (SAELens architecture {sae.saelens_architecture!r})")
+        found, source = load_file(path)["density"], str(path)
+    elif shards:
+        found = evaluate_sae(sae, shard_activations(shards, max_tokens=max_tokens)).density
+        source = str(shards)
+    path = export_saelens(sae, out, found, model_name, hook_name, context_size)
+    return path, sae, source

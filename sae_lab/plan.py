@@ -31,7 +31,6 @@ The figures:
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -647,7 +646,7 @@ def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> Non
                             f"(see `sae-lab plan`; --no-plan-check to run anyway)")
 
 
-# --- command line --------------------------------------------------------------------------
+# --- a config file --------------------------------------------------------------------------
 
 
 def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None,
@@ -676,47 +675,15 @@ def plan_file(path: str, overrides: list[str] = (), gpus: int | None = None,
     return plan_train(TrainConfig.from_dict(data, str(p)), gpus=gpus)
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("plan", help="disk and memory a harvest, train or sweep config needs",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="a sweep, train or harvest YAML (told apart by their keys)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field first, e.g. --set batch_size=8192")
-    p.add_argument("--gpus", type=int, metavar="N",
-                   help="plan for a machine with N GPUs (e.g. 2 for Kaggle's T4 x2) instead of "
-                   "this one; only the limits given below are then checked")
-    p.add_argument("--gpu-memory", type=_size, metavar="SIZE",
-                   help="with --gpus: memory of each GPU, e.g. 15GiB (a T4); also what packs "
-                   "are sized against (pack: auto)")
-    p.add_argument("--disk", type=_size, metavar="SIZE",
-                   help="disk at the output to check against instead of this machine's free "
-                   "disk, e.g. 20GB (Kaggle's /kaggle/working)")
-    p.add_argument("--ram", type=_size, metavar="SIZE",
-                   help="host RAM to check against instead of this machine's, e.g. 29GiB")
-    p.add_argument("--out", help="where the run will write (a sweep's --out): the disk checked")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> None:
-    plan = plan_file(args.config, args.overrides, args.gpus, args.gpu_memory)
-    if args.out:
-        plan.disk_path = args.out
-    print(plan.table())
-    limits = {} if args.gpus is not None else available(plan)
-    given = {"disk": (args.disk, "the disk given (--disk)"),
-             "host": (args.ram, "the RAM given (--ram)"),
-             "device": (args.gpu_memory, "the memory of one GPU given (--gpu-memory)")}
-    limits.update({where: lim for where, lim in given.items() if lim[0] is not None})
-    for where, (have, what) in limits.items():
-        need = plan.total(where)
-        verdict = "fits" if need <= have else "DOES NOT FIT"
-        print(f"  {where}: {human(need)} needed, {what} {human(have)}: {verdict}")
-    check(plan, limits)
+def limits_for(plan: Plan, gpus: int | None = None, disk: int | None = None,
+               ram: int | None = None, gpu_memory: int | None = None
+               ) -> dict[Where, tuple[int, str]]:
+    """The limits to check `plan` against: this machine's (unless `gpus` names another one),
+    with those given replacing them."""
+    limits = {} if gpus is not None else available(plan)
+    given: dict[Where, tuple[int | None, str]] = {
+        "disk": (disk, "the disk given (--disk)"), "host": (ram, "the RAM given (--ram)"),
+        "device": (gpu_memory, "the memory of one GPU given (--gpu-memory)")}
+    limits.update({where: (have, what) for where, (have, what) in given.items()
+                   if have is not None})
+    return limits

@@ -9,7 +9,6 @@ line `# yaml-language-server: $schema=schemas/train.schema.json` in the YAML fil
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +69,3 @@ def write_schemas(out: str | Path) -> list[Path]:
     for name, make in SCHEMAS.items():
         paths.append(atomic_write_json(out / name, make()))
     return paths
-
-
-def add_schema_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("schema", help="write JSON Schemas of the train and sweep YAML files",
-                       description="Write train.schema.json and sweep.schema.json, for editors "
-                       "that complete and check YAML (yaml-language-server).")
-    p.add_argument("--out", default=".", help="directory to write them into")
-    p.set_defaults(func=cmd_schema)
-
-
-def cmd_schema(args: argparse.Namespace) -> None:
-    for path in write_schemas(args.out):
-        print(path)

@@ -236,7 +236,7 @@ def test_cli_reference_covers_every_command_and_option():
 
 def test_config_reference_covers_every_field():
     from sae_lab.sae.registry import ARCHITECTURES
-    from sae_lab.sweep.space import SweepConfig
+    from sae_lab.sweep.schema import SweepConfig
     from sae_lab.training.config import reference
 
     page = gen_reference().config_reference()

@@ -1,4 +1,4 @@
-"""`python -m sae_lab.cli ...`: the `sae-lab` command."""
+"""`python -m sae_lab.cli ...`: the same as `sae-lab ...`."""
 
 from sae_lab.cli import main
 

@@ -1,8 +1,16 @@
-"""Command-line flags from a config dataclass: one `--flag` per field, its default, its type or
-choices, and its docstring as the help, so a command's options cannot drift from its config.
+"""What several commands share: their parser preamble, flag groups and argparse types.
+
+    p = command(sub, "eval", __doc__)       # help line from COMMANDS; defaults shown
+    add_sae_dir(p); add_hook_args(p)        # SAE_DIR; --layer --hook --device
+    sae, device = open_sae(args)            # the SAE those flags name, on the device
+
+Flags from a config dataclass: one `--flag` per field, its default, its type or choices, and its
+docstring as the help, so a command's options cannot drift from its config:
 
     add_config_arguments(parser, HarvestConfig, flags={"layers": "--layer"})
     cfg = config_from_args(HarvestConfig, args, "harvest")   # validated, one-line ConfigError
+
+Nothing here imports torch: `sae-lab CMD --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,9 +19,15 @@ import argparse
 import dataclasses
 import types
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from sae_lab.config import field_docs, parse
+
+if TYPE_CHECKING:
+    from sae_lab.sae.base import SAE
+
+T = TypeVar("T")
+SAE_DIR_HELP = "SAE directory (cfg.json + sae_weights.safetensors)"
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -32,6 +46,20 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return check
 
 
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type=` from a function that raises ValueError on bad text: its message
+    becomes the usage error."""
+
+    def check(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Help that shows each option's default, unless it is None/False or the text names it."""
 
@@ -41,6 +69,56 @@ class DefaultsFormatter(argparse.HelpFormatter):
                 or action.default in (None, False, argparse.SUPPRESS)):
             return text
         return text + " (default: %(default)s)"
+
+
+def command(sub: argparse._SubParsersAction, name: str, description: str | None,
+            formatter_class: type[argparse.HelpFormatter] = DefaultsFormatter, **kw: Any
+            ) -> argparse.ArgumentParser:
+    """A command's parser: its one-line help from sae_lab.cli.COMMANDS, its description (the
+    command module's docstring), and help that shows the defaults."""
+    from sae_lab.cli import COMMANDS
+
+    text = next(t for n, t, _ in COMMANDS if n == name)
+    return sub.add_parser(name, help=text, description=description,
+                          formatter_class=formatter_class, **kw)
+
+
+def add_sae_dir(p: argparse.ArgumentParser, shards: bool = False) -> None:
+    """The positional SAE_DIR of the commands that read one SAE; with `shards`, also the
+    required --shards they read it on."""
+    p.add_argument("sae_dir", help=SAE_DIR_HELP)
+    if shards:
+        p.add_argument("--shards", required=True, help="activation shards (with token ids)")
+
+
+def add_device(p: argparse.ArgumentParser, help: str = "auto, cpu, cuda, cuda:1, ...") -> None:
+    p.add_argument("--device", default="auto", help=help)
+
+
+def add_hook_args(p: argparse.ArgumentParser) -> None:
+    """--layer, --hook and --device, shared by the commands that run the model at the SAE's hook."""
+    p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
+    p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
+    add_device(p)
+
+
+def open_sae(args: argparse.Namespace, sae_dir: str | None = None) -> tuple[SAE, str]:
+    """(the SAE in args.sae_dir, in eval mode, on args.device resolved) for a handler."""
+    from sae_lab.lm.attach import load_sae_dir, resolve_device
+
+    device = resolve_device(args.device)
+    return load_sae_dir(sae_dir or args.sae_dir, device), device
+
+
+def open_lm(args: argparse.Namespace, sae_dir: str | None = None
+            ) -> tuple[SAE, str, int, str, str]:
+    """(sae, device, layer, hook, model name) named by SAE_DIR, --device, --layer, --hook and
+    --model: what the commands that run the model at the SAE's hook start from."""
+    from sae_lab.lm.attach import hook_point, model_name
+
+    sae, device = open_sae(args, sae_dir)
+    layer, hook = hook_point(sae, args.layer, args.hook)
+    return sae, device, layer, hook, model_name(sae, args.model)
 
 
 def add_config_arguments(
@@ -114,4 +192,5 @@ def _optional(cls: type, name: str) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
-__all__ = ["DefaultsFormatter", "add_config_arguments", "config_from_args", "int_at_least"]
+__all__ = ["DefaultsFormatter", "add_config_arguments", "checked", "add_device", "add_hook_args",
+           "add_sae_dir", "command", "config_from_args", "int_at_least", "open_lm", "open_sae"]

@@ -10,7 +10,6 @@ stream is recomputed without the model up to there, so every token is stored exa
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from sae_lab.cli.args import DefaultsFormatter, add_config_arguments, config_from_args
 from sae_lab.config import PathStr, config, require
 from sae_lab.lm.load import (
     canonical_name,
@@ -315,24 +313,3 @@ def source_header(cfg: SourceConfig, model: Any, tokenizer: Any) -> dict[str, An
 def _say(cfg: HarvestConfig, msg: str) -> None:
     if cfg.progress:
         print(msg, file=sys.stderr)
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def add_harvest_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `harvest` on an argparse subparsers object (sae_lab.cli)."""
-    p = subparsers.add_parser("harvest", help="store a model's activations as WebDataset shards",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=DefaultsFormatter)
-    _add_arguments(p)
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, HarvestConfig, flags={"layers": "--layer"})
-
-
-def run_cli(args: argparse.Namespace) -> None:
-    harvest(config_from_args(HarvestConfig, args))

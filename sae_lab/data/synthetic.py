@@ -11,13 +11,14 @@ clipped at 0, or log-normal with that mean and standard deviation (a heavy right
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from sae_lab.config import config, require
+
+if TYPE_CHECKING:  # torch is imported where data is made: reading a config needs none
+    from torch import Tensor
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -78,6 +79,8 @@ def feature_seed(seed: int) -> int:
 
 
 def make_features(cfg: SyntheticConfig) -> SyntheticData:
+    import torch
+
     g = torch.Generator().manual_seed(feature_seed(cfg.seed))
     features = torch.randn(cfg.n_features, cfg.d, generator=g)
     features /= features.norm(dim=1, keepdim=True)
@@ -90,6 +93,8 @@ def sample(
     cfg: SyntheticConfig, data: SyntheticData, n: int, seed: int, chunk: int = 16_384
 ) -> Tensor:
     """n rows [n, d] drawn from the generative model above."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(n, cfg.d)
     for start in range(0, n, chunk):

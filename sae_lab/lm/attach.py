@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,10 +99,3 @@ def promoted_tokens(W_dec: Tensor, W_U: Tensor, k: int, chunk: int = 512
         vals.append(v)
         idx.append(i)
     return torch.cat(vals), torch.cat(idx)
-
-
-def add_hook_args(p: argparse.ArgumentParser) -> None:
-    """--layer, --hook and --device, shared by the commands that run the model at the SAE's hook."""
-    p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
-    p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -9,7 +9,6 @@ arbitrary corpus text cannot inject markup.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -105,56 +104,6 @@ def read_browser_data(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("latents"), list):
         raise ValueError(f"{index}: no latent data (not an `sae-lab inspect` output)")
     return index, data
-
-
-# --- command line: `sae-lab inspect` -----------------------------------------------------------
-
-
-def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli.args import DefaultsFormatter, int_at_least
-
-    p = sub.add_parser(
-        "inspect",
-        help="top-activating contexts of each latent, as a static HTML feature browser",
-        description="One pass over activation shards finds each latent's density and top-"
-        "activating contexts (token ids decoded with the model's tokenizer); for causal LMs also "
-        "the output tokens each latent promotes most (W_dec @ W_U). Writes OUT/index.html, "
-        "a self-contained page: open it from disk, no server.",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--shards", required=True, help="activation shards (with token ids)")
-    p.add_argument("--out", required=True, help="output directory; an existing one is "
-                   "replaced only if it is an earlier inspect output")
-    p.add_argument("--model", help="model / tokenizer (default: the SAE's, else the shards')")
-    p.add_argument("--latents", help="which latents to show, e.g. 0-99,512 (default: the first "
-                   "--max-latents)")
-    p.add_argument("--max-latents", type=int_at_least(1), default=1000,
-                   help="number of latents shown when --latents is not given")
-    p.add_argument("--top", type=int_at_least(1), default=10, help="contexts per latent")
-    p.add_argument("--context-left", type=int_at_least(0), default=12,
-                   help="tokens before the activating one")
-    p.add_argument("--context-right", type=int_at_least(0), default=4, help="tokens after it")
-    p.add_argument("--top-logits", type=int_at_least(0), default=None,
-                   help="promoted output tokens per latent; default 10 for causal LMs and skipped "
-                   "for others; an explicit N > 0 on a model without an unembedding is an error")
-    p.add_argument("--max-tokens", type=int_at_least(1), help="read at most this many shard rows")
-    p.add_argument("--batch-size", type=int_at_least(1), default=4096,
-                   help="rows per SAE forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="show a progress bar over the shard rows")
-    p.set_defaults(func=cmd_inspect)
-
-
-def cmd_inspect(args: argparse.Namespace) -> None:
-    index = feature_browser(
-        args.sae_dir, args.shards, args.out, model=args.model, latents=args.latents,
-        max_latents=args.max_latents, top=args.top, context_left=args.context_left,
-        context_right=args.context_right, top_logits=args.top_logits,
-        max_tokens=args.max_tokens, batch_size=args.batch_size, device=args.device,
-        progress=args.progress)
-    print(f"saved: {index}")
 
 
 def feature_browser(sae_dir: str | os.PathLike, shards: str | os.PathLike,

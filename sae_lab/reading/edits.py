@@ -70,16 +70,6 @@ def parse_edit(spec: str) -> LatentEdit:
     return LatentEdit(None if m.group(1) == "all" else int(m.group(1)), _SIGN[op], value)
 
 
-def edit_arg(spec: str) -> LatentEdit:
-    """`parse_edit` as an argparse type: its message becomes the usage error."""
-    import argparse
-
-    try:
-        return parse_edit(spec)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def check_edits(edits: list[LatentEdit], d_sae: int) -> None:
     """Unknown latent indices as one-line errors, before any model is loaded."""
     for e in edits:

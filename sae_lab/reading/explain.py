@@ -17,7 +17,6 @@ atomically after every latent, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -29,7 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sae_lab.files import atomic_write_json
 
@@ -543,99 +542,60 @@ def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
     return "\n".join(lines)
 
 
-# --- command line: `sae-lab explain` -----------------------------------------------------------
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
-def add_explain_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli.args import DefaultsFormatter, int_at_least
-
-    p = sub.add_parser(
-        "explain",
-        help="explain latents with an LLM (title + explanation) and score them by detection",
-        description="For each latent, an LLM reads its top and randomly sampled activating "
-        "contexts and gives a title and an explanation; then, given only the explanation, it "
-        "picks the activating contexts out of a shuffled mix of held-out activating and "
-        "non-activating ones: the score is balanced accuracy (0.5 = chance). The LLM is an "
-        "OpenAI-compatible chat endpoint (--url, --model; Ollama, vLLM, llama.cpp's server) "
-        "or a local transformers causal LM (--local-model). Results are cached per latent in "
-        "--out; a rerun continues.",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--shards", required=True, help="activation shards (with token ids)")
-    p.add_argument("--latents", help="which latents, e.g. 0-19,512 (default: the first "
-                   "--max-latents)")
-    p.add_argument("--max-latents", type=int_at_least(1), default=20,
-                   help="number of latents when --latents is not given")
-    p.add_argument("--url", default="http://127.0.0.1:11434/v1",
-                   help="OpenAI-compatible API base (Ollama's by default)")
-    p.add_argument("--model", default="llama3.2", help="chat model name at --url")
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
-                   help="bearer token, if the endpoint needs one (default: $OPENAI_API_KEY)")
-    p.add_argument("--local-model", help="a local transformers causal LM directory to use "
-                   "instead of --url")
-    p.add_argument("--out", help=f"results JSON (default: SAE_DIR/{EXPLANATIONS})")
-    p.add_argument("--top", type=int_at_least(1), default=10,
-                   help="top-activating contexts shown to the explainer")
-    p.add_argument("--sampled", type=int_at_least(0), default=5,
-                   help="random activating contexts also shown")
-    p.add_argument("--held-out", type=int_at_least(2), default=10,
-                   help="activating contexts kept back for detection (half next-to-top, half "
-                   "random), plus as many non-activating ones")
-    p.add_argument("--context-left", type=int_at_least(0), default=12)
-    p.add_argument("--context-right", type=int_at_least(0), default=4)
-    p.add_argument("--max-tokens", type=int_at_least(1), help="read at most this many shard rows")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--retries", type=int_at_least(0), default=3,
-                   help="retries of a failed request (timeouts, 5xx, 429), with backoff")
-    p.add_argument("--redo-failed", action="store_true",
-                   help="retry latents recorded as failed (others in --out are kept)")
-    p.add_argument("--tokenizer", help="tokenizer (default: the SAE's model, else the shards')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.set_defaults(func=cmd_explain)
+class Explained(NamedTuple):
+    records: dict[str, dict[str, Any]]
+    """everything in `out`, by latent"""
+    latents: list[int]
+    """the latents asked for"""
+    out: Path
+    ran: bool
+    """False when every latent asked for was already in `out`"""
 
 
-def cmd_explain(args: argparse.Namespace) -> None:
+def explain_dir(sae_dir: str | os.PathLike, shards: str, make_chat: Callable[[str], Chat], *,
+                latents: str | None = None, max_latents: int = 20,
+                out: str | os.PathLike | None = None, top: int = 10, sampled: int = 5,
+                held_out: int = 10, context_left: int = 12, context_right: int = 4,
+                max_tokens: int | None = None, redo_failed: bool = False,
+                tokenizer: str | None = None, seed: int = 0, device: str = "auto",
+                say: Callable[[str], None] = _stderr) -> Explained:
+    """`sae-lab explain` as a function: explain and score the latents of the SAE in `sae_dir`
+    (`latents` like "0-19,512", else the first `max_latents`) on `shards`, with the chat that
+    `make_chat(device)` returns (called only when a latent is left to explain); results in
+    `out` (default SAE_DIR/explanations.json)."""
     from sae_lab.data.shards import iter_blocks, read_manifest
     from sae_lab.lm.attach import check_shards, load_sae_dir, load_tokenizer, resolve_device
     from sae_lab.reading.contexts import TokenText, parse_latents, top_activations
 
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    latents = parse_latents(args.latents, sae.d_sae, args.max_latents)
-    manifest = read_manifest(args.shards)
-    for w in check_shards(sae, manifest, args.shards):
-        print(f"warning: {w}", file=sys.stderr)
-    name = (args.tokenizer or manifest.get("tokenizer") or sae.metadata.get("model")
+    device = resolve_device(device)
+    sae = load_sae_dir(sae_dir, device)
+    ids = parse_latents(latents, sae.d_sae, max_latents)
+    manifest = read_manifest(shards)
+    for w in check_shards(sae, manifest, shards):
+        say(f"warning: {w}")
+    name = (tokenizer or manifest.get("tokenizer") or sae.metadata.get("model")
             or manifest.get("model"))
     if not name:
         raise ValueError("neither the SAE nor the shards name a model; pass --tokenizer")
-    out = Path(args.out or Path(args.sae_dir) / EXPLANATIONS)
+    out = Path(out or Path(sae_dir) / EXPLANATIONS)
     cached = read_explanations(out)  # a broken cache is an error before the passes, not after
-    todo = [i for i in latents if str(i) not in cached
-            or (args.redo_failed and cached[str(i)].get("status") == "failed")]
-    if not todo:
-        print(format_table(cached, latents))
-        print(f"all {len(latents)} latents already in {out} (--redo-failed retries failed ones)")
-        return
-    if args.local_model:
-        chat: Chat = LocalChat(args.local_model, device)
-    else:
-        chat = HTTPChat(args.url, args.model, args.api_key, timeout=args.timeout,
-                        retries=args.retries)
-        chat([{"role": "user", "content": "Reply with OK."}])  # unreachable: fail now
-    n_next = args.held_out // 2  # held-out contexts from just below the shown top ones
-    n_random = args.held_out - n_next
-    top = top_activations(sae, iter_blocks(args.shards), args.top + n_next,
-                          max_tokens=args.max_tokens, device=device)
+    if not any(str(i) not in cached or (redo_failed and cached[str(i)].get("status") == "failed")
+               for i in ids):
+        return Explained(cached, ids, out, False)
+    chat = make_chat(device)
+    n_next = held_out // 2  # held-out contexts from just below the shown top ones
+    n_random = held_out - n_next
+    found = top_activations(sae, iter_blocks(shards), top + n_next, max_tokens=max_tokens,
+                            device=device)
     # Extra random rows: some may be top rows, which are left out of the random ones.
-    active, inactive = sample_rows(sae, iter_blocks(args.shards), latents,
-                                   args.sampled + n_random + args.top + n_next, args.held_out,
-                                   args.seed, max_tokens=args.max_tokens, device=device)
-    records = explain(sae, top, active, inactive, latents, TokenText(load_tokenizer(name)), chat,
-                      out, args.top, args.sampled, n_random, args.context_left,
-                      args.context_right, args.redo_failed, args.seed,
-                      say=lambda s: print(s, file=sys.stderr))
-    print(format_table(records, latents))
-    print(f"saved: {out}")
+    active, inactive = sample_rows(sae, iter_blocks(shards), ids, sampled + n_random + top + n_next,
+                                   held_out, seed, max_tokens=max_tokens, device=device)
+    records = explain(sae, found, active, inactive, ids, TokenText(load_tokenizer(name)), chat,
+                      out, top, sampled, n_random, context_left, context_right, redo_failed, seed,
+                      say=say)
+    return Explained(records, ids, out, True)
+

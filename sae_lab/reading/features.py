@@ -12,10 +12,8 @@ the SAE, and token texts are the readable pieces of `TokenText.pieces`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,62 +174,3 @@ def read_prompts(prompts: list[str] | None, file: str | None) -> list[str]:
     if not texts:
         raise ValueError("no text: pass --prompt TEXT or --file FILE (one text a line)")
     return texts
-
-
-# --- command line: `sae-lab features` ----------------------------------------------------------
-
-
-def add_features_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli.args import DefaultsFormatter, int_at_least
-    from sae_lab.lm.attach import add_hook_args
-
-    p = sub.add_parser(
-        "features",
-        help="which latents fire on a text: top latents per token and over the whole text",
-        description="Run the SAE's model on each text, encode the activation at the SAE's hook, "
-        "and print the top latents of each token and of the whole text (by largest activation, "
-        "with the number of tokens it fires on), as a table or JSON. Titles from "
-        f"SAE_DIR/{EXPLANATIONS} are shown when present.",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--prompt", action="append", help="a text; repeat for several")
-    p.add_argument("--file", help="a text file, one text a line")
-    p.add_argument("--model", help="model / tokenizer (default: the SAE's)")
-    p.add_argument("--top", type=int_at_least(1), default=5, help="latents per token")
-    p.add_argument("--top-text", type=int_at_least(1), default=10,
-                   help="latents over the whole text")
-    p.add_argument("--latents", help="report only these latents, e.g. 0-99,512")
-    p.add_argument("--keep-special", action="store_true",
-                   help="also report special tokens ([CLS], [SEP], ...)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    add_hook_args(p)
-    p.set_defaults(func=cmd_features)
-
-
-def cmd_features(args: argparse.Namespace) -> None:
-    from sae_lab.lm.attach import (
-        hook_point,
-        load_model,
-        load_sae_dir,
-        load_tokenizer,
-        model_name,
-        resolve_device,
-    )
-    from sae_lab.reading.contexts import parse_latents
-
-    texts = read_prompts(args.prompt, args.file)
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    latents = parse_latents(args.latents, sae.d_sae) if args.latents else None
-    titles = load_titles(args.sae_dir)
-    layer, hook = hook_point(sae, args.layer, args.hook)
-    name = model_name(sae, args.model)
-    model, tokenizer = load_model(name, device), load_tokenizer(name)
-    found = text_features(model, tokenizer, sae, texts, layer, hook, args.top, args.top_text,
-                          latents, titles, args.keep_special)
-    if args.json:
-        json.dump(features_json(found), sys.stdout, ensure_ascii=False, indent=1)
-        print()
-    else:
-        print(format_features(found), end="")

@@ -14,10 +14,10 @@ second in sorted order unless named).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -269,84 +269,31 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --- command line: `sae-lab probe` -------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        ks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 1,8,32"
-                                         ) from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: each k must be >= 1")
-    return ks
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
-    return v
-
-
-def add_probe_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli.args import DefaultsFormatter, int_at_least
-    from sae_lab.lm.attach import add_hook_args
-
-    p = sub.add_parser(
-        "probe",
-        help="linear and prototype probes on SAE latents vs. raw activations, from labelled text",
-        description="Reads a jsonl file of {\"text\", \"label\"} (two labels), runs the model to "
-        "the SAE's hook, pools activations and latents per text, and fits on a stratified split: "
-        "logistic regression on all latents, on the k latents whose class means differ most, "
-        "and on the raw activations, plus a nearest-centroid prototype classifier in latent "
-        "space. Prints held-out accuracy and AUROC with bootstrap 95% intervals; writes "
-        f"OUT/{PROBE_JSON} and OUT/{PROBE_PNG}.",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--data", required=True, help="jsonl file: one {\"text\", \"label\"} a line")
-    p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--positive", help="the label of the positive class (default: the second "
-                   "in sorted order)")
-    p.add_argument("--pool", choices=["mean", "max"], default="mean",
-                   help="pooling over a text's tokens")
-    p.add_argument("--k", type=_int_list, default=[1, 8, 32],
-                   help="sizes of the k-sparse latent probes, comma-separated")
-    p.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share")
-    p.add_argument("--bootstrap", type=int_at_least(10), default=1000,
-                   help="bootstrap resamples for the intervals")
-    p.add_argument("--max-length", type=int_at_least(2), default=128,
-                   help="tokens per text (longer texts are truncated)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="model (default: the SAE's)")
-    add_hook_args(p)
-    p.set_defaults(func=cmd_probe)
-
-
-def cmd_probe(args: argparse.Namespace) -> None:
+def probe_dir(sae_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+              positive: str | None = None, pool: str = "mean", ks: Sequence[int] = (1, 8, 32),
+              test_fraction: float = 0.3, bootstrap: int = 1000, max_length: int = 128,
+              batch_size: int = 16, seed: int = 0, model: str | None = None,
+              layer: int | None = None, hook: str | None = None, device: str = "auto",
+              say: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
+              ) -> dict[str, Any]:
+    """`sae-lab probe` as a function: fit the probes on the labelled jsonl `data` with the SAE
+    in `sae_dir`; writes OUT/probe.json and OUT/probe.png and returns the result."""
     from sae_lab.lm.attach import hook_point, load_lm, load_sae_dir, model_name, resolve_device
 
-    data = read_labelled(args.data, args.positive)
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    layer, hook = hook_point(sae, args.layer, args.hook)
-    name = model_name(sae, args.model)
-    model, tokenizer = load_lm(name, device)
-    print(f"{len(data.texts)} texts; positive label {data.labels[1]!r}", file=sys.stderr)
-    feats = text_features(model, tokenizer, sae, data.texts, layer, hook, args.pool,
-                          args.batch_size, args.max_length)
-    result = run_probes(feats, data.y, args.k, args.test_fraction, args.bootstrap, args.seed)
-    result = {"data": str(args.data), "labels": list(data.labels), "model": name,
-              "layer": layer, "hook": hook, "pool": args.pool, **result}
-    out = Path(args.out)
+    labelled = read_labelled(data, positive)
+    device = resolve_device(device)
+    sae = load_sae_dir(sae_dir, device)
+    layer, hook = hook_point(sae, layer, hook)
+    name = model_name(sae, model)
+    lm, tokenizer = load_lm(name, device)
+    say(f"{len(labelled.texts)} texts; positive label {labelled.labels[1]!r}")
+    feats = text_features(lm, tokenizer, sae, labelled.texts, layer, hook, pool, batch_size,
+                          max_length)
+    result = run_probes(feats, labelled.y, list(ks), test_fraction, bootstrap, seed)
+    result = {"data": str(data), "labels": list(labelled.labels), "model": name,
+              "layer": layer, "hook": hook, "pool": pool, **result}
+    out = Path(out)
     atomic_write_json(out / PROBE_JSON, result)
-    plot(result, out / PROBE_PNG, f"{Path(args.sae_dir).name}: {data.labels[1]!r} vs "
-         f"{data.labels[0]!r}, {args.pool}-pooled")
-    print(format_table(result))
-    print(f"saved: {out / PROBE_JSON}, {out / PROBE_PNG}")
+    plot(result, out / PROBE_PNG, f"{Path(sae_dir).name}: {labelled.labels[1]!r} vs "
+         f"{labelled.labels[0]!r}, {pool}-pooled")
+    return result

@@ -11,10 +11,8 @@ fires; token text goes into the DOM as textContent only.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +150,23 @@ def _error(status: int, message: str) -> Any:
     return web.json_response({"error": message}, status=status)
 
 
+def read_notes(sae_dir: str | os.PathLike, explanations: str | os.PathLike | None = None
+               ) -> dict[int, dict[str, Any]]:
+    """{latent: note} from `explanations` (an error when missing), else from
+    SAE_DIR/explanations.json when it exists."""
+    from sae_lab.reading.explain import EXPLANATIONS, read_explanations
+
+    path = explanations or Path(sae_dir) / EXPLANATIONS
+    if explanations and not Path(path).is_file():
+        raise FileNotFoundError(f"--explanations {path}: no such file")
+    return {int(k): v for k, v in read_explanations(path).items() if isinstance(v, dict)}
+
+
+def serve(viewer: Viewer, port: int, title: str = "sae_lab viewer") -> None:
+    """Serve the viewer on 127.0.0.1:`port` until interrupted."""
+    asyncio.run(_serve(make_app(viewer, title), port))
+
+
 def make_app(viewer: Viewer, title: str = "sae_lab viewer") -> Any:
     """The aiohttp app: GET / (the page) and POST /api/analyse (JSON {"text"}). Requests whose
     Host is not this loopback server are refused (403), POSTs that are not JSON (415, as a
@@ -224,55 +239,3 @@ def page(title: str) -> str:
                        js=asset("viewer.js"))
 
 
-# --- command line: `sae-lab serve` -------------------------------------------------------------
-
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from sae_lab.cli.args import DefaultsFormatter, int_at_least
-    from sae_lab.lm.attach import add_hook_args
-
-    p = sub.add_parser(
-        "serve",
-        help="a local web page: type text, see the latents that fire on each token",
-        description="Serves a small web app on 127.0.0.1 only: type text and see each token "
-        "highlighted by the selected latent's activation, the top latents of the text with "
-        "their titles and explanations (from `sae-lab explain`) and their top contexts (from "
-        "an `sae-lab inspect` output, with --inspect).",
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument("sae_dir", help="SAE directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--port", type=int_at_least(0), default=8000,
-                   help="port on 127.0.0.1 (0: any free one)")
-    p.add_argument("--inspect", help="an `sae-lab inspect` output directory, for top contexts")
-    p.add_argument("--explanations", help="explanations JSON (default: SAE_DIR/"
-                   "explanations.json when it exists)")
-    p.add_argument("--top-k", type=int_at_least(1), default=5, help="latents listed per token")
-    p.add_argument("--max-length", type=int_at_least(2), default=256,
-                   help="tokens analysed per text")
-    p.add_argument("--model", help="model (default: the SAE's)")
-    add_hook_args(p)
-    p.set_defaults(func=cmd_serve)
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    from sae_lab.lm.attach import hook_point, load_lm, load_sae_dir, model_name, resolve_device
-    from sae_lab.reading.explain import EXPLANATIONS, read_explanations
-
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae_dir, device)
-    layer, hook = hook_point(sae, args.layer, args.hook)
-    notes_path = args.explanations or Path(args.sae_dir) / EXPLANATIONS
-    if args.explanations and not Path(notes_path).is_file():
-        raise FileNotFoundError(f"--explanations {notes_path}: no such file")
-    notes = {int(k): v for k, v in read_explanations(notes_path).items() if isinstance(v, dict)}
-    contexts = read_inspect_contexts(args.inspect, args.sae_dir) if args.inspect else {}
-    name = model_name(sae, args.model)
-    model, tokenizer = load_lm(name, device)
-    viewer = Viewer(model, tokenizer, sae, layer, hook, notes, contexts, args.top_k,
-                    args.max_length)
-    print(f"{sae.d_sae} latents; {len(notes)} explained, {len(contexts)} with contexts",
-          file=sys.stderr)
-    try:
-        asyncio.run(_serve(make_app(viewer, f"sae_lab: {Path(args.sae_dir).name}"), args.port))
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)

@@ -12,8 +12,6 @@ their maximum).
 
 from __future__ import annotations
 
-import argparse
-import json
 import textwrap
 from typing import Any, NamedTuple
 
@@ -21,7 +19,7 @@ import torch
 from torch import nn
 
 from sae_lab.lm.splice import edit_activation
-from sae_lab.reading.edits import LatentEdit, Steering, check_edits, edit_arg
+from sae_lab.reading.edits import Steering
 
 
 class Steered(NamedTuple):
@@ -89,82 +87,12 @@ def format_side_by_side(result: Steered, steering: Steering, width: int = 100) -
     return f"prompt: {result.prompt}\n\n" + "\n".join(rows) + "\n"
 
 
-# --- command line: `sae-lab steer` -------------------------------------------------------------
-
-
-def add_steer_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "steer",
-        help="generate with several SAE latent edits (scale, add, clamp), side by side",
-        description="Generate from --prompt twice, without and with the edits at the SAE's hook, "
-        "and print both side by side. Edits, in the order given: LATENT:xN scales the latent's "
-        "activation, LATENT:+N adds N * W_dec[LATENT], LATENT:=N clamps the activation to N; "
-        "LATENT 'all' edits every latent (--edit all:x0.5 --edit 123:+4 halves them all, then "
-        "adds one). --splice runs the model on the SAE's reconstruction. Greedy unless "
-        "--temperature > 0 (then the same seed for both).",
-    )
-    p.add_argument("--sae", required=True, help="SAE directory")
-    p.add_argument("--edit", dest="edits", action="append", default=[], type=edit_arg,
-                   metavar="LATENT:OP", help="e.g. 123:x30, 456:+4, 789:=0, all:x0.5; repeat "
-                   "for several")
-    p.add_argument("--latent", type=int, help="one edit, the older form: --latent I --scale S "
-                   "[--mode add|clamp] is --edit I:+S (add) or --edit I:=S (clamp)")
-    p.add_argument("--scale", type=float, default=10.0, help="with --latent")
-    p.add_argument("--mode", choices=["add", "clamp"], default="add", help="with --latent")
-    p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--prompt-only", action="store_true",
-                   help="edit only the prompt's positions, not the generated ones")
-    p.add_argument("--splice", nargs="?", const="drop-error", choices=["drop-error",
-                   "keep-error"], help="run the model on the SAE's reconstruction of the edited "
-                   "latents; drop-error (the default when given) leaves out the SAE's error, "
-                   "keep-error adds it back")
-    p.add_argument("--model", help="causal LM (default: the SAE's model)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=100, help="width of the side-by-side table")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    from sae_lab.lm.attach import add_hook_args
-
-    add_hook_args(p)
-    p.set_defaults(func=cmd_steer)
-
-
-def cmd_steer(args: argparse.Namespace) -> None:
-    if args.latent is not None:
-        op = "+" if args.mode == "add" else "="
-        args.edits.append(edit_arg(f"{args.latent}:{op}{args.scale:g}"))
-    if not args.edits:
-        raise ValueError("give at least one --edit LATENT:OP (or --latent I --scale S)")
-    from sae_lab.lm.attach import (
-        hook_point,
-        is_causal,
-        load_lm,
-        load_sae_dir,
-        model_name,
-        resolve_device,
-    )
-
-    device = resolve_device(args.device)
-    sae = load_sae_dir(args.sae, device)
-    edits: list[LatentEdit] = args.edits
-    check_edits(edits, sae.d_sae)
-    layer, hook = hook_point(sae, args.layer, args.hook)
-    name = model_name(sae, args.model)
+def check_causal(name: str) -> None:
+    """A one-line error when model `name` cannot generate, read from its config alone (before
+    minutes of loading weights)."""
     from transformers import AutoConfig
 
-    from sae_lab.lm.load import resolve_model
+    from sae_lab.lm.load import is_causal, resolve_model
 
-    # Checked on the config, before minutes of loading weights.
     if not is_causal(AutoConfig.from_pretrained(resolve_model(name))):
         raise ValueError(f"model {name} is not a causal LM; steering needs one to generate")
-    model, tokenizer = load_lm(name, device)
-    steering = Steering(sae, edits, args.splice, 0 if args.prompt_only else None)
-    result = steer(model, tokenizer, steering, args.prompt, layer, hook, args.max_new_tokens,
-                   args.temperature, args.seed)
-    if args.json:
-        print(json.dumps({**result._asdict(), "edits": [str(e) for e in edits],
-                          "prompt_only": args.prompt_only, "splice": args.splice},
-                         ensure_ascii=False, indent=1))
-    else:
-        print(format_side_by_side(result, steering, args.width))

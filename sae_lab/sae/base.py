@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from sae_lab.files import atomic_dir, replace_dir  # noqa: F401  (re-exported)
 from sae_lab.sae import sparse
 from sae_lab.sae.config import ConfigError, SAEConfig
-from sae_lab.sae.registry import ARCHITECTURES, parse_saved_sae_config
+from sae_lab.sae.registry import architectures, parse_saved_sae_config
 from sae_lab.version import __version__
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -318,7 +318,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SA
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     cfg = parse_saved_sae_config(raw["sae"])
-    sae = ARCHITECTURES[cfg.architecture](cfg, metadata=raw.get("metadata"))
+    sae = architectures()[cfg.architecture](cfg, metadata=raw.get("metadata"))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")

@@ -14,33 +14,17 @@ settings, 195 steps); 0.9 gives 24.1 (measured). Everything else (AuxK, k schedu
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from sae_lab.config import config
 from sae_lab.sae import sparse
 from sae_lab.sae.base import TrainOutput
+from sae_lab.sae.config import BatchTopKConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_topk import Codes
-from sae_lab.sae.topk import TopKConfig, TopKSAE
-
-
-@config
-class BatchTopKConfig(TopKConfig):
-    architecture: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
-    """BatchTopK: the k * B largest activations of the batch; a global threshold at inference."""
-    # On: the batch-wide selection compares activations across tokens, and without it the
-    # largest tokens take most of the batch's k * B (known-answer family, heavy+wide
-    # recovery 0.42 -> 0.99).
-    token_norm: bool = True
-    threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    """EMA momentum of the inference threshold estimated in training."""
-    threshold_start_step: Annotated[int, Field(ge=-1)] = -1
-    """First step whose batch updates the threshold; -1 means when the k schedule has ended (an
-    estimate taken while k > its target would let too many latents through)."""
+from sae_lab.sae.topk import TopKSAE
 
 
 @register

@@ -17,29 +17,14 @@ reference below; "sparse", only the entries with an open gate (sae_lab.sae.spars
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput, centred_matmul
-from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.config import GatedConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_penalty import SparsePenalty, decode
-
-
-@config
-class GatedConfig(PenaltyConfig):
-    architecture: Literal["gated"] = "gated"
-    """Gated SAE: a gate path picks latents, a magnitude path sizes them."""
-    sparsity_coef: Annotated[float, Field(ge=0)] = 3.0
-    """Sparsity coefficient lambda of the gate path's L1 penalty."""
-    k_aux: Annotated[int, Field(ge=0)] = 0
-    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
-    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
 
 
 @register

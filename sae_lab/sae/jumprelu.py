@@ -24,37 +24,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
-from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.config import JumpReLUConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_penalty import SparsePenalty, decode
-
-
-@config
-class JumpReLUConfig(PenaltyConfig):
-    architecture: Literal["jumprelu"] = "jumprelu"
-    """JumpReLU: per-latent learned thresholds, L0 penalty through straight-through estimators."""
-    bandwidth: Annotated[float, Field(gt=0)] = 0.1
-    """Kernel bandwidth epsilon of the straight-through estimators."""
-    threshold_init: Annotated[float, Field(gt=0)] = 0.5
-    """Initial threshold of every latent."""
-    threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
-    """Learning rate of log_threshold as a multiple of lr, at most threshold_lr_max."""
-    threshold_lr_max: Annotated[float, Field(gt=0)] = 0.03
-    """Upper bound on the learning rate of log_threshold."""
-    k_aux: Annotated[int, Field(ge=0)] = 0
-    """Dead latents used by the AuxK revival loss; 0 means d_in // 2 (Gao et al.)."""
-    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK revival loss on dead latents (0: off; Gao et al. use 1/32)."""
-    preact_coef: Annotated[float, Field(ge=0)] = 0.01
-    """Weight of the pre-activation loss on dead latents, sum of ReLU(theta - pre) (0: off)."""
 
 
 def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:

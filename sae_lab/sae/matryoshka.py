@@ -24,46 +24,12 @@ which under Adam (steps blind to the loss scale) only weighs AuxK G times more.
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
-
-from pydantic import Field
 from torch import Tensor
 
-from sae_lab.config import ConfigError, config, require
-from sae_lab.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from sae_lab.sae.batchtopk import BatchTopKSAE
+from sae_lab.sae.config import MatryoshkaConfig, prefix_ends
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_topk import Codes
-
-
-@config
-class MatryoshkaConfig(BatchTopKConfig):
-    architecture: Literal["matryoshka"] = "matryoshka"  # type: ignore[assignment]
-    """Matryoshka BatchTopK: nested prefixes of the latents, each reconstructing x alone."""
-    group_fractions: tuple[Annotated[float, Field(gt=0)], ...] = (1 / 16, 1 / 16, 1 / 8, 1 / 4,
-                                                                  1 / 2)
-    """Sizes of the latent groups as fractions of d_sae, summing to 1; prefix i ends after
-    group i (default: prefixes of 1/16, 1/8, 1/4, 1/2 and all of d_sae)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(math.isclose(sum(self.group_fractions), 1.0, rel_tol=1e-6),
-                "sae.group_fractions", list(self.group_fractions), "fractions summing to 1")
-        if self.d_in:
-            ends = prefix_ends(self.group_fractions, self.latents)
-            if len(set(ends)) < len(ends) or ends[0] == 0:
-                raise ConfigError(f"sae.group_fractions={list(self.group_fractions)}: a group "
-                                  f"of d_sae={self.latents} latents would be empty")
-
-
-def prefix_ends(fractions: tuple[float, ...], d_sae: int) -> list[int]:
-    """Where each nested prefix ends: cumulative fractions of d_sae, the last one d_sae."""
-    ends, total = [], 0.0
-    for f in fractions:
-        total += f
-        ends.append(round(total * d_sae))
-    ends[-1] = d_sae
-    return ends
 
 
 @register

@@ -1,7 +1,8 @@
-"""name -> architecture. Each architecture's module registers its class (`@register`); a new
-architecture is one file plus one import line in sae/__init__.py (which imports them all, so the
-table is full before anything else in sae_lab.sae is used). This module sits below the
-architectures and base.py: it never imports them.
+"""name -> architecture. Each architecture's module, sae_lab.sae.<name>, registers its class
+(`@register`); a new architecture is that file plus its config in config.py (CONFIGS), by whose
+names `architectures()` imports the modules when ARCHITECTURES is first needed. The configs alone
+need no torch: parsing and checking one (below) imports no architecture. This module sits below
+the architectures and base.py: it imports them only by name, on demand.
 
 `AnySAEConfig` is the union of the registered configs, picked by `architecture` (default topk):
 
@@ -11,13 +12,15 @@ architectures and base.py: it never imports them.
 
 from __future__ import annotations
 
+import importlib
 import typing
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, Field
 
 from sae_lab.config import ConfigError, field_docs, parse, register_tags
-from sae_lab.sae.config import COMMON_FIELDS, LEGACY_DEFAULTS, SAEConfig
+from sae_lab.sae.config import COMMON_FIELDS, CONFIGS, LEGACY_DEFAULTS, SAEConfig, own_fields
+from sae_lab.sae.config import searchable as searchable_fields
 
 if TYPE_CHECKING:
     from sae_lab.sae.base import SAE
@@ -30,15 +33,28 @@ ARCHITECTURES: dict[str, type[SAE]] = {}
 def register(cls: type[SAE]) -> type[SAE]:
     """Class decorator: add an architecture to ARCHITECTURES (name from its config's tag)."""
     name = typing.get_args(cls.config_cls.__pydantic_fields__["architecture"].annotation)[0]
+    if CONFIGS.get(name) is not cls.config_cls:
+        raise TypeError(f"{cls.__name__}: its config {cls.config_cls.__name__} is not "
+                        f"CONFIGS[{name!r}] (sae/config.py)")
     cls.name = name
-    own = frozenset(cls.config_cls.__pydantic_fields__) - COMMON_FIELDS
-    cls.uses = own
+    cls.uses = own_fields(cls.config_cls)
     if "searchable" not in cls.__dict__:
-        cls.searchable = own | {"expansion_factor", "d_sae", "dead_tokens"}
+        cls.searchable = searchable_fields(cls.config_cls)
     ARCHITECTURES[name] = cls
-    register_tags(name, after="sae")
-    _union.clear()
     return cls
+
+
+def architectures() -> dict[str, type[SAE]]:
+    """ARCHITECTURES, complete: the module of each architecture in CONFIGS (sae_lab.sae.<name>,
+    which registers it) imported first, in CONFIGS' order."""
+    for name in CONFIGS:
+        if name not in ARCHITECTURES:
+            importlib.import_module(f"sae_lab.sae.{name}")
+    return ARCHITECTURES
+
+
+for _name in CONFIGS:
+    register_tags(_name, after="sae")
 
 
 def _with_architecture(data: Any) -> Any:
@@ -47,9 +63,9 @@ def _with_architecture(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     name = data.get("architecture", DEFAULT_ARCHITECTURE)
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"sae.architecture={name!r}: must be one of {sorted(ARCHITECTURES)}")
-    known = ARCHITECTURES[name].config_cls.__pydantic_fields__
+    if name not in CONFIGS:
+        raise ConfigError(f"sae.architecture={name!r}: must be one of {sorted(CONFIGS)}")
+    known = CONFIGS[name].__pydantic_fields__
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -65,7 +81,7 @@ _union: list[Any] = []
 def any_sae_config() -> Any:
     """The union of the registered configs, discriminated by `architecture` (see module doc)."""
     if not _union:
-        configs = tuple(cls.config_cls for cls in ARCHITECTURES.values())
+        configs = tuple(CONFIGS.values())
         _union.append(Annotated[
             Union[configs],  # noqa: UP007 (a runtime tuple of types)
             Field(discriminator="architecture"),
@@ -89,9 +105,9 @@ def parse_saved_sae_config(data: dict[str, Any]) -> SAEConfig:
     architecture's fields): fields the architecture does not have are dropped where they still
     hold the old defaults; one saved before token_norm existed gets token_norm off."""
     name = data.get("architecture", DEFAULT_ARCHITECTURE)
-    cls = ARCHITECTURES.get(name)
+    cls = CONFIGS.get(name)
     if cls is not None:
-        known = cls.config_cls.__pydantic_fields__
+        known = cls.__pydantic_fields__
         data = {
             k: v for k, v in data.items()
             if k in known or k not in LEGACY_DEFAULTS or v != LEGACY_DEFAULTS[k]
@@ -107,10 +123,10 @@ def reference_rows(prefix: str = "sae.") -> list[tuple[str, str, Any, str]]:
     architecture's own, the doc prefixed with the architectures that have the field."""
     rows: dict[str, list[Any]] = {}
     owners: dict[str, dict[str, Any]] = {}
-    for name, cls in ARCHITECTURES.items():
-        docs = field_docs(cls.config_cls)
-        docs["architecture"] = f"One of {', '.join(ARCHITECTURES)}."
-        for field_name, info in cls.config_cls.__pydantic_fields__.items():
+    for name, cls in CONFIGS.items():
+        docs = field_docs(cls)
+        docs["architecture"] = f"One of {', '.join(CONFIGS)}."
+        for field_name, info in cls.__pydantic_fields__.items():
             default = DEFAULT_ARCHITECTURE if field_name == "architecture" else info.default
             owners.setdefault(field_name, {})[name] = default
             rows.setdefault(field_name, [f"{prefix}{field_name}", _type_name(info.annotation),
@@ -124,7 +140,7 @@ def reference_rows(prefix: str = "sae.") -> list[tuple[str, str, Any, str]]:
             row[3] = f"{'/'.join(by_arch)}: {doc}"
         if field_name != "architecture" and len(set(by_arch.values())) > 1:
             row[3] += " Default: " + ", ".join(f"{a} {d!r}" for a, d in by_arch.items()) + "."
-    rows["architecture"][1] = " | ".join(repr(a) for a in ARCHITECTURES)
+    rows["architecture"][1] = " | ".join(repr(a) for a in CONFIGS)
     return [tuple(r) for r in rows.values()]
 
 

@@ -13,22 +13,15 @@ sparse once the last step's density was low enough.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sae_lab.config import config
 from sae_lab.sae.base import SAE, TrainOutput
-from sae_lab.sae.config import PenaltyConfig
+from sae_lab.sae.config import ReLUConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_penalty import SparsePenalty, decode
-
-
-@config
-class ReLUConfig(PenaltyConfig):
-    architecture: Literal["relu"] = "relu"
-    """ReLU with a decoder-norm-weighted L1 penalty."""
 
 
 @register

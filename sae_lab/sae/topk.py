@@ -15,15 +15,13 @@ cfg.decoder picks how a training step is computed; both give the same loss and g
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
 from torch import Tensor
 
-from sae_lab.config import ConfigError, config, require
 from sae_lab.sae import sparse
 from sae_lab.sae.base import SAE, TrainOutput
-from sae_lab.sae.config import SAEConfig
+from sae_lab.sae.config import TopKConfig
 from sae_lab.sae.registry import register
 from sae_lab.sae.sparse_topk import Codes, SparseTopK, decode
 
@@ -36,41 +34,6 @@ def k_at_step(step: int, k: int, k_start: int, steps: int, shape: str = "linear"
     frac = 1 - t if shape == "linear" else 0.5 * (1 + math.cos(math.pi * t))
     return max(k, round(k + (k_start - k) * frac))
 
-
-
-@config
-class TopKConfig(SAEConfig):
-    architecture: Literal["topk"] = "topk"
-    """TopK: the k largest pre-activations of each token, AuxK for dead latents."""
-    k: Annotated[int, Field(ge=1)] = 32
-    """Active latents per token (batchtopk: on average over the batch)."""
-    k_start: Annotated[int, Field(ge=0)] = 0
-    """k at step 0, decayed to k over k_schedule_steps; 0 means start at k."""
-    k_schedule_steps: Annotated[int, Field(ge=0)] = 0
-    """Steps over which k goes from k_start to k."""
-    k_schedule: Literal["linear", "cosine"] = "linear"
-    """Shape of the k decay."""
-    k_aux: Annotated[int, Field(ge=0)] = 0
-    """Dead latents used by the AuxK loss; 0 means d_in // 2 (Gao et al.)."""
-    aux_coef: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK loss (Gao et al. use 1/32)."""
-    decoder: Literal["sparse", "dense"] = "sparse"
-    """'sparse' decodes from (indices, values); 'dense' is the reference path."""
-
-    def __post_init__(self) -> None:
-        require(self.k_start == 0 or self.k_start >= self.k, "sae.k_start", self.k_start,
-                "0 or >= k")
-        if self.d_in and self.latents < self.k_max:
-            raise ConfigError(f"sae.k={self.k_max} (k or k_start) is larger than the number of "
-                              f"latents d_sae={self.latents}")
-
-    @property
-    def k_max(self) -> int:
-        return max(self.k, self.k_start)
-
-    @property
-    def settle_steps(self) -> int:
-        return self.k_schedule_steps if self.k_start else 0
 
 
 @register

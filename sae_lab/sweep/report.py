@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lab.files import atomic_dir, atomic_file
-from sae_lab.sae.registry import ARCHITECTURES
+from sae_lab.sae import ARCHITECTURES
 from sae_lab.sweep.schema import SweepConfig
 from sae_lab.sweep.space import trial_values
 from sae_lab.training.metrics import OBJECTIVE, VAL_METRICS

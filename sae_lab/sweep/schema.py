@@ -45,16 +45,18 @@ from sae_lab.config import (
     to_dict,
 )
 from sae_lab.data.config import data_d_in
-from sae_lab.sae import ARCHITECTURES
+from sae_lab.sae import CONFIGS, TopKConfig
+from sae_lab.sae.config import searchable
 from sae_lab.training.config import TrainConfig
-from sae_lab.training.metrics import OBJECTIVE, SWEEP_METRICS
+from sae_lab.training.metric_names import OBJECTIVE, SWEEP_METRICS
 
 METRICS = SWEEP_METRICS
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
-_SAE_FIELDS = frozenset().union(*(cls.searchable for cls in ARCHITECTURES.values()))
+_SAE_FIELDS = frozenset().union(*(searchable(cls) for cls in CONFIGS.values()))
 _OWNED_BY_SWEEP = frozenset({"sae.architecture", "sae.d_in", "out_dir", "progress_bar"})
 _MAX_CORNERS = 256
+NO_OPTUNA = "search: optuna needs the optional extra: pip install 'sae-lab[optuna]'"
 
 
 # --- how a parameter is written in the YAML --------------------------------------------------
@@ -329,9 +331,9 @@ def sweep_from_dict(d: Any) -> SweepConfig:
 def parse_space(sweep: SweepConfig) -> dict[str, dict[str, Param]]:
     """architecture -> canonical key -> Param, `all` merged under each architecture's own."""
     for arch in sweep.architectures:
-        if arch not in ARCHITECTURES:
+        if arch not in CONFIGS:
             raise ConfigError(f"architectures: unknown architecture {arch!r}; "
-                              f"known: {sorted(ARCHITECTURES)}")
+                              f"known: {sorted(CONFIGS)}")
     if len(set(sweep.architectures)) != len(sweep.architectures):
         raise ConfigError(f"architectures: listed twice in {sweep.architectures}")
     for name in sweep.space:
@@ -476,8 +478,7 @@ def validate(sweep: SweepConfig, d_in: int | None = None) -> CheckedSweep:
                     raise ConfigError(f"space.{arch}.{key}: search: grid needs grid/choice "
                                       f"values, got {p.kind}")
     if sweep.search == "optuna" and importlib.util.find_spec("optuna") is None:
-        raise ConfigError("search: optuna needs the optional extra: pip install "
-                          "'sae-lab[optuna]'")
+        raise ConfigError(NO_OPTUNA)  # now, not after launch (and without importing Ray)
     return CheckedSweep(d_ins, max(budgets), min(graces))
 
 
@@ -519,7 +520,7 @@ def _check_ranking(sweep: SweepConfig) -> None:
     if sweep.scheduler.type != "asha" or sweep.metric not in ("fvu", "mse", "l1"):
         return
     for arch in sweep.architectures:
-        k_based = ARCHITECTURES[arch].k_based
+        k_based = issubclass(CONFIGS[arch], TopKConfig)
         ks = {sweep.train_config(arch, v).sae.k for v in corners(sweep.params[arch])} if k_based \
             else set()
         if not k_based or len(ks) > 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sae_lab.config import ConfigError
-from sae_lab.sweep.schema import Param, SweepConfig
+from sae_lab.sweep.schema import NO_OPTUNA, Param, SweepConfig
 
 
 def tune_value(p: Param, as_grid: bool = False) -> Any:
@@ -69,8 +69,7 @@ def build_search_alg(sweep: SweepConfig):
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise ConfigError("search: optuna needs the optional extra: pip install "
-                          "'sae-lab[optuna]'") from None
+        raise ConfigError(NO_OPTUNA) from None
 
     # With a define-by-run space (and an empty param_space) Tune never hands TuneConfig's
     # metric and mode to the searcher, so it gets them here.

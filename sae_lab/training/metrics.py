@@ -17,19 +17,18 @@ from torch import Tensor
 if TYPE_CHECKING:
     from sae_lab.sae.base import SAE
 
-# The metric names, defined here once: the LightningModule logs them (val/<name>), sweeps report
-# and rank on them, `sae-lab eval` writes them.
-FVU, MSE, COS, L0, L1 = "fvu", "mse", "cos", "l0", "l1"
-DEAD_FRAC = "dead_frac"
-"""Fraction of latents that fired on none of the last sae.dead_tokens training tokens."""
-OBJECTIVE = "objective"
-"""A sweep's default score: fvu + l0_weight * l0 / d_in (`objective` below)."""
-RECON_METRICS = (FVU, MSE, COS, L0, L1)
-"""What ReconStats.compute returns."""
-VAL_METRICS = (FVU, MSE, L0, L1, DEAD_FRAC)
-"""What every sweep trial reports from validation (logged as val/<name> by the LightningModule)."""
-SWEEP_METRICS = (OBJECTIVE, *VAL_METRICS)
-"""What a sweep may rank trials on."""
+from sae_lab.training.metric_names import (  # noqa: F401  (re-exported)
+    COS,
+    DEAD_FRAC,
+    FVU,
+    L0,
+    L1,
+    MSE,
+    OBJECTIVE,
+    RECON_METRICS,
+    SWEEP_METRICS,
+    VAL_METRICS,
+)
 
 Stats = TypeVar("Stats")
 

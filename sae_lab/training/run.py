@@ -24,8 +24,8 @@ from sae_lab.data.live import LiveDataModule
 from sae_lab.data.synthetic import make_features, sample
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.lm.load import resolve_device
+from sae_lab.sae import ARCHITECTURES
 from sae_lab.sae.base import SAE
-from sae_lab.sae.registry import ARCHITECTURES
 from sae_lab.training.checkpoint_io import AtomicCheckpointIO
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats

@@ -1,4 +1,5 @@
-"""`sae-lab --help` and `sae-lab CMD --help`: fast (no torch import), complete, with defaults."""
+"""`sae-lab --help` and `sae-lab CMD --help`: fast (no torch import), complete, with defaults; a
+config is read and checked before torch, Ray or Lightning is imported."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import pytest
 from sae_lab.cli import COMMANDS, build_parser
 
 
-def modules_after(argv: list[str]) -> str:
+def run_main(argv: list[str]) -> subprocess.CompletedProcess:
+    """`sae-lab ARGV` in a fresh interpreter; its stdout ends with the heavy libraries imported."""
     code = (f"import sys\nfrom sae_lab.cli import main\ntry:\n    main({argv!r})\n"
             "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers', "
             "'ray', 'pytorch_lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    return out.stdout.strip().splitlines()[-1]
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+
+
+def modules_after(argv: list[str]) -> str:
+    return run_main(argv).stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["harvest", "--help"], ["inspect", "--help"],
@@ -48,3 +53,41 @@ def test_help_shows_defaults(argv, shown, capsys):
     for s in shown:
         assert s in text, s
     assert "(default: None)" not in text
+
+
+SWEEP = """name: quick
+base: {data: {synthetic: {d: 16, n_tokens: 4096}}, batch_size: 64, max_tokens: 1024}
+architectures: [topk, relu]
+space: {topk: {k: {grid: [2, 4]}}, relu: {sparsity_coef: {choice: [1.0, 2.0]}}}
+"""
+
+
+def test_sweep_check_reads_and_checks_without_torch(tmp_path):
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    out = run_main(["sweep", str(tmp_path / "s.yaml"), "--check"]).stdout.splitlines()
+    # topk's grid of 2, relu's choice drawn once (num_samples 1)
+    assert out[-2] == "3 trials, metric objective (min), scheduler asha, search random: OK"
+    assert out[-1] == "[]"
+    (tmp_path / "bad.yaml").write_text(SWEEP.replace("k: {grid: [2, 4]}", "k: {grid: [2, 400]}"))
+    bad = run_main(["sweep", str(tmp_path / "bad.yaml"), "--check"])
+    assert "sae.k=400" in bad.stderr and "larger than the number of latents" in bad.stderr
+    assert bad.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("yaml, error", [
+    ("bacth_size: 8\n", "unknown field 'bacth_size'; did you mean 'batch_size'?"),
+    ("sae: {architecture: topk, sparsity_coef: 2}\n",
+     "sae.sparsity_coef=2 does not apply to architecture 'topk'"),
+    ("data: {synthetic: {d: 0}}\n", "data.synthetic.d=0"),
+])
+def test_a_bad_train_config_is_refused_without_torch(tmp_path, yaml, error):
+    (tmp_path / "bad.yaml").write_text(yaml)
+    proc = run_main(["train", str(tmp_path / "bad.yaml")])
+    assert proc.stderr.startswith("sae-lab train: error: ") and error in proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_train_help_lists_the_config_fields_without_torch():
+    proc = run_main(["train", "--help"])
+    assert "sae.k: int" in proc.stdout and "data.synthetic.d: int" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "[]"

@@ -390,8 +390,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
     path.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
-         "--address", cluster.address, "--quiet"],
+        [sys.executable, "-m", "sae_lab.cli", "sweep", str(path), "--out", str(out),
+         "--address", cluster.address, "--quiet", "--no-plan-check"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 120
@@ -491,8 +491,8 @@ def test_packed_sweep_driver_sigkill_then_resume_finishes_each_member_once(clust
     path.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sae_lab.sweep", str(path), "--out", str(out),
-         "--address", cluster.address, "--quiet"],
+        [sys.executable, "-m", "sae_lab.cli", "sweep", str(path), "--out", str(out),
+         "--address", cluster.address, "--quiet", "--no-plan-check"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while len(list(out.glob("tune/pack*/checkpoint_*/members.json"))) < 2:
@@ -526,7 +526,7 @@ import os, signal, sys
 import yaml
 from ray.tune import Callback
 from sae_lab.sweep import run
-from sae_lab.sweep.space import sweep_from_dict
+from sae_lab.sweep.schema import sweep_from_dict
 
 class KillAtSecond(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -582,10 +582,12 @@ def test_packed_sweep_resumes_when_the_checkpoint_its_state_names_is_gone(cluste
 
 
 def test_cli_check_prints_trials(capsys):
-    from sae_lab.sweep.cli import _standalone
+    from sae_lab.cli import main
 
-    assert _standalone(["demo.yaml", "--check"]) == 0
+    main(["sweep", "demo.yaml", "--check"])
     assert "trials, metric objective (min)" in (printed := capsys.readouterr().out)
     assert re.search(r"search random, in \d+ packs on this machine \(pack: auto\): OK", printed)
-    assert _standalone(["demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"])
+    assert e.value.code == 2
     assert "larger than the number of latents" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sae_lab.sweep.cli import RESUME_HELP, _standalone
+from sae_lab.cli import main
+from sae_lab.cli.sweep import RESUME_HELP
 from sae_lab.sweep.report import (
     NA,
     SweepResult,
@@ -20,6 +21,15 @@ from sae_lab.sweep.report import (
     pareto_front,
     write_csv,
 )
+
+
+def sweep_cli(argv: list[str]) -> int:
+    """The exit code of `sae-lab sweep ARGV` (the plan check left out)."""
+    try:
+        main(["sweep", *argv, "--no-plan-check"])
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def rec(name: str, arch: str, fvu: float, l0: float, status: str = "done", **config) -> TrialRecord:
@@ -97,9 +107,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, 
     failed = [TrialRecord(f"relu_{i}", "relu", {}, {}, "failed", error="ValueError: x")
               for i in range(3)]
     monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(failed, out=tmp_path))
-    with pytest.raises(SystemExit) as e:
-        _standalone(["demo.yaml", "--out", str(tmp_path)])
-    assert e.value.code == 1
+    assert sweep_cli(["demo.yaml", "--out", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "3 trials: 3 failed" in captured.out
     assert captured.err.strip().splitlines() == [
@@ -107,7 +115,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, 
         f"{tmp_path}/results.csv"]
     one_ok = [*failed[:2], rec("topk_c", "topk", 0.2, 4.0)]
     monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(one_ok, out=tmp_path))
-    assert _standalone(["demo.yaml", "--out", str(tmp_path)]) == 0
+    assert sweep_cli(["demo.yaml", "--out", str(tmp_path)]) == 0
 
 
 def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
@@ -115,9 +123,9 @@ def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
     shards = [{"name": f"shard-{i:05d}.tar"} for i in range(2)]
     (tmp_path / "manifest.json").write_text(json.dumps({"d_in": 384, "shards": shards}))
     base = ["demo.yaml", "--check", "--shards", str(tmp_path)]
-    assert _standalone([*base, "--set", "base.data.val_shards=1"]) == 0
+    assert sweep_cli([*base, "--set", "base.data.val_shards=1"]) == 0
     capsys.readouterr()
-    assert _standalone([*base, "--set", "base.data.val_shards=2"]) == 2
+    assert sweep_cli([*base, "--set", "base.data.val_shards=2"]) == 2
     err = capsys.readouterr().err
     assert "base.data.val_shards=2 leaves no training shards" in err
     assert f"{tmp_path} has 2 shard(s)" in err and len(err.strip().splitlines()) == 1
@@ -126,14 +134,13 @@ def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/x", ".."])
 def test_a_sweep_name_cannot_leave_the_sweeps_folder(name, capsys):
     """Regression: name: ../x made the default --out runs/sweeps/../x."""
-    assert _standalone(["demo.yaml", "--check", "--set", f"name={name}"]) == 2
+    assert sweep_cli(["demo.yaml", "--check", "--set", f"name={name}"]) == 2
     assert f"name='{name}': must be a plain folder name" in capsys.readouterr().err
 
 
 def test_resume_help_warns_that_it_unpickles(capsys):
     """Regression: --resume loads OUT/tune/tuner.pkl with pickle."""
-    with pytest.raises(SystemExit):
-        _standalone(["--help"])
+    assert sweep_cli(["--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "unpickles OUT/tune/tuner.pkl" in help_text and "only directories you created" \
         in help_text

@@ -1,6 +1,6 @@
 """`sae-lab sweep SWEEP.yaml [--address ADDR] [--resume] [--out DIR] [--set K=V] [--shards DIR]`
 
-Kept free of heavy imports: Ray and Lightning load only when a sweep runs.
+Ray and Lightning load only when a sweep runs, not for --help or --check.
 """
 
 from __future__ import annotations
@@ -9,8 +9,12 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sae_lab.config import ConfigError
+from sae_lab.cli.args import command
+
+if TYPE_CHECKING:
+    from sae_lab.plan import Plan
 
 DESCRIPTION = """\
 Run a Ray Tune sweep of SAE trainings described by SWEEP.yaml (see sweeps/demo.yaml), then write
@@ -25,11 +29,8 @@ RESUME_HELP = ("continue an interrupted sweep in --out. Resuming unpickles OUT/t
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the `sweep` subcommand; its handler is `args.func(args)` -> exit code."""
-    p = subparsers.add_parser("sweep", help="run a Ray Tune sweep of SAE trainings",
-                              description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = command(sub, "sweep", DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="sweep YAML (a path, or the name of one in sweeps/)")
     p.add_argument("--out", help="output directory (default: runs/sweeps/<name>)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 or auto")
@@ -41,11 +42,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--check", action="store_true",
                    help="validate the sweep and print its trials; launch nothing")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
-    p.set_defaults(func=main)
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def default_out(name: str) -> str:
+    """runs/sweeps/<name>; a name that is not a plain folder name ("../x", "a/b") is an error."""
+    from sae_lab.config import ConfigError
+
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"name={name!r}: must be a plain folder name (letters, digits, ._-; "
+                          "no / or ..), since the default --out is runs/sweeps/<name>")
+    return str(Path("runs/sweeps") / name)
+
+
+def plan(args: argparse.Namespace) -> Plan | None:
+    if args.check:
+        return None
+    from sae_lab.plan import plan_sweep
+    from sae_lab.sweep.schema import load_sweep
+
+    sweep = load_sweep(args.config, args.set, args.shards)
+    p = plan_sweep(sweep)
+    p.disk_path = args.out or default_out(sweep.name)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
     """Run (or --check) the sweep. Bad input raises ConfigError/FileNotFoundError naming the
     culprit; a sweep stopped with unfinished trials raises KeyboardInterrupt (exit code 130); a
     sweep in which no trial measured anything exits with code 1."""
@@ -78,27 +100,3 @@ def main(args: argparse.Namespace) -> None:
         print(f"sae-lab sweep: error: no trial finished with finite metrics "
               f"({len(result.trials)} trials); see {result.out}/results.csv", file=sys.stderr)
         raise SystemExit(1)
-
-
-def default_out(name: str) -> str:
-    """runs/sweeps/<name>; a name that is not a plain folder name ("../x", "a/b") is an error."""
-    if not SAFE_NAME.fullmatch(name):
-        raise ConfigError(f"name={name!r}: must be a plain folder name (letters, digits, ._-; "
-                          "no / or ..), since the default --out is runs/sweeps/<name>")
-    return str(Path("runs/sweeps") / name)
-
-
-def _standalone(argv: list[str] | None = None) -> int:
-    """`python -m sae_lab.sweep ...`, with the exit codes of `sae-lab sweep`."""
-    parser = argparse.ArgumentParser(prog="python -m sae_lab.sweep")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"sae-lab sweep: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        print(f"sae-lab sweep: interrupted. {e}", file=sys.stderr)
-        return 130
-    return 0
