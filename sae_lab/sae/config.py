@@ -176,7 +176,8 @@ class BatchTopKConfig(TopKConfig):
     architecture: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
     """BatchTopK: the k * B largest activations of the batch; a global threshold at inference."""
     # On: the batch-wide selection compares activations across tokens, and without it the
-    # largest tokens take most of the batch's k * B (issue 16, heavy+wide recovery 0.42 -> 0.99).
+    # largest tokens take most of the batch's k * B (known-answer family, heavy+wide recovery
+    # 0.42 -> 0.99).
     token_norm: bool = True
     threshold_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """EMA momentum of the inference threshold estimated in training."""
