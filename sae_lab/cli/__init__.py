@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command in PLANNED and not args.no_plan_check:
             check_plan(args)
+        if args.command not in PLANNED:
+            from sae_lab.cli.args import resolve_sae_args
+
+            resolve_sae_args(args)
         args.func(args)
     except USER_ERRORS as e:
         if args.debug or os.environ.get("SAE_LAB_DEBUG"):

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from sae_lab.sae.base import SAE
 
 T = TypeVar("T")
-SAE_DIR_HELP = "SAE directory (cfg.json + sae_weights.safetensors)"
+SAE_DIR_HELP = ("SAE directory (sae_lab, SAELens or sparsify layout) or hf://REPO_ID[/PATH][@REVISION]"
+                " on the Hugging Face Hub")
+SAE_ARGS = ("sae_dir", "sae")  # the attributes that name one SAE (positional SAE_DIR, steer --sae)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -100,6 +102,17 @@ def add_hook_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, help="hook layer (default: the SAE's)")
     p.add_argument("--hook", help="hook: resid_post, mlp_out or attn_out (default: the SAE's)")
     add_device(p)
+
+
+def resolve_sae_args(args: argparse.Namespace) -> None:
+    """Replace an hf:// spec or a SAELens / sparsify folder in args.sae_dir / args.sae by the
+    sae_lab SAE directory it resolves to (downloaded, converted), so handlers read a plain one."""
+    for name in SAE_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            from sae_lab.share.hub import resolve_sae_dir
+
+            setattr(args, name, str(resolve_sae_dir(value)))
 
 
 def open_sae(args: argparse.Namespace, sae_dir: str | None = None) -> tuple[SAE, str]:
@@ -193,4 +206,5 @@ def _optional(cls: type, name: str) -> bool:
 
 
 __all__ = ["DefaultsFormatter", "add_config_arguments", "checked", "add_device", "add_hook_args",
-           "add_sae_dir", "command", "config_from_args", "int_at_least", "open_lm", "open_sae"]
+           "add_sae_dir", "command", "config_from_args", "int_at_least", "open_lm", "open_sae",
+           "resolve_sae_args"]

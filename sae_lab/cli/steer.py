@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from sae_lab.cli.args import add_hook_args, checked, command, open_lm
+from sae_lab.cli.args import SAE_DIR_HELP, add_hook_args, checked, command, open_lm
 
 if TYPE_CHECKING:
     from sae_lab.reading.edits import LatentEdit
@@ -25,7 +25,7 @@ def parse_edit(spec: str) -> LatentEdit:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = command(sub, "steer", __doc__, formatter_class=argparse.HelpFormatter)
-    p.add_argument("--sae", required=True, help="SAE directory")
+    p.add_argument("--sae", required=True, help=SAE_DIR_HELP)
     p.add_argument("--edit", dest="edits", action="append", default=[], type=checked(parse_edit),
                    metavar="LATENT:OP", help="e.g. 123:x30, 456:+4, 789:=0, all:x0.5; repeat "
                    "for several")

@@ -77,19 +77,16 @@ def resolve_sae_dir(spec: str | os.PathLike) -> Path:
     foreign layouts converted (and cached). A local path that is no SAE folder is returned as
     it is, for the command to report."""
     name = str(spec)
-    if is_hub_spec(name):
-        folder = pick_sae_folder(download(parse_spec(name), name), name)
-    else:
-        folder = Path(spec)
-        if not folder.is_dir() or layout_of(folder) in (None, "sae_lab"):
-            return folder
-    if layout_of(folder) == "sae_lab":
+    if is_hub_spec(name):  # copied out of the Hub cache even in sae_lab's layout: commands
+        return converted(pick_sae_folder(download(parse_spec(name), name), name))  # write there
+    folder = Path(spec)
+    if not folder.is_dir() or layout_of(folder) in (None, "sae_lab"):
         return folder
     return converted(folder)
 
 
 def converted(folder: Path) -> Path:
-    """`folder` (SAELens / sparsify layout) saved as an sae_lab SAE directory, once per content."""
+    """`folder` (any layout) saved as an sae_lab SAE directory, once per content."""
     target = cache_root() / "converted" / _content_key(folder)
     if not (target / "cfg.json").is_file():
         load_folder(folder).save(target)
