@@ -60,3 +60,21 @@ def max_diff(a: SAE, b: SAE, d_in: int, seed: int = 1) -> float:
     with torch.no_grad():
         return max(float((a.encode(x) - b.encode(x)).abs().max()),
                    float((a(x) - b(x)).abs().max()))
+
+
+def fake_sweep(out: Path, saes: dict[str, SAE]) -> Path:
+    """A sweep output directory as report.py writes it (results.csv, pareto.png, best/<name>/
+    and best/summary.json), made by hand from `saes`."""
+    best = out / "best"
+    best.mkdir(parents=True)
+    summary = {}
+    for i, (name, sae) in enumerate(saes.items()):
+        sae.save(best / name)
+        summary[name] = {"trial": f"{sae.name}_{i}", "architecture": sae.name, "l0": 8.0,
+                         "fvu": 0.5}
+    (best / "summary.json").write_text(json.dumps(summary))
+    (out / "results.csv").write_text("trial,architecture\n" + "".join(
+        f"{r['trial']},{r['architecture']}\n" for r in summary.values()))
+    (out / "pareto.png").write_bytes(b"\x89PNG\r\n\x1a\n fake")
+    (out / "config.yaml").write_text("sae:\n  architecture: topk\n")
+    return out
