@@ -66,7 +66,7 @@ def table(rows: list[Row]) -> str:
               *[_fmt(k, r.metrics.get(k)) for k in COLUMNS], "*" if i in on else ""]
              for i, r in enumerate(rows)]
     widths = [max(len(h), *(len(c[j]) for c in cells)) for j, h in enumerate(head)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [head, *cells])
 
 

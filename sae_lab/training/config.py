@@ -48,6 +48,20 @@ def _int_as_str(v: Any) -> Any:
 
 
 @config
+class WandbConfig:
+    """Where a run logs in Weights & Biases (with `loggers: [..., wandb]`)."""
+
+    project: str = "sae_lab"
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user (None: your default entity)."""
+    group: str | None = None
+    """Run group (a sweep's trials: the sweep's name when None)."""
+    tags: tuple[str, ...] = ()
+    """Run tags."""
+
+
+@config
 class TrainConfig:
     """One SAE training run."""
 
@@ -98,6 +112,10 @@ class TrainConfig:
     """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
+    loggers: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
+    """Where curves go: TensorBoard files in out_dir/tensorboard, W&B (the `wandb` extra)."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """The W&B run (see WandbConfig); read only with wandb in loggers."""
 
     def __post_init__(self) -> None:
         require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -191,6 +192,45 @@ def check_checkpoint(path: Path, d_in: int, key: str = "sae.W_enc") -> None:
                           f"but the data has d_in={d_in}; resume with the same data")
 
 
+WANDB_ID_FILE = "wandb_run_id"  # a resumed run continues the W&B run named here
+
+
+def _loggers(cfg: TrainConfig, out_dir: Path) -> list[Any]:
+    """The Lightning loggers `cfg.loggers` names."""
+    loggers: list[Any] = []
+    if "tensorboard" in cfg.loggers:
+        loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    if "wandb" in cfg.loggers:
+        loggers.append(_wandb_logger(cfg, out_dir))
+    return loggers
+
+
+def _wandb_logger(cfg: TrainConfig, out_dir: Path) -> Any:
+    """Lightning's WandbLogger; the run id is kept in out_dir so that --resume continues it."""
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+        import wandb  # noqa: F401  (what WandbLogger needs)
+    except ImportError:
+        raise ValueError("loggers: wandb needs the wandb package (pip install "
+                         "'sae-lab[wandb]')") from None
+    id_file = out_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+    atomic_write_text(id_file, run_id + "\n")
+    w = cfg.wandb
+    return WandbLogger(project=w.project, entity=w.entity, group=w.group, tags=list(w.tags),
+                       id=run_id, resume="allow", save_dir=str(out_dir), config=cfg.to_dict())
+
+
+def _end_wandb(trainer: pl.Trainer, metrics: dict[str, float] | None) -> None:
+    """Put the final whole-set metrics in the W&B run's summary (final/...) and close it, so
+    its files are complete (offline: out_dir/wandb/offline-run-*)."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            if metrics:
+                lg.experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
+            lg.experiment.finish()
+
+
 def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
              logger: bool, progress_lines: bool | None) -> pl.Trainer:
     """The Lightning Trainer of one run: checkpoints, progress output, logger, then `callbacks`."""
@@ -214,7 +254,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         limit_val_batches=cfg.val_batches or 1.0,
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.grad_clip or None,
-        logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
+        logger=_loggers(cfg, out_dir) if logger else False,
         callbacks=[*checkpoints, *extras, *callbacks],
         enable_checkpointing=cfg.save_checkpoints,
         enable_progress_bar=cfg.progress_bar,
@@ -261,6 +301,7 @@ def train(
         if cfg.save_checkpoints:
             saved = out_dir / "checkpoints" / "last.ckpt"
             trainer.save_checkpoint(saved)  # atomic (AtomicCheckpointIO)
+        _end_wandb(trainer, None)
         raise TrainingInterrupted(trainer.global_step, saved)
     sae = module.export_sae()
     # Final metrics: the whole held-out set, not the val_batches of periodic validation.
@@ -270,6 +311,7 @@ def train(
     metrics["skipped_batches"] = float(module.skipped_batches)
     sae.save(out_dir / "final")
     atomic_write_json(out_dir / "metrics.json", {**metrics, "held_out": held_out})
+    _end_wandb(trainer, metrics)
     return TrainResult(sae, metrics, out_dir, held_out)
 
 
