@@ -208,8 +208,8 @@ def _loggers(cfg: TrainConfig, out_dir: Path) -> list[Any]:
 def _wandb_logger(cfg: TrainConfig, out_dir: Path) -> Any:
     """Lightning's WandbLogger; the run id is kept in out_dir so that --resume continues it."""
     try:
-        from pytorch_lightning.loggers import WandbLogger
         import wandb  # noqa: F401  (what WandbLogger needs)
+        from pytorch_lightning.loggers import WandbLogger
     except ImportError:
         raise ValueError("loggers: wandb needs the wandb package (pip install "
                          "'sae-lab[wandb]')") from None

@@ -4,7 +4,6 @@ curves and the final metrics; a resumed run continues the same W&B run."""
 from __future__ import annotations
 
 import pytest
-import yaml
 from helpers.train_config import tiny
 from helpers.wandb_files import read_run
 
