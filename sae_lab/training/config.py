@@ -56,7 +56,7 @@ class WandbConfig:
     entity: str | None = None
     """W&B team or user (None: your default entity)."""
     group: str | None = None
-    """Run group (a sweep's trials: the sweep's name when None)."""
+    """Run group (None: no group)."""
     tags: tuple[str, ...] = ()
     """Run tags."""
 
