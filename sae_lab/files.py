@@ -114,6 +114,8 @@ def _existing_parent(path: Path) -> Path:
 
 
 def _mb(n: int) -> str:
+    if n < 1e6:
+        return f"{max(1, round(n / 1e3))} kB"
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 

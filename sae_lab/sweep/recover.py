@@ -31,6 +31,9 @@ from sae_lab.files import atomic_write_text
 
 STATE_GLOB = "experiment_state-*.json"
 TUNER_FILE = "tuner.pkl"
+EMPTY_IS_BROKEN = (".json", ".yaml", ".csv", ".ckpt", ".safetensors")
+"""Files of a trial that are never rightly empty (Tune's error.txt and storage marker may be)."""
+NO_SPACE = ("No space left on device", "Errno 28", "os error 28")
 
 
 def complete_checkpoint(directory: Path) -> bool:
@@ -86,6 +89,10 @@ def remove_partial_files(exp_dir: Path, say: Callable[[str], None] = print) -> l
             if not whole_pickle(pkl):
                 pkl.unlink(missing_ok=True)
                 removed.append(pkl)
+        for f in trial_dir.rglob("*"):  # config.yaml, result.json, hparams.yaml ... left empty
+            if f.suffix in EMPTY_IS_BROKEN and f.is_file() and f.stat().st_size == 0:
+                f.unlink(missing_ok=True)
+                removed.append(f)
     for path in removed:
         say(f"removed {path.relative_to(exp_dir)}: written only in part (a full disk?)")
     return removed
@@ -120,6 +127,10 @@ def repair_checkpoints(exp_dir: Path, say: Callable[[str], None] = print) -> lis
         return []
     changed = []
     for entry in state.get("trial_data", []):
+        revived = _revive_disk_full(entry, exp_dir)
+        if revived:
+            changed.append(revived)
+            say(revived)
         line = _repair_trial(entry, exp_dir)
         if line:
             changed.append(line)
@@ -169,6 +180,31 @@ def _repair_trial(entry: list[str], exp_dir: Path) -> str | None:
         return (f"{trial_dir.name}: {', '.join(c.name for c in newer)} not in the saved state; "
                 f"removed") if newer else None
     return f"{trial_dir.name}: {named.name} is missing or incomplete, or not the newest; {what}"
+
+
+def _revive_disk_full(entry: list[str], exp_dir: Path) -> str | None:
+    """A trial that failed because the disk was full (its error.txt says so, or could not be
+    written at all) did nothing wrong: make it unfinished again, to be resumed."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    trial = json.loads(entry[0])
+    if trial.get("status") != "ERROR" or not trial.get("relative_logdir"):
+        return None
+    error = exp_dir / trial["relative_logdir"] / "error.txt"
+    try:
+        text = error.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if text.strip() and not any(s in text for s in NO_SPACE):
+        return None
+    trial["status"] = "PAUSED"
+    entry[0] = json.dumps(trial, indent=2)
+    meta = _TrainingRunMetadata.from_json_state(entry[1])
+    meta.error_filename = meta.pickled_error_filename = None
+    meta.invalidate_cache()
+    entry[1] = meta.get_json_state()
+    error.unlink(missing_ok=True)
+    return f"{trial['relative_logdir']}: failed for want of disk space; resumed"
 
 
 def _index(checkpoint: Path) -> int:

@@ -403,13 +403,16 @@ class _TrialTracebacks(logging.Filter):
     DROPPED = ("Trial task failed for trial", "Trials did not complete")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and \
+                is_disk_full(record.exc_info[1]):
+            return False  # the sweep ends with one DiskFullError instead
         return not str(record.msg).startswith(self.DROPPED)
 
 
 @contextmanager
 def _no_trial_tracebacks() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("ray.tune.execution.tune_controller",
-                                              "ray.tune.tune")]
+    loggers = [logging.getLogger(f"ray.tune.{n}") for n in (
+        "execution.tune_controller", "tune", "execution.experiment_state")]
     quiet = _TrialTracebacks()
     for lg in loggers:
         lg.addFilter(quiet)
@@ -435,10 +438,12 @@ def _disk_full_names(exp_dir: Path) -> Iterator[None]:
 
 
 def checkpoint_bytes(exp_dir: Path) -> int | None:
-    """The size of the largest checkpoint in the sweep: what one more report needs."""
+    """What one more checkpoint of every trial needs: the largest checkpoint in the sweep
+    times the trials."""
     sizes = [sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
              for c in exp_dir.glob("*/checkpoint_*") if c.is_dir()]
-    return max(sizes, default=0) or None
+    trials = sum(1 for t in exp_dir.iterdir() if t.is_dir()) if exp_dir.is_dir() else 0
+    return max(sizes, default=0) * max(1, trials) or None
 
 
 def finish(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
