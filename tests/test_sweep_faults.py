@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -188,6 +189,21 @@ def test_an_all_failing_sweep_ends_with_one_summary(tmp_path):
     assert isinstance(e.value, RuntimeError) and str(e.value) == line
 
 
+@pytest.mark.slow
+def test_an_all_failing_sweep_prints_no_ray_traceback(ray_local, tmp_path, capfd):
+    from sae_lab.sweep.run import run_sweep
+
+    d = tiny(max_failures=1)
+    d["base"]["lr"] = 1e9  # diverges at the first step
+    d["space"]["relu"]["sparsity_coef"] = {"grid": [1.0]}
+    result = run_sweep(sweep_from_dict(d), tmp_path / "out", verbose=1)
+    printed = capfd.readouterr()
+    assert result.all_failed and "diverged" in result.failure_summary()
+    assert "Traceback" not in printed.out + printed.err
+    hints = re.findall(r"tensorboard --logdir (\S+)", printed.out + printed.err)
+    assert hints == [str(tmp_path / "out" / "tune")], hints  # ours, not Ray's session folder
+
+
 # --- a full disk --------------------------------------------------------------------------
 
 
@@ -245,8 +261,12 @@ def test_a_full_disk_is_one_line_and_resume_goes_on(small_disk, ray_local, capfd
     assert not [p for p in files if p.suffix in (".pkl", ".ckpt") and p.stat().st_size == 0]
     assert all(complete_checkpoint(c) for c in out.glob("tune/*/checkpoint_*"))
     ballast.unlink()  # space freed
+    # had the disk filled as the sweep started, Tune's tuner.pkl would be cut short: written again
+    pkl = out / "tune" / "tuner.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:50])
     result = run_sweep(sweep, out, resume=True, verbose=0)
     assert [t.status for t in result.trials] == ["done", "done"], result.table()
+    assert "tuner.pkl is incomplete (a full disk?); written again" in capfd.readouterr().out
 
 
 # --- repairing the state before --resume (no Ray cluster) ----------------------------------
