@@ -91,9 +91,10 @@ def is_disk_full(e: BaseException) -> bool:
     return False
 
 
-def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskFullError:
+def disk_full_error(path: str | os.PathLike, needed: int | None = None,
+                    remedy: str = "free some space and retry") -> DiskFullError:
     """The one-line error for a write of `needed` bytes (None: unknown) to `path` that found
-    the disk full."""
+    the disk full; it ends with `remedy`."""
     target = Path(path)
     try:
         free = shutil.disk_usage(_existing_parent(target)).free
@@ -103,7 +104,7 @@ def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskF
              else ""]
     detail = ", ".join(p for p in parts if p)
     return DiskFullError(errno.ENOSPC, f"no space left on device writing {target}"
-                         + (f" ({detail})" if detail else "") + "; free some space and retry")
+                         + (f" ({detail})" if detail else "") + f"; {remedy}")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -113,6 +114,8 @@ def _existing_parent(path: Path) -> Path:
 
 
 def _mb(n: int) -> str:
+    if n < 1e6:
+        return f"{max(1, round(n / 1e3))} kB"
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 

@@ -23,9 +23,10 @@ a laptop CPU, a GPU, Kaggle's two GPUs or a Ray cluster (--address). Ctrl-C (or 
 the sweep with its state saved; --resume continues it without re-running finished trials.
 Exit codes: 0 some trials measured, 1 every trial failed, 2 bad input, 130 interrupted."""
 
-RESUME_HELP = ("continue an interrupted sweep in --out. Resuming unpickles OUT/tune/tuner.pkl "
-               "(Ray's format), and a crafted file there runs code: resume only directories you "
-               "created")
+RESUME_HELP = ("continue an interrupted sweep in --out (Ray's state in OUT/tune/tuner.pkl is "
+               "unpickled only if its sha256 is the one this sweep recorded and you own OUT)")
+TRUST_HELP = ("with --resume: restore a Tune state the sweep did not record (an older sae_lab's, "
+              "or another user's folder). Unpickling runs code: only for folders you trust")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: runs/sweeps/<name>)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 or auto")
     p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    p.add_argument("--trust-state", action="store_true", help=TRUST_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep field, e.g. --set num_samples=4 "
                         "--set base.max_tokens=1000000 (repeatable)")
@@ -91,12 +93,11 @@ def run(args: argparse.Namespace) -> None:
     from sae_lab.sweep.run import run_sweep
 
     result = run_sweep(sweep, out, address=args.address, resume=args.resume,
-                       verbose=0 if args.quiet else 1)
+                       verbose=0 if args.quiet else 1, trust_state=args.trust_state)
     print(result.summary())
     if result.unfinished:
         raise KeyboardInterrupt(f"{len(result.unfinished)} trial(s) unfinished; continue with: "
                                 f"sae-lab sweep {args.config} --resume --out {out}")
     if not result.measured:
-        print(f"sae-lab sweep: error: no trial finished with finite metrics "
-              f"({len(result.trials)} trials); see {result.out}/results.csv", file=sys.stderr)
+        print(f"sae-lab sweep: error: {result.failure_summary()}", file=sys.stderr)
         raise SystemExit(1)

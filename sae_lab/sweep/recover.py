@@ -8,6 +8,11 @@ trainer.ckpt). `repair_checkpoints` rewrites the state so that each unfinished t
 its newest complete checkpoint_NNNNNN (or starts over when it has none). Repeated reports are
 harmless: a pack's rungs answer a report they have seen with the answer they gave.
 
+A full disk leaves empty or truncated files behind (Tune's error.pkl and params.pkl, a
+checkpoint's trainer.ckpt): `repair_trials` removes them, so that no loader finds half a file,
+then repairs the state as above. Pickles are checked by walking their opcodes (pickletools), which
+never runs what they hold.
+
 This reads and writes Tune's own state files through Ray's (private) classes, so it is kept
 here, apart from the rest of the sweep code.
 """
@@ -15,6 +20,8 @@ here, apart from the rest of the sweep code.
 from __future__ import annotations
 
 import json
+import pickletools
+import shutil
 import struct
 import zipfile
 from collections.abc import Callable
@@ -23,6 +30,10 @@ from pathlib import Path
 from sae_lab.files import atomic_write_text
 
 STATE_GLOB = "experiment_state-*.json"
+TUNER_FILE = "tuner.pkl"
+EMPTY_IS_BROKEN = (".json", ".yaml", ".csv", ".ckpt", ".safetensors")
+"""Files of a trial that are never rightly empty (Tune's error.txt and storage marker may be)."""
+NO_SPACE = ("No space left on device", "Errno 28", "os error 28")
 
 
 def complete_checkpoint(directory: Path) -> bool:
@@ -53,6 +64,46 @@ def _whole(path: Path) -> bool:
     return True
 
 
+def whole_pickle(path: Path) -> bool:
+    """Whether `path` holds a pickle that ends where it should (its STOP opcode); walks the
+    opcodes without building anything."""
+    try:
+        data = path.read_bytes()
+        ops = list(pickletools.genops(data))
+    except (OSError, ValueError, EOFError):
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP"
+
+
+def remove_partial_files(exp_dir: Path, say: Callable[[str], None] = print) -> list[Path]:
+    """Remove from every trial directory what a full disk left half-written: checkpoint_NNNNNN
+    directories that are not complete, and empty or truncated pickles (error.pkl, whose text
+    twin error.txt Tune reads instead; params.pkl, the twin of params.json)."""
+    removed = []
+    for trial_dir in (p for p in exp_dir.iterdir() if p.is_dir()) if exp_dir.is_dir() else ():
+        for ckpt in trial_dir.glob("checkpoint_*"):
+            if ckpt.is_dir() and not complete_checkpoint(ckpt):
+                shutil.rmtree(ckpt, ignore_errors=True)
+                removed.append(ckpt)
+        for pkl in trial_dir.glob("*.pkl"):
+            if not whole_pickle(pkl):
+                pkl.unlink(missing_ok=True)
+                removed.append(pkl)
+        for f in trial_dir.rglob("*"):  # config.yaml, result.json, hparams.yaml ... left empty
+            if f.suffix in EMPTY_IS_BROKEN and f.is_file() and f.stat().st_size == 0:
+                f.unlink(missing_ok=True)
+                removed.append(f)
+    for path in removed:
+        say(f"removed {path.relative_to(exp_dir)}: written only in part (a full disk?)")
+    return removed
+
+
+def repair_trials(exp_dir: Path, say: Callable[[str], None] = print) -> list[str]:
+    """Before --resume: remove_partial_files, then repair_checkpoints."""
+    remove_partial_files(exp_dir, say)
+    return repair_checkpoints(exp_dir, say)
+
+
 def newest_complete(trial_dir: Path) -> Path | None:
     """The trial's checkpoint_NNNNNN with the highest number that is complete."""
     found = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name, reverse=True)
@@ -62,13 +113,24 @@ def newest_complete(trial_dir: Path) -> Path | None:
 def repair_checkpoints(exp_dir: Path, say: Callable[[str], None] = print) -> list[str]:
     """Rewrite the newest experiment state in `exp_dir` so that no unfinished trial names a
     missing or partial checkpoint; returns a line per trial changed (also passed to `say`)."""
-    states = sorted(exp_dir.glob(STATE_GLOB))
-    if not states:
+    state, path = None, None
+    for path in sorted(exp_dir.glob(STATE_GLOB), reverse=True):
+        try:
+            state = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):  # cut short: Tune falls back to the one before
+            path.rename(path.with_name(path.name + ".partial"))
+            say(f"{path.name} was written only in part (a full disk?); set aside as "
+                f"{path.name}.partial")
+            state = None
+    if state is None or path is None:
         return []
-    path = states[-1]
-    state = json.loads(path.read_text())
     changed = []
     for entry in state.get("trial_data", []):
+        revived = _revive_disk_full(entry, exp_dir)
+        if revived:
+            changed.append(revived)
+            say(revived)
         line = _repair_trial(entry, exp_dir)
         if line:
             changed.append(line)
@@ -79,34 +141,74 @@ def repair_checkpoints(exp_dir: Path, say: Callable[[str], None] = print) -> lis
 
 
 def _repair_trial(entry: list[str], exp_dir: Path) -> str | None:
-    """Fix one [trial json, run metadata json] pair of the state in place; a line saying what
-    was done, or None when the trial is finished or its checkpoint is whole."""
-    from ray.train._internal.session import _TrainingResult
-    from ray.tune import Checkpoint
+    """Fix one [trial json, run metadata json] pair of the state in place, and the trial's
+    checkpoint directories on disk; a line saying what was done, or None when nothing was.
+
+    Tune numbers the trial's next checkpoint after the one its state names, so a newer one on
+    disk would be written over (and, num_to_keep 1, deleted as the "previous" one): the newest
+    complete checkpoint takes the name the state gives, and any other newer one is removed."""
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     trial = json.loads(entry[0])
-    if trial.get("status") in ("TERMINATED", "ERROR"):
+    if trial.get("status") in ("TERMINATED", "ERROR") or not trial.get("relative_logdir"):
         return None
+    trial_dir = exp_dir / trial["relative_logdir"]
     meta = _TrainingRunMetadata.from_json_state(entry[1])
     manager = meta.checkpoint_manager
     latest = manager.latest_checkpoint_result if manager else None
-    if latest is None:
-        return None
-    named = Path(latest.checkpoint.path)
-    trial_dir = exp_dir / named.parent.name
-    if complete_checkpoint(trial_dir / named.name):
-        return None
+    named = trial_dir / Path(latest.checkpoint.path).name if latest is not None else None
+    index = _index(named) if named is not None else -1
+    newer = [c for c in trial_dir.glob("checkpoint_*") if c.is_dir() and _index(c) > index]
     best = newest_complete(trial_dir)
-    if best is None:
+    if named is not None and best is not None and best != named and \
+            (_index(best) > index or not complete_checkpoint(named)):
+        shutil.rmtree(named, ignore_errors=True)
+        best.rename(named)
+        what = f"resumes from the newest complete one, {best.name} (renamed {named.name})"
+    elif named is not None and not complete_checkpoint(named):
         manager._latest_checkpoint_result = None
         manager._checkpoint_results = []
+        meta.checkpoint_manager = manager  # marks the cached JSON stale
+        entry[1] = meta.get_json_state()
         what = "starts over (no complete checkpoint left)"
     else:
-        result = _TrainingResult(checkpoint=Checkpoint(str(best)), metrics=latest.metrics)
-        manager._latest_checkpoint_result = result
-        manager._checkpoint_results = [result]
-        what = f"resumes from {best.name}"
-    meta.checkpoint_manager = manager  # marks the cached JSON stale
+        what = ""
+    for c in newer:
+        if c.exists() and c != named:
+            shutil.rmtree(c, ignore_errors=True)
+    if not what:
+        return (f"{trial_dir.name}: {', '.join(c.name for c in newer)} not in the saved state; "
+                f"removed") if newer else None
+    return f"{trial_dir.name}: {named.name} is missing or incomplete, or not the newest; {what}"
+
+
+def _revive_disk_full(entry: list[str], exp_dir: Path) -> str | None:
+    """A trial that failed because the disk was full (its error.txt says so, or could not be
+    written at all) did nothing wrong: make it unfinished again, to be resumed."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    trial = json.loads(entry[0])
+    if trial.get("status") != "ERROR" or not trial.get("relative_logdir"):
+        return None
+    error = exp_dir / trial["relative_logdir"] / "error.txt"
+    try:
+        text = error.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if text.strip() and not any(s in text for s in NO_SPACE):
+        return None
+    trial["status"] = "PAUSED"
+    entry[0] = json.dumps(trial, indent=2)
+    meta = _TrainingRunMetadata.from_json_state(entry[1])
+    meta.error_filename = meta.pickled_error_filename = None
+    meta.invalidate_cache()
     entry[1] = meta.get_json_state()
-    return f"{trial_dir.name}: {named.name} is missing or incomplete; {what}"
+    error.unlink(missing_ok=True)
+    return f"{trial['relative_logdir']}: failed for want of disk space; resumed"
+
+
+def _index(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1

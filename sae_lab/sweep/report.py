@@ -165,14 +165,68 @@ class SweepResult:
         return "\n".join(lines)
 
     def summary(self) -> str:
-        """`N trials: a done, b failed`, each failure's error, and where the outputs are."""
+        """`N trials: a done, b failed`, each failure's error, and where the outputs are; for a
+        sweep in which every trial failed, only the counts (failure_summary says the rest)."""
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
         lines = [f"{len(self.trials)} trials: {counts}"]
+        if self.all_failed:
+            return lines[0]
         lines += [f"  failed {t.trial}: {t.error}" for t in self.trials if t.status == "failed"]
         out = self.out
-        lines.append(f"results: {out}/results.csv, {out}/pareto.png, best checkpoints in "
-                     f"{out}/best/")
+        best = f", best checkpoints in {out}/best/" if self.measured else ""
+        lines.append(f"results: {out}/results.csv, {out}/pareto.png{best}")
         return "\n".join(lines)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every trial ended, and none measured anything."""
+        return bool(self.trials) and not self.measured and not self.unfinished
+
+    def failure_summary(self) -> str:
+        """One line for a sweep whose every trial failed: how many, the first error of each
+        kind (with how many trials it ended), and where the logs are."""
+        kinds: dict[str, list[TrialRecord]] = {}
+        for t in self.trials:
+            kinds.setdefault(error_kind(t.error), []).append(t)
+        errors = "; ".join(f"{len(ts)}x {explain(ts[0].error)}" for ts in kinds.values())
+        logs = f"{self.out}/{EXPERIMENT}/<trial>/error.txt" if self.out else "error.txt"
+        return (f"all {len(self.trials)} trials failed ({errors}); each trial's log: {logs}, "
+                f"the table: {self.out}/results.csv")
+
+    def raise_if_all_failed(self) -> None:
+        """SweepFailedError (failure_summary) when every trial failed."""
+        if self.all_failed:
+            raise SweepFailedError(self.failure_summary())
+
+
+class SweepFailedError(RuntimeError):
+    """Every trial of a sweep failed; the message is the one-line failure_summary."""
+
+
+def error_kind(error: str | None) -> str:
+    """The exception type a trial's error line names, under the sweep's TrialError wrapper."""
+    text = strip_wrapper(error or "no error recorded")
+    head = text.split(":", 1)[0]
+    return head if " " not in head else text
+
+
+def strip_wrapper(error: str) -> str:
+    for prefix in ("sae_lab.sweep.trial.TrialError: ", "TrialError: "):
+        if error.startswith(prefix):
+            return error[len(prefix):]
+    return error
+
+
+NAN_HINT = "; set nan_policy: skip to skip such batches"
+
+
+def explain(error: str | None) -> str:
+    """A trial's error for people: without the wrapper's name, and for a loss that went
+    non-finite on finite inputs the hint that fits (the training diverged), not nan_policy's."""
+    text = strip_wrapper(error or "no error recorded")
+    if "non-finite loss" in text and NAN_HINT in text:
+        text = text.replace(NAN_HINT, "; the training diverged: lower lr or sparsity_coef")
+    return text
 
 
 def _num(v: Any, fmt: str) -> str:

@@ -14,12 +14,16 @@ early stopping per member by a rungs actor, no Tune scheduler).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,18 @@ import pytorch_lightning as pl
 import yaml
 from ray.tune import Callback
 
-from sae_lab.files import atomic_write_json, atomic_write_text
+from sae_lab.files import atomic_write_json, atomic_write_text, disk_full_error, is_disk_full
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep import progress as trial_progress
-from sae_lab.sweep.recover import repair_checkpoints
+from sae_lab.sweep.outdir import (
+    check_out_dir,
+    check_state,
+    explicit_loggers,
+    mark,
+    record_state,
+    refuse_changed,
+)
+from sae_lab.sweep.recover import TUNER_FILE, remove_partial_files, repair_trials, whole_pickle
 from sae_lab.sweep.report import (
     EXPERIMENT,
     FINISHED,
@@ -190,18 +202,21 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     verbose: int = 1,
+    trust_state: bool = False,
 ) -> SweepResult:
     """Validate, launch (or resume) the sweep under `out`, then write its report (results.csv,
     pareto.png, best/) and return it. Trials still unfinished (the sweep was stopped with Ctrl-C
     or SIGTERM) have status "unfinished".
 
-    resume=True unpickles OUT/tune/tuner.pkl through Ray: a crafted file there runs code. Resume
-    only output directories this user created."""
+    An `out` holding files no sweep wrote is refused before anything runs. resume=True unpickles
+    OUT/tune/tuner.pkl through Ray: a crafted file there runs code, so a tuner.pkl another user
+    owns, or one whose sha256 the sweep did not record, is refused unless `trust_state`."""
     import ray
     from ray import tune
 
     out = Path(out).resolve()
     checked = validate(sweep)
+    _check_before_start(sweep, out, resume, trust_state)
     # num_to_keep=1 makes Tune snapshot its state at every checkpoint (what keeps --resume exact);
     # with frequent validations it warns about exactly that.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -219,19 +234,31 @@ def run_sweep(
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         check_resources(sweep, nodes)
-        _record_spec(sweep, out, resume)
+        if not resume:
+            _record_spec(sweep, out)
         trainable, space, tune_config, rungs = _trials(sweep, checked, out, nodes)
+        run_config = _run_config(sweep, out, verbose)
+        if verbose:
+            print(f"TensorBoard: tensorboard --logdir {exp_dir}", flush=True)
         if resume:
-            repair_checkpoints(exp_dir, say=lambda line: print(f"note: {line}", flush=True))
+            if not whole_pickle(exp_dir / TUNER_FILE):
+                _note(f"{exp_dir / TUNER_FILE} is incomplete (a full disk?); written again")
+                tune.Tuner(trainable, param_space=space, tune_config=tune_config,
+                           run_config=run_config)
+                record_state(out, explicit_loggers=True)
+            repair_trials(exp_dir, say=_note)
             tuner = tune.Tuner.restore(
                 str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
                 restart_errored=False, param_space=space,
             )
         else:
             tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                               run_config=_run_config(sweep, out, verbose))
-        grid = tuner.fit()
-        return write_report(grid, sweep, out)
+                               run_config=run_config)
+            record_state(out, explicit_loggers=True)
+        with _disk_full_names(exp_dir), _without_tune_tensorboard(explicit_loggers(out)), \
+                _no_trial_tracebacks():
+            grid = tuner.fit()
+            return finish(grid, sweep, out)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
@@ -239,6 +266,26 @@ def run_sweep(
             ray.kill(rungs)
         if started_ray:
             ray.shutdown()
+
+
+def _check_before_start(sweep: SweepConfig, out: Path, resume: bool, trust_state: bool) -> None:
+    """Everything that refuses a sweep before Ray starts: a folder of someone else's files, a
+    resume with nothing to resume, another sweep's settings or a Tune state it cannot vouch for,
+    a start over a sweep already there."""
+    from ray.tune import Tuner
+
+    spec = sweep.to_dict()
+    check_out_dir(out, spec)
+    exp_dir = out / EXPERIMENT
+    if resume:
+        if not Tuner.can_restore(exp_dir):
+            raise ConfigError(f"--resume: no sweep to resume in {exp_dir}")
+        refuse_changed(out, spec, "--resume")
+        if whole_pickle(exp_dir / TUNER_FILE):  # an incomplete one is written again, not read
+            check_state(out, trust_state, say=lambda line: print(line, file=sys.stderr))
+    elif Tuner.can_restore(exp_dir):
+        raise ConfigError(f"{out} already holds a sweep; pass --resume to continue it or choose "
+                          "another --out")
 
 
 def _trials(sweep: SweepConfig, checked: CheckedSweep, out: Path,
@@ -258,18 +305,17 @@ def _trials(sweep: SweepConfig, checked: CheckedSweep, out: Path,
 
 
 def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
-                  verbose: int = 0) -> tuple[SweepResult, str]:
+                  verbose: int = 0, trust_state: bool = False) -> tuple[SweepResult, str]:
     """(result, what happened: "reused", "resumed" or "ran"): reuse the finished sweep in `out`,
     resume an interrupted one, or start it. progress=True prints a line per trial event while
     Tune runs quietly (verbose=1 and 2 are Tune's own status tables). A sweep stopped part-way
-    (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues."""
+    (Ctrl-C, SIGTERM, a time budget) returns with unfinished trials; running again continues.
+    trust_state: see run_sweep."""
     from ray.tune import Tuner
 
     out = Path(out).resolve()
-    recorded = out / "sweep.yaml"
-    if recorded.is_file() and yaml.safe_load(recorded.read_text()) != sweep.to_dict():
-        raise ConfigError(f"{out} holds a different sweep (see {recorded}); delete {out} to "
-                          "run this one in its place, or choose another output directory")
+    check_out_dir(out, sweep.to_dict())
+    refuse_changed(out, sweep.to_dict(), str(out))
     resume = Tuner.can_restore(out / EXPERIMENT)
     if resume and (out / "results.csv").is_file():
         done = load_result(out, sweep)
@@ -279,10 +325,11 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
               flush=True)
     if progress and not verbose:
+        print(f"TensorBoard: tensorboard --logdir {out / EXPERIMENT}", flush=True)
         with trial_progress.printing(out, local_trials(sweep)):
-            result = run_sweep(sweep, out, resume=resume, verbose=0)
+            result = run_sweep(sweep, out, resume=resume, verbose=0, trust_state=trust_state)
     else:
-        result = run_sweep(sweep, out, resume=resume, verbose=verbose)
+        result = run_sweep(sweep, out, resume=resume, verbose=verbose, trust_state=trust_state)
     return result, "resumed" if resume else "ran"
 
 
@@ -317,6 +364,7 @@ def _tune_config(sweep: SweepConfig, checked: CheckedSweep):
 
 def _run_config(sweep: SweepConfig, out: Path, verbose: int):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     return tune.RunConfig(
         name=EXPERIMENT, storage_path=str(out), verbose=verbose,
@@ -324,33 +372,104 @@ def _run_config(sweep: SweepConfig, out: Path, verbose: int):
         # The latest checkpoint is the one the last reported metrics belong to.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        callbacks=[EventLog(str(out / "events.jsonl"))],
+        # Tune's own JSON and CSV loggers, given here so that it adds no TensorBoard logger of
+        # its own (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): that one prints a `tensorboard --logdir`
+        # of Ray's session folder; the trials' TensorBoard logs are under OUT/tune.
+        callbacks=[EventLog(str(out / "events.jsonl")), JsonLoggerCallback(),
+                   CSVLoggerCallback()],
     )
+
+
+@contextmanager
+def _without_tune_tensorboard(active: bool) -> Iterator[None]:
+    """While Tune runs a sweep whose run config lists its loggers: no logger added by Tune."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    old = os.environ.get(key)
+    if active:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+class _TrialTracebacks(logging.Filter):
+    """Tune logs every failed try of a trial with Ray's traceback (a hundred lines each); the
+    sweep records the error (error.txt, results.csv) and sums the failures up at the end."""
+
+    DROPPED = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and \
+                is_disk_full(record.exc_info[1]):
+            return False  # the sweep ends with one DiskFullError instead
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+@contextmanager
+def _no_trial_tracebacks() -> Iterator[None]:
+    loggers = [logging.getLogger(f"ray.tune.{n}") for n in (
+        "execution.tune_controller", "tune", "execution.experiment_state")]
+    quiet = _TrialTracebacks()
+    for lg in loggers:
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
+
+
+@contextmanager
+def _disk_full_names(exp_dir: Path) -> Iterator[None]:
+    """A disk that filled while Tune ran (Tune then trips over its own empty error.pkl, EOFError)
+    is one DiskFullError naming the sweep's folder, with what was half-written removed."""
+    try:
+        yield
+    except Exception as e:
+        removed = remove_partial_files(exp_dir, say=_note)
+        if is_disk_full(e) or removed:
+            raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
+                                  remedy="free some space and continue with --resume") from e
+        raise
+
+
+def checkpoint_bytes(exp_dir: Path) -> int | None:
+    """What one more checkpoint of every trial needs: the largest checkpoint in the sweep
+    times the trials."""
+    sizes = [sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
+             for c in exp_dir.glob("*/checkpoint_*") if c.is_dir()]
+    trials = sum(1 for t in exp_dir.iterdir() if t.is_dir()) if exp_dir.is_dir() else 0
+    return max(sizes, default=0) * max(1, trials) or None
+
+
+def finish(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
+    """write_report, unless a trial ran out of disk space: then what it half-wrote is removed
+    and a DiskFullError says where and how much is needed."""
+    if any(r.error is not None and is_disk_full(r.error) for r in grid):
+        exp_dir = out / EXPERIMENT
+        remove_partial_files(exp_dir, say=_note)
+        raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
+                              remedy="free some space and continue with --resume")
+    return write_report(grid, sweep, out)
+
+
+def _note(line: str) -> None:
+    print(f"note: {line}", flush=True)
 
 
 def trial_name(trial: Any) -> str:
     return f"{architecture_of(trial.config)}_{trial.trial_id}"
 
 
-def _record_spec(sweep: SweepConfig, out: Path, resume: bool) -> None:
-    """Keep the sweep as launched; a resume must use the same one."""
-    from ray.tune import Tuner
-
-    path = out / "sweep.yaml"
-    text = yaml.safe_dump(sweep.to_dict(), sort_keys=False)
-    exp_dir = out / EXPERIMENT
-    if resume:
-        if not Tuner.can_restore(exp_dir):
-            raise ConfigError(f"--resume: no sweep to resume in {exp_dir}")
-        if path.is_file() and yaml.safe_load(path.read_text()) != yaml.safe_load(text):
-            raise ConfigError(f"--resume: the sweep differs from the one started in {out} "
-                              f"(see {path}); resume with the same YAML and overrides")
-        return
-    if exp_dir.exists() and Tuner.can_restore(exp_dir):
-        raise ConfigError(f"{out} already holds a sweep; pass --resume to continue it or choose "
-                          "another --out")
+def _record_spec(sweep: SweepConfig, out: Path) -> None:
+    """Keep the sweep as launched (a resume must use the same one), and claim the folder."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    mark(out)
+    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
 
 
 class EventLog(Callback):

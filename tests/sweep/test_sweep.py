@@ -528,9 +528,14 @@ from ray.tune import Callback
 from sae_lab.sweep import run
 from sae_lab.sweep.schema import sweep_from_dict
 
+DRIVER = os.getpid()
+
 class KillAtSecond(Callback):
+    # Tune pickles its callbacks into tuner.pkl: the resumed sweep (in the test's own process)
+    # gets this one back, and must not be killed by it.
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if trial.config["pack"]["id"] == "pack001" and checkpoint.path.endswith("_000001"):
+        if trial.config["pack"]["id"] == "pack001" and checkpoint.path.endswith("_000001") \
+                and os.getpid() == DRIVER:
             os.kill(os.getpid(), signal.SIGKILL)
 
 make = run._run_config
@@ -549,12 +554,14 @@ def test_packed_sweep_resumes_when_the_checkpoint_its_state_names_is_gone(cluste
     """Killed between a new checkpoint and the experiment state naming it, a packed sweep's
     state names checkpoint_000000, which Tune deletes (num_to_keep 1) once the next one is
     registered: --resume continues from the newest complete checkpoint on disk instead of
-    failing the pack, and every member finishes once."""
+    failing the pack, and every member finishes once. The resumed pack's next checkpoint takes
+    the number after the one the state names, the number of the newest one on disk: it must not
+    be written over (nor deleted as the previous one)."""
     from sae_lab.sweep.recover import newest_complete
     from sae_lab.sweep.run import run_sweep
 
     d = tiny_sweep(pack=2, scheduler={"type": "none"}, search="grid")
-    d["base"]["max_tokens"] = 8192  # 32 steps, validated every 4
+    d["base"]["max_tokens"] = 4096  # 16 steps, validated every 4
     d["architectures"] = ["relu", "topk"]
     d["space"] = {"all": {"expansion_factor": 2},
                   "relu": {"sparsity_coef": {"grid": [0.5, 2.0]}}, "topk": {"k": {"grid": [2, 6]}}}
