@@ -263,3 +263,23 @@ def test_non_finite_held_out_rows_skipped_and_counted_when_asked(tmp_path, nan_s
     assert result.metrics["skipped_val_rows"] == 1 and result.metrics["val_tokens"] == 1023
     assert np.isfinite(result.metrics["fvu"])
     assert "1 non-finite rows skipped" in result.held_out
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path, capsys, resume):
+    npy = tmp_path / "acts.npy"
+    rows = np.random.default_rng(0).standard_normal((2048, 8)).astype(np.float32)
+    np.save(npy, np.full_like(rows, np.nan))
+    cfg = write_config(tmp_path, data={"npy": str(npy)})
+    code, _, err = run(["train", cfg], capsys)
+    run_dir = tmp_path / "run"
+    assert code == 2 and "step 0: non-finite batch" in err, err  # before any checkpoint
+    assert (run_dir / "config.yaml").is_file() and not list(run_dir.rglob("*.ckpt"))
+    np.save(npy, rows)
+    code, out, err = run(["train", cfg, *(["--resume"] if resume else [])], capsys)
+    assert code == 0, err
+    assert f"taking over {run_dir}: it holds no checkpoint" in err.splitlines()
+    assert (run_dir / "final" / "cfg.json").is_file() and "saved:" in out
+    # once it has checkpointed, the directory is a run again
+    code, _, err = run(["train", cfg], capsys)
+    assert code == 2 and "already holds a run" in one_line(err)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -124,23 +125,27 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
+def resume_point(cfg: TrainConfig, resume: bool,
+                 say: Callable[[str], None] | None = None) -> Path | None:
     """The checkpoint to continue from (None: a fresh run), after checking the run directory.
 
     Without `resume`, a directory that already holds a run is refused (re-running would mix two
     runs' checkpoints and logs). With it, the saved config.yaml must match `cfg` except for
-    RESUMABLE_CHANGES. Reads only; nothing is written.
+    RESUMABLE_CHANGES. A run that stopped before its first checkpoint (no checkpoints/*.ckpt, no
+    final/) holds nothing to keep or continue: it is taken over, with or without `resume`, and
+    `say` (default: stderr) is told so. Reads only; nothing is written.
     """
     out = Path(cfg.out_dir)
     saved, ckpt = out / "config.yaml", out / "checkpoints" / "last.ckpt"
     started = saved.is_file() or (out / "checkpoints").exists() or (out / "final").exists()
-    if not resume:
-        if started:
-            raise RunDirError(f"{out} already holds a run; continue it with --resume, or choose "
-                              "another out_dir (--set out_dir=...)")
-        return None
     if not started:
         return None
+    if not _holds_checkpoint(out):
+        (say or _stderr)(f"taking over {out}: it holds no checkpoint")
+        return None
+    if not resume:
+        raise RunDirError(f"{out} already holds a run; continue it with --resume, or choose "
+                          "another out_dir (--set out_dir=...)")
     if not ckpt.is_file():
         raise RunDirError(f"--resume: {out} has no checkpoints/last.ckpt to continue from; "
                           "remove the directory or choose another out_dir")
@@ -153,6 +158,15 @@ def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
             raise RunDirError(f"--resume: the config differs from the run in {saved} ("
                               f"{'; '.join(diffs)}); resume with the same config")
     return ckpt
+
+
+def _holds_checkpoint(out: Path) -> bool:
+    """A finished SAE (final/) or any Lightning checkpoint: something a rerun must not bury."""
+    return (out / "final").exists() or any((out / "checkpoints").glob("*.ckpt"))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def saved_config(path: Path) -> TrainConfig:
