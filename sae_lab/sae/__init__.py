@@ -18,7 +18,7 @@ from sae_lab.sae.topk import TopKConfig
 from sae_lab.sae.batchtopk import BatchTopKConfig
 from sae_lab.sae.gated import GatedConfig
 from sae_lab.sae.jumprelu import JumpReLUConfig
-from sae_lab.sae.matryoshka import MatryoshkaConfig  # noqa: F401
+from sae_lab.sae.matryoshka import MatryoshkaConfig
 # isort: on
 
 AnySAEConfig = any_sae_config()
@@ -27,5 +27,5 @@ AnySAEConfig = any_sae_config()
 __all__ = [
     "ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "ConfigError", "TrainOutput", "load",
     "register", "sae_config", "parse_sae_config", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
-    "GatedConfig", "JumpReLUConfig",
+    "GatedConfig", "JumpReLUConfig", "MatryoshkaConfig",
 ]

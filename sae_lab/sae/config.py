@@ -33,7 +33,10 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 
 @config
 class SAEConfig:
-    """Shape of one sparse autoencoder; each architecture's subclass adds its sparsity mechanism."""
+    """Shape of one sparse autoencoder; each architecture's subclass adds its sparsity mechanism.
+
+    `SAEConfig(architecture="relu", sparsity_coef=2)` builds that architecture's own config
+    (here a ReLUConfig, still an SAEConfig), as `sae_config("relu", ...)` does."""
 
     architecture: str = ""
     """Which architecture (relu, topk, batchtopk, gated, jumprelu, ...): picks the subclass."""
@@ -53,6 +56,11 @@ class SAEConfig:
     selection, whatever its norm. On where measured to help (the known-answer recovery family):
     every architecture but TopK, whose selection is per token already."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> SAEConfig:
+        if cls is SAEConfig:
+            cls = _config_class(args[0] if args else kwargs.get("architecture"), kwargs)
+        return super().__new__(cls)
+
     @property
     def latents(self) -> int:
         """Resolved number of latents (needs d_in)."""
@@ -71,6 +79,26 @@ class SAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def _config_class(architecture: Any, fields: dict[str, Any]) -> type[SAEConfig]:
+    """The config class `SAEConfig(architecture=..., **fields)` stands for: the architecture's
+    own; SAEConfig itself without one, unless a field needs an architecture (one line saying
+    which)."""
+    from sae_lab.sae.registry import ARCHITECTURES, architectures_with
+
+    if architecture:
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"sae.architecture={architecture!r}: must be one of "
+                              f"{sorted(ARCHITECTURES)}")
+        return ARCHITECTURES[architecture].config_cls
+    for name in fields:
+        owners = architectures_with(name)
+        if name not in COMMON_FIELDS and owners:
+            raise ConfigError(f"{name!r} is a field of {', '.join(owners)}: pass the "
+                              f"architecture, e.g. SAEConfig(architecture={owners[0]!r}, "
+                              f"{name}=...)")
+    return SAEConfig
 
 
 @config
