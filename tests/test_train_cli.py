@@ -174,8 +174,11 @@ def test_output_to_a_file_has_a_line_per_validation_and_no_banners(tmp_path, cap
         assert noise not in out + err, noise
 
 
-def test_progress_bar_counts_steps_and_shows_loss_and_fvu(tmp_path, capfd):
+def test_progress_bar_counts_steps_and_shows_loss_and_fvu(tmp_path, capfd, monkeypatch):
+    from sae_lab.training import run as run_module
     from sae_lab.training.run import train
+
+    monkeypatch.setattr(run_module, "stdout_is_terminal", lambda: True)
 
     cfg = TrainConfig.from_dict({**TINY, "progress_bar": True, "log_every_steps": 1,
                                  "out_dir": str(tmp_path / "bar")})
@@ -283,3 +286,17 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path, c
     # once it has checkpointed, the directory is a run again
     code, _, err = run(["train", cfg], capsys)
     assert code == 2 and "already holds a run" in one_line(err)
+
+
+def test_output_to_a_file_has_no_progress_bar(tmp_path, capfd):
+    """stdout (and stderr) redirected to files, as `sae-lab train c.yaml > log` does: the bar's
+    carriage returns stay out; the log is a line per validation."""
+    from sae_lab.training.run import train
+
+    cfg = TrainConfig.from_dict({**TINY, "progress_bar": True, "max_tokens": 128 * 60,
+                                 "val_every_steps": 20, "out_dir": str(tmp_path / "log")})
+    train(cfg, logger=False)
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    assert len(out) + len(err) < 1500, out + err
+    assert [ln.split("/")[0] for ln in out.splitlines()[1:]] == ["step 20", "step 40", "step 60"]

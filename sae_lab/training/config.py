@@ -97,7 +97,7 @@ class TrainConfig:
     save_checkpoints: bool = True
     """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show a progress bar when stdout is a terminal (in a file or pipe: a line per validation)."""
 
     def __post_init__(self) -> None:
         require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,

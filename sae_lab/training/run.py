@@ -205,6 +205,10 @@ def check_checkpoint(path: Path, d_in: int, key: str = "sae.W_enc") -> None:
                           f"but the data has d_in={d_in}; resume with the same data")
 
 
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
              logger: bool, progress_lines: bool | None) -> pl.Trainer:
     """The Lightning Trainer of one run: checkpoints, progress output, logger, then `callbacks`."""
@@ -213,10 +217,13 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
                         save_last=True, filename="best-{step}")
     ] if cfg.save_checkpoints else []
+    terminal = stdout_is_terminal()
     if progress_lines is None:
-        progress_lines = not sys.stdout.isatty()
+        progress_lines = not terminal
     extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
-    if cfg.progress_bar:
+    # A bar redraws itself with carriage returns: in a file or a pipe that is a wall of them.
+    bar = cfg.progress_bar and terminal
+    if bar:
         extras.append(StepBar())
     return pl.Trainer(
         accelerator=accelerator,
@@ -231,7 +238,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         logger=TensorBoardLogger(out_dir, name="tensorboard", version="") if logger else False,
         callbacks=[*checkpoints, *extras, *callbacks],
         enable_checkpointing=cfg.save_checkpoints,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_steps,
         default_root_dir=out_dir,
@@ -251,7 +258,8 @@ def train(
     stream are restored from it, so the run continues as if never stopped.
 
     `progress_lines`: print a line per validation (step, tokens/s, fvu, l0, dead) to stdout;
-    None: when stdout is not a terminal. Ctrl-C stops after the current step, saves
+    None: when stdout is not a terminal. The progress bar (cfg.progress_bar) shows on a terminal
+    only. Ctrl-C stops after the current step, saves
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
     quiet_lightning()
