@@ -15,7 +15,8 @@ from pydantic import Field
 
 from sae_lab.config import ConfigError, config, parse, to_dict
 
-__all__ = ["ConfigError", "SAEConfig", "PenaltyConfig", "COMMON_FIELDS", "LEGACY_DEFAULTS"]
+__all__ = ["ConfigError", "SAEConfig", "PenaltyConfig", "COMMON_FIELDS", "LEGACY_DEFAULTS",
+           "CONFIG_CLASSES"]
 
 COMMON_FIELDS = frozenset(
     {"architecture", "d_in", "expansion_factor", "d_sae", "dtype", "dead_tokens", "token_norm"}
@@ -81,19 +82,22 @@ class SAEConfig:
         return to_dict(self)
 
 
+CONFIG_CLASSES: dict[str, type[SAEConfig]] = {}
+"""Architecture name -> its config class; `registry.register` fills it (this module sits below
+the registry, so the registry tells it)."""
+
+
 def _config_class(architecture: Any, fields: dict[str, Any]) -> type[SAEConfig]:
     """The config class `SAEConfig(architecture=..., **fields)` stands for: the architecture's
     own; SAEConfig itself without one, unless a field needs an architecture (one line saying
     which)."""
-    from sae_lab.sae.registry import ARCHITECTURES, architectures_with
-
     if architecture:
-        if architecture not in ARCHITECTURES:
+        if architecture not in CONFIG_CLASSES:
             raise ConfigError(f"sae.architecture={architecture!r}: must be one of "
-                              f"{sorted(ARCHITECTURES)}")
-        return ARCHITECTURES[architecture].config_cls
+                              f"{sorted(CONFIG_CLASSES)}")
+        return CONFIG_CLASSES[architecture]
     for name in fields:
-        owners = architectures_with(name)
+        owners = [a for a, c in CONFIG_CLASSES.items() if name in c.__pydantic_fields__]
         if name not in COMMON_FIELDS and owners:
             raise ConfigError(f"{name!r} is a field of {', '.join(owners)}: pass the "
                               f"architecture, e.g. SAEConfig(architecture={owners[0]!r}, "

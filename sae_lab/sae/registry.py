@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BeforeValidator, Field
 
 from sae_lab.config import ConfigError, field_docs, parse, register_tags
-from sae_lab.sae.config import COMMON_FIELDS, LEGACY_DEFAULTS, SAEConfig
+from sae_lab.sae.config import COMMON_FIELDS, CONFIG_CLASSES, LEGACY_DEFAULTS, SAEConfig
 
 if TYPE_CHECKING:
     from sae_lab.sae.base import SAE
@@ -36,6 +36,7 @@ def register(cls: type[SAE]) -> type[SAE]:
     if "searchable" not in cls.__dict__:
         cls.searchable = own | {"expansion_factor", "d_sae", "dead_tokens"}
     ARCHITECTURES[name] = cls
+    CONFIG_CLASSES[name] = cls.config_cls
     register_tags(name, after="sae")
     _union.clear()
     return cls
