@@ -19,7 +19,7 @@ from sae_lab.version import __version__
 # Imported on first use (PEP 562), so `import sae_lab` and `sae-lab --help` load no torch.
 _SAE_NAMES = ("ARCHITECTURES", "SAE", "SAEConfig", "AnySAEConfig", "sae_config",
               "parse_sae_config", "load", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
-              "GatedConfig", "JumpReLUConfig")
+              "GatedConfig", "JumpReLUConfig", "MatryoshkaConfig")
 _LAZY = {
     **dict.fromkeys(_SAE_NAMES, "sae_lab.sae"),
     **dict.fromkeys(("DataConfig", "SyntheticConfig", "TrainConfig"), "sae_lab.training.config"),

@@ -84,38 +84,59 @@ def parse(tp: Any, data: Any, where: str = "") -> Any:
 
 
 def format_error(e: ValidationError, where: str = "", tp: Any = None) -> str:
-    """One line: `field.path=value: message`, first error only (plus how many more)."""
-    errors = e.errors(include_url=False)
-    first = errors[0]
-    raw = [*(where.split(".")[-1:] if where else [None]), *(str(p) for p in first["loc"])]
+    """One line: `field.path=value: message` for every error, joined by "; "."""
+    texts: list[str] = []
+    for error in e.errors(include_url=False):
+        text = _format_one(error, where, tp)
+        if text not in texts:
+            texts.append(text)
+    return "; ".join(texts)
+
+
+def _format_one(error: Any, where: str, tp: Any) -> str:
+    raw = [*(where.split(".")[-1:] if where else [None]), *(str(p) for p in error["loc"])]
     loc = [p for parent, p in zip(raw, raw[1:], strict=False) if not _is_tag(p, parent)]
     name = ".".join([where, *loc] if where else loc) or where or "config"
-    msg = _message(first)
-    if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+    msg = _message(error)
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         text = f"unknown field {name!r}"
         new = _RENAMED.get(".".join(loc)) or _RENAMED.get(loc[-1] if loc else "")
-        close = difflib.get_close_matches(loc[-1], _fields_at(tp, loc[:-1]), 1) if loc else []
+        # the path with its tags, so that a union's member (an architecture) narrows the choice
+        tagged = [str(p) for p in error["loc"][:-1] if not str(p).startswith("function-")]
+        close = difflib.get_close_matches(loc[-1], _fields_at(tp, tagged), 1) if loc else []
         if new:
             text += f": renamed, use {new!r}"
         elif close:
             text += f"; did you mean {close[0]!r}?"
-    elif first["type"] == "missing":
-        text = f"{name}: required field is missing"
-    elif first["type"] == "value_error":
-        text = _check_message(first, [where, *loc] if where else loc, msg)
-    else:
-        text = f"{name}={first.get('input')!r}: {msg}"
-    more = len(errors) - 1
-    return text + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+        return text
+    if error["type"] == "missing":
+        return f"{name}: required field is missing"
+    if error["type"] == "value_error":
+        return _check_message(error, [where, *loc] if where else loc, msg)
+    return f"{name}={error.get('input')!r}: {msg}"
 
 
 def _fields_at(tp: Any, path: list[str]) -> list[str]:
-    """Field names of the config section at `path` inside `tp` (for "did you mean")."""
+    """Field names of the config section at `path` inside `tp` (for "did you mean"); a union's
+    tag in `path` (an architecture's name) keeps only the member it names."""
     sections = _sections(tp)
     for part in path:
+        tagged = [c for c in sections if _has_tag(c, part)]
+        if tagged:
+            sections = tagged
+            continue
         hints = [_hints(c) for c in sections]
         sections = [s for h in hints if part in h for s in _sections(h[part])]
     return sorted({f.name for c in sections for f in dataclasses.fields(c)})
+
+
+def _has_tag(cls: type, tag: str) -> bool:
+    """`cls` is the member of a discriminated union that `tag` picks (a Literal field holding
+    exactly it, such as `architecture: Literal["relu"]`)."""
+    if tag not in _TAGS and not _TAGS_AFTER.get(tag):
+        return False
+    return any(get_origin(tp) is Literal and get_args(tp) == (tag,)
+               for tp in _hints(cls).values())
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -9,7 +9,9 @@ Reconstruction metrics, exact over the whole evaluation set (streamed sums, no b
     l2_ratio = mean_tokens ||x_hat|| / ||x||                 < 1: reconstructions are short
     rel_bias = sum ||x_hat||^2 / sum <x, x_hat>              Gated SAE paper (arXiv 2404.16014)
                eq. 10: gamma = argmin_g E||x_hat / g - x||^2; < 1 means shrinkage, 1 none
-    density  = fraction of tokens on which each latent fires; dead = fired on no token of the set
+    density  = fraction of tokens on which each latent fires
+    unfired_frac = share of latents that fired on no token of the set; not dead_frac, which
+               training reports: fired on none of the last sae.dead_tokens training tokens
 
 Downstream loss (causal LMs; Bloom et al.'s "CE loss score", SAEBench's KL score):
 
@@ -38,6 +40,10 @@ if TYPE_CHECKING:  # torch is imported inside the functions: `sae-lab eval --hel
     from sae_lab.sae.base import SAE
 
 EVAL_JSON = "eval.json"
+UNFIRED_FRAC = "unfired_frac"
+"""Share of latents that fired on no token of the evaluated rows (training's dead_frac is
+another measure: none of the last sae.dead_tokens training tokens)."""
+FIRED_FRAC = "fired_frac"
 DENSITY_FILE = "feature_density.safetensors"
 DENSITY_PNG = "feature_density.png"
 
@@ -74,15 +80,13 @@ class EvalStats:
         return self.fires.double() / max(self.n, 1)
 
     def compute(self) -> dict[str, float]:
-        from sae_lab.training.metrics import DEAD_FRAC
-
         m = self.recon.compute()
-        dead = float((self.fires == 0).double().mean())
+        unfired = float((self.fires == 0).double().mean())
         m.update({
             "l2_ratio": self.sum_ratio / self.n,
             "rel_bias": self.sum_sq_xhat / self.sum_dot if self.sum_dot else float("nan"),
-            DEAD_FRAC: dead,
-            "alive_frac": 1.0 - dead,
+            UNFIRED_FRAC: unfired,
+            FIRED_FRAC: 1.0 - unfired,
             "tokens": float(self.n),
         })
         return m
@@ -90,7 +94,7 @@ class EvalStats:
 
 class EvalResult(NamedTuple):
     metrics: dict[str, float]
-    """fvu, mse, cos, l0, l1, l2_ratio, rel_bias, dead_frac, alive_frac, tokens."""
+    """fvu, mse, cos, l0, l1, l2_ratio, rel_bias, unfired_frac, fired_frac, tokens."""
     density: Tensor
     """[d_sae] fraction of evaluation tokens on which each latent fired."""
 
@@ -124,6 +128,13 @@ def density_histogram(density: Tensor, path: str | os.PathLike, title: str = "")
     path = Path(path)
     fig.savefig(path, dpi=100, format="png")
     return path
+
+
+def unfired_note(sae: SAE) -> str:
+    """The line that tells the evaluation's unfired_frac from training's dead_frac."""
+    return (f"{UNFIRED_FRAC}: share of latents that fired on no token of the evaluated rows "
+            f"(training's dead_frac counts a {sae.cfg.architecture} latent dead once it "
+            f"{sae.dead_meaning})")
 
 
 def format_table(metrics: dict[str, float]) -> str:

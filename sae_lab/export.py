@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae_lab.evaluate import DENSITY_FILE, evaluate_sae, shard_activations
-from sae_lab.files import atomic_dir, check_output_dir
+from sae_lab.files import MARKER, OutputDirError, atomic_dir, check_output_dir, check_outside
 from sae_lab.lm.attach import load_sae_dir
 from sae_lab.lm.hooks import hook_name
 from sae_lab.lm.load import canonical_name
@@ -114,13 +115,17 @@ def export_saelens(
     model_name: str | None = None,
     hook_name: str | None = None,
     context_size: int | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
     """Write `sae` to `out` in SAELens v6 layout, atomically (temporary dir, then rename).
 
-    An existing `out` is replaced only when it is an earlier export; anything else is refused.
+    An existing `out` is replaced only when it is an earlier export; anything else is refused,
+    as is an `out` that is, or is inside, one of `inputs` or the directory `sae` was loaded
+    from (nothing is written then).
     """
     if density is not None and density.shape != (sae.d_sae,):
         raise ValueError(f"density has shape {tuple(density.shape)}; expected ({sae.d_sae},)")
+    check_export_out(out, sae.source, *inputs)
     with atomic_dir(out, "export", known=EXPORT_FILES) as tmp:
         save_file(saelens_tensors(sae), tmp / WEIGHTS_FILE)
         if density is not None:
@@ -128,6 +133,26 @@ def export_saelens(
         cfg = saelens_config(sae, model_name, hook_name, context_size)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return Path(out)
+
+
+def check_export_out(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse, before anything is read or written, an `out` that is or lies inside one of
+    `inputs` (the SAE directory, --density, --shards), that holds an sae_lab SAE (its cfg.json
+    would become the SAELens one), or that is not an earlier export."""
+    check_outside(out, inputs)
+    cfg = Path(out) / CONFIG_FILE
+    if cfg.is_file() and not (Path(out) / MARKER).exists() and _is_sae_lab_cfg(cfg):
+        raise OutputDirError(f"{out}: holds an sae_lab SAE; exporting there would replace it. "
+                             "Choose a new or empty directory")
+    check_output_dir(out, "export", EXPORT_FILES)
+
+
+def _is_sae_lab_cfg(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and "sae" in data
+    except (OSError, ValueError):
+        return False
 
 
 # --- an SAE directory, end to end (`sae-lab export`) -------------------------------------------
@@ -143,7 +168,7 @@ def export_dir(sae_dir: str | os.PathLike, out: str | os.PathLike,
     when none of them is there)."""
     from safetensors.torch import load_file
 
-    check_output_dir(out, "export", EXPORT_FILES)  # before measuring any density
+    check_export_out(out, sae_dir, density, shards)  # before loading or measuring anything
     sae = load_sae_dir(sae_dir)
     found, source = None, None
     default = Path(sae_dir) / "eval" / DENSITY_FILE

@@ -7,6 +7,7 @@ over a directory that holds something else.
                                               the writer reports it), naming the path and space
     atomic_dir(directory, command)            fill a temporary directory, then swap it in
     check_output_dir(directory, command)      refuse a directory that is not an earlier output
+    check_outside(directory, inputs)          refuse an output that is, or is inside, an input
 
 A directory written by `atomic_dir` carries a small marker, `.sae_lab_output` (JSON naming the
 command), so a later run knows it may replace it; a directory holding anything else (a thesis, a
@@ -205,6 +206,21 @@ def check_output_dir(directory: str | os.PathLike, command: str | None,
         f"{target}: exists and holds {what} ({shown}); it would be replaced. Choose a new or "
         f"empty directory, or remove it first"
     )
+
+
+def check_outside(directory: str | os.PathLike,
+                  inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise OutputDirError when `directory` is, or lies inside, one of `inputs` (None entries
+    are skipped): the output would replace, or be written into, what is being read."""
+    target = Path(directory).expanduser().resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        src = Path(source).expanduser().resolve()
+        if target == src or target.is_relative_to(src):
+            where = "is" if target == src else "is inside"
+            raise OutputDirError(f"{directory}: {where} the input {source}; writing there would "
+                                 "change the input. Choose an output directory outside it")
 
 
 def _only(names: Iterable[str], patterns: Iterable[str]) -> bool:

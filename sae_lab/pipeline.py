@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lab.data.shards import read_manifest
-from sae_lab.evaluate import evaluate_sae, save_report, shard_activations
+from sae_lab.evaluate import UNFIRED_FRAC, evaluate_sae, save_report, shard_activations
 from sae_lab.export import export_saelens
 from sae_lab.lm.attach import load_sae_dir
 from sae_lab.lm.load import is_causal
@@ -122,11 +122,15 @@ def evaluate_and_export(saes: dict[str, Path], shards: str | Path, out: str | Pa
 
 
 def heldout_table(metrics: dict[str, dict[str, float]]) -> str:
-    head = f"{'best of':<10} {'L0':>8} {'FVU':>7} {'cos':>6} {'dead':>6} {'tokens':>7}"
+    """The best SAEs on the held-out rows. Its "unfired" column is not the sweep table's "dead"
+    (training: none of the last sae.dead_tokens tokens), so a line under it says which it is."""
+    head = f"{'best of':<10} {'L0':>8} {'FVU':>7} {'cos':>6} {'unfired':>7} {'tokens':>7}"
     lines = [head, "-" * len(head)]
     for arch, m in metrics.items():
         lines.append(f"{arch:<10} {m['l0']:>8.1f} {m['fvu']:>7.4f} {m['cos']:>6.3f} "
-                     f"{m['dead_frac']:>6.1%} {m['tokens']:>7.0f}")
+                     f"{m[UNFIRED_FRAC]:>7.1%} {m['tokens']:>7.0f}")
+    lines.append("unfired: latents that fired on no held-out token (the sweep's dead: on none "
+                 "of the last sae.dead_tokens training tokens)")
     return "\n".join(lines)
 
 

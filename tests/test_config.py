@@ -79,6 +79,64 @@ def test_bad_train_yaml_is_one_line_naming_the_field(text, culprit, tmp_path, ca
     assert lines[0].startswith("sae-lab train: error: ") and culprit in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("text, culprit", [
+    ("sae: {expansion_factr: 4}",
+     "unknown field 'sae.expansion_factr'; did you mean 'expansion_factor'?"),
+    ("sae: {architecture: relu, sparsity_coeff: 2}",
+     "unknown field 'sae.sparsity_coeff'; did you mean 'sparsity_coef'?"),
+    ("sae: {architecture: jumprelu, bandwith: 0.1}",
+     "unknown field 'sae.bandwith'; did you mean 'bandwidth'?"),
+])
+def test_nested_typo_gets_a_did_you_mean(text, culprit, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    code, _, err = train_cli([str(path), "--print-config"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == f"sae-lab train: error: {culprit}"
+
+
+def test_every_error_is_listed_on_the_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: many\nlr: fast\nsae: {k: some, expansion_factr: 4}\n")
+    code, _, err = train_cli([str(path), "--print-config"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    for culprit in ("batch_size='many': must be a valid integer", "lr='fast': must be a valid "
+                    "number", "sae.k='some': must be a valid integer",
+                    "unknown field 'sae.expansion_factr'; did you mean 'expansion_factor'?"):
+        assert culprit in lines[0], lines[0]
+    assert "more error" not in lines[0]
+
+
+def test_sae_config_with_an_architecture_builds_that_architecture_s_config():
+    import sae_lab
+    from sae_lab.sae import JumpReLUConfig, SAEConfig, TopKConfig
+
+    cfg = sae_lab.SAEConfig(architecture="jumprelu", sparsity_coef=2)
+    assert type(cfg) is JumpReLUConfig and isinstance(cfg, SAEConfig)
+    assert cfg.sparsity_coef == 2.0 and cfg == sae_lab.sae_config("jumprelu", sparsity_coef=2)
+    assert type(SAEConfig(architecture="topk", k=3)) is TopKConfig
+    assert type(SAEConfig(d_in=4)) is SAEConfig  # the shared fields alone
+    with pytest.raises(ConfigError, match=r"'sparsity_coef' is a field of relu, gated, jumprelu"
+                                          r": pass the architecture"):
+        SAEConfig(sparsity_coef=2)
+    with pytest.raises(ConfigError, match=r"sae.architecture='nope': must be one of"):
+        SAEConfig(architecture="nope")
+    import copy
+    import pickle
+    assert copy.deepcopy(cfg) == cfg == pickle.loads(pickle.dumps(cfg))
+
+
+def test_every_architecture_config_is_a_top_level_name():
+    import sae_lab
+    from sae_lab.sae import ARCHITECTURES
+
+    for cls in ARCHITECTURES.values():
+        name = cls.config_cls.__name__
+        assert getattr(sae_lab, name) is cls.config_cls and name in sae_lab.__all__
+
+
 def test_bad_sweep_base_is_caught_before_launch(tmp_path, capsys):
     sweep = {
         "architectures": ["topk"], "space": {"topk": {"k": {"grid": [2, 4]}}},

@@ -46,7 +46,7 @@ def test_metrics_match_hand_computed_values():
     assert m["l1"] == pytest.approx(7 / 4)
     assert m["l2_ratio"] == pytest.approx((1 + 0 + 3 / math.sqrt(13) + 1) / 4)
     assert m["rel_bias"] == pytest.approx(1.0)  # x . ReLU(x) = ||ReLU(x)||^2: no shrinkage
-    assert m["dead_frac"] == 0.5 and m["alive_frac"] == 0.5
+    assert m["unfired_frac"] == 0.5 and m["fired_frac"] == 0.5
     assert m["tokens"] == 4
     assert res.density.tolist() == [0.75, 0.25, 0.0, 0.0]
 
@@ -134,3 +134,20 @@ def test_downstream_d_in_mismatch(tiny_gpt2):
     ids = torch.randint(0, 97, (1, 8))
     with pytest.raises(ValueError, match=r"d_in=32 does not match .* layer 1 resid_post width 64"):
         downstream_loss(tiny_gpt2, [ids], 1, "resid_post", sae_reconstruct(identity_sae(32)), 32)
+
+
+def test_held_out_table_names_its_measure_apart_from_training_dead():
+    """Training's dead_frac (none of the last sae.dead_tokens training tokens) and the held-out
+    "never fired" share are different numbers: they never share a name or a column."""
+    from sae_lab.evaluate import unfired_note
+    from sae_lab.pipeline import heldout_table
+
+    sae = relu_of_x_sae()
+    m = evaluate_sae(sae, [X]).metrics
+    assert "dead_frac" not in m and m["unfired_frac"] == 0.5
+    head, _, row, legend = heldout_table({"relu": m}).splitlines()
+    assert head.split() == ["best", "of", "L0", "FVU", "cos", "unfired", "tokens"]
+    assert row.split()[4] == "50.0%"
+    assert legend.startswith("unfired: latents that fired on no held-out token")
+    assert unfired_note(sae).startswith("unfired_frac: share of latents that fired on no token")
+    assert sae.dead_meaning in unfired_note(sae)

@@ -167,3 +167,37 @@ def test_real_saelens_loads_export_with_same_outputs(arch, tmp_path):
     assert (z_ours != 0).any() and (z_ours == 0).any()  # some latents fire, not all
     torch.testing.assert_close(z_theirs, z_ours, rtol=0, atol=1e-5)
     torch.testing.assert_close(x_theirs, x_ours, rtol=0, atol=1e-5)
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "other_sae"])
+def test_export_refuses_its_input_or_another_sae(where, tmp_path, capsys):
+    from sae_lab import load
+    from sae_lab.cli import main
+
+    sae_dir = make_sae("relu").save(tmp_path / "run" / "final")
+    other = make_sae("gated").save(tmp_path / "other")
+    out = {"same": sae_dir, "inside": sae_dir / "saelens", "other_sae": other}[where]
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(sae_dir), "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sae-lab export: error: ")
+    assert str(out) in err[0]
+    assert _tree(tmp_path) == before  # nothing written
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["final"]
+    assert load(sae_dir).name == "relu" and load(other).name == "gated"
+
+
+def test_export_library_refuses_an_input_directory(tmp_path):
+    from sae_lab.files import OutputDirError
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with pytest.raises(OutputDirError, match="is inside the input"):
+        export_saelens(make_sae("relu"), shards / "export", inputs=[shards])
+    assert list(shards.iterdir()) == []

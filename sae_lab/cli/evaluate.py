@@ -41,7 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sae_lab.evaluate import EVAL_JSON, evaluate_dir, format_table, save_report
+    from sae_lab.evaluate import (
+        EVAL_JSON,
+        UNFIRED_FRAC,
+        evaluate_dir,
+        format_table,
+        save_report,
+        unfired_note,
+    )
 
     report = evaluate_dir(
         args.sae_dir, args.shards, args.dataset, last_shards=args.last_shards,
@@ -51,10 +58,8 @@ def run(args: argparse.Namespace) -> None:
         lm_batch_size=args.lm_batch_size, layer=args.layer, hook=args.hook, device=args.device)
     sae, metrics = report.sae, report.metrics
     print(format_table(metrics))
-    if "dead_frac" in metrics:
-        print("dead_frac: share of latents that fired on no token of the evaluated rows "
-              f"(in training, a {sae.cfg.architecture} latent is dead once it "
-              f"{sae.dead_meaning})")
+    if UNFIRED_FRAC in metrics:
+        print(unfired_note(sae))
     out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
     sources = {"sae_dir": str(args.sae_dir), "shards": args.shards,
                "last_shards": args.last_shards, "dataset": args.dataset}

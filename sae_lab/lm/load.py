@@ -12,7 +12,8 @@
     resolve_model("minilm")       -> the package's model directory, for from_pretrained
     canonical_name("minilm")      -> "sentence-transformers/all-MiniLM-L6-v2", for manifests and
                                      exports (also when given the package's directory itself), so
-                                     no absolute machine path is recorded
+                                     no site-packages path is recorded; a local directory's
+                                     absolute path, so it names the same model from anywhere
 Short names are for models whose weights ship inside a Python package (no download, no Hub); any
 other name is a Hub id or a local directory. torch and transformers are imported inside the
 functions, so the commands' --help stays fast.
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,22 +56,25 @@ def packaged_dir(hub_id: str) -> Path:
 
 
 def canonical_name(name: str) -> str:
-    """The name to record for `name`: a packaged model's hub id, else `name` unchanged."""
+    """The name to record for `name`: a packaged model's hub id; a local directory's absolute
+    path (a relative one would name another directory, or a Hub id, elsewhere); else `name`
+    unchanged (a Hub id)."""
     hub = ALIASES.get(name.lower())
     if hub:
         return hub
-    if "/" in name or "\\" in name:
+    try:
+        here = Path(name).expanduser().resolve()
+    except OSError:
+        return name
+    if not Path(name).expanduser().is_dir():
+        return name
+    for hub_id in PACKAGED:
         try:
-            here = Path(name).expanduser().resolve()
-        except OSError:
-            return name
-        for hub_id in PACKAGED:
-            try:
-                if here == packaged_dir(hub_id):
-                    return hub_id
-            except FileNotFoundError:
-                continue
-    return name
+            if here == packaged_dir(hub_id):
+                return hub_id
+        except FileNotFoundError:
+            continue
+    return str(here)
 
 
 def resolve_model(name: str) -> str:
@@ -226,11 +232,44 @@ def load_lm(name: str, device: str | torch.device = "cpu", revision: str | None 
 
 
 def check_path(what: str, name: str) -> None:
-    """A local path that does not exist is a one-line error naming the flag `--what`. (Hub ids are
-    `org/name`; a local path starts with / . ~ or has more than one slash.)"""
-    local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-    if local and not Path(name).exists():
+    """A model or tokenizer that cannot come from anywhere but the Hub is a one-line
+    FileNotFoundError naming the flag `--what`, before the Hub is asked (and retried): a local
+    path that does not exist, or, with HF_HUB_OFFLINE=1, a name that is neither a local
+    directory nor in the Hugging Face cache. (Hub ids are `name` or `org/name`; a local path
+    starts with / . ~, or has a backslash or more than one slash, or is no valid Hub id, or its
+    first part is a local directory: `runs/tiny-gpt2` where runs/ exists.)"""
+    if name.lower() in ALIASES or Path(name).expanduser().exists():
+        return
+    if _looks_local(name):
         raise FileNotFoundError(f"--{what} {name}: no such directory")
+    if hub_offline() and not in_hub_cache(name):
+        raise FileNotFoundError(f"--{what} {name}: no such directory, and not in the Hugging "
+                                "Face cache (HF_HUB_OFFLINE=1: the Hub is not asked)")
+
+
+# A Hub repo id: `name` or `org/name`, letters, digits, - _ . (huggingface_hub's validate_repo_id)
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
+
+
+def _looks_local(name: str) -> bool:
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, as huggingface_hub reads it."""
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Some revision of the Hub model `repo_id` is in the local Hugging Face cache."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir()
 
 
 def _first_line(e: Exception) -> str:

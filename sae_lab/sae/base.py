@@ -89,6 +89,8 @@ class SAE(nn.Module):
             raise ConfigError("sae.d_in must be set (> 0) before building an SAE")
         self.cfg = cfg
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.source: Path | None = None
+        """The directory `load` read it from; None when built in memory."""
         d_in, d_sae = cfg.d_in, cfg.latents
         dtype = getattr(torch, cfg.dtype)
         W_dec = torch.randn(d_sae, d_in, dtype=torch.float32)
@@ -328,6 +330,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SA
     missing = [m for m in missing if m not in TRAINING_BUFFERS]
     if missing or unexpected:
         raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
+    sae.source = directory.resolve()
     return sae.to(device)
 
 

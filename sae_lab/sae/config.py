@@ -18,7 +18,7 @@ from pydantic import Field
 from sae_lab.config import ConfigError, config, parse, require, to_dict
 
 __all__ = ["ConfigError", "SAEConfig", "PenaltyConfig", "COMMON_FIELDS", "LEGACY_DEFAULTS",
-           "CONFIGS", "ReLUConfig", "GatedConfig", "JumpReLUConfig", "TopKConfig",
+           "CONFIG_CLASSES", "CONFIGS", "ReLUConfig", "GatedConfig", "JumpReLUConfig", "TopKConfig",
            "BatchTopKConfig", "MatryoshkaConfig", "own_fields", "searchable"]
 
 COMMON_FIELDS = frozenset(
@@ -37,7 +37,10 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 
 @config
 class SAEConfig:
-    """Shape of one sparse autoencoder; each architecture's subclass adds its sparsity mechanism."""
+    """Shape of one sparse autoencoder; each architecture's subclass adds its sparsity mechanism.
+
+    `SAEConfig(architecture="relu", sparsity_coef=2)` builds that architecture's own config
+    (here a ReLUConfig, still an SAEConfig), as `sae_config("relu", ...)` does."""
 
     architecture: str = ""
     """Which architecture (relu, topk, batchtopk, gated, jumprelu, ...): picks the subclass."""
@@ -57,6 +60,11 @@ class SAEConfig:
     selection, whatever its norm. On where measured to help (the known-answer recovery family):
     every architecture but TopK, whose selection is per token already."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> SAEConfig:
+        if cls is SAEConfig:
+            cls = _config_class(args[0] if args else kwargs.get("architecture"), kwargs)
+        return super().__new__(cls)
+
     @property
     def latents(self) -> int:
         """Resolved number of latents (needs d_in)."""
@@ -75,6 +83,29 @@ class SAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+CONFIG_CLASSES: dict[str, type[SAEConfig]] = {}
+"""Architecture name -> its config class, for SAEConfig.__new__ (filled from CONFIGS below, which
+lists the classes defined after it)."""
+
+
+def _config_class(architecture: Any, fields: dict[str, Any]) -> type[SAEConfig]:
+    """The config class `SAEConfig(architecture=..., **fields)` stands for: the architecture's
+    own; SAEConfig itself without one, unless a field needs an architecture (one line saying
+    which)."""
+    if architecture:
+        if architecture not in CONFIG_CLASSES:
+            raise ConfigError(f"sae.architecture={architecture!r}: must be one of "
+                              f"{sorted(CONFIG_CLASSES)}")
+        return CONFIG_CLASSES[architecture]
+    for name in fields:
+        owners = [a for a, c in CONFIG_CLASSES.items() if name in c.__pydantic_fields__]
+        if name not in COMMON_FIELDS and owners:
+            raise ConfigError(f"{name!r} is a field of {', '.join(owners)}: pass the "
+                              f"architecture, e.g. SAEConfig(architecture={owners[0]!r}, "
+                              f"{name}=...)")
+    return SAEConfig
 
 
 @config
@@ -222,6 +253,7 @@ CONFIGS: dict[str, type[SAEConfig]] = {
               MatryoshkaConfig)
 }
 """Every architecture's config by name, in the order ARCHITECTURES lists the architectures."""
+CONFIG_CLASSES.update(CONFIGS)
 
 
 def searchable(cls: type[SAEConfig]) -> frozenset[str]:

@@ -58,8 +58,9 @@ for _name in CONFIGS:
 
 
 def _with_architecture(data: Any) -> Any:
-    """A mapping without `architecture` is topk; an unknown one or a field the architecture does
-    not have is one line naming it."""
+    """A mapping without `architecture` is topk; an unknown one, or a field of another
+    architecture that this one does not have, is one line naming it. (A field of none is left to
+    the config's own check, which lists every such error with a did-you-mean.)"""
     if not isinstance(data, dict):
         return data
     name = data.get("architecture", DEFAULT_ARCHITECTURE)
@@ -67,12 +68,17 @@ def _with_architecture(data: Any) -> Any:
         raise ConfigError(f"sae.architecture={name!r}: must be one of {sorted(CONFIGS)}")
     known = CONFIGS[name].__pydantic_fields__
     for key in data:
-        if key not in known:
+        if key not in known and architectures_with(key):
             raise ConfigError(
                 f"sae.{key}={data[key]!r} does not apply to architecture {name!r} "
                 f"(its fields: {sorted(set(known) - {'architecture'})})"
             )
     return {**data, "architecture": name}
+
+
+def architectures_with(field: str) -> list[str]:
+    """The registered architectures whose config has `field`."""
+    return [n for n, cls in ARCHITECTURES.items() if field in cls.config_cls.__pydantic_fields__]
 
 
 _union: list[Any] = []

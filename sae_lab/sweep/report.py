@@ -144,7 +144,8 @@ class SweepResult:
 
     def table(self) -> str:
         """One line per trial, best first: architecture, its sparsity knob, L0, FVU, dead,
-        metric, status."""
+        metric, status. "dead" is training's dead_frac: latents that fired on none of the last
+        sae.dead_tokens training tokens (evaluation's unfired_frac counts held-out tokens)."""
         sign = 1 if self.mode == "min" else -1
 
         def key(t: TrialRecord) -> float:

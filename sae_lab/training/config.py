@@ -111,7 +111,7 @@ class TrainConfig:
     save_checkpoints: bool = True
     """Keep Lightning checkpoints (best val/fvu and last) in out_dir/checkpoints for --resume."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show a progress bar when stdout is a terminal (in a file or pipe: a line per validation)."""
     loggers: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
     """Where curves go: TensorBoard files in out_dir/tensorboard, W&B (the `wandb` extra)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,23 +126,27 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
+def resume_point(cfg: TrainConfig, resume: bool,
+                 say: Callable[[str], None] | None = None) -> Path | None:
     """The checkpoint to continue from (None: a fresh run), after checking the run directory.
 
     Without `resume`, a directory that already holds a run is refused (re-running would mix two
     runs' checkpoints and logs). With it, the saved config.yaml must match `cfg` except for
-    RESUMABLE_CHANGES. Reads only; nothing is written.
+    RESUMABLE_CHANGES. A run that stopped before its first checkpoint (no checkpoints/*.ckpt, no
+    final/) holds nothing to keep or continue: it is taken over, with or without `resume`, and
+    `say` (default: stderr) is told so. Reads only; nothing is written.
     """
     out = Path(cfg.out_dir)
     saved, ckpt = out / "config.yaml", out / "checkpoints" / "last.ckpt"
     started = saved.is_file() or (out / "checkpoints").exists() or (out / "final").exists()
-    if not resume:
-        if started:
-            raise RunDirError(f"{out} already holds a run; continue it with --resume, or choose "
-                              "another out_dir (--set out_dir=...)")
-        return None
     if not started:
         return None
+    if not _holds_checkpoint(out):
+        (say or _stderr)(f"taking over {out}: it holds no checkpoint")
+        return None
+    if not resume:
+        raise RunDirError(f"{out} already holds a run; continue it with --resume, or choose "
+                          "another out_dir (--set out_dir=...)")
     if not ckpt.is_file():
         raise RunDirError(f"--resume: {out} has no checkpoints/last.ckpt to continue from; "
                           "remove the directory or choose another out_dir")
@@ -154,6 +159,15 @@ def resume_point(cfg: TrainConfig, resume: bool) -> Path | None:
             raise RunDirError(f"--resume: the config differs from the run in {saved} ("
                               f"{'; '.join(diffs)}); resume with the same config")
     return ckpt
+
+
+def _holds_checkpoint(out: Path) -> bool:
+    """A finished SAE (final/) or any Lightning checkpoint: something a rerun must not bury."""
+    return (out / "final").exists() or any((out / "checkpoints").glob("*.ckpt"))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def saved_config(path: Path) -> TrainConfig:
@@ -229,6 +243,8 @@ def _end_wandb(trainer: pl.Trainer, metrics: dict[str, float] | None) -> None:
             if metrics:
                 lg.experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
             lg.experiment.finish()
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
@@ -239,10 +255,13 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
                         save_last=True, filename="best-{step}")
     ] if cfg.save_checkpoints else []
+    terminal = stdout_is_terminal()
     if progress_lines is None:
-        progress_lines = not sys.stdout.isatty()
+        progress_lines = not terminal
     extras: list[pl.Callback] = [ProgressLines(cfg)] if progress_lines else []
-    if cfg.progress_bar:
+    # A bar redraws itself with carriage returns: in a file or a pipe that is a wall of them.
+    bar = cfg.progress_bar and terminal
+    if bar:
         extras.append(StepBar())
     return pl.Trainer(
         accelerator=accelerator,
@@ -257,7 +276,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         logger=_loggers(cfg, out_dir) if logger else False,
         callbacks=[*checkpoints, *extras, *callbacks],
         enable_checkpointing=cfg.save_checkpoints,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_steps,
         default_root_dir=out_dir,
@@ -277,7 +296,8 @@ def train(
     stream are restored from it, so the run continues as if never stopped.
 
     `progress_lines`: print a line per validation (step, tokens/s, fvu, l0, dead) to stdout;
-    None: when stdout is not a terminal. Ctrl-C stops after the current step, saves
+    None: when stdout is not a terminal. The progress bar (cfg.progress_bar) shows on a terminal
+    only. Ctrl-C stops after the current step, saves
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
     quiet_lightning()

@@ -174,8 +174,11 @@ def test_output_to_a_file_has_a_line_per_validation_and_no_banners(tmp_path, cap
         assert noise not in out + err, noise
 
 
-def test_progress_bar_counts_steps_and_shows_loss_and_fvu(tmp_path, capfd):
+def test_progress_bar_counts_steps_and_shows_loss_and_fvu(tmp_path, capfd, monkeypatch):
+    from sae_lab.training import run as run_module
     from sae_lab.training.run import train
+
+    monkeypatch.setattr(run_module, "stdout_is_terminal", lambda: True)
 
     cfg = TrainConfig.from_dict({**TINY, "progress_bar": True, "log_every_steps": 1,
                                  "out_dir": str(tmp_path / "bar")})
@@ -263,3 +266,37 @@ def test_non_finite_held_out_rows_skipped_and_counted_when_asked(tmp_path, nan_s
     assert result.metrics["skipped_val_rows"] == 1 and result.metrics["val_tokens"] == 1023
     assert np.isfinite(result.metrics["fvu"])
     assert "1 non-finite rows skipped" in result.held_out
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path, capsys, resume):
+    npy = tmp_path / "acts.npy"
+    rows = np.random.default_rng(0).standard_normal((2048, 8)).astype(np.float32)
+    np.save(npy, np.full_like(rows, np.nan))
+    cfg = write_config(tmp_path, data={"npy": str(npy)})
+    code, _, err = run(["train", cfg], capsys)
+    run_dir = tmp_path / "run"
+    assert code == 2 and "step 0: non-finite batch" in err, err  # before any checkpoint
+    assert (run_dir / "config.yaml").is_file() and not list(run_dir.rglob("*.ckpt"))
+    np.save(npy, rows)
+    code, out, err = run(["train", cfg, *(["--resume"] if resume else [])], capsys)
+    assert code == 0, err
+    assert f"taking over {run_dir}: it holds no checkpoint" in err.splitlines()
+    assert (run_dir / "final" / "cfg.json").is_file() and "saved:" in out
+    # once it has checkpointed, the directory is a run again
+    code, _, err = run(["train", cfg], capsys)
+    assert code == 2 and "already holds a run" in one_line(err)
+
+
+def test_output_to_a_file_has_no_progress_bar(tmp_path, capfd):
+    """stdout (and stderr) redirected to files, as `sae-lab train c.yaml > log` does: the bar's
+    carriage returns stay out; the log is a line per validation."""
+    from sae_lab.training.run import train
+
+    cfg = TrainConfig.from_dict({**TINY, "progress_bar": True, "max_tokens": 128 * 60,
+                                 "val_every_steps": 20, "out_dir": str(tmp_path / "log")})
+    train(cfg, logger=False)
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    assert len(out) + len(err) < 1500, out + err
+    assert [ln.split("/")[0] for ln in out.splitlines()[1:]] == ["step 20", "step 40", "step 60"]

@@ -73,3 +73,40 @@ def test_harvest_names_a_missing_model_directory(tmp_path, capsys, corpus):
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == \
         "sae-lab harvest: error: --model ./no/such/model: no such directory"
+
+
+def test_a_relative_model_path_is_recorded_resolved(tiny_lm, corpus, tmp_path, monkeypatch):
+    from sae_lab.data.harvest import HarvestConfig, harvest
+    from sae_lab.data.shards import read_manifest
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny-gpt2").symlink_to(tiny_lm, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = HarvestConfig(model="runs/tiny-gpt2", dataset=str(corpus), out="acts", layers=(0,),
+                        ctx_len=16, batch_size=8, max_tokens=64, device="cpu",
+                        progress=False)
+    manifest = read_manifest(harvest(cfg)[0])
+    assert manifest["model"] == manifest["tokenizer"] == str(tiny_lm.resolve())
+    monkeypatch.chdir(tmp_path / "acts")  # another directory: the recorded name still loads
+    assert type(load_model(manifest["model"])).__name__ == "GPT2LMHeadModel"
+
+
+def test_a_model_only_the_hub_could_give_fails_before_asking_it(tmp_path, monkeypatch):
+    import transformers
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", hub)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # runs/ is a directory here: runs/tiny-gpt2 is a path, and a missing one
+    with pytest.raises(FileNotFoundError, match=r"^--model runs/tiny-gpt2: no such directory$"):
+        load_model("runs/tiny-gpt2")
+    # elsewhere it could be a Hub id; offline and not cached, it is named at once
+    monkeypatch.chdir(tmp_path / "runs")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer runs/tiny-gpt2: no such directory, "
+                       r"and not in the Hugging Face cache \(HF_HUB_OFFLINE=1"):
+        load_tokenizer("runs/tiny-gpt2")
