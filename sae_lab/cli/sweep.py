@@ -82,11 +82,10 @@ def run(args: argparse.Namespace) -> None:
         for arch in sweep.architectures:
             keys = ", ".join(f"{k}={p.to_dict()}" for k, p in sweep.params[arch].items())
             print(f"{arch:9s} d_in={d_ins[arch]}  {keys}")
-        packed = ""
-        if sweep.pack != 1:
-            from sae_lab.sweep.run import local_trials
-
-            packed = f", in {local_trials(sweep)} packs on this machine (pack: {sweep.pack})"
+        # How many packs this machine runs needs torch and Ray's variant generator (seconds of
+        # imports): `sae-lab plan` shows them; --check stays a quick look at the file.
+        packed = f", packed (pack: {sweep.pack}; `sae-lab plan` shows the packs)" \
+            if sweep.pack != 1 else ""
         print(f"{sweep.num_trials} trials, metric {sweep.metric} ({sweep.mode}), "
               f"scheduler {sweep.scheduler.type}, search {sweep.search}{packed}: OK")
         return

@@ -77,8 +77,8 @@ def _with_architecture(data: Any) -> Any:
 
 
 def architectures_with(field: str) -> list[str]:
-    """The registered architectures whose config has `field`."""
-    return [n for n, cls in ARCHITECTURES.items() if field in cls.config_cls.__pydantic_fields__]
+    """The architectures whose config has `field` (from CONFIGS: no architecture is imported)."""
+    return [n for n, c in CONFIGS.items() if field in c.__pydantic_fields__]
 
 
 _union: list[Any] = []

@@ -74,6 +74,12 @@ def test_sweep_check_reads_and_checks_without_torch(tmp_path):
     assert bad.stdout.splitlines()[-1] == "[]"
 
 
+def test_checking_the_packed_demo_sweep_loads_no_torch():
+    out = run_main(["sweep", "demo.yaml", "--check"]).stdout.splitlines()
+    assert out[-2].endswith("packed (pack: auto; `sae-lab plan` shows the packs): OK")
+    assert out[-1] == "[]"
+
+
 @pytest.mark.parametrize("yaml, error", [
     ("bacth_size: 8\n", "unknown field 'bacth_size'; did you mean 'batch_size'?"),
     ("sae: {architecture: topk, sparsity_coef: 2}\n",

@@ -593,7 +593,7 @@ def test_cli_check_prints_trials(capsys):
 
     main(["sweep", "demo.yaml", "--check"])
     assert "trials, metric objective (min)" in (printed := capsys.readouterr().out)
-    assert re.search(r"search random, in \d+ packs on this machine \(pack: auto\): OK", printed)
+    assert "search random, packed (pack: auto; `sae-lab plan` shows the packs): OK" in printed
     with pytest.raises(SystemExit) as e:
         main(["sweep", "demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"])
     assert e.value.code == 2
