@@ -44,7 +44,8 @@ class JumpReLUConfig(PenaltyConfig):
     bandwidth: Annotated[float, Field(gt=0)] = 0.1
     """Kernel bandwidth epsilon of the straight-through estimators."""
     threshold_init: Annotated[float, Field(gt=0)] = 0.5
-    """Initial threshold of every latent."""
+    """Initial threshold of every latent; with init_near_data, the lowest: raised to where d_in
+    latents fire per token on the first batch, then scaled with W_enc."""
     threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
     """Learning rate of log_threshold as a multiple of lr, at most threshold_lr_max."""
     threshold_lr_max: Annotated[float, Field(gt=0)] = 0.03
@@ -143,8 +144,7 @@ class JumpReLUSAE(SAE):
         n = pre.numel()
         fire = min(self.d_in / self.d_sae, 0.5)
         theta = float(pre.flatten().kthvalue(max(1, int(n * (1 - fire)))).values)
-        if theta <= 0:
-            return
+        theta = max(theta, self.cfg.threshold_init)  # a higher threshold_init is kept
         self.log_threshold.fill_(math.log(theta))
         a = self.fit_scale(x)
         if a > 0:
