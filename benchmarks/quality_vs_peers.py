@@ -172,7 +172,8 @@ def run_dictionary_learning(arch: str, s: float, batches, d_in: int, a: argparse
                  "topk": (T.TopKTrainer, "k"), "batchtopk": (T.BatchTopKTrainer, "k")}[arch]
     kwargs = {"steps": a.steps, "activation_dim": d_in, "dict_size": a.d_sae, "layer": 0,
               "lm_name": "minilm", "lr": a.lr, "seed": a.seed, "device": "cpu",
-              "warmup_steps": 50, "decay_start": int(0.8 * a.steps), knob: int(s) if
+              "warmup_steps": min(50, a.steps // 10), "decay_start": int(0.8 * a.steps),
+              knob: int(s) if
               knob == "k" else s}
     accepted = inspect.signature(cls.__init__).parameters
     trainer = cls(**{k: v for k, v in kwargs.items() if k in accepted})
