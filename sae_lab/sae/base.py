@@ -209,6 +209,23 @@ class SAE(nn.Module):
         self.b_dec.copy_(geometric_median(x.to(self.b_dec.dtype)))
 
     @torch.no_grad()
+    def init_near_data(self, x: Tensor) -> None:
+        """Scale the initial weights (or thresholds) on a sample x [B, d_in] (as
+        `normalize_input` returns it) so that the step-0 reconstruction is near the data. The
+        random start, unit rows with W_enc = W_dec^T, reconstructs x - b_dec about
+        d_sae / (2 d_in) times too large under ReLU (half the latents fire): FVU ~59 on MiniLM
+        layer 3 at d_sae 6144. Architectures whose start is already near (TopK) keep it."""
+
+    @torch.no_grad()
+    def fit_scale(self, x: Tensor) -> float:
+        """The factor a minimising ||(x - b_dec) - a (x_hat - b_dec)||^2 over the sample, where
+        x_hat is the current reconstruction: the least-squares scale of the step-0 output."""
+        v = x.to(self.b_dec.dtype) - self.b_dec
+        r = self.decode(self.codes(x.to(self.b_dec.dtype))) - self.b_dec
+        rr = r.pow(2).sum()
+        return float(torch.linalg.vecdot(v, r).sum() / rr) if rr > 0 else 1.0
+
+    @torch.no_grad()
     def update_dead(self, fired: Tensor, n_tokens: int) -> None:
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0

@@ -90,6 +90,19 @@ class BatchTopKSAE(TopKSAE):
             self.threshold.lerp_(smallest, 1 - self.cfg.threshold_momentum)
 
     @torch.no_grad()
+    def init_near_data(self, x: Tensor) -> None:
+        # the inference threshold before any training batch has set it: the smallest of the
+        # k * B values the sample keeps (0 would let half the latents through in eval), after the
+        # encoder takes the least-squares scale of the sample's reconstruction (the selection
+        # is unchanged by it)
+        a = self.fit_scale(x)
+        if a > 0:
+            self.W_enc *= a
+        values, _ = self.keep(self.pre_acts(x.to(self.W_enc.dtype)), self.cfg.k)
+        if values.numel():
+            self.threshold.copy_(values.min())
+
+    @torch.no_grad()
     def saelens_tensors(self) -> dict[str, Tensor]:
         return {**super().saelens_tensors(), "threshold": self.threshold.expand(self.d_sae)}
 

@@ -154,7 +154,8 @@ class JumpReLUConfig(PenaltyConfig):
     bandwidth: Annotated[float, Field(gt=0)] = 0.1
     """Kernel bandwidth epsilon of the straight-through estimators."""
     threshold_init: Annotated[float, Field(gt=0)] = 0.5
-    """Initial threshold of every latent."""
+    """Initial threshold of every latent; with init_near_data, the lowest: raised to where d_in
+    latents fire per token on the first batch, then scaled with W_enc."""
     threshold_lr_scale: Annotated[float, Field(gt=0)] = 10.0
     """Learning rate of log_threshold as a multiple of lr, at most threshold_lr_max."""
     threshold_lr_max: Annotated[float, Field(gt=0)] = 0.03

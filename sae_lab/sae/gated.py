@@ -59,6 +59,15 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self.gate_and_mag(x)
         return torch.where(pi_gate > 0, pi_mag.relu(), 0.0)
 
+    @torch.no_grad()
+    def init_near_data(self, x: Tensor) -> None:
+        # W_enc scaled by the least-squares factor: the gate's signs are unchanged and, with
+        # b_mag = 0, the magnitudes scale by it; decoder rows stay unit (the aux term's frozen
+        # decoder reconstructs from ReLU(pi_gate), which scales alike)
+        a = self.fit_scale(x)
+        if a > 0:
+            self.W_enc *= a
+
     def training_loss(self, x: Tensor, step: int, sparsity_scale: float = 1.0) -> TrainOutput:
         B = x.shape[0]
         norms = self.W_dec.norm(dim=1)  # [d_sae]

@@ -58,8 +58,11 @@ class SAEModule(pl.LightningModule):
         if self.cfg.normalize_activations:
             mean_sq_norm = sample.pow(2).sum(dim=-1).mean()
             self.input_scale.fill_((self.sae.d_in / mean_sq_norm).sqrt().item())
+        x = self.sae.normalize_input(sample * self.input_scale)
         if self.cfg.init_b_dec:
-            self.sae.init_from_data(self.sae.normalize_input(sample * self.input_scale))
+            self.sae.init_from_data(x)
+        if self.cfg.init_near_data:
+            self.sae.init_near_data(x)
 
     def _scaled(self, batch: Tensor) -> Tensor:
         dtype = self.sae.W_enc.dtype
