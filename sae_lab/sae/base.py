@@ -221,7 +221,7 @@ class SAE(nn.Module):
         """The factor a minimising ||(x - b_dec) - a (x_hat - b_dec)||^2 over the sample, where
         x_hat is the current reconstruction: the least-squares scale of the step-0 output."""
         v = x.to(self.b_dec.dtype) - self.b_dec
-        r = self.decode(self.codes(x.to(self.b_dec.dtype))) - self.b_dec
+        r = self.decode_normalized(self.codes(x.to(self.b_dec.dtype))) - self.b_dec
         rr = r.pow(2).sum()
         return float(torch.linalg.vecdot(v, r).sum() / rr) if rr > 0 else 1.0
 

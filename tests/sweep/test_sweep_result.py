@@ -111,8 +111,8 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, 
     captured = capsys.readouterr()
     assert "3 trials: 3 failed" in captured.out
     assert captured.err.strip().splitlines() == [
-        f"sae-lab sweep: error: no trial finished with finite metrics (3 trials); see "
-        f"{tmp_path}/results.csv"]
+        f"sae-lab sweep: error: all 3 trials failed (3x ValueError: x); each trial's log: "
+        f"{tmp_path}/tune/<trial>/error.txt, the table: {tmp_path}/results.csv"]
     one_ok = [*failed[:2], rec("topk_c", "topk", 0.2, 4.0)]
     monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(one_ok, out=tmp_path))
     assert sweep_cli(["demo.yaml", "--out", str(tmp_path)]) == 0
@@ -139,9 +139,9 @@ def test_a_sweep_name_cannot_leave_the_sweeps_folder(name, capsys):
 
 
 def test_resume_help_warns_that_it_unpickles(capsys):
-    """Regression: --resume loads OUT/tune/tuner.pkl with pickle."""
+    """Regression: --resume loads OUT/tune/tuner.pkl with pickle: the help says when it does."""
     assert sweep_cli(["--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "unpickles OUT/tune/tuner.pkl" in help_text and "only directories you created" \
-        in help_text
-    assert "crafted file" in RESUME_HELP
+    assert "unpickled only if its sha256 is the one this sweep recorded" in help_text
+    assert "--trust-state" in help_text and "Unpickling runs code" in help_text
+    assert "sha256" in RESUME_HELP
