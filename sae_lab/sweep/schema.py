@@ -267,6 +267,10 @@ class SweepConfig:
         for key, value in values.items():
             _set_path(d, key, value)
         d["progress_bar"] = False
+        if "wandb" in (d.get("loggers") or ()):  # a sweep's W&B runs are grouped under its name
+            wandb = d.setdefault("wandb", {})
+            if isinstance(wandb, dict) and not wandb.get("group"):
+                wandb["group"] = self.name
         return TrainConfig.from_dict(d)
 
     @property

@@ -598,3 +598,13 @@ def test_cli_check_prints_trials(capsys):
         main(["sweep", "demo.yaml", "--check", "--set", "space.topk.k.grid=[8,4096]"])
     assert e.value.code == 2
     assert "larger than the number of latents" in capsys.readouterr().err
+
+
+def test_a_sweeps_wandb_runs_are_grouped_under_its_name():
+    d = tiny_sweep()
+    d["base"] = {**d["base"], "loggers": ["tensorboard", "wandb"]}
+    sweep = sweep_from_dict(d)
+    assert sweep.train_config("relu", {"sae.sparsity_coef": 1.0}).wandb.group == "tiny"
+    d["base"]["wandb"] = {"group": "mine"}
+    assert sweep_from_dict(d).train_config("relu", {}).wandb.group == "mine"
+    assert sweep_from_dict(tiny_sweep()).train_config("relu", {}).wandb.group is None
