@@ -195,7 +195,10 @@ def _revive_disk_full(entry: list[str], exp_dir: Path) -> str | None:
         text = error.read_text(errors="replace")
     except OSError:
         text = ""
-    if text.strip() and not any(s in text for s in NO_SPACE):
+    # Tune writes error.pkl beside error.txt; one that is gone was cut short by a full disk and
+    # removed (remove_partial_files), and then error.txt may be cut short too.
+    cut_short = not (error.parent / "error.pkl").is_file()
+    if text.strip() and not any(s in text for s in NO_SPACE) and not cut_short:
         return None
     trial["status"] = "PAUSED"
     entry[0] = json.dumps(trial, indent=2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -430,6 +431,10 @@ def _disk_full_names(exp_dir: Path) -> Iterator[None]:
     try:
         yield
     except Exception as e:
+        # Only a full disk, or Tune tripping over an error.pkl it left empty or cut short: any
+        # other error is the user's to see as it is, and the files it leaves are not touched.
+        if not is_disk_full(e) and not isinstance(e, (EOFError, pickle.UnpicklingError)):
+            raise
         removed = remove_partial_files(exp_dir, say=_note)
         if is_disk_full(e) or removed:
             raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
