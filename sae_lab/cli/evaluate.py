@@ -41,27 +41,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sae_lab.evaluate import (
-        EVAL_JSON,
-        UNFIRED_FRAC,
-        evaluate_dir,
-        format_table,
-        save_report,
-        unfired_note,
-    )
+    from sae_lab import evaluate as E
 
-    report = evaluate_dir(
+    report = E.evaluate_dir(
         args.sae_dir, args.shards, args.dataset, last_shards=args.last_shards,
         max_tokens=args.max_tokens, batch_size=args.batch_size,
         skip_nonfinite=args.skip_nonfinite, model=args.model, text_column=args.text_column,
         split=args.split, ctx_len=args.ctx_len, n_seqs=args.n_seqs,
         lm_batch_size=args.lm_batch_size, layer=args.layer, hook=args.hook, device=args.device)
     sae, metrics = report.sae, report.metrics
-    print(format_table(metrics))
-    if UNFIRED_FRAC in metrics:
-        print(unfired_note(sae))
+    print(E.format_table(metrics))
+    if E.UNFIRED_FRAC in metrics:
+        print(E.unfired_note(sae))
     out = Path(args.out) if args.out else Path(args.sae_dir) / "eval"
     sources = {"sae_dir": str(args.sae_dir), "shards": args.shards,
                "last_shards": args.last_shards, "dataset": args.dataset}
-    save_report(out, {**metrics, **sources}, report.density)
-    print(f"saved: {out / EVAL_JSON}")
+    E.save_report(out, {**metrics, **sources}, report.density)
+    print(f"saved: {out / E.EVAL_JSON}")
