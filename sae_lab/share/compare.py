@@ -4,7 +4,6 @@ and kept in memory."""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +15,7 @@ from sae_lab.files import atomic_file
 from sae_lab.lm.attach import load_sae_dir
 from sae_lab.share.hub import resolve_sae_dir
 from sae_lab.share.sources import sources
+from sae_lab.sweep.report import lower_left
 
 COLUMNS = ("l0", "fvu", "cos", "dead_frac", "tokens")
 
@@ -50,13 +50,7 @@ def compare(paths: list[str], shards: str, max_tokens: int = 20_000,
 
 def frontier(rows: list[Row]) -> list[int]:
     """Indices of the rows no other row beats on both L0 and FVU, by L0."""
-    order = sorted(range(len(rows)), key=lambda i: (rows[i].metrics["l0"], rows[i].metrics["fvu"]))
-    keep, best = [], math.inf
-    for i in order:
-        if rows[i].metrics["fvu"] < best:
-            keep.append(i)
-            best = rows[i].metrics["fvu"]
-    return keep
+    return lower_left({i: (r.metrics["l0"], r.metrics["fvu"]) for i, r in enumerate(rows)})
 
 
 def table(rows: list[Row]) -> str:

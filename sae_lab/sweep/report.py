@@ -417,17 +417,20 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def pareto_front(trials: list[TrialRecord]) -> list[int]:
-    """Indices of measured trials no other trial beats on both L0 and FVU (lower is better),
-    by L0."""
-    idx = sorted((i for i, t in enumerate(trials) if t.measured),
-                 key=lambda i: (trials[i].metrics["l0"], trials[i].metrics["fvu"]))
+def lower_left(points: dict[int, tuple[float, float]]) -> list[int]:
+    """Keys of the (L0, FVU) points no other point beats on both (lower is better), by L0."""
     front, best_fvu = [], math.inf
-    for i in idx:
-        if trials[i].metrics["fvu"] < best_fvu:
+    for i in sorted(points, key=lambda i: points[i]):
+        if points[i][1] < best_fvu:
             front.append(i)
-            best_fvu = trials[i].metrics["fvu"]
+            best_fvu = points[i][1]
     return front
+
+
+def pareto_front(trials: list[TrialRecord]) -> list[int]:
+    """Indices of measured trials no other trial beats on both L0 and FVU, by L0."""
+    return lower_left({i: (t.metrics["l0"], t.metrics["fvu"])
+                       for i, t in enumerate(trials) if t.measured})
 
 
 def plot_pareto(result: SweepResult, path: Path) -> None:

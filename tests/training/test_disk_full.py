@@ -111,7 +111,7 @@ def test_training_checkpoint_on_a_full_disk_leaves_only_whole_checkpoints(tmp_pa
     ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts and all(p.suffix == ".ckpt" for p in ckpts), ckpts  # no temporary left
     for p in ckpts:  # each one loads: none truncated
-        assert torch.load(p, map_location="cpu", weights_only=False)["global_step"] == 10
+        assert torch.load(p, map_location="cpu", weights_only=True)["global_step"] == 10
 
 
 def test_sweep_resume_skips_empty_and_truncated_checkpoints(tmp_path):
