@@ -452,14 +452,29 @@ def checkpoint_bytes(exp_dir: Path) -> int | None:
 
 
 def finish(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
-    """write_report, unless a trial ran out of disk space: then what it half-wrote is removed
-    and a DiskFullError says where and how much is needed."""
+    """write_report (and, with wandb in the loggers, the W&B summary run of a finished sweep),
+    unless a trial ran out of disk space: then what it half-wrote is removed and a DiskFullError
+    says where and how much is needed."""
     if any(r.error is not None and is_disk_full(r.error) for r in grid):
         exp_dir = out / EXPERIMENT
         remove_partial_files(exp_dir, say=_note)
         raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
                               remedy="free some space and continue with --resume")
-    return write_report(grid, sweep, out)
+    result = write_report(grid, sweep, out)
+    if not result.unfinished:
+        _log_summary(result, sweep, out)
+    return result
+
+
+def _log_summary(result: SweepResult, sweep: SweepConfig, out: Path) -> None:
+    """The W&B summary run (sae_lab.sweep.tracking). The report is written by now: a tracker
+    that fails (offline, quota) costs a note, not the sweep."""
+    from sae_lab.sweep.tracking import log_summary
+
+    try:
+        log_summary(result, sweep, out)
+    except Exception as e:
+        _note(f"W&B summary run not logged ({type(e).__name__}: {e})")
 
 
 def _note(line: str) -> None:
