@@ -21,6 +21,8 @@ import base64
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -91,3 +93,24 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+@contextmanager
+def serving(monkeypatch, tmp_path, token: str | None) -> Iterator[FakeHub]:
+    """A FakeHub that huggingface_hub talks to (HF_ENDPOINT), with HF_TOKEN=`token` (None: no
+    token) and no saved login (HF_HOME under tmp_path), online."""
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield server
+    finally:
+        server.close()
