@@ -101,10 +101,9 @@ def serving(monkeypatch, tmp_path, token: str | None) -> Iterator[FakeHub]:
     token) and no saved login (HF_HOME under tmp_path), online."""
     server = FakeHub()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", token or "")  # undone after the test, whoever sets it later
     if token is None:
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-    else:
-        monkeypatch.setenv("HF_TOKEN", token)
+        monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     from huggingface_hub import constants
