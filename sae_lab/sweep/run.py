@@ -57,6 +57,7 @@ from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict, val
 from sae_lab.sweep.space import build_search_alg, check_resources, param_space, trial_values
 from sae_lab.sweep.trial import TrialError, quiet_trial
 from sae_lab.training.metrics import objective
+from sae_lab.training.wandb_runs import run_id
 
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
@@ -155,6 +156,10 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # measured on the whole held-out set, not on the first val_batches of it.
     cfg.val_batches = 0
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    if "wandb" in cfg.loggers:
+        # The trial's W&B run is named by its Tune trial id, which a resumed sweep keeps (its
+        # working folder, where train() keeps the id, is a new one): resuming continues the run.
+        run_id(Path(cfg.out_dir), f"{spec.name}-{tune.get_context().get_trial_id()}")
     info = {
         "architecture": arch,
         "node": ray.get_runtime_context().get_node_id(),
