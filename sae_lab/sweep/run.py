@@ -57,6 +57,7 @@ from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict, val
 from sae_lab.sweep.space import build_search_alg, check_resources, param_space, trial_values
 from sae_lab.sweep.trial import TrialError, quiet_trial
 from sae_lab.training.metrics import objective
+from sae_lab.training.wandb_runs import run_id
 
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
@@ -155,6 +156,10 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # measured on the whole held-out set, not on the first val_batches of it.
     cfg.val_batches = 0
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    if "wandb" in cfg.loggers:
+        # The trial's W&B run is named by its Tune trial id, which a resumed sweep keeps (its
+        # working folder, where train() keeps the id, is a new one): resuming continues the run.
+        run_id(Path(cfg.out_dir), f"{spec.name}-{tune.get_context().get_trial_id()}")
     info = {
         "architecture": arch,
         "node": ray.get_runtime_context().get_node_id(),
@@ -452,14 +457,29 @@ def checkpoint_bytes(exp_dir: Path) -> int | None:
 
 
 def finish(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
-    """write_report, unless a trial ran out of disk space: then what it half-wrote is removed
-    and a DiskFullError says where and how much is needed."""
+    """write_report (and, with wandb in the loggers, the W&B summary run of a finished sweep),
+    unless a trial ran out of disk space: then what it half-wrote is removed and a DiskFullError
+    says where and how much is needed."""
     if any(r.error is not None and is_disk_full(r.error) for r in grid):
         exp_dir = out / EXPERIMENT
         remove_partial_files(exp_dir, say=_note)
         raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
                               remedy="free some space and continue with --resume")
-    return write_report(grid, sweep, out)
+    result = write_report(grid, sweep, out)
+    if not result.unfinished:
+        _log_summary(result, sweep, out)
+    return result
+
+
+def _log_summary(result: SweepResult, sweep: SweepConfig, out: Path) -> None:
+    """The W&B summary run (sae_lab.sweep.tracking). The report is written by now: a tracker
+    that fails (offline, quota) costs a note, not the sweep."""
+    from sae_lab.sweep.tracking import log_summary
+
+    try:
+        log_summary(result, sweep, out)
+    except Exception as e:
+        _note(f"W&B summary run not logged ({type(e).__name__}: {e})")
 
 
 def _note(line: str) -> None:

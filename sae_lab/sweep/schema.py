@@ -47,7 +47,7 @@ from sae_lab.config import (
 from sae_lab.data.config import data_d_in
 from sae_lab.sae import CONFIGS, TopKConfig
 from sae_lab.sae.config import searchable
-from sae_lab.training.config import TrainConfig
+from sae_lab.training.config import TrainConfig, WandbConfig
 from sae_lab.training.metric_names import OBJECTIVE, SWEEP_METRICS
 
 METRICS = SWEEP_METRICS
@@ -267,11 +267,22 @@ class SweepConfig:
         for key, value in values.items():
             _set_path(d, key, value)
         d["progress_bar"] = False
-        if "wandb" in (d.get("loggers") or ()):  # a sweep's W&B runs are grouped under its name
+        self._group_wandb(d)
+        return TrainConfig.from_dict(d)
+
+    def _group_wandb(self, d: dict[str, Any]) -> dict[str, Any]:
+        """A sweep's W&B runs (trials, pack members, its summary run) are grouped under its
+        name unless the config names a group."""
+        if "wandb" in (d.get("loggers") or ()):
             wandb = d.setdefault("wandb", {})
             if isinstance(wandb, dict) and not wandb.get("group"):
                 wandb["group"] = self.name
-        return TrainConfig.from_dict(d)
+        return d
+
+    def wandb_config(self) -> WandbConfig | None:
+        """The W&B settings of the sweep's runs; None without wandb in base.loggers."""
+        d = self._group_wandb(copy.deepcopy(self.base))
+        return parse(WandbConfig, d["wandb"], "base.wandb") if "wandb" in d else None
 
     @property
     def num_trials(self) -> int:

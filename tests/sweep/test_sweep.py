@@ -605,6 +605,9 @@ def test_a_sweeps_wandb_runs_are_grouped_under_its_name():
     d["base"] = {**d["base"], "loggers": ["tensorboard", "wandb"]}
     sweep = sweep_from_dict(d)
     assert sweep.train_config("relu", {"sae.sparsity_coef": 1.0}).wandb.group == "tiny"
+    assert sweep.wandb_config().group == "tiny"  # the sweep's summary run, in the same group
     d["base"]["wandb"] = {"group": "mine"}
     assert sweep_from_dict(d).train_config("relu", {}).wandb.group == "mine"
+    assert sweep_from_dict(d).wandb_config().group == "mine"
     assert sweep_from_dict(tiny_sweep()).train_config("relu", {}).wandb.group is None
+    assert sweep_from_dict(tiny_sweep()).wandb_config() is None
