@@ -359,7 +359,7 @@ def smallest_split(cfg: TrainConfig, d_in: int, device: str, limit: int,
     from sae_lab.training.config import ParallelConfig
 
     for latents, data in splits(cfg, d_in, most):
-        trial = copy.copy(cfg)
+        trial = copy.copy(cfg)  # a shallow copy: only its parallel is replaced
         trial.parallel = ParallelConfig(latents=latents, data=data)
         if trial_device(trial, d_in, device) <= limit:
             return latents, data
@@ -641,6 +641,9 @@ def plan_packs(sweep: SweepConfig, gpus: int | None = None,
     budget = memory_budget(sweep, gpu_memory) if gpus is None or gpu_memory else 0.0
     packs = make_packs(sweep, slots, budget)
     cfgs = [[sweep.train_config(m.architecture, m.values) for m in pack] for pack in packs]
+    split = cfgs[0][0].parallel.ranks > 1
+    if split:  # not planned per rank for packs yet: as one process
+        cfgs = [[_one_process(c) for c in pack] for pack in cfgs]
     d_in = _trial_d_in(cfgs[0][0])  # one data source per sweep (base.data)
     sizes = [[sae_bytes(c.sae, d_in) for c in pack] for pack in cfgs]
     device = _device(cfgs[0][0].device, gpus)
@@ -678,7 +681,18 @@ def plan_packs(sweep: SweepConfig, gpus: int | None = None,
                           "not counted")
     plan.notes.append("a running member's checkpoint holds its Adam moments; a stopped one's "
                       "only its weights (so the disk shrinks as ASHA stops members)")
+    if split:
+        plan.notes.append("base.parallel: a pack's memory is planned here as one process's, "
+                          "not per rank (pack: 1 plans each rank)")
     return plan
+
+
+def _one_process(cfg: TrainConfig) -> TrainConfig:
+    from sae_lab.training.config import ParallelConfig
+
+    one = copy.copy(cfg)
+    one.parallel = ParallelConfig()
+    return one
 
 
 def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: int) -> None:
@@ -740,10 +754,9 @@ def host_available() -> int:
 
 
 def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> None:
-    """PlanError naming the first limit the plan crosses, the device first (a run that cannot
-    start; a parallel split that fits also runs fewer trials at once); nothing when it fits."""
+    """PlanError naming the first limit the plan crosses; nothing when it fits."""
     limits = available(plan) if limits is None else limits
-    for where in ("device", "host", "disk"):
+    for where in ("disk", "host", "device"):
         need = plan.total(where)
         if where in limits and need > limits[where][0]:
             have, what = limits[where]
