@@ -39,6 +39,7 @@ The figures:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import shutil
@@ -311,9 +312,18 @@ def add_live_model(plan: Plan, live: Any) -> None:
     q = "" if live.quantize == "none" else f", {live.quantize}"
     plan.add(f"live model weights: {keep} of {config.num_hidden_layers} blocks, "
              f"{live.model_dtype}{q}", "device",
-             model_bytes(config, live.model_dtype, live.quantize, keep))
+             _live_model_bytes(live.model, live.revision, live.trust_remote_code,
+                               live.model_dtype, live.quantize, keep))
     plan.add(f"live forward pass: {live.batch_size} windows x {live.ctx_len} tokens", "device",
              forward_bytes(config, live.batch_size, live.ctx_len, live.model_dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _live_model_bytes(name: str, revision: str | None, trust_remote_code: bool, dtype: str,
+                      quantize: str, keep: int) -> int:
+    # Built once per process: the search for a parallel split that fits plans the same model
+    # for every split it tries.
+    return model_bytes(model_config(name, revision, trust_remote_code), dtype, quantize, keep)
 
 
 def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = None) -> Plan:
