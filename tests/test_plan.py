@@ -417,3 +417,22 @@ def test_the_mistral7b_topk_x100_sweep_fits_eight_16gib_gpus():
     assert plan.total("device") > 13 * P.GiB  # not vacuous
     weights = 4 * (2 * d * 409600 + 409600 + d)
     assert plan.total("disk") == 2 * (4 * weights + 2 * 8 * 409600) + 2 * (weights + 8 * 409600)
+
+
+def test_a_checkpoint_holds_what_plan_counts_with_float32_moments(tmp_path):
+    """plan counts a checkpoint as the SAE's weights and buffers and Adam's two moments in the
+    parameters' float32: moments rounded to bfloat16 would not resume exactly
+    (benchmarks/resume_moments.py), so a run's checkpoint keeps them whole."""
+    from sae_lab.training.run import train
+
+    cfg = TrainConfig.from_dict({**TOPK, "max_tokens": 512, "val_every_steps": 1,
+                                 "val_batches": 1, "out_dir": str(tmp_path / "run"),
+                                 "progress_bar": False, "device": "cpu"})
+    train(cfg, logger=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    sae = [t for k, t in ckpt["state_dict"].items() if k.startswith("sae.")]
+    moments = [t for state in ckpt["optimizer_states"][0]["state"].values()
+               for k, t in state.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert len(moments) == 2 * 4 and {t.dtype for t in moments} == {torch.float32}
+    held = sum(t.numel() * t.element_size() for t in sae + moments)
+    assert held == P.sae_bytes(cfg.sae, 64).checkpoint == 3 * 4 * 66_112 + 8 * 512
