@@ -9,10 +9,15 @@
                balanced accuracy = (TPR + TNR) / 2, so always answering "all" or "none" scores 0.5
                (the detection score of Paulo et al. 2024, delphi, and SAEBench's autointerp)
 
+    batch      several latents in one explain prompt and one detect prompt, answered as JSON
+               keyed by latent; a latent whose part does not parse is asked alone
+    run        explain_all: a thread per prompt in flight, each record saved as it is done
+
 The LLM is any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp's server) reached with
-httpx, or an in-process transformers causal LM. Results go to a JSON file (by default
-SAE_DIR/explanations.json, {"<latent>": {"title", "explanation", "score", ...}}), rewritten
-atomically after every latent, so an interrupted run continues where it stopped.
+httpx, or an in-process transformers causal LM. `explain` writes a JSON file
+({"<latent>": {"title", "explanation", "score", ...}}) rewritten atomically after every latent, so
+an interrupted run continues where it stopped; reading.autointerp runs a sample at scale with a
+per-latent cache (that is `sae-lab explain`).
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ import json
 import os
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sae_lab.files import atomic_write_json
 
@@ -734,67 +738,9 @@ def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
         score = "" if r.get("score") is None else f"{r['score']:.2f}"
         lines.append(f"{i:>6}  {score:>5}  {r.get('status', ''):<6}  "
                      f"{r.get('title') or r.get('error', '')}")
-    scored = [r["score"] for r in records.values() if r.get("score") is not None]
+    scored = [r["score"] for i in latents if (r := records.get(str(i)))
+              and r.get("score") is not None]
     if scored:
         lines.append(f"mean detection score (balanced accuracy) over {len(scored)} latents: "
                      f"{sum(scored) / len(scored):.3f}")
     return "\n".join(lines)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-class Explained(NamedTuple):
-    records: dict[str, dict[str, Any]]
-    """everything in `out`, by latent"""
-    latents: list[int]
-    """the latents asked for"""
-    out: Path
-    ran: bool
-    """False when every latent asked for was already in `out`"""
-
-
-def explain_dir(sae_dir: str | os.PathLike, shards: str, make_chat: Callable[[str], Chat], *,
-                latents: str | None = None, max_latents: int = 20,
-                out: str | os.PathLike | None = None, top: int = 10, sampled: int = 5,
-                held_out: int = 10, context_left: int = 12, context_right: int = 4,
-                max_tokens: int | None = None, redo_failed: bool = False,
-                tokenizer: str | None = None, seed: int = 0, device: str = "auto",
-                say: Callable[[str], None] = _stderr) -> Explained:
-    """`sae-lab explain` as a function: explain and score the latents of the SAE in `sae_dir`
-    (`latents` like "0-19,512", else the first `max_latents`) on `shards`, with the chat that
-    `make_chat(device)` returns (called only when a latent is left to explain); results in
-    `out` (default SAE_DIR/explanations.json)."""
-    from sae_lab.data.shards import iter_blocks, read_manifest
-    from sae_lab.lm.attach import check_shards, load_sae_dir, load_tokenizer, resolve_device
-    from sae_lab.reading.contexts import TokenText, parse_latents, top_activations
-
-    device = resolve_device(device)
-    sae = load_sae_dir(sae_dir, device)
-    ids = parse_latents(latents, sae.d_sae, max_latents)
-    manifest = read_manifest(shards)
-    for w in check_shards(sae, manifest, shards):
-        say(f"warning: {w}")
-    name = (tokenizer or manifest.get("tokenizer") or sae.metadata.get("model")
-            or manifest.get("model"))
-    if not name:
-        raise ValueError("neither the SAE nor the shards name a model; pass --tokenizer")
-    out = Path(out or Path(sae_dir) / EXPLANATIONS)
-    cached = read_explanations(out)  # a broken cache is an error before the passes, not after
-    if not any(str(i) not in cached or (redo_failed and cached[str(i)].get("status") == "failed")
-               for i in ids):
-        return Explained(cached, ids, out, False)
-    chat = make_chat(device)
-    n_next = held_out // 2  # held-out contexts from just below the shown top ones
-    n_random = held_out - n_next
-    found = top_activations(sae, iter_blocks(shards), top + n_next, max_tokens=max_tokens,
-                            device=device)
-    # Extra random rows: some may be top rows, which are left out of the random ones.
-    active, inactive = sample_rows(sae, iter_blocks(shards), ids, sampled + n_random + top + n_next,
-                                   held_out, seed, max_tokens=max_tokens, device=device)
-    records = explain(sae, found, active, inactive, ids, TokenText(load_tokenizer(name)), chat,
-                      out, top, sampled, n_random, context_left, context_right, redo_failed, seed,
-                      say=say)
-    return Explained(records, ids, out, True)
-

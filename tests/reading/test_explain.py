@@ -189,9 +189,11 @@ def test_explain_cli_on_tiny_gpt2(tiny_lm, tiny_shards, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("sae-lab explain: error: latent 500 does not exist: the SAE "
                                   "has 128 latents (0..127)")
-    # A rerun with every latent cached needs no endpoint; a new latent does.
+    # A rerun with every latent cached (same model and settings) needs no endpoint; a new
+    # latent does.
     cached = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
-                  "0-2", "--url", "http://127.0.0.1:9/v1")
+                  "0-2", "--url", "http://127.0.0.1:9/v1", "--model", "rule", "--top", "5",
+                  "--sampled", "2", "--held-out", "4")
     assert cached.returncode == 0 and "all 3 latents already in" in cached.stdout
     down = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents", "3",
                 "--url", "http://127.0.0.1:9/v1", "--retries", "0")
