@@ -56,6 +56,11 @@ def rule_answer(prompt: str, drop: frozenset[int] = frozenset()) -> tuple[str, l
     return "OK", []
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # listen() backlog; http.server's 5 drops connections at 16 at once
+    daemon_threads = True
+
+
 class FakeChatServer:
     """POST /v1/chat/completions answered by `rule_answer`.
 
@@ -116,7 +121,7 @@ class FakeChatServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                                        daemon=True)  # polls for shutdown every 0.05 s
