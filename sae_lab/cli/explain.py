@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> None:
     print(format_table(done.records, done.latents))
     s = done.summary
     if s["n_asked"]:
-        print(f"saved: {done.out} (asked {s['n_asked']}, {s['n_cached']} from the cache "
-              f"{s['cache']})")
+        print(f"asked about {s['n_asked']} latents, {s['n_cached']} more from the cache "
+              f"{s['cache']}", file=sys.stderr)
+        print(f"saved: {done.out}")
     else:
         print(f"all {len(done.latents)} latents already in the cache {s['cache']} "
               "(--redo-failed retries failed ones)")

@@ -175,14 +175,17 @@ def test_explain_cli_on_tiny_gpt2(tiny_lm, tiny_shards, tmp_path):
     sae.metadata.update(model=str(tiny_lm), layer=1, hook="resid_post")
     sae.save(tmp_path / "sae")
     with ChatServer(fail_first_with_429=False, slow_request=None) as server:
+        # --batch 2: this server never answers JSON, so every latent is asked alone.
         proc = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
                     "0-2", "--url", server.url, "--model", "rule", "--top", "5", "--sampled",
-                    "2", "--held-out", "4")
+                    "2", "--held-out", "4", "--concurrency", "3", "--batch", "2")
     assert proc.returncode == 0, proc.stderr
     recs = json.loads((tmp_path / "sae" / "explanations.json").read_text())
     assert set(recs) == {"0", "1", "2"}
     assert all(r["status"] in ("ok", "dead") for r in recs.values())
     assert "saved:" in proc.stdout and "latent" in proc.stdout
+    assert "asked about 3 latents, 0 more from the cache" in proc.stderr
+    assert len(list((tmp_path / "sae" / "autointerp").glob("*/[0-9].json"))) == 3
     # Bad input: one line each, exit 2.
     bad = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
                "500")
