@@ -113,7 +113,7 @@ def autointerp(sae: SAE, blocks: Callable[[], Iterable[dict[str, Any]]], text: T
     "latents", "scores" {latent: score or None}, "records" {latent: record}, "model",
     "cache" (the directory, or None)}.
     """
-    from sae_lab.reading.contexts import TokenText, parse_latents, top_activations
+    from sae_lab.reading.contexts import TokenText, check_latent, top_activations
 
     if isinstance(chat, str):
         chat = HTTPChat(chat, model)
@@ -124,7 +124,9 @@ def autointerp(sae: SAE, blocks: Callable[[], Iterable[dict[str, Any]]], text: T
     if latents is None:
         chosen = choose_latents(found.fires.cpu(), sample, seed)
     else:
-        chosen = parse_latents(",".join(map(str, latents)), sae.d_sae, len(latents))
+        chosen = list(dict.fromkeys(int(i) for i in latents))
+        for i in chosen:
+            check_latent(i, sae.d_sae)
     where: Path | None = None
     records: dict[int, dict[str, Any]] = {}
     if cache_dir is not None:

@@ -539,7 +539,9 @@ def _ask_json(chat: Chat, prompt: str) -> dict[str, Any]:
         obj = json.loads(answer[start : end + 1]) if 0 <= start < end else None
     except json.JSONDecodeError:
         obj = None
-    return obj if isinstance(obj, dict) else {}
+    if not isinstance(obj, dict):
+        return {}
+    return {re.sub(r"\D", "", str(k)): v for k, v in obj.items()}  # "Feature 12" -> "12"
 
 
 def _batch_explanation(got: Any) -> tuple[str, str] | None:

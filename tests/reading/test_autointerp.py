@@ -113,3 +113,30 @@ def test_the_sample_is_seeded_live_and_extends():
     assert res["latents"] == choose_latents(torch.ones(12), 3, seed=0)
     assert res["n_latents"] == res["n_scored"] == 3
     assert json.loads(json.dumps(res))  # the summary is JSON as it is
+
+
+def test_a_batched_answer_in_fences_or_garbled_is_read_or_asked_again_alone():
+    """Keys like "Feature 0" inside ```json fences are read; a detection answer that is not JSON
+    sends each latent's detection alone, in the one-latent format."""
+    from helpers.chat_server import rule_answer
+
+    from sae_lab.reading.explain import Evidence, explain_group
+
+    asked = []
+
+    def chat(messages):
+        prompt = messages[-1]["content"]
+        asked.append("JSON object" in prompt)
+        answer, _ = rule_answer(prompt)
+        if "JSON object" in prompt and "is explained as" not in prompt:
+            obj = {f"Feature {k}": v for k, v in json.loads(answer).items()}
+            return f"Sure!\n```json\n{json.dumps(obj)}\n```"
+        return "I cannot answer in JSON." if "JSON object" in prompt else answer
+
+    def ev(w):
+        return Evidence([f"<<{w}>>"] * 3, [w] * 4, ["w99"] * 4)
+
+    recs = explain_group(chat, [(0, ev("w00")), (1, ev("w01"))], seed=0)
+    assert asked == [True, True, False, False]  # explain together, detect together, then alone
+    assert [r["title"] for r in recs.values()] == ["the word w00", "the word w01"]
+    assert all(r["status"] == "ok" and r["score"] is not None for r in recs.values())
