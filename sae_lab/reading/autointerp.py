@@ -95,7 +95,7 @@ def autointerp(sae: SAE, blocks: Callable[[], Iterable[dict[str, Any]]], text: T
                top: int = 10, sampled: int = 5, held_out: int = 10, context_left: int = 12,
                context_right: int = 4, max_tokens: int | None = None,
                redo_failed: bool = False, device: str = "cpu",
-               say: Callable[[str], None] = lambda s: None,
+               probe: bool = True, say: Callable[[str], None] = lambda s: None,
                on_record: Callable[[int, dict[str, Any]], None] | None = None
                ) -> dict[str, Any]:
     """Explain and score a seeded random sample of `sample` latents that fire on the data (or
@@ -105,25 +105,37 @@ def autointerp(sae: SAE, blocks: Callable[[], Iterable[dict[str, Any]]], text: T
     and is called twice (top contexts, then random ones). `text` is a TokenText or a tokenizer.
     `chat` is a Chat or the base URL of an OpenAI-compatible API (then `model` names the model).
     With `cache_dir`, each latent's record is kept there (see the module doc); `data_id` names
-    the data in the cache key (e.g. a hash of the shards' manifest). `on_record(latent, record)`
-    sees each record as it is asked. Raises EndpointError (after keeping what was done) when
-    the endpoint fails, NothingExplained when every latent asked failed.
+    the data in the cache key (e.g. a hash of the shards' manifest). With `probe`, one short
+    request checks the endpoint before the passes over the data, when a latent is to be asked.
+    `on_record(latent, record)` sees each record as it is asked. Raises EndpointError (after
+    keeping what was done) when the endpoint fails, NothingExplained when every latent asked
+    failed.
 
     Returns {"mean", "n_latents", "n_scored", "n_failed", "n_dead", "n_asked", "n_cached",
     "latents", "scores" {latent: score or None}, "records" {latent: record}, "model",
     "cache" (the directory, or None)}.
     """
-    from sae_lab.reading.contexts import TokenText, check_latent, top_activations
+    from sae_lab.reading.contexts import (
+        TokenText,
+        TopActivations,
+        check_latent,
+        top_activations,
+    )
 
     if isinstance(chat, str):
         chat = HTTPChat(chat, model)
     text = text if isinstance(text, TokenText) else TokenText(text)
     n_next = held_out // 2  # held-out contexts from just below the shown top ones
     n_random = held_out - n_next
-    found = top_activations(sae, blocks(), top + n_next, max_tokens=max_tokens, device=device)
+
+    def top_pass() -> TopActivations:
+        return top_activations(sae, blocks(), top + n_next, max_tokens=max_tokens, device=device)
+
+    found = None
     if latents is None:
+        found = top_pass()
         chosen = choose_latents(found.fires.cpu(), sample, seed)
-    else:
+    else:  # no pass over the data when all of them are cached
         chosen = list(dict.fromkeys(int(i) for i in latents))
         for i in chosen:
             check_latent(i, sae.d_sae)
@@ -147,10 +159,19 @@ def autointerp(sae: SAE, blocks: Callable[[], Iterable[dict[str, Any]]], text: T
     n_cached = len(chosen) - len(pending)
     new: dict[int, dict[str, Any]] = {}
     if pending:
-        # Rows for every chosen latent, not only the pending ones: a latent's random contexts
-        # depend on the set drawn together, so a resumed run shows what a whole run would.
-        active, inactive = sample_rows(sae, blocks(), chosen, sampled + n_random + top + n_next,
-                                       held_out, seed, max_tokens=max_tokens, device=device)
+        try:
+            if probe:  # an endpoint that is down fails here, before the passes over the data
+                chat([{"role": "user", "content": "Reply with OK."}])
+            if found is None:
+                found = top_pass()
+            # Rows for every chosen latent, not only the pending ones: a latent's random
+            # contexts depend on the set drawn together, so a resumed run shows what a whole
+            # run would.
+            active, inactive = sample_rows(sae, blocks(), chosen,
+                                           sampled + n_random + top + n_next, held_out, seed,
+                                           max_tokens=max_tokens, device=device)
+        except EndpointError as e:
+            raise EndpointError(f"{e}; {n_cached} of {len(chosen)} latents done") from None
         pos = {latent: i for i, latent in enumerate(chosen)}
         evidence = {latent: gather_evidence(found, pos[latent], latent, active, inactive, text,
                                             top, sampled, n_random, context_left, context_right)

@@ -24,8 +24,9 @@ LATENTS = [0, 1, 2, 3, 5, 7, 8, 10]
 
 def run(server_url: str, **kw):
     chat = HTTPChat(server_url, "rule", timeout=10.0, retries=0)
-    args = {"latents": LATENTS, "top": 8, "sampled": 4, "held_out": 10, "concurrency": 1} | kw
-    return autointerp(token_sae(), one_hot_blocks, Words(), chat, **args)
+    args = {"latents": LATENTS, "top": 8, "sampled": 4, "held_out": 10, "concurrency": 1,
+            "probe": False} | kw
+    return autointerp(token_sae(), args.pop("blocks", one_hot_blocks), Words(), chat, **args)
 
 
 def test_requests_are_in_flight_together_up_to_the_concurrency():
@@ -59,8 +60,10 @@ def test_the_cache_makes_a_rerun_send_nothing(tmp_path):
     with FakeChatServer() as server:
         first = run(server.url, cache_dir=tmp_path, concurrency=3)
         n = server.requests
-        again = run(server.url, cache_dir=tmp_path, concurrency=3)
-        assert server.requests == n  # not one request
+        passes = []
+        again = run(server.url, cache_dir=tmp_path, concurrency=3,
+                    blocks=lambda: passes.append(1) or one_hot_blocks())
+        assert server.requests == n and passes == []  # not one request, nor a pass over data
         other = run(server.url, cache_dir=tmp_path, top=6)  # another setting: another key
         assert server.requests == 2 * n
     assert again["scores"] == first["scores"] and again["n_cached"] == len(LATENTS)
@@ -93,10 +96,14 @@ def test_an_endpoint_down_is_one_line_and_nothing_is_kept(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(EndpointError) as e:
-        run(f"http://127.0.0.1:{port}/v1", cache_dir=tmp_path, concurrency=4)
-    msg = str(e.value)
-    assert "\n" not in msg and "unreachable" in msg and "0 of 8 latents done" in msg
+    for probe in (False, True):  # found by the latents' requests, or before the passes
+        passes = []
+        with pytest.raises(EndpointError) as e:
+            run(f"http://127.0.0.1:{port}/v1", cache_dir=tmp_path, concurrency=4, probe=probe,
+                blocks=lambda passes=passes: passes.append(1) or one_hot_blocks())
+        msg = str(e.value)
+        assert "\n" not in msg and "unreachable" in msg and "0 of 8 latents done" in msg
+        assert len(passes) == (0 if probe else 2)
     assert [p.name for p in next(tmp_path.iterdir()).iterdir()] == ["settings.json"]
 
 
