@@ -53,8 +53,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sae_lab.bench.run import BENCH_JSON, BENCH_MD, BENCH_PNG, BenchConfig, BenchSAE, \
-        markdown, run_bench
+    from sae_lab.bench.run import (
+        BENCH_JSON,
+        BENCH_MD,
+        BENCH_PNG,
+        BenchConfig,
+        BenchSAE,
+        markdown,
+        run_bench,
+    )
     from sae_lab.share.hub import resolve_sae_dir
     from sae_lab.share.sources import sources
 
