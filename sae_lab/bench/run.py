@@ -49,6 +49,9 @@ class BenchConfig:
     """Tasks to run on every SAE, in order."""
     shards: str | None = None
     """Activation shards (held-out rows, with token ids) for core, absorption and autointerp."""
+    last_shards: Annotated[int, Field(ge=1)] | None = None
+    """Read the manifest's last N shards only: what training held out with
+    data.val_shards=N (default: every shard)."""
     max_tokens: Annotated[int, Field(ge=1)] = 20_000
     """Shard rows read (the first ones): core's whole set and absorption's word tokens."""
     dataset: str | None = None
@@ -143,9 +146,14 @@ class Bench:
 
         from sae_lab.data.shards import iter_blocks
 
-        self.manifest()
+        names = [e["name"] for e in self.manifest()["shards"]]
+        if self.cfg.last_shards:
+            if self.cfg.last_shards > len(names):
+                raise ValueError(f"last_shards={self.cfg.last_shards}: shards {self.cfg.shards} "
+                                 f"hold only {len(names)} shard(s)")
+            names = names[-self.cfg.last_shards:]
         acts, ids, n = [], [], 0
-        for block in iter_blocks(self.cfg.shards):
+        for block in iter_blocks(self.cfg.shards, names):
             take = self.cfg.max_tokens - n
             acts.append(block["acts"][:take].float())
             ids.append(block["token_ids"][:take])
@@ -322,14 +330,16 @@ def _stderr(msg: str) -> None:
 
 
 def run_bench(saes: list[BenchSAE], cfg: BenchConfig, out: str | Path,
-              say: Callable[[str], None] = _stderr) -> BenchResult:
-    """Every task of `cfg` on every SAE; writes OUT/bench.json, bench.md, bench.png."""
+              say: Callable[[str], None] = _stderr, earlier: Sequence[Row] = ()
+              ) -> BenchResult:
+    """Every task of `cfg` on every SAE; writes OUT/bench.json, bench.md, bench.png (and
+    density.png), with the `earlier` rows (of an earlier run, kept as they are) first."""
     from sae_lab.lm.attach import load_sae_dir
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(cfg, out)
-    rows, notes = [], []
+    rows, notes = list(earlier), []
 
     def note(line: str) -> None:
         if line not in notes:

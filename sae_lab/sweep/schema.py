@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
+from sae_lab.bench.run import BenchConfig
 from sae_lab.config import (
     ConfigError,
     TypeName,
@@ -198,6 +199,17 @@ def _pack_size(v: Any) -> Any:
 
 
 @config
+class SweepBench(BenchConfig):
+    """`sae-lab bench` at the end of the sweep (sae_lab.sweep.bench): its tasks on the SAEs `on`
+    names, their metrics added to results.csv as bench_<metric> columns. `shards` defaults to
+    the sweep's data.shards, `last_shards` to its data.val_shards (the held-out shards)."""
+
+    on: Literal["frontier", "best", "all"] = "frontier"
+    """frontier: the Pareto-frontier trials (best/frontier_*); best: the best trial of each
+    architecture (best/<architecture>); all: every measured trial."""
+
+
+@config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
 
@@ -241,6 +253,10 @@ class SweepConfig:
     seed) in one Tune trial, from one reader and one batch at a time (sae_lab.sweep.packs);
     auto: one pack per trial slot (GPU, or resources.cpus cores), split further when the members
     would not fit in memory. 1: a trial per SAE."""
+
+    evaluate: SweepBench | None = None
+    """Bench tasks run at the end of the sweep (and, on --resume, on the SAEs not yet
+    benched), e.g. {tasks: [core, sparse_probing, absorption], on: frontier}."""
 
     def __post_init__(self) -> None:
         require(self.pack == 1 or self.search != "optuna", "pack", self.pack,
