@@ -7,18 +7,22 @@
                 only the trials missing run
       outputs   OUT/bench/ (bench.json, bench.md, bench.png, density.png, as `sae-lab bench`
                 writes them) and results.csv again, with a bench_<metric> column per metric
+      select    with the sweep's `select: {metric, mode, within_fvu}`, best/<architecture> is
+                then rebuilt: among the architecture's trials whose FVU is within `within_fvu`
+                of its best, the one best by `metric` (a results.csv or a bench metric)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from sae_lab.bench.run import BENCH_JSON, BenchConfig, BenchResult, BenchSAE, Row, run_bench
 from sae_lab.config import to_dict
-from sae_lab.sweep.report import NA, SweepResult, best_picks, write_csv
+from sae_lab.sweep.report import NA, SweepResult, TrialRecord, best_picks, export_best, write_csv
 from sae_lab.sweep.schema import SweepConfig
 
 BENCH_DIR = "bench"
@@ -85,4 +89,33 @@ def bench_sweep(result: SweepResult, sweep: SweepConfig, say: Any = print
     rows = [{**row, **{PREFIX + c: by_trial.get(row["trial"], {}).get(c, NA) for c in columns}}
             for row in result.rows()]
     write_csv(rows, result.out / "results.csv")
+    if sweep.select is not None:
+        picks = best_picks(result, sweep.architectures)
+        picks.update(select_best(result, sweep, by_trial))
+        export_best(result, sweep, result.out / "best", picks)
     return found
+
+
+def select_best(result: SweepResult, sweep: SweepConfig,
+                bench: dict[str, dict[str, float]]) -> dict[str, TrialRecord]:
+    """{architecture: trial} chosen as the sweep's `select` says; an architecture none of
+    whose candidates has the metric keeps its best by the sweep's metric."""
+    sel = sweep.select
+    assert sel is not None
+    sign = 1 if sel.mode == "min" else -1
+    picks = {}
+    for arch in sweep.architectures:
+        trials = [t for t in result.measured if t.architecture == arch and t.checkpoint]
+        if not trials:
+            continue
+        best_fvu = min(t.metrics["fvu"] for t in trials)
+
+        def value(t: TrialRecord) -> float | None:
+            v = t.metrics.get(sel.metric, bench.get(t.trial, {}).get(sel.metric))
+            return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+        cands = [t for t in trials if t.metrics["fvu"] <= best_fvu + sel.within_fvu
+                 and value(t) is not None]
+        if cands:
+            picks[arch] = min(cands, key=lambda t: sign * value(t))  # type: ignore[operator]
+    return picks

@@ -210,6 +210,20 @@ class SweepBench(BenchConfig):
 
 
 @config
+class SelectConfig:
+    """How best/<architecture> is chosen when not by the sweep's metric alone."""
+
+    metric: str
+    """A results.csv metric (fvu, l0, dead_frac, ...) or a bench metric (absorption_full,
+    probe_sae_top1, ce_score, ...; those need evaluate.on: all)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) is better."""
+    within_fvu: Annotated[float, Field(ge=0)] = 0.02
+    """Candidates: the architecture's measured trials whose FVU is at most its best FVU plus
+    this."""
+
+
+@config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
 
@@ -258,6 +272,10 @@ class SweepConfig:
     """Bench tasks run at the end of the sweep (and, on --resume, on the SAEs not yet
     benched), e.g. {tasks: [core, sparse_probing, absorption], on: frontier}."""
 
+    select: SelectConfig | None = None
+    """Choose best/<architecture> by another metric among the trials close to the best FVU,
+    e.g. {metric: absorption_full, mode: min, within_fvu: 0.02}."""
+
     def __post_init__(self) -> None:
         require(self.pack == 1 or self.search != "optuna", "pack", self.pack,
                 "1 with search: optuna (packs are drawn up front: use random or grid)")
@@ -267,6 +285,11 @@ class SweepConfig:
             require(self.objective.l0_weight > 0, "objective.l0_weight",
                     self.objective.l0_weight,
                     "> 0 (0 ranks on raw FVU, which favours the densest SAE)")
+        if self.select is not None and self.select.metric not in SWEEP_METRICS:
+            require(self.evaluate is not None and self.evaluate.on == "all", "evaluate.on",
+                    None if self.evaluate is None else self.evaluate.on,
+                    f"all with select.metric: {self.select.metric} (a bench metric of every "
+                    "trial)")
         self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
 

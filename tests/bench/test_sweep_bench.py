@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from helpers.tiny import CTX, HOOK, LAYER, make_sae
 
-from sae_lab.config import parse
+from sae_lab.config import ConfigError, parse
 from sae_lab.sweep.bench import bench_sweep
 from sae_lab.sweep.report import SweepResult, TrialRecord, export_best, write_csv
 from sae_lab.sweep.schema import SweepConfig
@@ -29,12 +30,13 @@ def sweep_output(tmp_path, tiny_lm):
     return SweepResult(trials, out=out)
 
 
-def sweep_config(shards, on):
+def sweep_config(shards, on, **more):
     return parse(SweepConfig, {
         "architectures": ["topk", "relu"],
         "base": {"data": {"shards": str(shards), "val_shards": 1}},
         "space": {"all": {"lr": {"grid": [1e-3, 2e-3]}}},
         "evaluate": {"tasks": ["core"], "on": on, "n_seqs": 2, "max_tokens": 500},
+        **more,
     }, "sweep")
 
 
@@ -65,9 +67,24 @@ def test_sweep_evaluate_scores_the_frontier_then_only_what_is_missing(tmp_path, 
     assert said[0] == f"bench: 0 SAE(s) to score (2 already in {out}/bench/bench.json)"
     assert [r.metrics for r in again.rows] == [r.metrics for r in found.rows]
     said.clear()
-    everything = sweep_config(tiny_shards, "all")  # the same bench settings: rows carry over
+    # the same bench settings: rows carry over; best/topk is now the topk trial of highest
+    # bench cos among those within 0.25 FVU of the best (both)
+    everything = sweep_config(tiny_shards, "all", select={"metric": "cos", "mode": "max",
+                                                          "within_fvu": 0.25})
     found = bench_sweep(result, everything, say=said.append)
     assert said[0] == f"bench: 1 SAE(s) to score (2 already in {out}/bench/bench.json)"
     assert [r.label for r in found.rows] == ["topk_1", "topk_0", "relu_2"]
     with open(out / "results.csv") as f:
         assert all(r["bench_fvu"] != "n/a" for r in csv.DictReader(f))
+    cos = {r.label: r.metrics["cos"] for r in found.rows}
+    chosen = max(["topk_0", "topk_1"], key=cos.get)
+    assert chosen == "topk_0" and result.best("topk").trial == "topk_1"  # select changed it
+    summary = json.loads((out / "best" / "summary.json").read_text())
+    assert summary["topk"]["trial"] == chosen and summary["relu"]["trial"] == "relu_2"
+    assert summary["frontier_0"]["trial"] == "topk_1"
+
+
+def test_select_by_a_bench_metric_needs_every_trial_benched(tiny_shards):
+    with pytest.raises(ConfigError, match="sweep.evaluate.on='frontier': must be all with "
+                       "select.metric: absorption_full"):
+        sweep_config(tiny_shards, "frontier", select={"metric": "absorption_full"})
