@@ -4,8 +4,9 @@ SAEBench (Karvonen et al. 2025) scores it.
     tokens     shard rows whose token starts a word and is alphabetic, at most `per_token` rows
                of each token id (so that "the" does not stand for all of t); the label is the
                token's first letter
-    probe      multinomial logistic regression on the raw activations (even rows train, odd rows
-               test); letter X's direction p is its weight row, unit-normed. Letters with fewer
+    probe      multinomial logistic regression on the standardised activations (even rows train,
+               odd rows test); letter X's direction p is its weight row mapped back to raw
+               activations (divided by each dimension's spread), unit-normed. Letters with fewer
                than `min_tokens` test rows or a test F1 below `min_probe_f1` are left out.
     main       letter X's main (split) latents: latents ranked by mean on X minus mean on the
                rest (train rows); a logistic probe on the first k, k = 1, 2, ... max_k; k grows
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class AbsorptionParams:
-    per_token: int = 4
+    per_token: int = 8
     min_tokens: int = 10
     min_probe_f1: float = 0.6
     max_k: int = 10
@@ -111,14 +112,16 @@ def fit_letter_probe(x: np.ndarray, labels: np.ndarray, params: AbsorptionParams
 
     idx = np.arange(len(labels))
     train, test = idx[0::2], idx[1::2]
-    scale = float(np.linalg.norm(x[train], axis=1).mean()) or 1.0
+    mu = x[train].mean(0)
+    sd = x[train].std(0)
+    sd = np.maximum(sd, 1e-6 * (sd.mean() or 1.0))
     present = sorted(set(labels[train]) & set(labels[test]))
     if len(present) < 2:
         raise ValueError(f"{len(labels)} word tokens hold fewer than 2 first letters; give "
                          "more rows (--max-tokens)")
     clf = LogisticRegression(max_iter=2000, random_state=seed)
-    clf.fit(x[train] / scale, labels[train])
-    pred = clf.predict(x[test] / scale)
+    clf.fit((x[train] - mu) / sd, labels[train])
+    pred = clf.predict((x[test] - mu) / sd)
     classes = list(clf.classes_)
     kept, dirs, tps, f1s = [], [], {}, {}
     for c in classes:
@@ -128,6 +131,7 @@ def fit_letter_probe(x: np.ndarray, labels: np.ndarray, params: AbsorptionParams
             continue
         w = clf.coef_[classes.index(c)] if len(classes) > 2 else \
             clf.coef_[0] * (1 if c == classes[1] else -1)
+        w = w / sd  # the same decision function on raw activations: w.x + const
         kept.append(c)
         dirs.append(w / np.linalg.norm(w))
         tps[c] = test[(labels[test] == c) & (pred == c)]

@@ -138,6 +138,6 @@ def probe_accuracies(x: np.ndarray, tasks: list[Task], prefix: str, ks: tuple[in
 
 def mean_over_sets(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
     """Each metric's mean over the sets that have it, named probe_<metric>."""
-    keys = sorted({k for m in per_set.values() for k in m})
+    keys = list(dict.fromkeys(k for m in per_set.values() for k in m))
     return {f"probe_{k}": float(np.mean([m[k] for m in per_set.values() if k in m]))
             for k in keys}

@@ -116,3 +116,45 @@ def test_bench_bad_task_is_a_usage_error(tmp_path, capsys):
     code, _, err = run_cli(["bench", str(tmp_path), "--out", str(tmp_path / "o"), "--tasks",
                             "core,absorb"], capsys)
     assert code == 2 and "unknown task(s) absorb; choose from core, sparse_probing" in err
+
+
+def test_autointerp_scores_a_sample_through_an_endpoint_and_caches_it(gpt2_saes, tiny_shards,
+                                                                      tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sae_lab.bench.autointerp import detection_score
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # one answer that both the explain and the detect prompts accept
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            asked.append(1)
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content":
+                              "TITLE: t\nEXPLANATION: e\nANSWER: [1]"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/v1"
+        _, relu = gpt2_saes
+        out = tmp_path / "autointerp.json"
+        metrics, details = detection_score(str(relu), str(tiny_shards), url, "m", 3, 128, out)
+        assert details["scored"] == 3 and len(details["latents"]) == 3
+        assert 0 <= metrics["autointerp"] <= 1 and out.is_file()
+        n = len(asked)
+        assert n >= 6  # an explanation and a detection per latent
+        again, _ = detection_score(str(relu), str(tiny_shards), url, "m", 3, 128, out)
+        assert again == metrics and len(asked) == n  # cached: nothing asked again
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
