@@ -125,7 +125,8 @@ class Bench:
         self.densities: dict[str, Tensor] = {}
         self._cache: dict[Any, Any] = {}
 
-    def _once(self, key: Any, make: Callable[[], Any]) -> Any:
+    def once(self, key: Any, make: Callable[[], Any]) -> Any:
+        """make(), computed the first time `key` is asked for."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
@@ -135,11 +136,11 @@ class Bench:
 
         if not self.cfg.shards:
             raise ValueError("needs activation shards (--shards)")
-        return self._once("manifest", lambda: read_manifest(self.cfg.shards))
+        return self.once("manifest", lambda: read_manifest(self.cfg.shards))
 
     def rows(self) -> tuple[Tensor, np.ndarray]:
         """(acts [N, d_in], token ids [N]) of the first max_tokens shard rows."""
-        return self._once("rows", self._read_rows)
+        return self.once("rows", self._read_rows)
 
     def _read_rows(self) -> tuple[Tensor, np.ndarray]:
         import torch
@@ -162,12 +163,17 @@ class Bench:
                 break
         if not n:
             raise ValueError(f"shards {self.cfg.shards}: no rows")
-        return torch.cat(acts), torch.cat(ids).numpy()
+        x = torch.cat(acts)
+        bad = int((~torch.isfinite(x).all(dim=1)).sum())
+        if bad:
+            raise ValueError(f"shards {self.cfg.shards}: {bad} of the {n} rows read hold NaN or "
+                             "Inf")
+        return x, torch.cat(ids).numpy()
 
     def lm(self, name: str) -> tuple[nn.Module, Any]:
         from sae_lab.lm.load import load_lm
 
-        return self._once(("lm", name), lambda: load_lm(name, self.device))
+        return self.once(("lm", name), lambda: load_lm(name, self.device))
 
     def tokenizer(self, sae: SAE) -> Any:
         from sae_lab.lm.load import load_tokenizer
@@ -176,7 +182,7 @@ class Bench:
         name = m.get("tokenizer") or m.get("model") or sae.metadata.get("model")
         if not name:
             raise ValueError("neither the shards nor the SAE name a tokenizer")
-        return self._once(("tok", name), lambda: load_tokenizer(name))
+        return self.once(("tok", name), lambda: load_tokenizer(name))
 
 
 def _check_shards(bench: Bench, sae: SAE) -> list[str]:
@@ -224,7 +230,7 @@ def _loss(bench: Bench, sae: SAE, details: dict[str, Any]) -> dict[str, float]:
         raise ValueError("the shards name no dataset; pass --dataset")
     layer, hook = hook_point(sae)
     ctx_len = bench.cfg.ctx_len or sae.metadata.get("ctx_len") or 128
-    seqs = bench._once(("seqs", name, dataset, ctx_len), lambda: dataset_batches(
+    seqs = bench.once(("seqs", name, dataset, ctx_len), lambda: dataset_batches(
         dataset, tokenizer, ctx_len, bench.cfg.n_seqs, 8, split=split))
     details["ce_dataset"] = dataset
     return downstream(sae, model, seqs, layer, hook)
@@ -264,7 +270,7 @@ def _probe_set(bench: Bench, spec: str, model: str, layer: int, hook: str
     cfg = bench.cfg
 
     def make() -> tuple[list[Tensor], list[Task], dict[str, float]]:
-        ts = bench._once(("set", spec), lambda: load_text_set(spec, cfg.probe_texts, cfg.seed))
+        ts = bench.once(("set", spec), lambda: load_text_set(spec, cfg.probe_texts, cfg.seed))
         lm, tokenizer = bench.lm(model)
         acts = token_activations(lm, tokenizer, ts.texts, layer, hook)
         tasks = binary_tasks(ts.labels, seed=cfg.seed)
@@ -272,7 +278,7 @@ def _probe_set(bench: Bench, spec: str, model: str, layer: int, hook: str
                                seed=cfg.seed)
         return acts, tasks, llm
 
-    return bench._once(("probe", spec, model, layer, hook), make)
+    return bench.once(("probe", spec, model, layer, hook), make)
 
 
 def task_absorption(bench: Bench, sae: SAE, entry: BenchSAE) -> TaskOut:
@@ -294,7 +300,7 @@ def task_absorption(bench: Bench, sae: SAE, entry: BenchSAE) -> TaskOut:
         x = acts[keep]
         return x, fit_letter_probe(x.numpy(), letters[keep], params, bench.cfg.seed)
 
-    x, probe = bench._once("letter_probe", make)
+    x, probe = bench.once("letter_probe", make)
     metrics, per_letter = absorption(sae, x, probe, params, bench.cfg.seed)
     return TaskOut(metrics, {"letters": per_letter, "word_tokens": len(x)}, notes)
 
