@@ -35,6 +35,7 @@ from ray.tune import Callback
 from sae_lab.files import atomic_write_json, atomic_write_text, disk_full_error, is_disk_full
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep import progress as trial_progress
+from sae_lab.sweep.bench import bench_sweep
 from sae_lab.sweep.outdir import (
     check_out_dir,
     check_state,
@@ -326,6 +327,7 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
     if resume and (out / "results.csv").is_file():
         done = load_result(out, sweep)
         if done.trials and all(t.status in FINISHED for t in done.trials):
+            bench_sweep(done, sweep)
             return done, "reused"
     if resume:
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
@@ -336,6 +338,7 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
             result = run_sweep(sweep, out, resume=resume, verbose=0, trust_state=trust_state)
     else:
         result = run_sweep(sweep, out, resume=resume, verbose=verbose, trust_state=trust_state)
+    bench_sweep(result, sweep)
     return result, "resumed" if resume else "ran"
 
 
