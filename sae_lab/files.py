@@ -339,3 +339,17 @@ def _alive(pid: int) -> bool:
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """(where, value) for each non-blank line of a JSON-lines file, `where` being "path:line";
+    a line that is not JSON is a one-line ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import ast
-import json
 import random
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from sae_lab.files import jsonl_rows
 
 TOPIC_PACKAGES = ("asyncio", "email", "logging", "xml")
 MAX_CHARS = 400
@@ -106,15 +107,8 @@ BUILTIN: dict[str, Callable[[int, int], TextSet]] = {
 
 def read_jsonl(path: Path) -> TextSet:
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            _add(row, f"{path}:{n}", texts, labels)
+    for where, row in jsonl_rows(path):
+        _add(row, where, texts, labels)
     return TextSet(path.stem, texts, labels)
 
 

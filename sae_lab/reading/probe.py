@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from sae_lab.files import atomic_file, atomic_write_json
+from sae_lab.files import atomic_file, atomic_write_json, jsonl_rows
 
 if TYPE_CHECKING:  # torch is imported by the functions that run it: `--help` stays fast
     import torch
@@ -48,20 +48,13 @@ def read_labelled(path: str | os.PathLike, positive: str | None = None) -> Label
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     texts, raw = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) \
-                    or "label" not in row or isinstance(row["label"], (dict, list)):
-                raise ValueError(f"{path}:{n}: expected an object with a string \"text\" and a "
-                                 "scalar \"label\"")
-            texts.append(row["text"])
-            raw.append(row["label"])
+    for where, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) \
+                or "label" not in row or isinstance(row["label"], (dict, list)):
+            raise ValueError(f"{where}: expected an object with a string \"text\" and a scalar "
+                             "\"label\"")
+        texts.append(row["text"])
+        raw.append(row["label"])
     values = sorted({json.dumps(v) for v in raw})
     if len(values) != 2:
         raise ValueError(f"{path}: probes need exactly 2 distinct labels, found {len(values)}: "
