@@ -87,7 +87,7 @@ class _AllReduceSum(torch.autograd.Function):
 class LatentShard:
     """What an SAE holding one latent shard asks of the others (`SAE.shard`)."""
 
-    def __init__(self, mesh: Mesh, total: int) -> None:
+    def __init__(self, mesh: Mesh, total: int, device: torch.device) -> None:
         if total % mesh.latents:
             raise ConfigError(f"parallel.latents={mesh.latents} must divide the SAE's {total} "
                               "latents")
@@ -95,6 +95,8 @@ class LatentShard:
         self.total = total
         self.n_local = total // mesh.latents
         self.offset = mesh.latent_rank * self.n_local
+        self.device = device
+        """Where this shard's collectives of counts run (NCCL reduces CUDA tensors only)."""
 
     @property
     def data_size(self) -> int:
@@ -109,7 +111,7 @@ class LatentShard:
         """n summed over the latent group."""
         if self.mesh.latents == 1:
             return n
-        t = torch.tensor([n], dtype=torch.long)
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
         dist.all_reduce(t, group=self.mesh.latent_group)
         return int(t)
 
@@ -167,7 +169,7 @@ class LatentShard:
 @torch.no_grad()
 def shard_sae(sae: SAE, mesh: Mesh) -> SAE:
     """Keep only this rank's latents of a whole SAE (in place; every rank passes the same SAE)."""
-    shard = LatentShard(mesh, sae.d_sae)
+    shard = LatentShard(mesh, sae.d_sae, sae.b_dec.device)
     for name, t in list(sae.state_dict(keep_vars=True).items()):
         dim = latent_dim(name, t)
         if dim is not None:
@@ -225,8 +227,8 @@ def grad_norm(sae: SAE) -> Tensor:
     """The 2-norm of all gradients of the whole SAE (sharded ones summed over the latent
     group), as `torch.nn.utils.clip_grad_norm_` computes it in one process."""
     grads = {n: p.grad for n, p in sae.named_parameters() if p.grad is not None}
-    sq = torch.zeros((), dtype=torch.float64)
-    split = torch.zeros((), dtype=torch.float64)
+    sq = torch.zeros((), dtype=torch.float64, device=sae.b_dec.device)
+    split = torch.zeros_like(sq)
     for name, g in grads.items():
         if latent_dim(name, g) is None:
             sq += g.double().pow(2).sum()

@@ -116,6 +116,40 @@ def twenty_steps_float32(arch: str, meshes: dict[str, Mesh]) -> dict[str, dict[s
     return out
 
 
+LAUNCHED = {
+    "sae": {"architecture": "batchtopk", "k": 4, "expansion_factor": 4},
+    "data": {"synthetic": {"d": 16, "n_features": 32, "active": 3, "n_tokens": 2048}},
+    "batch_size": 64, "max_tokens": 64 * 10, "lr": 3e-3, "log_every_steps": 100,
+    "parallel": {"latents": 2},
+}
+
+
+def launched_run(out_dir: str, mesh: Mesh) -> dict[str, float]:
+    """What `sae-lab train` with parallel.latents 2 runs in each process (launch.run_rank),
+    against the same steps in one process: the saved SAE and its metrics."""
+    from sae_lab.sae import load
+    from sae_lab.training.launch import run_rank
+    from sae_lab.training.run import build_module, first_batch, make_datamodule
+
+    cfg = TrainConfig.from_dict({**LAUNCHED, "out_dir": str(Path(out_dir, "run"))})
+    run_rank(cfg, mesh)
+    dm = make_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.initialise(first_batch(dm))
+    sae = module.sae
+    batches = [sae.normalize_input(module._scaled(b)) for b, _ in
+               zip(dm.train_dataloader(), range(cfg.max_steps), strict=False)]
+    module.sae = train(sae, batches, cfg)
+    want = module.export_sae().state_dict()
+    got = load(Path(cfg.out_dir, "final"))
+    out = {f"weights {name}": diff(t, got.state_dict()[name]) for name, t in want.items()
+           if name != "tokens_since_fired"}
+    out["d_sae"] = float(got.d_sae != 64)
+    metrics = json.loads(Path(cfg.out_dir, "metrics.json").read_text())
+    out["fvu finite"] = float(not 0 < metrics["fvu"] < 1)
+    return out
+
+
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -128,5 +162,6 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
             results[f"latents {arch}/{decoder} float64"] = one_step_float64(
                 arch, decoder, meshes["latents"])
         results.update(twenty_steps_float32(arch, meshes))
+    results["launched float32"] = launched_run(out_dir, meshes["latents"])
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
