@@ -106,7 +106,8 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
         self.shard: Any = None
-        """The `sharded.Mesh` this SAE is a shard of; None for a whole SAE in one process."""
+        """The `sharded.LatentShard` this SAE is; None for a whole SAE in one process."""
+        self._n_dead = 0  # dead latents of all shards at the last `dead_latents`
 
     @property
     def d_in(self) -> int:
