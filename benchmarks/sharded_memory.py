@@ -6,10 +6,12 @@
 Each configuration runs in fresh processes (torch.multiprocessing spawn): the one-process SAE,
 then --ranks ranks each holding latents / ranks of them (every rank sees the whole batch). After
 setup and one warm-up step the peak RSS is reset (/proc/self/clear_refs), so the peak printed is
-that of the training steps (weights, gradients, Adam moments and a step's buffers); the peak since
-the process started (which includes building the whole SAE before sharding it) is printed beside
+that of the training steps (weights, gradients, Adam moments and a step's buffers); the peak of
+setup and warm-up (which includes building the whole SAE before sharding it) is printed beside
 it. Prints both runs and the ratios: peak RSS per rank / one-process peak, tokens/s / one-process
-tokens/s. Needs about (4 + 4 / ranks) x 4 x latents x d_in bytes of RAM; run it on an idle machine.
+tokens/s (each process runs --threads threads: the ranks together use --ranks times the cores of
+the one process). Needs about (8 + 8 / ranks) x 4 x latents x d_in bytes of RAM (the runs are
+one after the other); run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _run(rank: int, world: int, args: argparse.Namespace, tmp: str) -> None:
         train_step(sae, opt, sched, batches[step % 2], step + 1, cfg)
     seconds = time.perf_counter() - start
     peak, _ = _peak_kib()
-    result = {"peak_gib": peak / 2**20, "lifetime_peak_gib": lifetime / 2**20,
+    result = {"peak_gib": peak / 2**20, "setup_peak_gib": lifetime / 2**20,
               "tokens_per_s": args.steps * args.batch / seconds}
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(result))
     if world > 1:
@@ -93,11 +95,11 @@ def main() -> None:
     one = measure(1, args)[0]
     ranks = measure(args.ranks, args)
     print(f"{shape}, {args.steps} steps, {args.threads} thread(s) per process")
-    print(f"  1 process:  peak RSS {one['peak_gib']:.2f} GiB (since start "
-          f"{one['lifetime_peak_gib']:.2f}), {one['tokens_per_s']:.0f} tokens/s")
+    print(f"  1 process:  peak RSS {one['peak_gib']:.2f} GiB (setup "
+          f"{one['setup_peak_gib']:.2f}), {one['tokens_per_s']:.0f} tokens/s")
     for r, res in enumerate(ranks):
-        print(f"  rank {r}/{args.ranks}: peak RSS {res['peak_gib']:.2f} GiB (since start "
-              f"{res['lifetime_peak_gib']:.2f}), {res['tokens_per_s']:.0f} tokens/s")
+        print(f"  rank {r}/{args.ranks}: peak RSS {res['peak_gib']:.2f} GiB (setup "
+              f"{res['setup_peak_gib']:.2f}), {res['tokens_per_s']:.0f} tokens/s")
     worst = max(res["peak_gib"] for res in ranks)
     slowest = min(res["tokens_per_s"] for res in ranks)
     print(f"  ratios: peak RSS per rank / one process {worst / one['peak_gib']:.2f}; "

@@ -1,5 +1,6 @@
-"""`parallel:` in a training config, and what `sae-lab train` does with it before any process
-starts (the runs themselves: tests/sae/test_sharded.py)."""
+"""`parallel:` in a training config, what `sae-lab train` does with it before any process starts
+(the runs themselves: tests/sae/test_sharded.py), and the step parallel runs take against the
+Lightning step of one-process runs."""
 
 import pytest
 import torch
@@ -50,3 +51,43 @@ def test_train_command_hands_a_parallel_config_to_the_launcher(tmp_path, monkeyp
     assert "a run with parallel set keeps no checkpoints yet" in capsys.readouterr().err
     assert len(got) == 1
     assert torch.equal(sae.b_dec, torch.zeros(4))  # untouched: nothing trained here
+
+
+def test_the_parallel_step_is_the_lightning_step():
+    """training.parallel.train_step, which parallel runs take, against SAEModule under the
+    Lightning trainer that one-process runs take: the same SAE after the same steps (with the
+    learning-rate schedule, sparsity warm-up and gradient clipping active)."""
+    import pytorch_lightning as pl
+
+    from sae_lab.training.optim import optimizer
+    from sae_lab.training.parallel import train_step
+    from sae_lab.training.run import build_module, first_batch, make_datamodule
+
+    cfg = TrainConfig.from_dict({
+        "sae": {"architecture": "jumprelu", "expansion_factor": 4},
+        "data": {"synthetic": {"d": 16, "n_features": 32, "active": 3, "n_tokens": 2048}},
+        "batch_size": 64, "max_tokens": 64 * 8, "lr": 3e-3, "lr_warmup_steps": 2,
+        "lr_decay_start": 0.5, "sparsity_warmup_steps": 3, "grad_clip": 0.5,
+        "val_every_steps": 1000, "loggers": [], "progress_bar": False,
+    })
+    runs = []
+    for lightning in (True, False):
+        dm = make_datamodule(cfg)
+        pl.seed_everything(cfg.seed, verbose=False)
+        module = build_module(cfg, dm)
+        module.initialise(first_batch(dm))
+        if lightning:
+            trainer = pl.Trainer(max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip,
+                                 logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False,
+                                 limit_val_batches=0, accelerator="cpu")
+            trainer.fit(module, train_dataloaders=dm.train_dataloader())
+        else:
+            opt, sched = optimizer(module.sae, cfg)
+            for step, batch in zip(range(cfg.max_steps), dm.train_dataloader(), strict=False):
+                x = module.sae.normalize_input(module._scaled(batch))
+                train_step(module.sae, opt, sched, x, step, cfg)
+        runs.append(module.sae.state_dict())
+    for name, t in runs[0].items():
+        torch.testing.assert_close(runs[1][name], t, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(runs[0]["W_enc"], build_module(cfg, dm).sae.W_enc)  # it trained
