@@ -3,9 +3,9 @@ machine (torch.multiprocessing spawn; gloo on CPU, NCCL on CUDA, one GPU per ran
 
 Every rank builds and initialises the same whole SAE (rank 0's first batch decides, broadcast),
 keeps its latents (sae.sharded.shard_sae) and runs the step of training/parallel.py on its part
-of each batch: a shard set is split by shard over the data ranks, an in-memory array (synthetic,
-npy) by rows of each batch, a live source likewise (every data rank runs the model on the
-whole batch; its own slice of the dataset is not done yet). At the end one ordinary SAE is
+of each batch: a shard set is split by shard over the data ranks, a live source by the model's
+forward batches (each data rank runs its own model copy on its own contexts), an in-memory
+array (synthetic, npy) by rows of each batch. At the end one ordinary SAE is
 gathered and saved in out_dir/final, with metrics.json from the held-out rows, as a one-process
 run writes them. Not yet here: periodic validation, checkpoints and --resume, loggers.
 """
@@ -24,6 +24,7 @@ import yaml
 
 from sae_lab.config import ConfigError
 from sae_lab.data.datamodule import ShardDataModule
+from sae_lab.data.live import LiveDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.lm.load import resolve_device
 from sae_lab.sae import load
@@ -40,6 +41,10 @@ from sae_lab.training.run import (
     first_batch,
     make_datamodule,
 )
+
+READS_ITS_OWN = (ShardDataModule, LiveDataModule)
+"""Sources whose data ranks read disjoint parts (shards; a live model's contexts); the others
+(in-memory arrays) are read whole by every rank, which keeps its slice of each batch."""
 
 
 def check(cfg: TrainConfig) -> None:
@@ -84,8 +89,8 @@ def run_rank(cfg: TrainConfig, mesh: Mesh, device: str = "cpu") -> None:
     if device.startswith("cuda"):
         device = f"cuda:{torch.cuda.current_device()}"
     dm = make_datamodule(cfg)
-    if isinstance(dm, ShardDataModule):
-        dm.node = (mesh.data_rank, mesh.data)  # each data rank streams its own shards
+    if isinstance(dm, READS_ITS_OWN):
+        dm.node = (mesh.data_rank, mesh.data)  # each data rank reads its own shards / contexts
         dm.batch_size = cfg.batch_size // mesh.data
     module = build_module(cfg, dm)  # the same whole SAE on every rank (seeded)
     module.initialise(first_batch(dm))
@@ -118,7 +123,7 @@ def _my_rows(dm, mesh: Mesh, batch_size: int) -> Iterator[torch.Tensor]:
     """This data rank's rows of each batch: its own shards' batches, or its slice of the whole
     batch for a source that every rank reads whole."""
     batches = iter(dm.train_dataloader())
-    if isinstance(dm, ShardDataModule):
+    if isinstance(dm, READS_ITS_OWN):
         yield from batches
         return
     part = batch_size // mesh.data
