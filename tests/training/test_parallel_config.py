@@ -29,6 +29,13 @@ def test_settings_a_parallel_run_cannot_take_are_refused_by_name():
         check(TrainConfig.from_dict({"nan_policy": "skip", "parallel": {"latents": 2}}))
 
 
+def test_one_process_training_refuses_a_parallel_config():
+    from sae_lab.training.run import train
+
+    with pytest.raises(ConfigError, match="parallel: latents=2 x data=1 runs through"):
+        train(TrainConfig.from_dict({"parallel": {"latents": 2}}))
+
+
 def test_train_command_hands_a_parallel_config_to_the_launcher(tmp_path, monkeypatch, capsys):
     import sae_lab.training.launch as launch
     from sae_lab import ARCHITECTURES, sae_config
