@@ -94,9 +94,9 @@ def run_rank(cfg: TrainConfig, mesh: Mesh, device: str = "cpu") -> None:
         dm.batch_size = cfg.batch_size // mesh.data
     module = build_module(cfg, dm)  # the same whole SAE on every rank (seeded)
     module.initialise(first_batch(dm))
+    module.to(device)  # before the broadcast: NCCL moves CUDA tensors only
     for t in [*module.sae.state_dict().values(), module.input_scale]:
         dist.broadcast(t, src=0)  # rank 0's first batch decides, as in one process
-    module.to(device)
     sae = shard_sae(module.sae, mesh)
     opt, sched = optimizer(sae, cfg)
     started, tokens = time.perf_counter(), 0
