@@ -1,7 +1,7 @@
 """The body of tests/sae/test_sharded.py, run in each of two gloo processes: every architecture
 (both training paths) latent-sharded over 2 ranks and data-parallel over 2 ranks against one
-process on the whole SAE and the whole batch. Each rank writes the largest differences it saw to
-out/rank{r}.json; the test asserts on them."""
+process on the whole SAE and the whole batch, and a launched run (training/launch.py). Each rank
+writes the largest differences it saw to out_dir/rank{r}.json; the test asserts on them."""
 
 import copy
 import json
