@@ -144,9 +144,9 @@ def launched_run(out_dir: str, mesh: Mesh) -> dict[str, float]:
     got = load(Path(cfg.out_dir, "final"))
     out = {f"weights {name}": diff(t, got.state_dict()[name]) for name, t in want.items()
            if name != "tokens_since_fired"}
-    out["d_sae"] = float(got.d_sae != 64)
+    out["d_sae not 64"] = float(got.d_sae != 64)
     metrics = json.loads(Path(cfg.out_dir, "metrics.json").read_text())
-    out["fvu finite"] = float(not 0 < metrics["fvu"] < 1)
+    out["fvu outside (0, 1)"] = float(not 0 < metrics["fvu"] < 1)
     return out
 
 
