@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
 
     ckpt = resume_point(cfg, args.resume)  # checks the run directory; writes nothing
     try:
-        if cfg.parallel.world > 1:
+        if cfg.parallel.ranks > 1:
             result = _train_parallel(cfg, args.resume)
         else:
             result = train(cfg, ckpt_path=ckpt)

@@ -49,9 +49,6 @@ READS_ITS_OWN = (ShardDataModule, LiveDataModule)
 
 def check(cfg: TrainConfig) -> None:
     """Settings a parallel run cannot take, as one-line ConfigErrors."""
-    data = cfg.parallel.data
-    if cfg.batch_size % data:
-        raise ConfigError(f"parallel.data={data} must divide batch_size={cfg.batch_size}")
     if cfg.nan_policy != "error":
         raise ConfigError("nan_policy: skip is not supported with parallel (a rank skipping a "
                           "step alone would stall the others)")
@@ -65,7 +62,7 @@ def train_parallel(cfg: TrainConfig) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with tempfile.TemporaryDirectory(prefix="sae_lab_rendezvous_") as tmp:
-        mp.spawn(_spawned, args=(cfg, str(Path(tmp) / "rendezvous")), nprocs=cfg.parallel.world)
+        mp.spawn(_spawned, args=(cfg, str(Path(tmp) / "rendezvous")), nprocs=cfg.parallel.ranks)
     import json
 
     saved = json.loads((out_dir / "metrics.json").read_text())

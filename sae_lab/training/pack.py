@@ -338,7 +338,7 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
     if len(set(names)) != len(names) or len(names) != len(cfgs) or not cfgs:
         raise ValueError(f"a pack needs one unique name per member, got {names}")
     check_stream(cfgs, names)
-    if any(c.parallel.world > 1 for c in cfgs):
+    if any(c.parallel.ranks > 1 for c in cfgs):
         raise ConfigError("parallel: a pack trains in one process; packs do not take it yet")
     quiet_lightning()
     cfg = cfgs[0]

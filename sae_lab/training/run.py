@@ -292,7 +292,7 @@ def train(
     only. Ctrl-C stops after the current step, saves
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
-    if cfg.parallel.world > 1:
+    if cfg.parallel.ranks > 1:
         raise ConfigError(f"parallel: latents={cfg.parallel.latents} x data={cfg.parallel.data} "
                           "runs through `sae-lab train` (training.launch.train_parallel), not "
                           "in one process; sweeps do not take it yet")
