@@ -64,6 +64,15 @@ def plan(args: argparse.Namespace) -> Plan | None:
     return None if args.print_config else plan_train(train_config(args))
 
 
+def _train_parallel(cfg: TrainConfig, resume: bool):
+    from sae_lab.config import ConfigError
+    from sae_lab.training.launch import train_parallel
+
+    if resume:
+        raise ConfigError("--resume: a run with parallel set keeps no checkpoints yet")
+    return train_parallel(cfg)
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = train_config(args)
     if args.print_config:
@@ -75,7 +84,10 @@ def run(args: argparse.Namespace) -> None:
 
     ckpt = resume_point(cfg, args.resume)  # checks the run directory; writes nothing
     try:
-        result = train(cfg, ckpt_path=ckpt)
+        if cfg.parallel.ranks > 1:
+            result = _train_parallel(cfg, args.resume)
+        else:
+            result = train(cfg, ckpt_path=ckpt)
     except TrainingInterrupted as e:
         again = ["sae-lab", "train", *([args.config] if args.config else []),
                  *(a for o in args.overrides for a in ("--set", o)), "--resume"]

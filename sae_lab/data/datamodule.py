@@ -173,6 +173,9 @@ class ShardDataModule(StreamPosition, pl.LightningDataModule):
         if data.shards is None:
             raise ValueError("ShardDataModule needs data.shards")
         self.data, self.batch_size, self.seed, self.epochs = data, batch_size, seed, epochs
+        self.node: tuple[int, int] | None = None
+        """(rank, ranks) reading disjoint training shards, set by a run without a Lightning
+        trainer (training/launch.py); None: the trainer's, or one reader."""
         self.source = shard_source(data.shards)
         self._manifest = read_manifest(self.source)
         shards = self._manifest["shards"]
@@ -202,7 +205,9 @@ class ShardDataModule(StreamPosition, pl.LightningDataModule):
 
     def _stream(self, shards: list[dict[str, Any]], train: bool) -> RowStream:
         trainer = getattr(self, "trainer", None)
-        node = (trainer.global_rank, trainer.world_size) if trainer is not None else None
+        node = self.node
+        if node is None and trainer is not None:
+            node = (trainer.global_rank, trainer.world_size)
         return RowStream(
             [join(self.source, s["name"]) for s in shards], [s["rows"] for s in shards],
             self._manifest, self.batch_size,

@@ -99,10 +99,13 @@ class LiveStream(IterableDataset):
     first `val_windows` of every epoch; `next_window` counts the windows that went into the pool."""
 
     def __init__(self, source: LiveSource, batch_size: int, buffer: int, seed: int,
-                 start: int, val_windows: int) -> None:
+                 start: int, val_windows: int, node: tuple[int, int] | None = None) -> None:
         self.source, self.batch_size, self.buffer, self.seed = source, batch_size, buffer, seed
         self.start, self.val_windows = start, val_windows
         self.next_window = start
+        self.node = node
+        """(rank, ranks): run the model on every ranks-th forward batch from the rank-th only
+        (data-parallel readers of disjoint contexts); None: on all of them."""
 
     def __iter__(self) -> Iterator[Tensor]:
         # The start in the seed: a resumed run draws a fresh order for its fresh pool.
@@ -113,6 +116,8 @@ class LiveStream(IterableDataset):
 
     def _blocks(self) -> Iterator[Tensor]:
         fed = None  # rows fed since the current epoch began (None: not seen from its start)
+        rank, ranks = self.node or (0, 1)
+        turn = -1  # training forward batches so far: rank r takes those with turn % ranks == r
         for g, local, batch in self.source.batches(self.start):
             n = batch.input_ids.shape[0]
             if local == 0:
@@ -122,6 +127,11 @@ class LiveStream(IterableDataset):
                 fed = 0
             if local + n <= self.val_windows:
                 continue  # held out for validation
+            turn += 1
+            if turn % ranks != rank:  # another data rank's contexts
+                if fed is not None:
+                    fed += batch.n_rows
+                continue
             if local < self.val_windows:
                 batch = _windows(batch, self.val_windows - local)
             rows = self.source.rows(batch)
@@ -148,6 +158,8 @@ class LiveDataModule(StreamPosition, pl.LightningDataModule):
         self.source = LiveSource(data.live, model, tokenizer)
         self.next_window = 0
         """First window of a resumed run (from the checkpoint); 0 for a fresh one."""
+        self.node: tuple[int, int] | None = None
+        """(rank, ranks) of a data-parallel reader of disjoint contexts (training/launch.py)."""
         self._train: LiveStream | None = None
         self._val: tuple[Tensor, int] | None = None
 
@@ -193,7 +205,7 @@ class LiveDataModule(StreamPosition, pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         _, val_windows = self.validation_rows()
         self._train = LiveStream(self.source, self.batch_size, self.data.shuffle_buffer,
-                                 self.seed, self.next_window, val_windows)
+                                 self.seed, self.next_window, val_windows, self.node)
         return DataLoader(self._train, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -10,6 +10,10 @@ reconstruction scaled back (x_hat / s), as SAELens's constant_norm_rescale; `enc
 `training_loss` takes x as `normalize_input` returns it.
 
 Shapes are written `# [B, d_in]` in comments: B tokens, d_in activation width, d_sae latents.
+
+A latent-sharded SAE (sae_lab.sae.sharded) holds d_sae of the cfg.latents latents: every sum over
+latents goes through `latent_sum` and every selection across latents through `keep_top`, which
+are identities on a whole SAE.
 """
 
 from __future__ import annotations
@@ -101,13 +105,50 @@ class SAE(nn.Module):
             self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+        self.shard: Any = None
+        """The `sharded.LatentShard` this SAE is; None for a whole SAE in one process."""
+        self._n_dead = 0  # dead latents of all shards at the last `dead_latents`
+
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
 
     @property
     def d_sae(self) -> int:
-        return self.cfg.latents
+        """Latents held here: all of cfg.latents, or this shard's part."""
+        return self.cfg.latents if self.shard is None else self.shard.n_local
+
+    @property
+    def latent_offset(self) -> int:
+        """Index, among all cfg.latents, of this SAE's latent 0 (0 unless sharded)."""
+        return 0 if self.shard is None else self.shard.offset
+
+    # --- the only places where latents held elsewhere enter (see sharded.py) -----------------
+
+    def latent_sum(self, t: Tensor) -> Tensor:
+        """t, a sum over this SAE's latents, summed over all latents (an all-reduce over the
+        latent shards, gradient passed through unchanged); t itself in one process."""
+        return t if self.shard is None else self.shard.latent_sum(t)
+
+    def keep_top(self, values: Tensor, k: int, whole_batch: bool = False) -> Tensor | None:
+        """Which of these candidates [B, m] (each row's m <= k largest here) are among the k
+        largest of the row over all latent shards (whole_batch: values [1, m] of the whole
+        batch, over every rank): a bool mask [B, m]; None (all of them) in one process."""
+        return None if self.shard is None else self.shard.keep_top(values, k, whole_batch)
+
+    def top_latents(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(values, indices) [B, <= k]: the k largest entries of each row of pre over all
+        latents, with the entries here that others beat set to 0."""
+        m = min(k, pre.shape[1])  # a shard may hold fewer than k latents, or none
+        values, indices = sparse.topk_rows(pre, m) if m else (
+            pre[:, :0], torch.zeros(pre.shape[0], 0, dtype=torch.long, device=pre.device))
+        keep = self.keep_top(values, k)
+        return (values, indices) if keep is None else (values * keep, indices)
+
+    def encoder_bias_grad(self) -> Tensor | None:
+        """The column sums of the gradient of (x - b_dec) @ W_enc, [d_sae], from the biases'
+        gradients after backward (sharded.py rebuilds b_dec's encoder gradient from them)."""
+        return self.b_enc.grad
 
     # --- the maths every architecture shares -------------------------------------------------
 
@@ -156,7 +197,7 @@ class SAE(nn.Module):
     def decode_normalized(self, z: Tensor) -> Tensor:
         """Reconstruction in the units `normalize_input` gives (what training compares),
         [B, d_in]."""
-        return z @ self.W_dec + self.b_dec
+        return self.latent_sum(z @ self.W_dec) + self.b_dec
 
     def _remembered_scale(self, z: Tensor) -> Tensor:
         s = getattr(self, "_last_scale", None)
@@ -227,6 +268,8 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def update_dead(self, fired: Tensor, n_tokens: int) -> None:
+        if self.shard is not None:  # fired on any data rank's tokens
+            fired, n_tokens = self.shard.fired_anywhere(fired, n_tokens)
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
 
@@ -236,13 +279,21 @@ class SAE(nn.Module):
         if getattr(self.cfg, "aux_coef", 0) == 0:
             return None
         dead = self.dead_mask.nonzero().squeeze(1)
-        return dead if dead.numel() else None
+        # a shard may hold none of the dead latents while others do: it still takes part
+        self._n_dead = dead.numel() if self.shard is None else self.shard.count(dead.numel())
+        return dead if self._n_dead else None
 
     def _dead_block(self, pre: Tensor, dead: Tensor) -> Tensor:
         return pre if dead.numel() == self.d_sae else pre.index_select(1, dead)  # [B, n_dead]
 
-    def _k_aux(self, n_dead: int) -> int:
-        return min(self.cfg.k_aux or self.d_in // 2, n_dead)
+    def _k_aux(self) -> int:
+        """k_aux for the dead latents of the last `dead_latents` (all shards together)."""
+        return min(self.cfg.k_aux or self.d_in // 2, self._n_dead)
+
+    def dead_fraction(self) -> Tensor:
+        """The fraction of all latents that are dead (`dead_mask`'s mean over every shard)."""
+        frac = self.dead_mask.float().mean()
+        return frac if self.shard is None else self.shard.latent_mean(frac)
 
     def select_dead(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """AuxK's selection (values, j, dead): values [B, k_aux] the largest pre-activations
@@ -250,7 +301,7 @@ class SAE(nn.Module):
         dead = self.dead_latents()
         if dead is None:
             return None
-        values, j = sparse.topk_rows(self._dead_block(pre, dead), self._k_aux(dead.numel()))
+        values, j = self.top_latents(self._dead_block(pre, dead), self._k_aux())
         return values.relu(), j, dead
 
     def dead_aux_loss(self, dead_pre: Callable[[Tensor], Tensor], x: Tensor,
@@ -264,11 +315,11 @@ class SAE(nn.Module):
         if dead is None:
             return x.new_zeros(())
         block = dead_pre(dead)  # [B, n_dead]
-        _, j = sparse.topk_rows(block.detach(), self._k_aux(dead.numel()))
-        z = torch.zeros_like(block).scatter(1, j, block.gather(1, j).relu())
+        kept, j = self.top_latents(block.detach(), self._k_aux())
+        z = torch.zeros_like(block).scatter(1, j, block.gather(1, j).relu() * (kept != 0))
         all_dead = dead.numel() == self.d_sae
         W_dec = self.W_dec if all_dead else self.W_dec.index_select(0, dead)  # [n_dead, d_in]
-        e_hat = z @ W_dec  # [B, d_in]
+        e_hat = self.latent_sum(z @ W_dec)  # [B, d_in]
         return (e_hat - (x - x_hat).detach()).pow(2).sum(dim=-1).mean()
 
     @property

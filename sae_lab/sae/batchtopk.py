@@ -41,8 +41,11 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def keep(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, flat_index) of the k * B largest ReLU(pre) over the batch, positive ones only;
-        flat_index (b * d_sae + i) is sorted."""
-        return sparse.top_positive_flat(pre, k * pre.shape[0])
+        flat_index (b * d_sae + i) is sorted. Sharded, the k * B are of every rank's batch."""
+        n = k * pre.shape[0] * (1 if self.shard is None else self.shard.data_size)
+        values, flat_index = sparse.top_positive_flat(pre, n)
+        keep = self.keep_top(values[None], n, whole_batch=True)
+        return (values, flat_index) if keep is None else (values[keep[0]], flat_index[keep[0]])
 
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, indices), each [B, m]: each row's kept latents, zero-padded to the busiest
@@ -70,8 +73,10 @@ class BatchTopKSAE(TopKSAE):
     def batch_stats(self, codes: Codes) -> dict[str, Tensor]:
         positive = codes.values.detach()
         positive = positive[positive > 0]
-        smallest = positive.min() if positive.numel() else positive.new_zeros(())
-        return {"smallest_kept": smallest}
+        smallest = positive.min() if positive.numel() else positive.new_full((), float("inf"))
+        if self.shard is not None:
+            smallest = self.shard.smallest(smallest)
+        return {"smallest_kept": smallest if smallest.isfinite() else smallest.new_zeros(())}
 
     @property
     def threshold_start_step(self) -> int:

@@ -50,6 +50,13 @@ class GatedSAE(SAE):
         pre = centred_matmul(x, self.b_dec, self.W_enc)  # [B, d_sae]
         return pre + self.b_gate, pre * self.r_mag.exp() + self.b_mag
 
+    def encoder_bias_grad(self) -> Tensor | None:
+        # both paths start from (x - b_dec) @ W_enc: the gate adds b_gate, the magnitude scales
+        # by exp(r_mag) and adds b_mag
+        if self.b_gate.grad is None or self.b_mag.grad is None:
+            return None
+        return self.b_gate.grad + self.r_mag.detach().exp() * self.b_mag.grad
+
     def magnitudes_of(self, x: Tensor, latents: Tensor) -> Tensor:
         """pi_mag of the given latents only, [B, len(latents)]."""
         pre = centred_matmul(x, self.b_dec, self.W_enc[:, latents])
@@ -77,9 +84,9 @@ class GatedSAE(SAE):
             gate_acts, lat = sel.values, sel.latents  # [N], pi_gate > 0 there
             pi_mag = (gate_acts - self.b_gate[lat]) * self.r_mag[lat].exp() + self.b_mag[lat]
             z = pi_mag.relu()
-            x_hat = decode(z, sel, self.W_dec) + self.b_dec
+            x_part = decode(z, sel, self.W_dec)
             sparsity = (gate_acts * norms[lat]).sum() / B
-            x_hat_gate = decode(gate_acts, sel, self.W_dec.detach()) + self.b_dec.detach()
+            gate_part = decode(gate_acts, sel, self.W_dec.detach())
             active = z.detach() > 0
             fired = sel.fired(active)
             dead_pre = functools.partial(self.magnitudes_of, x)
@@ -87,14 +94,18 @@ class GatedSAE(SAE):
             pi_gate, pi_mag = self.gate_and_mag(x)
             gate_open = pi_gate > 0
             z = torch.where(gate_open, pi_mag.relu(), 0.0)
-            x_hat = self.decode_normalized(z)
+            x_part = z @ self.W_dec
             gate_acts = pi_gate.relu()
             sparsity = gate_acts.sum(dim=0) @ norms / B  # column sums: no [B, d_sae] product
-            x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
+            gate_part = gate_acts @ self.W_dec.detach()
             active = z.detach() > 0
             fired = active.any(dim=0)
             self._sparse.record(gate_open.sum(), B, self.d_sae)
             dead_pre = functools.partial(self._dead_block, pi_mag)
+        # both paths end with the same sums over latents (latent_sum: across shards)
+        x_hat = self.latent_sum(x_part) + self.b_dec
+        x_hat_gate = self.latent_sum(gate_part) + self.b_dec.detach()
+        sparsity = self.latent_sum(sparsity)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         aux = (x_hat_gate - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * sparsity + aux
@@ -104,12 +115,13 @@ class GatedSAE(SAE):
         loss = loss + self.cfg.aux_coef * auxk
         parts = {
             "mse": recon.detach() / self.d_in,
-            "l1": z.detach().sum() / B,
+            "l1": self.latent_sum(z.detach().sum()) / B,
             "sparsity": sparsity.detach(),
             "aux": aux.detach(),
             "auxk": auxk.detach(),
         }
-        return TrainOutput(loss, x_hat, active.sum().float() / B, fired, parts)
+        l0 = self.latent_sum(active.sum().float()) / B
+        return TrainOutput(loss, x_hat, l0, fired, parts)
 
     @torch.no_grad()
     def saelens_tensors(self) -> dict[str, Tensor]:

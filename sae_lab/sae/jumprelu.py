@@ -136,7 +136,7 @@ class JumpReLUSAE(SAE):
             sel = self._sparse.select(x, self.W_enc, self.b_enc, self.b_dec, theta.detach() - eps)
             pre, theta, B = sel.values, theta[sel.latents], x.shape[0]  # [N] each
             z = _JumpReLU.apply(pre, theta, eps)
-            x_hat = decode(z, sel, self.W_dec) + self.b_dec
+            x_part = decode(z, sel, self.W_dec)
             l0 = _Step.apply(pre, theta, eps).sum() / B
             active = z.detach() != 0
             n_active = active.sum()
@@ -146,13 +146,17 @@ class JumpReLUSAE(SAE):
             pre = self.pre_acts(x)  # [B, d_sae]
             B = x.shape[0]
             z = _JumpReLU.apply(pre, theta, eps)
-            x_hat = self.decode_normalized(z)
+            x_part = z @ self.W_dec
             l0 = _Step.apply(pre, theta, eps).sum(dim=-1).mean()
             active = z.detach() != 0
             n_active = active.sum()
             fired = active.any(dim=0)
             self._sparse.record(n_active, *pre.shape)
             dead_pre = functools.partial(self._dead_block, pre)
+        # both paths end with the same sums over latents (latent_sum: across shards)
+        x_hat = self.latent_sum(x_part) + self.b_dec
+        l0 = self.latent_sum(l0)
+        n_active = self.latent_sum(n_active.float())
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         loss = recon + sparsity_scale * self.cfg.lam * l0
         dead = self.dead_latents()
@@ -163,16 +167,16 @@ class JumpReLUSAE(SAE):
         # Anthropic's Circuits Updates, January 2025, here on dead latents only) brings pre and
         # theta together until the latent fires and the reconstruction decides.
         preact = x.new_zeros(()) if block is None else (
-            (self.threshold[dead] - block).relu().sum(dim=-1).mean())
+            self.latent_sum((self.threshold[dead] - block).relu().sum(dim=-1).mean()))
         loss = loss + self.cfg.aux_coef * auxk + self.cfg.preact_coef * preact
         parts = {
             "mse": recon.detach() / self.d_in,
-            "l1": z.detach().abs().sum() / B,
+            "l1": self.latent_sum(z.detach().abs().sum()) / B,
             "sparsity": l0.detach(),
             "auxk": auxk.detach(),
             "preact": preact.detach(),
         }
-        return TrainOutput(loss, x_hat, n_active.float() / B, fired, parts)
+        return TrainOutput(loss, x_hat, n_active / B, fired, parts)
 
     @torch.no_grad()
     def saelens_tensors(self) -> dict[str, Any]:
@@ -180,4 +184,5 @@ class JumpReLUSAE(SAE):
         return {**super().saelens_tensors(), "threshold": self.threshold}
 
     def extra_metrics(self, step: int) -> dict[str, float]:
-        return {"threshold": float(self.threshold.detach().mean())}
+        mean = self.threshold.detach().mean()
+        return {"threshold": float(mean if self.shard is None else self.shard.latent_mean(mean))}

@@ -39,15 +39,16 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     @property
     def prefix_ends(self) -> list[int]:
-        return prefix_ends(self.cfg.group_fractions, self.d_sae)
+        return prefix_ends(self.cfg.group_fractions, self.cfg.latents)  # of all shards
 
     def reconstruction_loss(self, x: Tensor, codes: Codes) -> tuple[Tensor, Tensor]:
         """(sum over prefixes m of ||x - x_m||^2, averaged over tokens; x_hat = x_{d_sae}).
 
         x_m is built group by group: x_m = x_{m'} + the group's own latents decoded."""
         loss, x_hat, start = x.new_zeros(()), self.b_dec.expand_as(x), 0
+        latents = codes.latents + self.latent_offset
         for end in self.prefix_ends:
-            group = codes.values * ((codes.latents >= start) & (codes.latents < end))
+            group = codes.values * ((latents >= start) & (latents < end))
             x_hat = x_hat + self.decode_codes(codes._replace(values=group))
             loss = loss + (x_hat - x).pow(2).sum(dim=-1).mean()
             start = end

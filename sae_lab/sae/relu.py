@@ -67,7 +67,7 @@ class ReLUSAE(SAE):
         sel = self._sparse.select(x, self.W_enc, self.b_enc, self.b_dec, 0.0)
         z = sel.values  # [N], all > 0, so ReLU is the identity there, gradient included
         B = x.shape[0]
-        x_hat = decode(z, sel, self.W_dec) + self.b_dec
+        x_hat = self.latent_sum(decode(z, sel, self.W_dec)) + self.b_dec
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         sparsity = (z * self.W_dec.norm(dim=1)[sel.latents]).sum() / B
         return self._output(recon, sparsity, sparsity_scale, x_hat,
@@ -76,6 +76,7 @@ class ReLUSAE(SAE):
 
     def _output(self, recon: Tensor, sparsity: Tensor, sparsity_scale: float, x_hat: Tensor,
                 l0: Tensor, fired: Tensor, l1: Tensor) -> TrainOutput:
+        sparsity, l0, l1 = (self.latent_sum(t) for t in (sparsity, l0, l1))
         loss = recon + sparsity_scale * self.cfg.lam * sparsity
         parts = {"mse": recon.detach() / self.d_in, "l1": l1, "sparsity": sparsity.detach()}
         return TrainOutput(loss, x_hat, l0, fired, parts)

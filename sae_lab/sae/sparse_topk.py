@@ -57,7 +57,7 @@ class SparseTopK:
         values = attach(sae, values, pattern, x)
         dead = sae.select_dead(pre)
         del pre
-        e_hat = None if dead is None else auxk_decode(sae, x, *dead)
+        e_hat = None if dead is None else sae.latent_sum(auxk_decode(sae, x, *dead))
         return Codes(values, pattern.latents, pattern), e_hat
 
     @torch.no_grad()
@@ -102,5 +102,6 @@ def auxk_decode(sae: TopKSAE, x: Tensor, values: Tensor, j: Tensor, dead: Tensor
     W_enc = sae.W_enc if all_dead else sae.W_enc[:, dead]  # [d_in, n_dead]
     W_dec = sae.W_dec if all_dead else sae.W_dec[dead]  # [n_dead, d_in]
     pre = (x - sae.b_dec) @ W_enc + sae.b_enc[dead]  # [B, n_dead]
-    z = torch.zeros_like(pre).scatter(1, j, pre.gather(1, j).relu())
+    # values > 0: positive and, on a latent shard, among the k_aux of all shards
+    z = torch.zeros_like(pre).scatter(1, j, pre.gather(1, j).relu() * (values > 0))
     return z @ W_dec

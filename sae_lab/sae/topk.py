@@ -53,7 +53,7 @@ class TopKSAE(SAE):
 
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, indices), each [B, k]: the k largest pre-activations per token, ReLU'd."""
-        values, indices = sparse.topk_rows(pre, k)
+        values, indices = self.top_latents(pre, k)
         return values.relu(), indices
 
     def select_pattern(self, pre: Tensor, k: int) -> tuple[Tensor, sparse.SparsePattern]:
@@ -73,8 +73,8 @@ class TopKSAE(SAE):
     def decode_codes(self, codes: Codes) -> Tensor:
         """sum_j values[:, j] * W_dec[latents[:, j]], [B, d_in], without the bias."""
         if codes.pattern is not None:
-            return decode(codes, self.W_dec)
-        return self.densify(codes.values, codes.latents) @ self.W_dec
+            return self.latent_sum(decode(codes, self.W_dec))
+        return self.latent_sum(self.densify(codes.values, codes.latents) @ self.W_dec)
 
     def dense_codes(self, x: Tensor, k: int) -> tuple[Codes, Tensor | None]:
         """(codes, AuxK reconstruction e_hat or None): the reference path."""
@@ -108,11 +108,11 @@ class TopKSAE(SAE):
         mse = recon if self.recon_is_mse else (x_hat.detach() - x).pow(2).sum(dim=-1).mean()
         parts = {
             "mse": mse.detach() / self.d_in,
-            "l1": values.sum() / B,  # values are ReLU'd, so this is the L1 norm
+            "l1": self.latent_sum(values.sum()) / B,  # values are ReLU'd: the L1 norm
             "aux": aux.detach(),
         }
         loss = recon + self.cfg.aux_coef * aux
-        l0 = (values > 0).sum().float() / B
+        l0 = self.latent_sum((values > 0).sum().float()) / B
         return TrainOutput(loss, x_hat, l0, codes.fired(self.d_sae), parts, self.batch_stats(codes))
 
     @property

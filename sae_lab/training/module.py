@@ -15,7 +15,8 @@ from torch import Tensor
 from sae_lab.sae.base import SAE
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
-from sae_lab.training.schedules import lr_factor, warmup_factor
+from sae_lab.training.optim import optimizer
+from sae_lab.training.schedules import warmup_factor
 
 
 class NonFiniteBatchError(FloatingPointError):
@@ -94,7 +95,7 @@ class SAEModule(pl.LightningModule):
         with torch.no_grad():
             var = (x - x.mean(dim=0)).pow(2).sum()
             metrics["train/fvu"] = (out.x_hat.detach() - x).pow(2).sum() / var
-        metrics["train/dead_frac"] = self.sae.dead_mask.float().mean()
+        metrics["train/dead_frac"] = self.sae.dead_fraction()
         metrics["train/skipped_batches"] = self.skipped_batches.float()
         for k, v in self.sae.extra_metrics(step).items():
             metrics[f"train/{k}"] = torch.tensor(v)
@@ -156,14 +157,7 @@ class SAEModule(pl.LightningModule):
     # --- optimiser ---------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        cfg = self.cfg
-        # fused Adam: one kernel for all parameters, ~4x faster than the loop on CPU (measured at
-        # d_sae=6144: 12 -> 3 ms a step).
-        opt = torch.optim.Adam(self.sae.param_groups(cfg.lr), lr=cfg.lr, betas=cfg.adam_betas,
-                               fused=True)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_decay_start)
-        )
+        opt, sched = optimizer(self.sae, self.cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- the trained SAE, on raw activations -------------------------------------------------

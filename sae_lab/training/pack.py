@@ -33,7 +33,7 @@ from torch import nn
 
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.training.checkpoint_io import AtomicCheckpointIO
-from sae_lab.training.config import TrainConfig
+from sae_lab.training.config import ConfigError, TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
 from sae_lab.training.module import SAEModule, finite_rows
 from sae_lab.training.run import (
@@ -338,6 +338,8 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
     if len(set(names)) != len(names) or len(names) != len(cfgs) or not cfgs:
         raise ValueError(f"a pack needs one unique name per member, got {names}")
     check_stream(cfgs, names)
+    if any(c.parallel.ranks > 1 for c in cfgs):
+        raise ConfigError("parallel: a pack trains in one process; packs do not take it yet")
     quiet_lightning()
     cfg = cfgs[0]
     accelerator = _accelerator(cfg)

@@ -28,7 +28,7 @@ from sae_lab.lm.load import resolve_device
 from sae_lab.sae import ARCHITECTURES
 from sae_lab.sae.base import SAE
 from sae_lab.training.checkpoint_io import AtomicCheckpointIO
-from sae_lab.training.config import TrainConfig
+from sae_lab.training.config import ConfigError, TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.training.module import SAEModule, finite_rows
 from sae_lab.training.wandb_runs import need_wandb, run_id
@@ -292,6 +292,10 @@ def train(
     only. Ctrl-C stops after the current step, saves
     checkpoints/last.ckpt (when save_checkpoints) and raises TrainingInterrupted.
     """
+    if cfg.parallel.ranks > 1:
+        raise ConfigError(f"parallel: latents={cfg.parallel.latents} x data={cfg.parallel.data} "
+                          "runs through `sae-lab train` (training.launch.train_parallel), not "
+                          "in one process; sweeps do not take it yet")
     quiet_lightning()
     accelerator = _accelerator(cfg)  # a device this machine lacks fails before anything is written
     out_dir = Path(cfg.out_dir)

@@ -250,3 +250,21 @@ def test_a_pack_of_members_shares_one_live_model(tiny_lm, corpus, tmp_path, monk
     assert [r.sae.cfg.architecture for r in results] == ["topk", "relu"]
     assert all(r.metrics["tokens"] == 1024 and r.sae.metadata["source"] == "live"
                for r in results)
+
+
+
+def test_data_ranks_of_a_live_source_read_disjoint_contexts(tiny_lm, corpus):
+    """Two data ranks (training/launch.py) each run the model on every other training forward
+    batch: unshuffled, their rows interleave, forward batch by forward batch, into the rows one
+    reader gets, none read twice."""
+    dm = LiveDataModule(DataConfig(live=live(tiny_lm, corpus), shuffle_buffer=0), batch_size=64)
+    _, val_windows = dm.validation_rows()
+
+    def blocks(node, n):
+        stream = LiveStream(dm.source, 64, 0, 0, 0, val_windows, node)
+        return [b for _, b in zip(range(n), stream._blocks(), strict=False)]
+
+    one, rank0, rank1 = blocks(None, 4), blocks((0, 2), 2), blocks((1, 2), 2)
+    interleaved = [b for pair in zip(rank0, rank1, strict=True) for b in pair]
+    torch.testing.assert_close(torch.cat(interleaved), torch.cat(one))
+    assert len(torch.cat(one)) > 4 * 16  # several contexts in each forward batch
