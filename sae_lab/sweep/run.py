@@ -203,6 +203,16 @@ def _final_from_checkpoint(local: Path, cfg: Any, l0_weight: float, info: dict[s
     return report.metrics(val, sae.d_in, last["tokens"], final=True)
 
 
+def _refuse_parallel(sweep: SweepConfig) -> None:
+    """A trial spanning several workers (Ray Train) is not built yet: say so before Ray starts,
+    not when the first trial does. `sae-lab plan` still sizes such a sweep."""
+    ranks = max(sweep.train_config(a, {}).parallel.ranks for a in sweep.architectures)
+    if ranks > 1:
+        raise ConfigError(f"{sweep.name}: base.parallel asks {ranks} workers per trial; sweeps run "
+                          "each trial in one process for now (`sae-lab plan` sizes it, "
+                          "`sae-lab train` runs one such SAE across processes)")
+
+
 def run_sweep(
     sweep: SweepConfig,
     out: str | Path,
@@ -223,6 +233,7 @@ def run_sweep(
 
     out = Path(out).resolve()
     checked = validate(sweep)
+    _refuse_parallel(sweep)
     _check_before_start(sweep, out, resume, trust_state)
     # num_to_keep=1 makes Tune snapshot its state at every checkpoint (what keeps --resume exact);
     # with frequent validations it warns about exactly that.

@@ -348,3 +348,14 @@ def test_a_full_disk_leaves_nothing_half_written_for_resume(tmp_path):
     assert whole_pickle(exp.parent / "none") is False
     (tmp_path / "ok.pkl").write_bytes(b"\x80\x04K\x01.")
     assert whole_pickle(tmp_path / "ok.pkl")
+
+
+def test_a_sweep_whose_trials_span_several_workers_is_refused_before_ray(tmp_path, no_ray):
+    from sae_lab.sweep.run import run_sweep
+
+    d = tiny()
+    d["base"]["parallel"] = {"latents": 2}
+    with pytest.raises(ConfigError, match=r"faults: base.parallel asks 2 workers per trial; "
+                                          r"sweeps run each trial in one process") as e:
+        run_sweep(sweep_from_dict(d), tmp_path / "out", verbose=0)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
