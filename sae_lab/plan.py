@@ -330,6 +330,7 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
     plan.add(f"SAE {d_in} x {sae.latents}: parameters, gradients, Adam moments "
              f"({n_params:,} params)", "device", 4 * n_params * pbytes)
     add_step(plan, cfg, d_in)
+    add_autocast(plan, [cfg], n_params)
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
     if data_source:
@@ -342,6 +343,23 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
         plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
                  checkpoints * 3 * n_params * pbytes)
     plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
+
+
+def autocast_precision(cfg: TrainConfig, device: str) -> str | None:
+    """The 16-bit autocast `cfg.precision` runs under on `device`, else None (float32). On CUDA,
+    auto is one of the two (bf16-mixed or 16-mixed by card); on CPU only 16-mixed autocasts."""
+    if cfg.precision == "32" or (not device.startswith("cuda") and cfg.precision != "16-mixed"):
+        return None
+    return "16-bit (by card)" if cfg.precision == "auto" else cfg.precision
+
+
+def add_autocast(plan: Plan, cfgs: list[TrainConfig], n_params: int) -> None:
+    """Autocast keeps a 16-bit copy of each weight it casts for the step (the encoder and decoder
+    matrices). The step's buffers stay counted at float32: the sparse kernels compute in float32."""
+    mixed = {p for c in cfgs if (p := autocast_precision(c, plan.device))}
+    if mixed:
+        plan.add(f"autocast ({', '.join(sorted(mixed))}): 16-bit copies of the weights", "device",
+                 2 * n_params)
 
 
 def step_buffers(cfg: TrainConfig, d_in: int) -> tuple[float, str]:
@@ -585,6 +603,7 @@ def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: i
              sum(s.training for s in sizes))
     steps = [_step_bytes(c, d_in) for c in cfgs]
     add_step(plan, cfgs[steps.index(max(steps))], d_in, "largest member's step: ")
+    add_autocast(plan, cfgs, sum(s.params for s in sizes))
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
     add_source(plan, cfgs[0], d_in)

@@ -203,7 +203,8 @@ def test_packed_sweep_plan_known_answer():
     member = 4 * weights + counters  # parameters, gradients, two Adam moments
     step = 3.5 * 128 * 64 * 4  # relu's dense path: 3.5 [B, d_sae] float32 buffers
     batch = 8 * 128 * 16 * 4
-    assert plan.total("device") == 2 * (2 * member + step + batch + P.CUDA_CONTEXT)
+    autocast = 2 * 2 * weights // 4  # precision auto on CUDA: 16-bit copies of both members
+    assert plan.total("device") == 2 * (2 * member + step + batch + autocast + P.CUDA_CONTEXT)
     rows = 4096 + 204  # synthetic rows and the held-out 5%
     assert plan.total("host") == 3 * (rows * 16 * 4 + P.RUNTIME)
     # Tune keeps each pack's last checkpoint and writes the next before deleting it: 2 at once,

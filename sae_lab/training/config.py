@@ -104,9 +104,12 @@ class TrainConfig:
     nan_policy: Literal["error", "skip"] = "error"
     """On a NaN or inf batch (or held-out row): stop with an error naming the step (the shard),
     or skip and count it."""
-    precision: Annotated[Literal["32", "bf16-mixed"], BeforeValidator(
-        _int_as_str, json_schema_input_type=Literal["32", "bf16-mixed", 32])] = "32"
-    """Lightning precision; bf16-mixed only applies on CUDA (CPU falls back to 32)."""
+    precision: Annotated[Literal["auto", "32", "16-mixed", "bf16-mixed"], BeforeValidator(
+        _int_as_str, json_schema_input_type=Literal["auto", "32", "16-mixed", "bf16-mixed", 32]
+    )] = "auto"
+    """auto: 32 on CPU; on CUDA bf16-mixed where the card has bfloat16 (compute capability 8+),
+    16-mixed on older cards (T4, V100). 16-mixed: float16 autocast with a gradient scaler (on CPU
+    too); bf16-mixed applies on CUDA only (CPU trains in float32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto picks CUDA when present."""
     seed: int = 0

@@ -15,6 +15,7 @@ from torch import Tensor
 from sae_lab.sae.base import SAE
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
+from sae_lab.training.precision import fused_adam
 from sae_lab.training.schedules import lr_factor, warmup_factor
 
 
@@ -148,9 +149,9 @@ class SAEModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         # fused Adam: one kernel for all parameters, ~4x faster than the loop on CPU (measured at
-        # d_sae=6144: 12 -> 3 ms a step).
+        # d_sae=6144: 12 -> 3 ms a step); not under a gradient scaler (see fused_adam).
         opt = torch.optim.Adam(self.sae.param_groups(cfg.lr), lr=cfg.lr, betas=cfg.adam_betas,
-                               fused=True)
+                               fused=fused_adam(self._trainer))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_decay_start)
         )

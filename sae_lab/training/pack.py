@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from sae_lab.files import atomic_write_json, atomic_write_text
+from sae_lab.training import precision
 from sae_lab.training.checkpoint_io import AtomicCheckpointIO
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
@@ -101,6 +102,7 @@ class PackModule(pl.LightningModule):
         self._loggers: list[TensorBoardLogger] | None = None
         self._val: list[ReconStats | None] = [None] * len(members)
         self._groups: list[list[int]] = []
+        self._stepped: list[int] = []
 
     @property
     def cfg(self) -> TrainConfig:
@@ -139,18 +141,24 @@ class PackModule(pl.LightningModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         step = self.global_step
         opt.zero_grad(set_to_none=True)
-        stepped = []
-        for i in self.running():
-            if self._member_step(i, batch, step):
-                stepped.append(i)
+        self._stepped = [i for i in self.running() if self._member_step(i, batch, step)]
         opt.step()
         sched.step()
-        for i in stepped:
+        for i in self._stepped:
             self.members[i].sae.normalize_decoder()
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Clip each stepped member's gradients; Lightning calls this inside `opt.step()`, after
+        a gradient scaler (16-mixed) has unscaled them."""
+        for i in self._stepped:
+            m = self.members[i]
+            if m.cfg.grad_clip:
+                params = [p for g in self._member_groups(i) for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, m.cfg.grad_clip)
+
     def _member_step(self, i: int, batch: torch.Tensor, step: int) -> bool:
-        """Forward, backward, parallel-gradient removal and clipping of member i (the order
-        Lightning's automatic optimisation runs for one SAEModule). False: no update."""
+        """Forward, backward and parallel-gradient removal of member i (then clipping, in
+        on_before_optimizer_step: the order Lightning runs for one SAEModule). False: no update."""
         m = self.members[i]
         x = m.sae.normalize_input(m._scaled(batch))
         out = m.sae.training_loss(x, step, warmup_factor(step, m.cfg.sparsity_warmup_steps))
@@ -165,9 +173,6 @@ class PackModule(pl.LightningModule):
         m.sae.after_step(out, step)
         self.manual_backward(out.loss)
         m.sae.remove_parallel_grads()
-        if m.cfg.grad_clip:
-            params = [p for g in self._member_groups(i) for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, m.cfg.grad_clip)
         if step % m.cfg.log_every_steps == 0:
             self._log_train(i, out, step, x)
         return True
@@ -227,7 +232,7 @@ class PackModule(pl.LightningModule):
                 groups.append({**g, "betas": cfg.adam_betas})
                 lambdas.append(_lr_lambda(cfg))
         # fused Adam, as SAEModule: one kernel for all parameters of all members.
-        opt = torch.optim.Adam(groups, lr=self.cfg.lr, fused=True)
+        opt = torch.optim.Adam(groups, lr=self.cfg.lr, fused=precision.fused_adam(self._trainer))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -269,15 +274,16 @@ class SaveLast(pl.Callback):
 
 def _pack_trainer(cfg: TrainConfig, out_dir: Path, accelerator: str,
                   callbacks: list[pl.Callback], save_checkpoints: bool) -> pl.Trainer:
-    precision = cfg.precision if accelerator == "gpu" else "32-true"
+    kw = precision.trainer_precision(cfg.precision, accelerator)
     checkpoints = [SaveLast(out_dir / "checkpoints" / "last.ckpt")] if save_checkpoints else []
     return pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_steps=cfg.max_steps,
+        accelerator=accelerator, devices=1, precision=kw["precision"], max_steps=cfg.max_steps,
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
         check_val_every_n_epoch=None, limit_val_batches=cfg.val_batches or 1.0,
         num_sanity_val_steps=0, logger=False, callbacks=[*checkpoints, *callbacks],
         enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=out_dir, plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False, default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO(), *kw["plugins"]],
     )
 
 
