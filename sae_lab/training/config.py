@@ -128,6 +128,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,
                 f">= batch_size={self.batch_size}")
+        live = self.data.live
+        require(live is None or len(live.layers) == 1, "data.live.layers",
+                list(live.layers) if live else None,
+                "one layer (an SAE reads one; several layers train as a pack: `layer` in a "
+                "sweep's space)")
 
     @property
     def max_steps(self) -> int:

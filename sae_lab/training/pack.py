@@ -10,7 +10,9 @@ own input scale, parameters, Adam state (its own parameter groups, betas and lea
 schedule), dead-latent counters, metrics and TensorBoard run. One optimiser holds every member's
 groups because Lightning counts each optimiser step as a global step; Adam is elementwise, so one
 optimiser over N members' groups gives each member exactly the update it gets alone (tested:
-tests/training/test_pack.py). Members that share a data stream must agree on `STREAM_FIELDS`.
+tests/training/test_pack.py). Members that share a data stream must agree on `STREAM_FIELDS`,
+except the layer of a live source: members on different layers read them from one forward pass,
+each from its own layer's slice of the batch (sae_lab.data.live.LayerView).
 
 A member stops on its own: early stopping (`stop`), or a NaN loss (with nan_policy: error it is
 marked failed with its error and the pack goes on). A stopped member takes no more forward or
@@ -20,6 +22,7 @@ backward passes; the pack ends when no member is running or at max_steps.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +32,7 @@ import yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
+from sae_lab.data.live import LayerView, LiveDataModule
 from sae_lab.files import atomic_write_json, atomic_write_text
 from sae_lab.training import precision
 from sae_lab.training.checkpoint_io import AtomicCheckpointIO
@@ -57,15 +61,49 @@ RUNNING, STOPPED, FAILED, DONE = "running", "stopped", "failed", "done"
 
 def stream_key(cfg: TrainConfig) -> str:
     """Configs with equal keys can be trained in one pack."""
+    return json.dumps(_stream(cfg), sort_keys=True, default=str)
+
+
+def _stream(cfg: TrainConfig) -> dict[str, Any]:
+    """The STREAM_FIELDS of cfg, a live source's layer left out (one forward feeds them all)."""
     d = cfg.to_dict()
-    return json.dumps({k: d[k] for k in STREAM_FIELDS}, sort_keys=True, default=str)
+    out = {k: d[k] for k in STREAM_FIELDS}
+    if out["data"].get("live"):
+        out["data"] = {**out["data"], "live": {**out["data"]["live"], "layers": None}}
+    return out
+
+
+def member_layer(cfg: TrainConfig) -> int | None:
+    """The live layer a member reads; None for other sources."""
+    return cfg.data.live.layers[0] if cfg.data.live is not None else None
+
+
+def pack_datamodule(cfgs: list[TrainConfig]) -> Any:
+    """The pack's one data source: the first member's, reading every member's live layer."""
+    layers = sorted({member_layer(c) for c in cfgs} - {None})
+    if len(layers) <= 1:
+        return make_datamodule(cfgs[0])
+    cfg = cfgs[0]
+    data = replace(cfg.data, live=replace(cfg.data.live, layers=tuple(layers)))
+    return LiveDataModule(data, cfg.batch_size, cfg.seed)
+
+
+def member_views(cfgs: list[TrainConfig], dm: Any) -> list[Any]:
+    """What each member sees of the pack's datamodule: its layer's view, or the whole of it."""
+    if len(getattr(getattr(dm, "source", None), "layers", ())) <= 1:
+        return [dm] * len(cfgs)
+    return [dm.layer_view(member_layer(c)) for c in cfgs]
+
+
+def _pick(view: Any, batch: torch.Tensor) -> torch.Tensor:
+    return view.pick(batch) if isinstance(view, LayerView) else batch
 
 
 def check_stream(cfgs: list[TrainConfig], names: list[str]) -> None:
     """One line naming the first member whose data stream differs from the first member's."""
-    first = cfgs[0].to_dict()
+    first = _stream(cfgs[0])
     for cfg, name in zip(cfgs[1:], names[1:], strict=True):
-        d = cfg.to_dict()
+        d = _stream(cfg)
         for k in STREAM_FIELDS:
             if d[k] != first[k]:
                 raise ValueError(f"pack member {name}: {k}={d[k]!r} differs from member "
@@ -87,8 +125,10 @@ class PackModule(pl.LightningModule):
     """N SAEModules fed the same batches; manual optimisation, one optimiser step per batch."""
 
     def __init__(self, members: list[SAEModule], names: list[str],
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, views: list[Any] | None = None) -> None:
         super().__init__()
+        self.views = views or [None] * len(members)
+        """Each member's view of the datamodule (its layer of a several-layer live source)."""
         self.automatic_optimization = False
         self.members = nn.ModuleList(members)
         self.names = list(names)
@@ -160,6 +200,7 @@ class PackModule(pl.LightningModule):
         """Forward, backward and parallel-gradient removal of member i (then clipping, in
         on_before_optimizer_step: the order Lightning runs for one SAEModule). False: no update."""
         m = self.members[i]
+        batch = _pick(self.views[i], batch)
         x = m.sae.normalize_input(m._scaled(batch))
         out = m.sae.training_loss(x, step, warmup_factor(step, m.cfg.sparsity_warmup_steps))
         if not torch.isfinite(out.loss):
@@ -197,16 +238,17 @@ class PackModule(pl.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         locate = getattr(self.trainer.datamodule, "locate_val_row", None)
-        batch, _ = finite_rows(batch, batch_idx * self.cfg.batch_size, "skip", locate)
-        if not len(batch):
-            return
         for i, stats in enumerate(self._val):
             if stats is None:
                 continue
+            own, _ = finite_rows(_pick(self.views[i], batch), batch_idx * self.cfg.batch_size,
+                                 "skip", locate)
+            if not len(own):
+                continue
             m = self.members[i]
-            x = m._scaled(batch)
+            x = m._scaled(own)
             z = m.sae.encode(x)
-            stats.update(batch.to(x.dtype), m.sae.decode(z, x) / m.input_scale.to(x.dtype), z)
+            stats.update(own.to(x.dtype), m.sae.decode(z, x) / m.input_scale.to(x.dtype), z)
 
     def on_validation_epoch_end(self) -> None:
         tokens = float(self.global_step * self.cfg.batch_size)
@@ -290,12 +332,13 @@ def _pack_trainer(cfg: TrainConfig, out_dir: Path, accelerator: str,
 def build_pack(cfgs: list[TrainConfig], names: list[str], dm: pl.LightningDataModule,
                log_dir: Path | None) -> PackModule:
     """Each member built as its unpacked run builds it (seeded with its own seed), then input
-    scale and b_dec from the same first batch."""
-    members = [build_module(cfg, dm) for cfg in cfgs]
+    scale and b_dec from the same first batch (its layer's slice)."""
+    views = member_views(cfgs, dm)
+    members = [build_module(cfg, view) for cfg, view in zip(cfgs, views, strict=True)]
     sample = first_batch(dm)
-    for m in members:
-        m.initialise(sample)
-    return PackModule(members, names, log_dir)
+    for m, view in zip(members, views, strict=True):
+        m.initialise(_pick(view, sample))
+    return PackModule(members, names, log_dir, views)
 
 
 def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
@@ -313,7 +356,7 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
     cfg = cfgs[0]
     accelerator = _accelerator(cfg)
     out_dir = Path(out_dir)
-    dm = make_datamodule(cfg)
+    dm = pack_datamodule(cfgs)
     if ckpt_path is not None:
         check_checkpoint(Path(ckpt_path), dm.d_in, key="members.0.sae.W_enc")
     members_dir = out_dir / "members"
@@ -349,7 +392,8 @@ def finish(pack: PackModule, dm: pl.LightningDataModule, global_step: int,
         if pack.status[i] == RUNNING:
             pack.status[i] = DONE
         sae = m.export_sae()
-        metrics, held_out = evaluate_held_out(sae, dm, m.cfg.nan_policy)
+        view = pack.views[i] if isinstance(pack.views[i], LayerView) else dm
+        metrics, held_out = evaluate_held_out(sae, view, m.cfg.nan_policy)
         metrics[DEAD_FRAC] = sae.dead_mask.float().mean().item()
         metrics["tokens"] = float(pack.stopped_at[i] or global_step * m.cfg.batch_size)
         metrics["skipped_batches"] = float(m.skipped_batches)
