@@ -21,9 +21,10 @@ The figures:
   measured), or what held-out evaluation needs beyond a step (the "eval" entry of
   `step_buffers`, measured); plus the data: the shuffle buffer (shards) or the arrays held in
   memory (synthetic, npy).
-- a pack (packed sweeps): the packs `make_packs` makes, each with its data source (one live
-  model) once, every member's parameters, gradients and Adam moments, and the step buffers of
-  its largest member only (members step one after another); packs per GPU as Tune places them.
+- a pack (packed sweeps): the packs `make_packs` makes, each with its data source once (one
+  live model up to its members' deepest layer, and a pool row per layer they read), every
+  member's parameters, gradients and Adam moments, and the step buffers of its largest member
+  only (members step one after another); packs per GPU as Tune places them.
 - a sweep's disk: every trial's checkpoints as Tune keeps them (the last one, plus the next while
   it is written), the final SAEs and best/.
 - every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
@@ -395,18 +396,23 @@ def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
                  f"float32 x {evals:g}, beyond the step's", "device", extra)
 
 
-def add_source(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
-    """The data source of a run (a pack shares one)."""
+def add_source(plan: Plan, cfg: TrainConfig, d_in: int, layers: list[int] | None = None) -> None:
+    """The data source of a run (a pack shares one; a live one reads every member's `layers`)."""
     data, b = cfg.data, cfg.batch_size
     if data.shards is not None:
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
                  max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
     elif data.live is not None:
-        add_live_model(plan, data.live)
-        # the pool of rows mixed across contexts sits on the model's device
-        plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32", "device",
-                 max(data.shuffle_buffer, b) * d_in * 4)
+        from dataclasses import replace
+
+        live = replace(data.live, layers=tuple(layers)) if layers else data.live
+        add_live_model(plan, live)
+        # the pool of rows mixed across contexts sits on the model's device, a row per layer
+        n = len(live.layers)
+        plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32"
+                 + (f" x {n} layers" if n > 1 else ""), "device",
+                 n * max(data.shuffle_buffer, b) * d_in * 4)
     elif data.synthetic is not None:
         rows = data.synthetic.n_tokens + max(b, int(data.synthetic.n_tokens * data.val_fraction))
         plan.add(f"synthetic activations: {rows:,} rows float32", "host", rows * d_in * 4)
@@ -606,7 +612,8 @@ def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: i
     add_autocast(plan, cfgs, sum(s.params for s in sizes))
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
-    add_source(plan, cfgs[0], d_in)
+    layers = sorted({c.data.live.layers[0] for c in cfgs if c.data.live is not None})
+    add_source(plan, cfgs[0], d_in, layers)
 
 
 def _manifest(source: Any) -> dict[str, Any]:
