@@ -125,10 +125,14 @@ class PackModule(pl.LightningModule):
     """N SAEModules fed the same batches; manual optimisation, one optimiser step per batch."""
 
     def __init__(self, members: list[SAEModule], names: list[str],
-                 log_dir: Path | None = None, views: list[Any] | None = None) -> None:
+                 log_dir: Path | None = None, views: list[Any] | None = None,
+                 devices: list[str | None] | None = None) -> None:
         super().__init__()
         self.views = views or [None] * len(members)
         """Each member's view of the datamodule (its layer of a several-layer live source)."""
+        self.devices = [None if d is None else torch.device(d)
+                        for d in (devices or [None] * len(members))]
+        """Each member's device (None: the trainer's); batches move there once per step."""
         self.automatic_optimization = False
         self.members = nn.ModuleList(members)
         self.names = list(names)
@@ -147,6 +151,27 @@ class PackModule(pl.LightningModule):
     @property
     def cfg(self) -> TrainConfig:
         return self.members[0].cfg
+
+    def on_fit_start(self) -> None:
+        """Members assigned a device of their own move there, after Lightning has put the whole
+        pack on its root device, built the optimiser and restored any checkpoint: parameters
+        move in place (the optimiser keeps them), Adam's restored moments follow them."""
+        if not any(self.devices):
+            return
+        opt = self.optimizers().optimizer
+        for m, device in zip(self.members, self.devices, strict=True):
+            if device is None:
+                continue
+            m.to(device)
+            for p in m.parameters():
+                for k, v in opt.state.get(p, {}).items():
+                    if isinstance(v, torch.Tensor):
+                        opt.state[p][k] = v.to(device)
+
+    def _to_member(self, i: int, batch: torch.Tensor) -> torch.Tensor:
+        batch = _pick(self.views[i], batch)
+        device = self.devices[i]
+        return batch if device is None else batch.to(device, non_blocking=True)
 
     def running(self) -> list[int]:
         return [i for i, s in enumerate(self.status) if s == RUNNING]
@@ -200,7 +225,7 @@ class PackModule(pl.LightningModule):
         """Forward, backward and parallel-gradient removal of member i (then clipping, in
         on_before_optimizer_step: the order Lightning runs for one SAEModule). False: no update."""
         m = self.members[i]
-        batch = _pick(self.views[i], batch)
+        batch = self._to_member(i, batch)
         x = m.sae.normalize_input(m._scaled(batch))
         out = m.sae.training_loss(x, step, warmup_factor(step, m.cfg.sparsity_warmup_steps))
         if not torch.isfinite(out.loss):
@@ -241,7 +266,7 @@ class PackModule(pl.LightningModule):
         for i, stats in enumerate(self._val):
             if stats is None:
                 continue
-            own, _ = finite_rows(_pick(self.views[i], batch), batch_idx * self.cfg.batch_size,
+            own, _ = finite_rows(self._to_member(i, batch), batch_idx * self.cfg.batch_size,
                                  "skip", locate)
             if not len(own):
                 continue
@@ -330,7 +355,7 @@ def _pack_trainer(cfg: TrainConfig, out_dir: Path, accelerator: str,
 
 
 def build_pack(cfgs: list[TrainConfig], names: list[str], dm: pl.LightningDataModule,
-               log_dir: Path | None) -> PackModule:
+               log_dir: Path | None, devices: list[str | None] | None = None) -> PackModule:
     """Each member built as its unpacked run builds it (seeded with its own seed), then input
     scale and b_dec from the same first batch (its layer's slice)."""
     views = member_views(cfgs, dm)
@@ -338,17 +363,22 @@ def build_pack(cfgs: list[TrainConfig], names: list[str], dm: pl.LightningDataMo
     sample = first_batch(dm)
     for m, view in zip(members, views, strict=True):
         m.initialise(_pick(view, sample))
-    return PackModule(members, names, log_dir, views)
+    return PackModule(members, names, log_dir, views, devices)
 
 
 def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
                callbacks: list[pl.Callback] | tuple = (), ckpt_path: str | Path | None = None,
                logger: bool = True, save_checkpoints: bool = True,
-               save_final: bool = True) -> list[MemberResult]:
+               save_final: bool = True,
+               devices: list[str | None] | None = None) -> list[MemberResult]:
     """Train the members of a pack together; each member's SAE and metrics land in
     out_dir/members/<name>/ (final/ and metrics.json unless not `save_final`, tensorboard/).
     `ckpt_path` resumes all members (weights, Adam state, schedules, dead counters, status,
-    stream position)."""
+    stream position). `devices`: a device per member (e.g. from `spread`), None for the
+    trainer's: the data source and its forward pass stay on the trainer's device, each member's
+    SAE steps on its own, the batch moved to it once per step."""
+    if devices is not None and len(devices) != len(cfgs):
+        raise ValueError(f"a pack of {len(cfgs)} members got {len(devices)} devices")
     if len(set(names)) != len(names) or len(names) != len(cfgs) or not cfgs:
         raise ValueError(f"a pack needs one unique name per member, got {names}")
     check_stream(cfgs, names)
@@ -365,7 +395,7 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
         atomic_write_text(members_dir / name / "config.yaml",
                           yaml.safe_dump(c.to_dict(), sort_keys=False))
     pl.seed_everything(cfg.seed, verbose=False)
-    pack = build_pack(cfgs, names, dm, members_dir if logger else None)
+    pack = build_pack(cfgs, names, dm, members_dir if logger else None, devices)
     stop = StopOnInterrupt()
     trainer = _pack_trainer(cfg, out_dir, accelerator, [stop, *callbacks], save_checkpoints)
     with stop:
@@ -379,6 +409,14 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
             tmp.replace(saved)
         raise TrainingInterrupted(trainer.global_step, saved)
     return finish(pack, dm, trainer.global_step, members_dir if save_final else None)
+
+
+def spread(n_members: int, n_gpus: int) -> list[str | None]:
+    """Members dealt round-robin over `n_gpus` CUDA devices (cuda:0 holds the model too);
+    all on the trainer's device when there are fewer than two."""
+    if n_gpus < 2:
+        return [None] * n_members
+    return [f"cuda:{i % n_gpus}" for i in range(n_members)]
 
 
 def finish(pack: PackModule, dm: pl.LightningDataModule, global_step: int,
