@@ -7,6 +7,9 @@
     --live: no harvest and no shards; every pack runs the model itself (data.live: by default
       the sweep's, Llama-3.2-3B layer 16), for layers whose shards would not fit the disk;
       exports only (metrics: the trials' own)
+    --push REPO_ID (or PUSH_REPO below): when the sweep has finished, its best/ SAEs, pareto.png
+      and a model card go to that Hugging Face Hub model repo (`sae-lab push`), with the token
+      from the notebook's HF_TOKEN secret (Add-ons -> Secrets) or the HF_TOKEN variable
 
 Time budget: Kaggle ends GPU sessions after 12 hours. At --budget-hours (default 11) minus
 --reserve-minutes the sweep is stopped like Ctrl-C (Tune saves its state), and the best
@@ -39,6 +42,9 @@ from pathlib import Path
 REPO = os.environ.get("SAE_LAB_REPO", "")
 """Git URL of the sae_lab to install on Kaggle: set it here before `kaggle kernels push` (a
 Kaggle script gets no command-line flags), or pass --repo / set SAE_LAB_REPO elsewhere."""
+PUSH_REPO = os.environ.get("SAE_LAB_PUSH_REPO", "")
+"""Hub model repo (OWNER/NAME) the results are pushed to when the sweep has finished; empty: no
+push. Set it here before `kaggle kernels push`, or pass --push / set SAE_LAB_PUSH_REPO elsewhere."""
 KAGGLE_WORKING = Path("/kaggle/working")
 ON_KAGGLE = KAGGLE_WORKING.is_dir() and bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
 SWEEP = "kaggle_t4x2.yaml"
@@ -91,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop the sweep this long before the budget ends, to export")
     p.add_argument("--browser-latents", type=int, default=256,
                    help="latents in the feature browser")
+    p.add_argument("--push", default=PUSH_REPO, metavar="REPO_ID", help="when the sweep has "
+                   "finished, push best/ with a model card to this Hub model repo (needs the "
+                   "HF_TOKEN secret or variable; empty: no push)")
+    p.add_argument("--push-private", action="store_true", help="create the --push repo private")
     p.add_argument("--repo", default=REPO, help="git URL to install sae_lab from")
     p.add_argument("--ref", default="main", help="branch or tag of --repo")
     p.add_argument("--pip-spec", default="", help="install with `pip install PIP_SPEC` instead "
@@ -234,17 +244,62 @@ def middle_layer(model: str) -> int:
     return n // 2
 
 
-def hub_token() -> None:
-    """On Kaggle, the notebook's HF_TOKEN secret (Add-ons -> Secrets) into the environment,
-    for gated models such as Llama-3.2-3B; nothing when unset or already in the environment."""
-    if os.environ.get("HF_TOKEN") or not ON_KAGGLE:
-        return
+def hub_token() -> str | None:
+    """The Hugging Face token, for gated models such as Llama-3.2-3B and for --push: HF_TOKEN
+    from the environment, else (on Kaggle) the notebook's HF_TOKEN secret (Add-ons -> Secrets),
+    put into the environment for huggingface_hub; None when there is neither. Never printed."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
     try:
-        from kaggle_secrets import UserSecretsClient
-
-        os.environ["HF_TOKEN"] = UserSecretsClient().get_secret("HF_TOKEN")
+        from kaggle_secrets import UserSecretsClient  # only Kaggle's Python has it
+    except ImportError:
+        return None
+    try:
+        token = UserSecretsClient().get_secret("HF_TOKEN")
     except Exception:  # no such secret, or not attached to this notebook
-        print("no HF_TOKEN secret: gated Hub models will not load", flush=True)
+        token = None
+    if not token:
+        print("no HF_TOKEN secret: gated Hub models will not load, and nothing is pushed",
+              flush=True)
+        return None
+    os.environ["HF_TOKEN"] = token
+    return token
+
+
+def push_target(repo: str) -> str | None:
+    """The Hub repo the results go to at the end: `repo` when it is set and a token is there
+    (HF_TOKEN, the secret hub_token() read, or a Hugging Face login); else None, with a line
+    saying why when a repo was asked for. A malformed repo id stops the run before any work."""
+    if not repo:
+        return None
+    from sae_lab.share import push
+
+    try:
+        push.check_repo_id(repo)
+    except ValueError as e:
+        raise SystemExit(f"--push: {e}") from None
+    try:
+        push.hub_token()
+    except ValueError as e:
+        print(f"not pushing to {repo}: {e}", flush=True)
+        return None
+    return repo
+
+
+def push_results(repo: str, sweep_dir: Path, private: bool = False) -> int:
+    """`sae-lab push` of the finished sweep (best/, pareto.png, a model card); 0, or 1 with the
+    error's line when the upload fails (the results stay in the notebook's output)."""
+    from sae_lab.share.push import push
+
+    try:
+        url, paths = push(str(sweep_dir), repo, private=private,
+                          commit_message="sae_lab Kaggle run")
+    except (OSError, ValueError) as e:
+        print(f"push to {repo} failed: {e}", flush=True)
+        return 1
+    print(f"pushed {len(paths)} SAE(s) ({', '.join(paths)}) to https://huggingface.co/{repo}: "
+          f"{url}", flush=True)
+    return 0
 
 
 def run_layer(args: argparse.Namespace, model: str, live: dict) -> int:
@@ -346,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline.quiet_env(offline=args.smoke)
     hub_token()
+    target = push_target(args.push)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards_root = Path(args.shards_dir) if args.shards_dir else out / "shards"
@@ -378,7 +434,13 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
     if result is None and (out / "sweep" / "tune").is_dir():
         result = load_result(out / "sweep", sweep)
-    return export(args, sweep, result, shards, out, model, stage, budget.fired)
+    code = export(args, sweep, result, shards, out, model, stage, budget.fired)
+    if target and code == 0:
+        return push_results(target, out / "sweep", args.push_private)
+    if target:
+        print(f"not pushed to {target}: the sweep has not finished (the run that finishes it "
+              "pushes)", flush=True)
+    return code
 
 
 def export(args, sweep, result, shards: Path, out: Path, model: str, stage, stopped: bool) -> int:

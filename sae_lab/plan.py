@@ -21,6 +21,13 @@ The figures:
   measured), or what held-out evaluation needs beyond a step (the "eval" entry of
   `step_buffers`, measured); plus the data: the shuffle buffer (shards) or the arrays held in
   memory (synthetic, npy).
+- a parallel run (parallel.latents x parallel.data ranks, one GPU each), per rank: 1/latents
+  of every per-latent tensor (W_enc's columns, b_enc, W_dec's rows, thresholds, counters) with
+  its gradients and Adam moments, b_dec whole; batch_size / data rows of batch and
+  [B, d_sae / latents] pre-activations; across latent ranks the all-gathered top-k candidates
+  (k values and indices per token from each rank) and the partial reconstructions summed by
+  all-reduce; each rank its own data source (a live model copy). Its checkpoints on disk hold
+  the whole SAE, however split. A device limit crossed names the smallest split that fits.
 - a pack (packed sweeps): the packs `make_packs` makes, each with its data source once (one
   live model up to its members' deepest layer, and a pool row per layer they read), every
   member's parameters, gradients and Adam moments, and the step buffers of its largest member
@@ -32,9 +39,12 @@ The figures:
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -80,6 +90,8 @@ class Plan:
     copies: dict[Where, int] = field(default_factory=dict)
     """Concurrent copies of the per-run needs (sweep trials per machine / per GPU)."""
     notes: list[str] = field(default_factory=list)
+    split: Callable[[int], str] | None = field(default=None, repr=False)
+    """Given one GPU's memory: the smallest parallel split that fits it, in words."""
 
     def add(self, what: str, where: Where, nbytes: float, phase: str = "") -> None:
         if where == "device" and not self.device.startswith("cuda"):
@@ -301,9 +313,18 @@ def add_live_model(plan: Plan, live: Any) -> None:
     q = "" if live.quantize == "none" else f", {live.quantize}"
     plan.add(f"live model weights: {keep} of {config.num_hidden_layers} blocks, "
              f"{live.model_dtype}{q}", "device",
-             model_bytes(config, live.model_dtype, live.quantize, keep))
+             _live_model_bytes(live.model, live.revision, live.trust_remote_code,
+                               live.model_dtype, live.quantize, keep))
     plan.add(f"live forward pass: {live.batch_size} windows x {live.ctx_len} tokens", "device",
              forward_bytes(config, live.batch_size, live.ctx_len, live.model_dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _live_model_bytes(name: str, revision: str | None, trust_remote_code: bool, dtype: str,
+                      quantize: str, keep: int) -> int:
+    # Built once per process: the search for a parallel split that fits plans the same model
+    # for every split it tries.
+    return model_bytes(model_config(name, revision, trust_remote_code), dtype, quantize, keep)
 
 
 def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = None) -> Plan:
@@ -318,20 +339,80 @@ def plan_train(cfg: TrainConfig, d_in: int | None = None, gpus: int | None = Non
                 cfg.out_dir)
     add_trial(plan, cfg, d_in)
     plan.add("Python, torch, Lightning", "host", RUNTIME)
+    ranks = cfg.parallel.ranks
+    if ranks > 1:
+        plan.copies = {"host": ranks}
+        plan.notes.append(f"{ranks} ranks (parallel.latents {cfg.parallel.latents} x data "
+                          f"{cfg.parallel.data}), one GPU each: device memory is one rank's")
+    plan.split = _splitter(cfg, d_in, plan.device, gpus, "parallel")
     return plan
+
+
+def trial_device(cfg: TrainConfig, d_in: int, device: str) -> int:
+    """Device memory of one rank of a training run of `cfg`."""
+    plan = Plan("", device)
+    add_trial(plan, cfg, d_in, disk=False)
+    return plan.total("device")
+
+
+def splits(cfg: TrainConfig, d_in: int, most: int) -> list[tuple[int, int]]:
+    """(latents, data) of every parallel run of `cfg` on at most `most` ranks that the config
+    allows (latents divides d_sae, data divides batch_size), fewest ranks first and, among as
+    many, more latent ranks first (they split the SAE's state, data ranks only the batch)."""
+    f = cfg.sae.with_d_in(d_in).latents
+    return [(n // data, data) for n in range(1, most + 1) for data in range(1, n + 1)
+            if n % data == 0 and f % (n // data) == 0 and cfg.batch_size % data == 0]
+
+
+def smallest_split(cfg: TrainConfig, d_in: int, device: str, limit: int,
+                   most: int) -> tuple[int, int] | None:
+    """The first of `splits` whose ranks each fit `limit` bytes of device memory."""
+    from sae_lab.training.config import ParallelConfig
+
+    for latents, data in splits(cfg, d_in, most):
+        trial = copy.copy(cfg)  # a shallow copy: only its parallel is replaced
+        trial.parallel = ParallelConfig(latents=latents, data=data)
+        if trial_device(trial, d_in, device) <= limit:
+            return latents, data
+    return None
+
+
+def _splitter(cfg: TrainConfig, d_in: int, device: str, gpus: int | None,
+              key: str) -> Callable[[int], str]:
+    most = gpus if gpus else (_cuda_count() or 64)
+
+    def split(limit: int) -> str:
+        found = smallest_split(cfg, d_in, device, limit, most)
+        if found is None:
+            return f"no split over {most} GPU(s) fits"
+        latents, data = found
+        if (latents, data) == (cfg.parallel.latents, cfg.parallel.data):
+            return ""
+        words = [f"{key}.latents {latents}"] + ([f"{key}.data {data}"] if data > 1 else [])
+        return "fits with " + ", ".join(words)
+
+    return split
 
 
 def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
               checkpoints: int | None = None, disk: bool = True) -> None:
-    """Add one training run's needs to `plan` (without its data source unless `data_source`,
-    without its checkpoints and final SAE unless `disk`)."""
+    """Add one training run's needs to `plan` (one rank's memory when it runs in parallel;
+    without its data source unless `data_source`, without its checkpoints and final SAE unless
+    `disk`)."""
+    from sae_lab.training.config import check_parallel
+
     sae = cfg.sae.with_d_in(d_in)
-    n_params = sae_params(sae, d_in)
-    pbytes = _DTYPE_BYTES[sae.dtype]
-    plan.add(f"SAE {d_in} x {sae.latents}: parameters, gradients, Adam moments "
-             f"({n_params:,} params)", "device", 4 * n_params * pbytes)
+    check_parallel(cfg, sae.latents)
+    whole, share = sae_bytes(sae, d_in), sae_bytes(sae, d_in, cfg.parallel.latents)
+    if cfg.parallel.latents == 1:
+        plan.add(f"SAE {d_in} x {sae.latents}: parameters, gradients, Adam moments "
+                 f"({whole.params:,} params)", "device", 4 * whole.param_bytes)
+    else:
+        plan.add(f"SAE {d_in} x {sae.latents}, 1/{cfg.parallel.latents} of its latents a rank: "
+                 f"parameters, gradients, Adam moments ({share.params:,} of {whole.params:,} "
+                 "params)", "device", 4 * share.param_bytes)
     add_step(plan, cfg, d_in)
-    add_autocast(plan, [cfg], n_params)
+    add_autocast(plan, [cfg], share.params)
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
     if data_source:
@@ -342,8 +423,13 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
         checkpoints = 2 if cfg.save_checkpoints else 0
     if checkpoints:
         plan.add(f"checkpoints: {checkpoints}, with Adam state", "disk",
-                 checkpoints * 3 * n_params * pbytes)
-    plan.add("final SAE (safetensors)", "disk", n_params * pbytes)
+                 checkpoints * 3 * whole.param_bytes)
+    plan.add("final SAE (safetensors)", "disk", whole.param_bytes)
+
+
+def rank_rows(cfg: TrainConfig) -> int:
+    """Rows of a batch one rank holds: batch_size over the data ranks."""
+    return cfg.batch_size // cfg.parallel.data
 
 
 def autocast_precision(cfg: TrainConfig, device: str) -> str | None:
@@ -377,12 +463,14 @@ def _buffers(cfg: TrainConfig) -> dict[str, float]:
 
 
 def _step_bytes(cfg: TrainConfig, d_in: int) -> float:
-    return step_buffers(cfg, d_in)[0] * cfg.batch_size * cfg.sae.with_d_in(d_in).latents * 4
+    f = cfg.sae.with_d_in(d_in).latents // cfg.parallel.latents
+    return step_buffers(cfg, d_in)[0] * rank_rows(cfg) * f * 4
 
 
 def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
-    """A training step's temporaries: the [B, d_sae] pre-activations and the batch's."""
-    f, b = cfg.sae.with_d_in(d_in).latents, cfg.batch_size
+    """A training step's temporaries: the [B, d_sae] pre-activations and the batch's (one
+    rank's rows and latents), and what latent ranks exchange."""
+    f, b = cfg.sae.with_d_in(d_in).latents // cfg.parallel.latents, rank_rows(cfg)
     copies, path = step_buffers(cfg, d_in)
     plan.add(f"{label}pre-activations [B={b}, d_sae={f}] float32 x {copies:g} ({path} path)",
              "device", _step_bytes(cfg, d_in))
@@ -394,11 +482,20 @@ def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
     if extra > 0:
         plan.add(f"{label}held-out evaluation: dense codes and metrics [B={b}, d_sae={f}] "
                  f"float32 x {evals:g}, beyond the step's", "device", extra)
+    n = cfg.parallel.latents
+    if n > 1:
+        k = getattr(cfg.sae, "k_max", 0)
+        if k:  # each rank's own top k (value float32, index int64) per token, from every rank
+            plan.add(f"top-k candidates gathered from {n} ranks [{n} x B={b} x k={k}], "
+                     "float32 values and int64 indices", "device", n * b * k * (4 + 8))
+        plan.add(f"partial reconstruction and its all-reduce [B={b}, d_in={d_in}] float32 x 2",
+                 "device", 2 * b * d_in * 4)
 
 
 def add_source(plan: Plan, cfg: TrainConfig, d_in: int, layers: list[int] | None = None) -> None:
-    """The data source of a run (a pack shares one; a live one reads every member's `layers`)."""
-    data, b = cfg.data, cfg.batch_size
+    """The data source of a run (a pack shares one, a live one reading every member's `layers`;
+    each rank of a parallel run has its own)."""
+    data, b = cfg.data, rank_rows(cfg)
     if data.shards is not None:
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
@@ -448,16 +545,25 @@ class SAEBytes:
         return 3 * self.param_bytes + self.buffer_bytes
 
 
-def sae_bytes(sae: Any, d_in: int) -> SAEBytes:
+def sae_bytes(sae: Any, d_in: int, latents: int = 1) -> SAEBytes:
+    """Sizes of the SAE `sae` (a config) on d_in inputs, or of one rank's share when its
+    latents are split over `latents` ranks: every tensor with a d_sae axis (b_dec aside, which
+    every rank holds whole) divided by `latents`."""
     import torch
 
     from sae_lab.sae import ARCHITECTURES
 
+    sae = sae.with_d_in(d_in)
     with torch.device("meta"):
-        module = ARCHITECTURES[sae.architecture](sae.with_d_in(d_in))
-    params = sum(p.numel() for p in module.parameters())
-    return SAEBytes(params, sum(p.numel() * p.element_size() for p in module.parameters()),
-                    sum(b.numel() * b.element_size() for b in module.buffers()))
+        module = ARCHITECTURES[sae.architecture](sae)
+
+    def share(name: str, t: Any) -> int:
+        split = latents > 1 and sae.latents in t.shape and name.rsplit(".", 1)[-1] != "b_dec"
+        return t.numel() // latents if split else t.numel()
+
+    params = [(share(n, p), p.element_size()) for n, p in module.named_parameters()]
+    return SAEBytes(sum(n for n, _ in params), sum(n * size for n, size in params),
+                    sum(share(n, b) * b.element_size() for n, b in module.named_buffers()))
 
 
 def sae_params(sae: Any, d_in: int) -> int:
@@ -491,20 +597,29 @@ def plan_sweep(sweep: SweepConfig, gpus: int | None = None,
     assert biggest is not None
     res = sweep.resources
     device = _device(biggest.device, gpus)
+    ranks = biggest.parallel.ranks
     per_gpu = max(1, int(1 / res.gpus)) if 0 < res.gpus < 1 else 1
-    machine = sweep.max_concurrent or max(1, int((os.cpu_count() or 1) // res.cpus))
+    machine = sweep.max_concurrent or max(1, int((os.cpu_count() or 1) // (res.cpus * ranks)))
     if res.gpus and device.startswith("cuda"):
         n_gpus = _cuda_count() if gpus is None else gpus
-        machine = min(machine, int(n_gpus / res.gpus)) if n_gpus else machine
+        machine = min(machine, int(n_gpus / (res.gpus * ranks))) if n_gpus else machine
+    machine = max(1, machine)
     plan = Plan(f"sweep {sweep.name}: {sweep.num_trials} trials, largest "
                 f"{biggest.sae.architecture} d_sae {biggest.sae.with_d_in(big_d).latents} "
                 f"batch {biggest.batch_size}", device, ".")
     add_trial(plan, biggest, big_d, disk=False)
     plan.add("Python, torch, Lightning, Ray worker", "host", RUNTIME)
-    plan.copies = {"host": machine, "device": per_gpu if device.startswith("cuda") else machine}
+    plan.copies = {"host": machine * ranks,
+                   "device": per_gpu if device.startswith("cuda") else machine * ranks}
     add_trials_disk(plan, sweep, sae_bytes(biggest.sae, big_d), min(machine, sweep.num_trials))
     plan.notes.append(f"{machine} trial(s) at once on this machine"
                       + (f", {per_gpu} per GPU" if device.startswith("cuda") else ""))
+    if ranks > 1:
+        plan.notes.append(f"each trial spans {ranks} ranks (parallel.latents "
+                          f"{biggest.parallel.latents} x data {biggest.parallel.data}), "
+                          f"{res.gpus:g} GPU and {res.cpus:g} CPU(s) each: device memory is "
+                          "one rank's")
+    plan.split = _splitter(biggest, big_d, device, gpus, "base.parallel")
     return plan
 
 
@@ -561,6 +676,9 @@ def plan_packs(sweep: SweepConfig, gpus: int | None = None,
     budget = memory_budget(sweep, gpu_memory) if gpus is None or gpu_memory else 0.0
     packs = make_packs(sweep, slots, budget)
     cfgs = [[sweep.train_config(m.architecture, m.values) for m in pack] for pack in packs]
+    split = cfgs[0][0].parallel.ranks > 1
+    if split:  # not planned per rank for packs yet: as one process
+        cfgs = [[_one_process(c) for c in pack] for pack in cfgs]
     d_in = _trial_d_in(cfgs[0][0])  # one data source per sweep (base.data)
     sizes = [[sae_bytes(c.sae, d_in) for c in pack] for pack in cfgs]
     device = _device(cfgs[0][0].device, gpus)
@@ -598,7 +716,18 @@ def plan_packs(sweep: SweepConfig, gpus: int | None = None,
                           "not counted")
     plan.notes.append("a running member's checkpoint holds its Adam moments; a stopped one's "
                       "only its weights (so the disk shrinks as ASHA stops members)")
+    if split:
+        plan.notes.append("base.parallel: a pack's memory is planned here as one process's, "
+                          "not per rank (pack: 1 plans each rank)")
     return plan
+
+
+def _one_process(cfg: TrainConfig) -> TrainConfig:
+    from sae_lab.training.config import ParallelConfig
+
+    one = copy.copy(cfg)
+    one.parallel = ParallelConfig()
+    return one
 
 
 def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: int) -> None:
@@ -668,8 +797,10 @@ def check(plan: Plan, limits: dict[Where, tuple[int, str]] | None = None) -> Non
         need = plan.total(where)
         if where in limits and need > limits[where][0]:
             have, what = limits[where]
-            raise PlanError(f"plan: needs {human(need)} of {where} but {what} is {human(have)} "
-                            f"(see `sae-lab plan`; --no-plan-check to run anyway)")
+            hint = plan.split(have) if where == "device" and plan.split else ""
+            raise PlanError(f"plan: needs {human(need)} of {where} but {what} is {human(have)}"
+                            f"{'; ' + hint if hint else ''} (see `sae-lab plan`; --no-plan-check "
+                            "to run anyway)")
 
 
 # --- a config file --------------------------------------------------------------------------

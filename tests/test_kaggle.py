@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,64 @@ def test_budget_sends_sigint_when_time_is_up():
         assert len(got) == 1  # no signal: the run skips straight to exporting
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+SECRET = "hf_kaggle_secret_456"
+
+
+def kaggle_secrets(secrets: dict[str, str]) -> types.ModuleType:
+    """A stand-in for Kaggle's kaggle_secrets module (only Kaggle's Python has it)."""
+    class UserSecretsClient:
+        def get_secret(self, label):
+            if label not in secrets:
+                raise KeyError(label)  # what Kaggle raises is not ours to name
+            return secrets[label]
+
+    module = types.ModuleType("kaggle_secrets")
+    module.UserSecretsClient = UserSecretsClient
+    return module
+
+
+def test_push_needs_a_repo_and_a_token(tmp_path, monkeypatch, capsys):
+    kaggle = load_script()
+    monkeypatch.setenv("HF_TOKEN", "")  # undone after the test, whoever sets it later
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no saved login
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", None)  # not on Kaggle: no such module
+    assert kaggle.hub_token() is None
+    assert kaggle.push_target("") is None and capsys.readouterr().out == ""  # none asked for
+    assert kaggle.push_target("me/saes") is None
+    assert "not pushing to me/saes: no Hugging Face token" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a Hub repo id"):
+        kaggle.push_target("not a repo")
+    # on Kaggle without the secret
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", kaggle_secrets({}))
+    assert kaggle.hub_token() is None and "HF_TOKEN" not in os.environ
+    # with it: read into the environment, where huggingface_hub finds it; never printed
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", kaggle_secrets({"HF_TOKEN": SECRET}))
+    assert kaggle.hub_token() == SECRET and os.environ["HF_TOKEN"] == SECRET
+    assert kaggle.push_target("me/saes") == "me/saes"
+    assert kaggle.parse_args([]).push == kaggle.PUSH_REPO
+    assert SECRET not in capsys.readouterr().out
+
+
+def test_push_at_the_end_sends_the_sweeps_best(tmp_path, monkeypatch, capsys):
+    from helpers.fake_hub import serving
+    from helpers.hub import fake_sweep
+    from helpers.tiny import make_sae
+
+    kaggle = load_script()
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", kaggle_secrets({"HF_TOKEN": SECRET}))
+    sweep = fake_sweep(tmp_path / "sweep", {"topk": make_sae(16, 32, "topk")})
+    with serving(monkeypatch, tmp_path, token=None) as hub:
+        kaggle.hub_token()
+        assert kaggle.push_results(kaggle.push_target("me/kaggle-saes"), sweep, private=True) == 0
+    assert hub.created[0]["visibility"] == "private" and all(hub.authorized)
+    assert {"topk/cfg.json", "topk/sae_weights.safetensors", "pareto.png", "README.md"} <= \
+        set(hub.files)
+    out = capsys.readouterr().out
+    assert "pushed 1 SAE(s) (topk) to https://huggingface.co/me/kaggle-saes" in out
+    assert SECRET not in out
 
 
 @pytest.mark.slow

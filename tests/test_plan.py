@@ -11,7 +11,7 @@ import transformers as T
 from sae_lab import plan as P
 from sae_lab.cli import main
 from sae_lab.data.shards import ShardSetWriter, read_manifest
-from sae_lab.training.config import TrainConfig
+from sae_lab.training.config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,3 +311,146 @@ def test_unpacked_sweep_disk_known_answer():
     assert plan.total("disk") == 2 * 2 * (checkpoint + saved) + 4 * saved
     assert [n.bytes for n in plan.needs if n.phase == "after training"] == [6 * saved,
                                                                            7 * saved]
+
+
+# --- one SAE over several GPUs ----------------------------------------------------------------
+
+TOPK = {"sae": {"architecture": "topk", "d_sae": 512, "k": 8},
+        "data": {"synthetic": {"d": 64, "n_tokens": 10_000}}, "batch_size": 256,
+        "max_tokens": 10_000}
+
+
+def _needs(plan):
+    return {n.what.split(":")[0].split(" [")[0]: n.bytes for n in plan.needs}
+
+
+def test_a_latent_sharded_rank_holds_its_share_known_answer():
+    """latents 2: half of W_enc, b_enc, W_dec and their gradients and Adam moments on a rank,
+    b_dec whole; [B, d_sae / 2] pre-activations; every rank's top 8 per token gathered; the
+    partial reconstructions summed. The checkpoints still hold the whole SAE."""
+    cfg = TrainConfig.from_dict({**TOPK, "parallel": {"latents": 2}})
+    plan = P.plan_train(cfg, gpus=2)
+    needs = _needs(plan)
+    share = 64 * 256 + 256 + 256 * 64 + 64
+    assert needs["SAE 64 x 512, 1/2 of its latents a rank"] == 4 * share * 4
+    assert needs["pre-activations"] == 256 * 256 * 4  # sparse TopK: one buffer
+    assert needs["top-k candidates gathered from 2 ranks"] == 2 * 256 * 8 * (4 + 8)
+    assert needs["partial reconstruction and its all-reduce"] == 2 * 256 * 64 * 4
+    whole = 2 * 64 * 512 + 512 + 64
+    assert needs["checkpoints"] == 2 * 3 * whole * 4 and needs["final SAE (safetensors)"] == \
+        whole * 4
+    assert plan.copies["host"] == 2 and plan.total("host") == 2 * (
+        (10_000 + 500) * 64 * 4 + P.RUNTIME)  # each rank its own synthetic data
+
+
+def test_a_data_parallel_rank_holds_the_whole_sae_and_its_rows():
+    cfg = TrainConfig.from_dict({**TOPK, "parallel": {"data": 2}})
+    needs = _needs(P.plan_train(cfg, gpus=2))
+    assert needs["SAE 64 x 512"] == 4 * (2 * 64 * 512 + 512 + 64) * 4
+    assert needs["pre-activations"] == 128 * 512 * 4
+    assert needs["batch"] == 8 * 128 * 64 * 4
+    assert not any(k.startswith(("top-k", "partial")) for k in needs)
+
+
+def test_parallel_is_checked_against_the_latents_and_the_batch():
+    with pytest.raises(ConfigError, match=r"parallel.latents=3: must divide the 512 latents"):
+        TrainConfig.from_dict({**TOPK, "parallel": {"latents": 3}})
+    with pytest.raises(ConfigError, match=r"batch_size=256: must be a multiple of parallel.data=3"):
+        TrainConfig.from_dict({**TOPK, "parallel": {"data": 3}})
+    cfg = TrainConfig.from_dict({**TOPK, "sae": {"architecture": "relu", "expansion_factor": 3},
+                                 "parallel": {"latents": 2}})  # d_sae 192 once d_in is known
+    assert P.plan_train(cfg).total("host") > 0
+    cfg.parallel.latents = 5
+    with pytest.raises(ConfigError, match=r"parallel.latents=5: must divide the 192 latents"):
+        P.plan_train(cfg)
+
+
+def test_the_refusal_names_the_smallest_split_that_fits():
+    cfg = TrainConfig.from_dict(TOPK)
+    plan = P.plan_train(cfg, gpus=4)
+    one = plan.total("device")
+    halves = {latents: P.trial_device(TrainConfig.from_dict({**TOPK, "parallel": {
+        "latents": latents}}), 64, "cuda") for latents in (2, 4)}
+    assert one > halves[2] > halves[4]
+    with pytest.raises(P.PlanError, match=rf"needs {P.human(one)} of device but one GPU is "
+                       r"[\d.]+ MiB; fits with parallel.latents 2 \(see"):
+        P.check(plan, {"device": (halves[2], "one GPU")})
+    with pytest.raises(P.PlanError, match=r"; fits with parallel.latents 4 \("):
+        P.check(plan, {"device": (halves[2] - 1, "one GPU")})
+    with pytest.raises(P.PlanError, match=r"; no split over 4 GPU\(s\) fits"):
+        P.check(plan, {"device": (2**20, "one GPU")})
+    # fewest ranks first, latent ranks before data ranks; 3 divides neither 512 nor 256
+    assert P.splits(cfg, 64, 4) == [(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)]
+
+
+MODELS = Path(__file__).resolve().parent / "helpers" / "model_configs"
+
+
+def test_the_llama3b_relu65k_sweep_fits_two_t4s_and_kaggle_disk():
+    """sweeps/llama3b_relu65k_t4x2.yaml with Llama-3.2-3B's config.json: each T4 holds half of
+    the 65,536 latents next to the model; one trial at a time, so its two checkpoints and the
+    other trials' final SAEs are what the 20 GB hold."""
+    over = [f"base.data.live.model={MODELS / 'Llama-3.2-3B'}"]
+    plan = P.plan_file(str(REPO / "sweeps" / "llama3b_relu65k_t4x2.yaml"), over, gpus=2,
+                       gpu_memory=15 * P.GiB)
+    config = P.model_config(str(MODELS / "Llama-3.2-3B"))
+    assert config.hidden_size == 3072
+    weights = 4 * (2 * 3072 * 65536 + 65536 + 3072)  # W_enc, b_enc, W_dec, b_dec float32
+    counters = 8 * 65536
+    share = 4 * (2 * 3072 * 32768 + 32768 + 3072)
+    b, f = 4096, 32768
+    device = (4 * share + 3.5 * b * f * 4 + 8 * b * 3072 * 4 + 2 * b * 3072 * 4
+              + P.CUDA_CONTEXT + P.model_bytes(config, "float16", "none", 17)
+              + P.forward_bytes(config, 8, 1024, "float16") + 65536 * 3072 * 4)
+    assert plan.total("device") == int(device)
+    assert 11 * P.GiB < plan.total("device") < 15 * P.GiB
+    saved, checkpoint = weights + counters, 3 * weights + counters
+    assert plan.total("disk") == 1 * 2 * (checkpoint + saved) + 3 * saved
+    assert 16 * P.GiB < plan.total("disk") < 20 * 10**9
+    P.check(plan, {"disk": (20 * 10**9, "20 GB"), "device": (15 * P.GiB, "a T4")})
+    # In one process the same trial needs 16.08 GiB: refused, naming the split that fits.
+    one = P.plan_file(str(REPO / "sweeps" / "llama3b_relu65k_t4x2.yaml"),
+                      [*over, "base.parallel.latents=1"], gpus=2, gpu_memory=15 * P.GiB)
+    with pytest.raises(P.PlanError, match=r"needs 16.08 GiB of device but a T4 is 15.00 GiB; "
+                                          r"fits with base.parallel.latents 2 \("):
+        P.check(one, {"disk": (20 * 10**9, "20 GB"), "device": (15 * P.GiB, "a T4")})
+
+
+def test_the_mistral7b_topk_x100_sweep_fits_eight_16gib_gpus():
+    """sweeps/mistral7b_topk_x100.yaml with Mistral-7B's config.json: 409,600 latents over 8
+    ranks, each with 51,200 of them, its top k=512 candidates (k_start) from every rank, and an
+    8-bit copy of the model's blocks 0-16."""
+    plan = P.plan_file(str(REPO / "sweeps" / "mistral7b_topk_x100.yaml"),
+                       [f"base.data.live.model={MODELS / 'Mistral-7B-v0.1'}"], gpus=8,
+                       gpu_memory=16 * P.GiB)
+    config = P.model_config(str(MODELS / "Mistral-7B-v0.1"))
+    b, f, d = 4096, 51200, 4096
+    share = 4 * (2 * d * f + f + d)
+    device = (4 * share + b * f * 4 + 8 * b * d * 4 + (2.1 - 1) * b * f * 4 - 8 * b * d * 4
+              + 8 * b * 512 * 12 + 2 * b * d * 4 + P.CUDA_CONTEXT
+              + P.model_bytes(config, "float16", "8bit", 17)
+              + P.forward_bytes(config, 4, 1024, "float16") + 32768 * d * 4)
+    assert plan.total("device") == int(device)
+    P.check(plan, {"device": (16 * P.GiB, "a 16 GiB GPU")})
+    assert plan.total("device") > 13 * P.GiB  # not vacuous
+    weights = 4 * (2 * d * 409600 + 409600 + d)
+    assert plan.total("disk") == 2 * (4 * weights + 2 * 8 * 409600) + 2 * (weights + 8 * 409600)
+
+
+def test_a_checkpoint_holds_what_plan_counts_with_float32_moments(tmp_path):
+    """plan counts a checkpoint as the SAE's weights and buffers and Adam's two moments in the
+    parameters' float32: moments rounded to bfloat16 would not resume exactly
+    (benchmarks/resume_moments.py), so a run's checkpoint keeps them whole."""
+    from sae_lab.training.run import train
+
+    cfg = TrainConfig.from_dict({**TOPK, "max_tokens": 512, "val_every_steps": 1,
+                                 "val_batches": 1, "out_dir": str(tmp_path / "run"),
+                                 "progress_bar": False, "device": "cpu"})
+    train(cfg, logger=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    sae = [t for k, t in ckpt["state_dict"].items() if k.startswith("sae.")]
+    moments = [t for state in ckpt["optimizer_states"][0]["state"].values()
+               for k, t in state.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert len(moments) == 2 * 4 and {t.dtype for t in moments} == {torch.float32}
+    held = sum(t.numel() * t.element_size() for t in sae + moments)
+    assert held == P.sae_bytes(cfg.sae, 64).checkpoint == 3 * 4 * 66_112 + 8 * 512

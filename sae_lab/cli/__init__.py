@@ -42,6 +42,8 @@ COMMANDS = [
     ("serve", "a local web page: type text, see the latents that fire on each token", "serve"),
     ("push", "upload an SAE or a sweep's best SAEs to the Hugging Face Hub, with a model card",
      "push"),
+    ("bench", "score SAEs beyond FVU and L0: core, sparse probing, absorption, autointerp; "
+     "one table, one plot", "bench"),
     ("compare", "SAEs from sweeps, folders and the Hub on one Pareto plot and table, same rows",
      "compare"),
     ("demo", "the whole path on CPU, offline: harvest MiniLM, sweep, plot, export, browse",

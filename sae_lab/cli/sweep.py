@@ -1,4 +1,5 @@
-"""`sae-lab sweep SWEEP.yaml [--address ADDR] [--resume] [--out DIR] [--set K=V] [--shards DIR]`
+"""`sae-lab sweep SWEEP.yaml [--address ADDR] [--resume] [--out DIR] [--set K=V] [--shards DIR]
+[--push REPO_ID [--private] [--revision REV]]`
 
 Ray and Lightning load only when a sweep runs, not for --help or --check.
 """
@@ -21,12 +22,17 @@ Run a Ray Tune sweep of SAE trainings described by SWEEP.yaml (see sweeps/demo.y
 results.csv, pareto.png and best/ (loadable with sae_lab.load) under --out. The same file runs on
 a laptop CPU, a GPU, Kaggle's two GPUs or a Ray cluster (--address). Ctrl-C (or SIGTERM) stops
 the sweep with its state saved; --resume continues it without re-running finished trials.
+--push REPO_ID uploads best/ to the Hugging Face Hub when the sweep ends (as `sae-lab push`).
 Exit codes: 0 some trials measured, 1 every trial failed, 2 bad input, 130 interrupted."""
 
 RESUME_HELP = ("continue an interrupted sweep in --out (Ray's state in OUT/tune/tuner.pkl is "
                "unpickled only if its sha256 is the one this sweep recorded and you own OUT)")
 TRUST_HELP = ("with --resume: restore a Tune state the sweep did not record (an older sae_lab's, "
               "or another user's folder). Unpickling runs code: only for folders you trust")
+PUSH_HELP = ("when the sweep (or a --resume of it) ends: upload best/ (each architecture's best "
+             "SAE and the Pareto frontier's) with a model card and pareto.png to this Hub model "
+             "repo, OWNER/NAME, as `sae-lab push` does. The repo id and the token (HF_TOKEN or "
+             "the Hugging Face login) are checked before the sweep starts")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -44,7 +50,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="validate the sweep and print its trials; launch nothing")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.add_argument("--push", metavar="REPO_ID", help=PUSH_HELP)
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    p.add_argument("--revision", help="with --push: the branch to push to (created when missing; "
+                   "default main)")
     return p
+
+
+def check_push(args: argparse.Namespace) -> None:
+    """--push's repo id and token, before the sweep starts (one line, exit 2, nothing written)."""
+    from sae_lab.config import ConfigError
+
+    if args.push is None:
+        if args.private or args.revision:
+            raise ConfigError("--private and --revision go with --push REPO_ID")
+        return
+    from sae_lab.share.push import check_push as check_repo_and_token
+
+    check_repo_and_token(args.push)
+
+
+def push_results(args: argparse.Namespace, out: str, name: str) -> None:
+    """What runs after a finished sweep with --push: best/ (and pareto.png, the model card) to
+    the Hub."""
+    from sae_lab.share.push import push
+
+    url, paths = push(out, args.push, private=args.private, revision=args.revision,
+                      commit_message=f"sae_lab sweep {name}")
+    print(f"pushed {len(paths)} SAE(s) ({', '.join(paths)}) to {args.push}: {url}")
+
+
+def resume_command(args: argparse.Namespace, out: str) -> str:
+    flags = f" --push {args.push}" if args.push else ""
+    flags += " --private" if args.private else ""
+    flags += f" --revision {args.revision}" if args.revision else ""
+    return f"sae-lab sweep {args.config} --resume --out {out}{flags}"
 
 
 def default_out(name: str) -> str:
@@ -75,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
     sweep in which no trial measured anything exits with code 1."""
     from sae_lab.sweep.schema import load_sweep, validate
 
+    check_push(args)
     sweep = load_sweep(args.config, args.set, args.shards)
     out = args.out or default_out(sweep.name)
     if args.check:
@@ -96,7 +137,9 @@ def run(args: argparse.Namespace) -> None:
     print(result.summary())
     if result.unfinished:
         raise KeyboardInterrupt(f"{len(result.unfinished)} trial(s) unfinished; continue with: "
-                                f"sae-lab sweep {args.config} --resume --out {out}")
+                                f"{resume_command(args, out)}")
     if not result.measured:
         print(f"sae-lab sweep: error: {result.failure_summary()}", file=sys.stderr)
         raise SystemExit(1)
+    if args.push:
+        push_results(args, out, sweep.name)

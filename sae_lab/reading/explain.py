@@ -9,10 +9,15 @@
                balanced accuracy = (TPR + TNR) / 2, so always answering "all" or "none" scores 0.5
                (the detection score of Paulo et al. 2024, delphi, and SAEBench's autointerp)
 
+    batch      several latents in one explain prompt and one detect prompt, answered as JSON
+               keyed by latent; a latent whose part does not parse is asked alone
+    run        explain_all: a thread per prompt in flight, each record saved as it is done
+
 The LLM is any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp's server) reached with
-httpx, or an in-process transformers causal LM. Results go to a JSON file (by default
-SAE_DIR/explanations.json, {"<latent>": {"title", "explanation", "score", ...}}), rewritten
-atomically after every latent, so an interrupted run continues where it stopped.
+httpx, or an in-process transformers causal LM. `explain` writes a JSON file
+({"<latent>": {"title", "explanation", "score", ...}}) rewritten atomically after every latent, so
+an interrupted run continues where it stopped; reading.autointerp runs a sample at scale with a
+per-latent cache (that is `sae-lab explain`).
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ import json
 import os
 import random
 import re
-import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sae_lab.files import atomic_write_json
 
@@ -98,10 +103,23 @@ class HTTPChat:
     max_tokens: int = 300
     max_bytes: int = MAX_ANSWER_BYTES
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    _ssl: Any = field(default=None, init=False, repr=False, compare=False)
+    _ssl_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                      compare=False)
 
     @property
     def name(self) -> str:
         return self.model
+
+    def _ssl_context(self) -> Any:
+        """One SSL context for every request: loading the certificates takes ~70 ms of CPU,
+        which would cap concurrent requests at ~15/s if each client loaded them again."""
+        import httpx
+
+        with self._ssl_lock:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            return self._ssl
 
     @property
     def endpoint(self) -> str:
@@ -141,7 +159,8 @@ class HTTPChat:
         import httpx
 
         # Made here, so that importing httpx and loading certificates are not timed.
-        client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False,
+                                   verify=self._ssl_context())
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -220,34 +239,43 @@ def _retry_after(header: str | None, default: float | None) -> float | None:
 
 
 class LocalChat:
-    """An in-process transformers causal LM (a local directory; never remote code), greedy."""
+    """An in-process transformers causal LM (a local directory; never remote code), greedy.
+    Loaded at the first question (a run whose latents are all cached never loads it); one
+    question at a time."""
 
     def __init__(self, path: str, device: str = "cpu", max_new_tokens: int = 200) -> None:
-        from sae_lab.lm.attach import load_lm
-
-        self.model, self.tokenizer = load_lm(path, device)
+        self.path, self.device = path, device
         self.name = str(path)
         self.max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+        self._loaded: tuple[Any, Any] | None = None
 
     def __call__(self, messages: list[Message]) -> str:
+        with self._lock:
+            if self._loaded is None:
+                from sae_lab.lm.attach import load_lm
+
+                self._loaded = load_lm(self.path, self.device)
+            return self._generate(messages, *self._loaded)
+
+    def _generate(self, messages: list[Message], model: Any, tok: Any) -> str:
         import torch
 
-        tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(messages, add_generation_prompt=True,
                                           return_tensors="pt", return_dict=True)["input_ids"]
         else:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             ids = tok(text, return_tensors="pt")["input_ids"]
-        ids = ids.to(next(self.model.parameters()).device)
-        limit = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", None)
+        ids = ids.to(next(model.parameters()).device)
+        limit = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None)
         if limit:
             ids = ids[:, -(limit - self.max_new_tokens):]  # keep the end: it holds the question
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=self.max_new_tokens, pad_token_id=pad)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
@@ -382,6 +410,25 @@ ANSWER: [] if none."""
 
 RETRY_NOTE = "Your reply did not follow the format. {problem} Reply again in exactly the format."
 
+# Several latents in one prompt: the same questions, answered as JSON keyed by latent.
+EXPLAIN_BATCH_PROMPT = """Below are text excerpts for each of {n} features. In each excerpt, the \
+token where the feature fires is marked like <<this>>.
+
+{features}
+
+What does each feature respond to? Reply with only a JSON object keyed by feature number, e.g. \
+{example}"""
+
+EXAMPLE_NOTE = {"title": "<at most 6 words>", "explanation": "<one sentence>"}
+
+DETECT_BATCH_PROMPT = """Each feature below is given with its explanation and numbered excerpts. \
+For each feature, which of its excerpts contain a token where that feature fires?
+
+{features}
+
+Reply with only a JSON object keyed by feature number whose values list those excerpt numbers \
+([] if none), e.g. {example}"""
+
 
 def parse_explanation(answer: str) -> tuple[str, str]:
     title = re.search(r"^\W*title\W*:\s*(.+)$", answer, re.I | re.M)
@@ -422,37 +469,182 @@ def balanced_accuracy(picked: set[int], active: set[int], n: int) -> float:
     return (tpr + tnr) / 2
 
 
-def explain_latent(chat: Chat, ev: Evidence, seed: int = 0) -> dict[str, Any]:
-    """One latent's record: title, explanation, detection score (balanced accuracy)."""
-    if not ev.shown:
-        return {"title": "", "explanation": "", "score": None, "status": "dead",
-                "error": "it never fired on the inspected tokens"}
-    numbered = "\n".join(f"{i}. {c}" for i, c in enumerate(ev.shown, 1))
-    try:
-        title, explanation = ask(chat, EXPLAIN_PROMPT.format(examples=numbered),
-                                 parse_explanation)
-    except MalformedAnswer as e:
-        return {"title": "", "explanation": "", "score": None, "status": "failed",
-                "error": f"explanation: malformed answer twice ({e})"}
-    rec: dict[str, Any] = {"title": title, "explanation": explanation, "score": None,
-                           "status": "ok", "n_shown": len(ev.shown)}
-    items = [(c, True) for c in ev.held_out] + [(c, False) for c in ev.inactive]
+def _dead() -> dict[str, Any]:
+    return {"title": "", "explanation": "", "score": None, "status": "dead",
+            "error": "it never fired on the inspected tokens"}
+
+
+def _explained(title: str, explanation: str, ev: Evidence) -> dict[str, Any]:
+    return {"title": title, "explanation": explanation, "score": None, "status": "ok",
+            "n_shown": len(ev.shown)}
+
+
+def _numbered(texts: Iterable[str]) -> str:
+    return "\n".join(f"{i}. {c}" for i, c in enumerate(texts, 1))
+
+
+def detection_items(ev: Evidence, seed: int) -> list[tuple[str, bool]] | None:
+    """The held-out activating and the non-activating contexts, shuffled by `seed`, each with
+    whether it activates; None when either kind is missing."""
     if not ev.held_out or not ev.inactive:
-        rec["error"] = "detection skipped: too few held-out activating or non-activating contexts"
-        return rec
+        return None
+    items = [(c, True) for c in ev.held_out] + [(c, False) for c in ev.inactive]
     random.Random(seed).shuffle(items)
-    numbered = "\n".join(f"{i}. {c}" for i, (c, _) in enumerate(items, 1))
-    try:
-        picked = ask(chat, DETECT_PROMPT.format(explanation=explanation, examples=numbered),
-                     lambda a: parse_detection(a, len(items)))
-    except MalformedAnswer as e:
-        rec.update(status="failed", error=f"detection: malformed answer twice ({e})")
-        return rec
+    return items
+
+
+def _scored(rec: dict[str, Any], picked: set[int], items: list[tuple[str, bool]]
+            ) -> dict[str, Any]:
     truth = {i for i, (_, on) in enumerate(items, 1) if on}
     rec["score"] = round(balanced_accuracy(picked, truth, len(items)), 4)
     rec["detection"] = {"n_active": len(truth), "n_inactive": len(items) - len(truth),
                         "true_pos": len(picked & truth), "false_pos": len(picked - truth)}
     return rec
+
+
+def _detect(chat: Chat, rec: dict[str, Any], ev: Evidence, seed: int) -> dict[str, Any]:
+    items = detection_items(ev, seed)
+    if items is None:
+        rec["error"] = "detection skipped: too few held-out activating or non-activating contexts"
+        return rec
+    prompt = DETECT_PROMPT.format(explanation=rec["explanation"],
+                                  examples=_numbered(c for c, _ in items))
+    try:
+        picked = ask(chat, prompt, lambda a: parse_detection(a, len(items)))
+    except MalformedAnswer as e:
+        rec.update(status="failed", error=f"detection: malformed answer twice ({e})")
+        return rec
+    return _scored(rec, picked, items)
+
+
+def explain_latent(chat: Chat, ev: Evidence, seed: int = 0) -> dict[str, Any]:
+    """One latent's record: title, explanation, detection score (balanced accuracy)."""
+    if not ev.shown:
+        return _dead()
+    try:
+        title, explanation = ask(chat, EXPLAIN_PROMPT.format(examples=_numbered(ev.shown)),
+                                 parse_explanation)
+    except MalformedAnswer as e:
+        return {"title": "", "explanation": "", "score": None, "status": "failed",
+                "error": f"explanation: malformed answer twice ({e})"}
+    return _detect(chat, _explained(title, explanation, ev), ev, seed)
+
+
+def _ask_json(chat: Chat, prompt: str) -> dict[str, Any]:
+    """One question whose answer is a JSON object; {} when it is not one (not re-asked: the
+    latents of an answer that does not parse are asked one by one instead)."""
+    answer = chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
+    start, end = answer.find("{"), answer.rfind("}")  # tolerate ```json fences and chatter
+    try:
+        obj = json.loads(answer[start : end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        return {}
+    return {re.sub(r"\D", "", str(k)): v for k, v in obj.items()}  # "Feature 12" -> "12"
+
+
+def _batch_explanation(got: Any) -> tuple[str, str] | None:
+    if not isinstance(got, dict):
+        return None
+    title, expl = got.get("title"), got.get("explanation")
+    if not (isinstance(title, str) and isinstance(expl, str) and title.strip()
+            and expl.strip()):
+        return None
+    return title.strip(), expl.strip()
+
+
+def _batch_picks(got: Any, n: int) -> set[int] | None:
+    if not isinstance(got, list) or not all(type(p) is int and 1 <= p <= n for p in got):
+        return None
+    return set(got)
+
+
+def explain_group(chat: Chat, group: list[tuple[int, Evidence]], seed: int = 0
+                  ) -> dict[int, dict[str, Any]]:
+    """Records of several latents asked together: one explanation prompt and one detection
+    prompt for all, each answered as JSON keyed by latent. A latent whose part of an answer is
+    missing or malformed is asked alone (explain_latent, or its detection alone), so with an
+    LLM that answers both formats alike the records are the same as one latent per prompt.
+    Latent `l` uses seed + l, as explain_latent does."""
+    recs = {latent: _dead() for latent, ev in group if not ev.shown}
+    live = [(latent, ev) for latent, ev in group if ev.shown]
+    if len(live) < 2:
+        return recs | {latent: explain_latent(chat, ev, seed + latent) for latent, ev in live}
+    sections = "\n\n".join(f"Feature {latent}:\n{_numbered(ev.shown)}" for latent, ev in live)
+    answers = _ask_json(chat, EXPLAIN_BATCH_PROMPT.format(n=len(live), features=sections,
+                                                          example=_example(live, EXAMPLE_NOTE)))
+    explained: list[tuple[int, Evidence, dict[str, Any]]] = []
+    for latent, ev in live:
+        got = _batch_explanation(answers.get(str(latent)))
+        if got is None:
+            recs[latent] = explain_latent(chat, ev, seed + latent)
+        else:
+            explained.append((latent, ev, _explained(*got, ev)))
+    to_detect = []
+    for latent, ev, rec in explained:
+        items = detection_items(ev, seed + latent)
+        if items is None:
+            recs[latent] = _detect(chat, rec, ev, seed + latent)  # records why it is skipped
+        else:
+            to_detect.append((latent, ev, rec, items))
+    answers = {}
+    if len(to_detect) > 1:
+        sections = "\n\n".join(
+            f"Feature {latent} is explained as: {rec['explanation']}\n"
+            f"{_numbered(c for c, _ in items)}" for latent, _, rec, items in to_detect)
+        answers = _ask_json(chat, DETECT_BATCH_PROMPT.format(
+            features=sections, example=_example(to_detect, [1, 4])))
+    for latent, ev, rec, items in to_detect:
+        picked = _batch_picks(answers.get(str(latent)), len(items))
+        recs[latent] = (_detect(chat, rec, ev, seed + latent) if picked is None
+                        else _scored(rec, picked, items))
+    return {latent: recs[latent] for latent, _ in group}
+
+
+def _example(group: list[tuple[Any, ...]], value: Any) -> str:
+    return json.dumps({str(g[0]): value for g in group[:2]})
+
+
+def explain_all(chat: Chat, evidence: dict[int, Evidence], save: Callable[[int, dict], None],
+                seed: int = 0, concurrency: int = 1, batch: int = 1) -> None:
+    """Explain and score every latent of `evidence`, `batch` latents per prompt, `concurrency`
+    prompts in flight (a thread each). `save(latent, record)` is called in this thread as each
+    latent is done, so an interrupted run loses only the latents in flight. An EndpointError
+    stops the run: nothing more is sent, the latents in flight are saved as they finish, and it
+    is raised. Ctrl-C, or any error, cancels what has not started."""
+    latents = list(evidence)
+    groups = [latents[i : i + batch] for i in range(0, len(latents), batch)]
+    stop = threading.Event()
+
+    def work(group: list[int]) -> dict[int, dict[str, Any]]:
+        if stop.is_set():
+            return {}
+        try:
+            return explain_group(chat, [(latent, evidence[latent]) for latent in group], seed)
+        except BaseException:
+            stop.set()
+            raise
+
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="explain") as pool:
+        futures = [pool.submit(work, g) for g in groups]
+        try:
+            for done in as_completed(futures):
+                try:
+                    recs = done.result()
+                except EndpointError as e:
+                    failure = failure or e
+                    continue
+                for latent, rec in recs.items():
+                    save(latent, rec)
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+    if failure is not None:
+        raise failure
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -492,37 +684,50 @@ def attach_titles(records: list[dict[str, Any]], path: str | os.PathLike) -> int
     return n
 
 
+def needs_asking(rec: dict[str, Any] | None, redo_failed: bool) -> bool:
+    return not rec or (redo_failed and rec.get("status") == "failed")
+
+
+def progress(latent: int, rec: dict[str, Any]) -> str:
+    score = "-" if rec["score"] is None else f"{rec['score']:.2f}"
+    return f"latent {latent}: {rec['status']}, score {score}: {rec['title'] or rec['error']}"
+
+
+def check_explained(new: dict[int, dict[str, Any]], where: str | os.PathLike) -> None:
+    """NothingExplained when the LLM was asked about some latents and every one failed."""
+    asked = [(latent, r) for latent, r in sorted(new.items()) if r["status"] != "dead"]
+    failed = [(latent, r) for latent, r in asked if r["status"] == "failed"]
+    if asked and len(failed) == len(asked):
+        latent, rec = failed[0]
+        raise NothingExplained(f"no latent was explained: all {len(asked)} asked failed (latent "
+                               f"{latent}: {rec['error']}); records in {where}; --redo-failed "
+                               "retries them")
+
+
 def explain(sae: SAE, top: TopActivations, active: torch.Tensor, inactive: torch.Tensor,
             latents: list[int], text: TokenText, chat: Chat, out: str | os.PathLike,
             n_top: int = 10, n_sampled: int = 5, n_held_random: int = 5, left: int = 12,
             right: int = 4, redo_failed: bool = False, seed: int = 0,
-            say: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
+            say: Callable[[str], None] = lambda s: None, concurrency: int = 1,
+            batch: int = 1) -> dict[str, dict[str, Any]]:
     """Explain and score `latents`, skipping those already in `out`; `out` is rewritten after
-    every latent. When the LLM was asked about some latents and every one of them failed, raises
-    NothingExplained (after writing `out`)."""
+    every latent (explain_all runs them). When the LLM was asked about some latents and every
+    one of them failed, raises NothingExplained (after writing `out`)."""
     done = read_explanations(out)
-    failed: list[tuple[int, str]] = []
-    asked = 0
-    for pos, latent in enumerate(latents):
-        old = done.get(str(latent))
-        if old and not (redo_failed and old.get("status") == "failed"):
-            continue
-        ev = gather_evidence(top, pos, latent, active, inactive, text, n_top, n_sampled,
-                             n_held_random, left, right)
-        rec = explain_latent(chat, ev, seed=seed + latent)
+    evidence = {latent: gather_evidence(top, pos, latent, active, inactive, text, n_top,
+                                        n_sampled, n_held_random, left, right)
+                for pos, latent in enumerate(latents)
+                if needs_asking(done.get(str(latent)), redo_failed)}
+    new: dict[int, dict[str, Any]] = {}
+
+    def save(latent: int, rec: dict[str, Any]) -> None:
         rec["model"] = chat.name
-        done[str(latent)] = rec
+        new[latent] = done[str(latent)] = rec
         atomic_write_json(out, done)
-        score = "-" if rec["score"] is None else f"{rec['score']:.2f}"
-        say(f"latent {latent}: {rec['status']}, score {score}: {rec['title'] or rec['error']}")
-        asked += rec["status"] != "dead"
-        if rec["status"] == "failed":
-            failed.append((latent, rec["error"]))
-    if asked and len(failed) == asked:
-        latent, error = failed[0]
-        raise NothingExplained(f"no latent was explained: all {asked} asked failed (latent "
-                               f"{latent}: {error}); records in {out}; --redo-failed retries "
-                               "them")
+        say(progress(latent, rec))
+
+    explain_all(chat, evidence, save, seed, concurrency, batch)
+    check_explained(new, out)
     return done
 
 
@@ -535,67 +740,9 @@ def format_table(records: dict[str, dict[str, Any]], latents: list[int]) -> str:
         score = "" if r.get("score") is None else f"{r['score']:.2f}"
         lines.append(f"{i:>6}  {score:>5}  {r.get('status', ''):<6}  "
                      f"{r.get('title') or r.get('error', '')}")
-    scored = [r["score"] for r in records.values() if r.get("score") is not None]
+    scored = [r["score"] for i in latents if (r := records.get(str(i)))
+              and r.get("score") is not None]
     if scored:
         lines.append(f"mean detection score (balanced accuracy) over {len(scored)} latents: "
                      f"{sum(scored) / len(scored):.3f}")
     return "\n".join(lines)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-class Explained(NamedTuple):
-    records: dict[str, dict[str, Any]]
-    """everything in `out`, by latent"""
-    latents: list[int]
-    """the latents asked for"""
-    out: Path
-    ran: bool
-    """False when every latent asked for was already in `out`"""
-
-
-def explain_dir(sae_dir: str | os.PathLike, shards: str, make_chat: Callable[[str], Chat], *,
-                latents: str | None = None, max_latents: int = 20,
-                out: str | os.PathLike | None = None, top: int = 10, sampled: int = 5,
-                held_out: int = 10, context_left: int = 12, context_right: int = 4,
-                max_tokens: int | None = None, redo_failed: bool = False,
-                tokenizer: str | None = None, seed: int = 0, device: str = "auto",
-                say: Callable[[str], None] = _stderr) -> Explained:
-    """`sae-lab explain` as a function: explain and score the latents of the SAE in `sae_dir`
-    (`latents` like "0-19,512", else the first `max_latents`) on `shards`, with the chat that
-    `make_chat(device)` returns (called only when a latent is left to explain); results in
-    `out` (default SAE_DIR/explanations.json)."""
-    from sae_lab.data.shards import iter_blocks, read_manifest
-    from sae_lab.lm.attach import check_shards, load_sae_dir, load_tokenizer, resolve_device
-    from sae_lab.reading.contexts import TokenText, parse_latents, top_activations
-
-    device = resolve_device(device)
-    sae = load_sae_dir(sae_dir, device)
-    ids = parse_latents(latents, sae.d_sae, max_latents)
-    manifest = read_manifest(shards)
-    for w in check_shards(sae, manifest, shards):
-        say(f"warning: {w}")
-    name = (tokenizer or manifest.get("tokenizer") or sae.metadata.get("model")
-            or manifest.get("model"))
-    if not name:
-        raise ValueError("neither the SAE nor the shards name a model; pass --tokenizer")
-    out = Path(out or Path(sae_dir) / EXPLANATIONS)
-    cached = read_explanations(out)  # a broken cache is an error before the passes, not after
-    if not any(str(i) not in cached or (redo_failed and cached[str(i)].get("status") == "failed")
-               for i in ids):
-        return Explained(cached, ids, out, False)
-    chat = make_chat(device)
-    n_next = held_out // 2  # held-out contexts from just below the shown top ones
-    n_random = held_out - n_next
-    found = top_activations(sae, iter_blocks(shards), top + n_next, max_tokens=max_tokens,
-                            device=device)
-    # Extra random rows: some may be top rows, which are left out of the random ones.
-    active, inactive = sample_rows(sae, iter_blocks(shards), ids, sampled + n_random + top + n_next,
-                                   held_out, seed, max_tokens=max_tokens, device=device)
-    records = explain(sae, found, active, inactive, ids, TokenText(load_tokenizer(name)), chat,
-                      out, top, sampled, n_random, context_left, context_right, redo_failed, seed,
-                      say=say)
-    return Explained(records, ids, out, True)
-

@@ -42,6 +42,13 @@ def check_repo_id(repo_id: str) -> None:
         raise ValueError(f"{repo_id!r}: not a Hub repo id (expected OWNER/NAME)")
 
 
+def check_push(repo_id: str) -> str:
+    """The token for a push to `repo_id`, checked before any work: a one-line ValueError for a
+    malformed repo id or a missing token."""
+    check_repo_id(repo_id)
+    return hub_token()
+
+
 def stage(path: str, repo_id: str, out: Path) -> list[str]:
     """Write what `push` uploads into `out`; returns the SAE paths in the repo."""
     found = sources(path)
@@ -66,8 +73,7 @@ def stage(path: str, repo_id: str, out: Path) -> list[str]:
 def push(path: str, repo_id: str, private: bool = False, revision: str | None = None,
          commit_message: str | None = None) -> tuple[str, list[str]]:
     """Upload the SAE(s) `path` names to `repo_id`; returns (the commit's URL, SAE paths)."""
-    check_repo_id(repo_id)
-    token = hub_token()
+    token = check_push(repo_id)
     with tempfile.TemporaryDirectory(prefix="sae_lab_push_") as tmp:
         staged = Path(tmp) / "repo"
         paths = stage(path, repo_id, staged)

@@ -63,10 +63,11 @@ def _eval_metrics(sae_dir: Path) -> dict[str, Any]:
 
 
 def training_config(sae_dir: str) -> str | None:
-    """The YAML training config of the run an SAE directory came from (its run dir's
-    config.yaml, one or two levels up), when there."""
+    """The YAML config of the run an SAE directory came from, when there: its run dir's
+    config.yaml (train), or the sweep's sweep.yaml (best/<name>), one or two levels up."""
     p = Path(sae_dir)
     for parent in (p.parent, p.parent.parent):
-        if (parent / "config.yaml").is_file():
-            return (parent / "config.yaml").read_text()
+        for name in ("config.yaml", "sweep.yaml"):
+            if (parent / name).is_file():
+                return (parent / name).read_text()
     return None

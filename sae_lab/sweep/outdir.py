@@ -30,7 +30,7 @@ SPEC_FILE = "sweep.yaml"
 TUNER_PKL = "tune/tuner.pkl"
 # What a sweep writes under its output directory (atomic writes' temporaries start with ".").
 WRITTEN = (SPEC_FILE, MARKER, "tune", "results.csv", "pareto.png", "best", "events.jsonl",
-           "rungs.jsonl", ".*")
+           "rungs.jsonl", "wandb", "wandb_run_id", ".*")
 TRUST_FLAG = "trust_state=True (sae-lab sweep --trust-state)"
 
 

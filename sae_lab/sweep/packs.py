@@ -281,6 +281,7 @@ class PackReport(SlimCheckpoint):
                     not self._go_on(name, arch, metrics):
                 pack.stop(i)
         self._sync_status(pack)
+        self.state["wandb_ids"] = pack.wandb_ids  # a resumed pack continues these W&B runs
         self.state["tokens"] = tokens
         self.state["wall_time_s"] = time.monotonic() - self.wall_start
         with tempfile.TemporaryDirectory(prefix="sae_lab_pack_") as tmp:
@@ -357,8 +358,10 @@ def run_pack(config: dict[str, Any], sweep: dict[str, Any], rungs: str | None) -
     report = PackReport(spec, members, actor, info, restored)
     try:
         # Tune keeps the checkpoints, and the final SAEs go into the last one (report.final)
+        # The W&B run ids travel in the checkpoint: a resumed sweep's trials work in new folders.
         results = train_pack(cfgs, names, os.getcwd(), callbacks=[report], ckpt_path=ckpt_path,
-                             save_checkpoints=False, save_final=False)
+                             save_checkpoints=False, save_final=False,
+                             wandb_ids=(restored or {}).get("wandb_ids"))
     except Exception as e:  # Tune retries the pack from its checkpoint
         raise TrialError(f"{type(e).__name__}: {e} (pack {info['pack']} on host "
                          f"{info['hostname']})") from e

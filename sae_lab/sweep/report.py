@@ -513,9 +513,11 @@ def best_picks(result: SweepResult, architectures: list[str]) -> dict[str, Trial
     return {name: t for name, t in picks.items() if t is not None and t.checkpoint}
 
 
-def export_best(result: SweepResult, sweep: SweepConfig, target: Path) -> None:
-    """best/<arch>/ by the sweep's metric and best/frontier_<i>/, built aside then swapped in."""
-    picks = best_picks(result, sweep.architectures)
+def export_best(result: SweepResult, sweep: SweepConfig, target: Path,
+                picks: dict[str, TrialRecord] | None = None) -> None:
+    """best/<arch>/ by the sweep's metric (or as `picks` says) and best/frontier_<i>/ (a sweep
+    over layers: best/layer<L>_...), built aside then swapped in."""
+    picks = best_picks(result, sweep.architectures) if picks is None else picks
     with atomic_dir(target, "sweep best",
                     known=("summary.json", "frontier_*", "layer*", *ARCHITECTURES)) as tmp:
         for name, t in picks.items():

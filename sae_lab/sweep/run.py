@@ -35,6 +35,7 @@ from ray.tune import Callback
 from sae_lab.files import atomic_write_json, atomic_write_text, disk_full_error, is_disk_full
 from sae_lab.sae.config import ConfigError
 from sae_lab.sweep import progress as trial_progress
+from sae_lab.sweep.bench import bench_sweep
 from sae_lab.sweep.outdir import (
     check_out_dir,
     check_state,
@@ -57,6 +58,7 @@ from sae_lab.sweep.schema import CheckedSweep, SweepConfig, sweep_from_dict, val
 from sae_lab.sweep.space import build_search_alg, check_resources, param_space, trial_values
 from sae_lab.sweep.trial import TrialError, quiet_trial
 from sae_lab.training.metrics import objective
+from sae_lab.training.wandb_runs import run_id
 
 TRAINER_CKPT = "trainer.ckpt"
 SAE_DIR = "sae"
@@ -155,6 +157,10 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # measured on the whole held-out set, not on the first val_batches of it.
     cfg.val_batches = 0
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    if "wandb" in cfg.loggers:
+        # The trial's W&B run is named by its Tune trial id, which a resumed sweep keeps (its
+        # working folder, where train() keeps the id, is a new one): resuming continues the run.
+        run_id(Path(cfg.out_dir), f"{spec.name}-{tune.get_context().get_trial_id()}")
     info = {
         "architecture": arch,
         "node": ray.get_runtime_context().get_node_id(),
@@ -321,6 +327,7 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
     if resume and (out / "results.csv").is_file():
         done = load_result(out, sweep)
         if done.trials and all(t.status in FINISHED for t in done.trials):
+            bench_sweep(done, sweep)
             return done, "reused"
     if resume:
         print(f"resuming the interrupted sweep in {out} (finished trials are not run again)",
@@ -331,6 +338,7 @@ def run_or_resume(sweep: SweepConfig, out: str | Path, progress: bool = True,
             result = run_sweep(sweep, out, resume=resume, verbose=0, trust_state=trust_state)
     else:
         result = run_sweep(sweep, out, resume=resume, verbose=verbose, trust_state=trust_state)
+    bench_sweep(result, sweep)
     return result, "resumed" if resume else "ran"
 
 
@@ -452,14 +460,29 @@ def checkpoint_bytes(exp_dir: Path) -> int | None:
 
 
 def finish(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
-    """write_report, unless a trial ran out of disk space: then what it half-wrote is removed
-    and a DiskFullError says where and how much is needed."""
+    """write_report (and, with wandb in the loggers, the W&B summary run of a finished sweep),
+    unless a trial ran out of disk space: then what it half-wrote is removed and a DiskFullError
+    says where and how much is needed."""
     if any(r.error is not None and is_disk_full(r.error) for r in grid):
         exp_dir = out / EXPERIMENT
         remove_partial_files(exp_dir, say=_note)
         raise disk_full_error(exp_dir, checkpoint_bytes(exp_dir),
                               remedy="free some space and continue with --resume")
-    return write_report(grid, sweep, out)
+    result = write_report(grid, sweep, out)
+    if not result.unfinished:
+        _log_summary(result, sweep, out)
+    return result
+
+
+def _log_summary(result: SweepResult, sweep: SweepConfig, out: Path) -> None:
+    """The W&B summary run (sae_lab.sweep.tracking). The report is written by now: a tracker
+    that fails (offline, quota) costs a note, not the sweep."""
+    from sae_lab.sweep.tracking import log_summary
+
+    try:
+        log_summary(result, sweep, out)
+    except Exception as e:
+        _note(f"W&B summary run not logged ({type(e).__name__}: {e})")
 
 
 def _note(line: str) -> None:

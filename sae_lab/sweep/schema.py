@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
+from sae_lab.bench.run import BenchConfig
 from sae_lab.config import (
     ConfigError,
     TypeName,
@@ -47,7 +48,7 @@ from sae_lab.config import (
 from sae_lab.data.config import data_d_in
 from sae_lab.sae import CONFIGS, TopKConfig
 from sae_lab.sae.config import searchable
-from sae_lab.training.config import TrainConfig
+from sae_lab.training.config import TrainConfig, WandbConfig
 from sae_lab.training.metric_names import OBJECTIVE, SWEEP_METRICS
 
 METRICS = SWEEP_METRICS
@@ -201,6 +202,31 @@ def _pack_size(v: Any) -> Any:
 
 
 @config
+class SweepBench(BenchConfig):
+    """`sae-lab bench` at the end of the sweep (sae_lab.sweep.bench): its tasks on the SAEs `on`
+    names, their metrics added to results.csv as bench_<metric> columns. `shards` defaults to
+    the sweep's data.shards, `last_shards` to its data.val_shards (the held-out shards)."""
+
+    on: Literal["frontier", "best", "all"] = "frontier"
+    """frontier: the Pareto-frontier trials (best/frontier_*); best: the best trial of each
+    architecture (best/<architecture>); all: every measured trial."""
+
+
+@config
+class SelectConfig:
+    """How best/<architecture> is chosen when not by the sweep's metric alone."""
+
+    metric: str
+    """A results.csv metric (fvu, l0, dead_frac, ...) or a bench metric (absorption_full,
+    probe_sae_top1, ce_score, ...; those need evaluate.on: all)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) is better."""
+    within_fvu: Annotated[float, Field(ge=0)] = 0.02
+    """Candidates: the architecture's measured trials whose FVU is at most its best FVU plus
+    this."""
+
+
+@config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
 
@@ -245,6 +271,14 @@ class SweepConfig:
     auto: one pack per trial slot (GPU, or resources.cpus cores), split further when the members
     would not fit in memory. 1: a trial per SAE."""
 
+    evaluate: SweepBench | None = None
+    """Bench tasks run at the end of the sweep (and, on --resume, on the SAEs not yet
+    benched), e.g. {tasks: [core, sparse_probing, absorption], on: frontier}."""
+
+    select: SelectConfig | None = None
+    """Choose best/<architecture> by another metric among the trials close to the best FVU,
+    e.g. {metric: absorption_full, mode: min, within_fvu: 0.02}."""
+
     def __post_init__(self) -> None:
         require(self.pack == 1 or self.search != "optuna", "pack", self.pack,
                 "1 with search: optuna (packs are drawn up front: use random or grid)")
@@ -254,6 +288,11 @@ class SweepConfig:
             require(self.objective.l0_weight > 0, "objective.l0_weight",
                     self.objective.l0_weight,
                     "> 0 (0 ranks on raw FVU, which favours the densest SAE)")
+        if self.select is not None and self.select.metric not in SWEEP_METRICS:
+            require(self.evaluate is not None and self.evaluate.on == "all", "evaluate.on",
+                    None if self.evaluate is None else self.evaluate.on,
+                    f"all with select.metric: {self.select.metric} (a bench metric of every "
+                    "trial)")
         self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
 
@@ -272,11 +311,22 @@ class SweepConfig:
                 key, value = "data.live.layers", [value]
             _set_path(d, key, value)
         d["progress_bar"] = False
-        if "wandb" in (d.get("loggers") or ()):  # a sweep's W&B runs are grouped under its name
+        self._group_wandb(d)
+        return TrainConfig.from_dict(d)
+
+    def _group_wandb(self, d: dict[str, Any]) -> dict[str, Any]:
+        """A sweep's W&B runs (trials, pack members, its summary run) are grouped under its
+        name unless the config names a group."""
+        if "wandb" in (d.get("loggers") or ()):
             wandb = d.setdefault("wandb", {})
             if isinstance(wandb, dict) and not wandb.get("group"):
                 wandb["group"] = self.name
-        return TrainConfig.from_dict(d)
+        return d
+
+    def wandb_config(self) -> WandbConfig | None:
+        """The W&B settings of the sweep's runs; None without wandb in base.loggers."""
+        d = self._group_wandb(copy.deepcopy(self.base))
+        return parse(WandbConfig, d["wandb"], "base.wandb") if "wandb" in d else None
 
     @property
     def num_trials(self) -> int:

@@ -62,6 +62,22 @@ class WandbConfig:
 
 
 @config
+class ParallelConfig:
+    """How one SAE spans several processes (one GPU each): latents x data ranks."""
+
+    latents: PosInt = 1
+    """Ranks the dictionary is split over: each holds d_sae / latents latents (its columns of
+    W_enc and b_enc, rows of W_dec, and their Adam moments); b_dec is on every rank."""
+    data: PosInt = 1
+    """Ranks that each read a disjoint part of the data, batch_size / data rows a step, their
+    gradients averaged."""
+
+    @property
+    def ranks(self) -> int:
+        return self.latents * self.data
+
+
+@config
 class TrainConfig:
     """One SAE training run."""
 
@@ -124,6 +140,8 @@ class TrainConfig:
     """Where curves go: TensorBoard files in out_dir/tensorboard, W&B (the `wandb` extra)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """The W&B run (see WandbConfig); read only with wandb in loggers."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """One SAE over several GPUs (see ParallelConfig); 1 x 1: one process."""
 
     def __post_init__(self) -> None:
         require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,
@@ -133,6 +151,10 @@ class TrainConfig:
                 list(live.layers) if live else None,
                 "one layer (an SAE reads one; several layers train as a pack: `layer` in a "
                 "sweep's space)")
+        require(self.batch_size % self.parallel.data == 0, "batch_size", self.batch_size,
+                f"a multiple of parallel.data={self.parallel.data}")
+        if self.sae.d_sae:  # else checked once d_in is known (check_parallel)
+            check_parallel(self, self.sae.d_sae)
 
     @property
     def max_steps(self) -> int:
@@ -162,6 +184,13 @@ class TrainConfig:
         return cls.from_dict(apply_overrides(d, overrides))
 
 
+def check_parallel(cfg: TrainConfig, d_sae: int) -> None:
+    """ConfigError unless parallel.latents divides the number of latents."""
+    if d_sae % cfg.parallel.latents:
+        raise ConfigError(f"parallel.latents={cfg.parallel.latents}: must divide the "
+                          f"{d_sae:,} latents (sae.d_sae)")
+
+
 def reference(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(dotted name, type, default, doc) of every field, nested sections expanded."""
     rows = _reference(cls, prefix)
@@ -174,5 +203,5 @@ def reference(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str,
     return rest[:at] + reference_rows(f"{prefix}sae.") + rest[at:]
 
 
-__all__ = ["ConfigError", "DataConfig", "SyntheticConfig", "TrainConfig", "apply_overrides",
-           "reference"]
+__all__ = ["ConfigError", "DataConfig", "ParallelConfig", "SyntheticConfig", "TrainConfig",
+           "apply_overrides", "check_parallel", "reference"]

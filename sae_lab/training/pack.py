@@ -7,12 +7,14 @@
 
 Members may differ in architecture, k, lambda, lr, expansion factor and schedules; each keeps its
 own input scale, parameters, Adam state (its own parameter groups, betas and learning-rate
-schedule), dead-latent counters, metrics and TensorBoard run. One optimiser holds every member's
-groups because Lightning counts each optimiser step as a global step; Adam is elementwise, so one
-optimiser over N members' groups gives each member exactly the update it gets alone (tested:
-tests/training/test_pack.py). Members that share a data stream must agree on `STREAM_FIELDS`,
-except the layer of a live source: members on different layers read them from one forward pass,
-each from its own layer's slice of the batch (sae_lab.data.live.LayerView).
+schedule), dead-latent counters, metrics, TensorBoard run and W&B run (with wandb in its
+loggers: its config, curves and final metrics, the run id kept in members/<name>/wandb_run_id).
+One optimiser holds every member's groups because Lightning counts each optimiser step as a
+global step; Adam is elementwise, so one optimiser over N members' groups gives each member
+exactly the update it gets alone (tested: tests/training/test_pack.py). Members that share a
+data stream must agree on `STREAM_FIELDS`, except the layer of a live source: members on
+different layers read them from one forward pass, each from its own layer's slice of the batch
+(sae_lab.data.live.LayerView).
 
 A member stops on its own: early stopping (`stop`), or a NaN loss (with nan_policy: error it is
 marked failed with its error and the pack goes on). A stopped member takes no more forward or
@@ -51,6 +53,7 @@ from sae_lab.training.run import (
     quiet_lightning,
 )
 from sae_lab.training.schedules import lr_factor, warmup_factor
+from sae_lab.training.wandb_runs import finish_run, log_to_run, open_run
 
 STREAM_FIELDS = ("data", "batch_size", "max_tokens", "seed", "device", "precision",
                  "val_every_steps", "val_batches")
@@ -144,6 +147,8 @@ class PackModule(pl.LightningModule):
         """Each member's metrics from the last validation."""
         self.log_dir = log_dir
         self._loggers: list[TensorBoardLogger] | None = None
+        self.wandb_runs: list[Any] = [None] * len(members)
+        """Each member's W&B run (None: wandb not in its loggers); see open_wandb."""
         self._val: list[ReconStats | None] = [None] * len(members)
         self._groups: list[list[int]] = []
         self._stepped: list[int] = []
@@ -185,20 +190,48 @@ class PackModule(pl.LightningModule):
         if self.trainer is not None and not self.running():
             self.trainer.should_stop = True
 
-    # --- per-member TensorBoard runs ---------------------------------------------------------
+    # --- per-member TensorBoard and W&B runs -------------------------------------------------
 
     def member_logger(self, i: int) -> TensorBoardLogger | None:
-        if self.log_dir is None:
+        if self.log_dir is None or "tensorboard" not in self.members[i].cfg.loggers:
             return None
         if self._loggers is None:
             self._loggers = [TensorBoardLogger(self.log_dir / name, name="tensorboard",
                                                version="") for name in self.names]
         return self._loggers[i]
 
+    def open_wandb(self, given_ids: dict[str, str] | None = None) -> None:
+        """A W&B run for each member with wandb in its loggers, continuing the run whose id
+        `given_ids` (a sweep's checkpoint) or members/<name>/wandb_run_id holds."""
+        if self.log_dir is None:
+            return
+        for i, (m, name) in enumerate(zip(self.members, self.names, strict=True)):
+            if "wandb" in m.cfg.loggers and self.wandb_runs[i] is None:
+                self.wandb_runs[i] = open_run(m.cfg.wandb, self.log_dir / name, m.cfg.to_dict(),
+                                              name=name, given_id=(given_ids or {}).get(name))
+
+    @property
+    def wandb_ids(self) -> dict[str, str]:
+        """Member name -> its W&B run id (members with a W&B run)."""
+        return {n: r.id for n, r in zip(self.names, self.wandb_runs, strict=True) if r}
+
+    def close_wandb(self, results: list[MemberResult] | None = None,
+                    failed: bool = False) -> None:
+        """Finish every member's W&B run, with its final whole-set metrics (and status) in
+        the summary when `results` are given."""
+        final = {r.name: {**r.metrics, "status": r.status, **({"error": r.error} if r.error
+                                                            else {})} for r in results or []}
+        for i, run in enumerate(self.wandb_runs):
+            if run is not None:
+                finish_run(run, final.get(self.names[i]), failed)
+                self.wandb_runs[i] = None
+
     def _log(self, i: int, metrics: dict[str, Any], step: int) -> None:
         logger = self.member_logger(i)
         if logger is not None:
             logger.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+        if self.wandb_runs[i] is not None:
+            log_to_run(self.wandb_runs[i], metrics, step)
 
     # --- training ----------------------------------------------------------------------------
 
@@ -370,13 +403,15 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
                callbacks: list[pl.Callback] | tuple = (), ckpt_path: str | Path | None = None,
                logger: bool = True, save_checkpoints: bool = True,
                save_final: bool = True,
+               wandb_ids: dict[str, str] | None = None,
                devices: list[str | None] | None = None) -> list[MemberResult]:
     """Train the members of a pack together; each member's SAE and metrics land in
-    out_dir/members/<name>/ (final/ and metrics.json unless not `save_final`, tensorboard/).
-    `ckpt_path` resumes all members (weights, Adam state, schedules, dead counters, status,
-    stream position). `devices`: a device per member (e.g. from `spread`), None for the
-    trainer's: the data source and its forward pass stay on the trainer's device, each member's
-    SAE steps on its own, the batch moved to it once per step."""
+    out_dir/members/<name>/ (final/ and metrics.json unless not `save_final`; tensorboard/ and
+    wandb/ as its `loggers` say). `ckpt_path` resumes all members (weights, Adam state,
+    schedules, dead counters, status, stream position) and their W&B runs (the ids in
+    `wandb_ids`, else in members/<name>/wandb_run_id). `devices`: a device per member (e.g.
+    from `spread`), None for the trainer's: the data source and its forward pass stay on the
+    trainer's device, each member's SAE steps on its own, the batch moved to it once per step."""
     if devices is not None and len(devices) != len(cfgs):
         raise ValueError(f"a pack of {len(cfgs)} members got {len(devices)} devices")
     if len(set(names)) != len(names) or len(names) != len(cfgs) or not cfgs:
@@ -396,6 +431,23 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
                           yaml.safe_dump(c.to_dict(), sort_keys=False))
     pl.seed_everything(cfg.seed, verbose=False)
     pack = build_pack(cfgs, names, dm, members_dir if logger else None, devices)
+    pack.open_wandb(wandb_ids)
+    try:
+        step = _fit(pack, dm, cfg, out_dir, accelerator, callbacks, ckpt_path,
+                    save_checkpoints)
+        results = finish(pack, dm, step, members_dir if save_final else None)
+    except BaseException as e:
+        pack.close_wandb(failed=not isinstance(e, TrainingInterrupted))
+        raise
+    pack.close_wandb(results)
+    return results
+
+
+def _fit(pack: PackModule, dm: pl.LightningDataModule, cfg: TrainConfig, out_dir: Path,
+         accelerator: str, callbacks: list[pl.Callback] | tuple,
+         ckpt_path: str | Path | None, save_checkpoints: bool) -> int:
+    """Lightning's fit of the pack; returns the global step it ended at (TrainingInterrupted
+    after Ctrl-C, with the checkpoint saved)."""
     stop = StopOnInterrupt()
     trainer = _pack_trainer(cfg, out_dir, accelerator, [stop, *callbacks], save_checkpoints)
     with stop:
@@ -408,7 +460,7 @@ def train_pack(cfgs: list[TrainConfig], names: list[str], out_dir: str | Path,
             trainer.save_checkpoint(tmp)
             tmp.replace(saved)
         raise TrainingInterrupted(trainer.global_step, saved)
-    return finish(pack, dm, trainer.global_step, members_dir if save_final else None)
+    return trainer.global_step
 
 
 def spread(n_members: int, n_gpus: int) -> list[str | None]:

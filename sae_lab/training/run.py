@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.training.module import SAEModule, finite_rows
 from sae_lab.training.precision import trainer_precision
+from sae_lab.training.wandb_runs import need_wandb, run_id
 
 # Lightning's advice on dataloader workers and logging intervals is noise for streaming batches.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -210,9 +210,6 @@ def check_checkpoint(path: Path, d_in: int, key: str = "sae.W_enc") -> None:
                           f"but the data has d_in={d_in}; resume with the same data")
 
 
-WANDB_ID_FILE = "wandb_run_id"  # a resumed run continues the W&B run named here
-
-
 def _loggers(cfg: TrainConfig, out_dir: Path) -> list[Any]:
     """The Lightning loggers `cfg.loggers` names."""
     loggers: list[Any] = []
@@ -225,18 +222,13 @@ def _loggers(cfg: TrainConfig, out_dir: Path) -> list[Any]:
 
 def _wandb_logger(cfg: TrainConfig, out_dir: Path) -> Any:
     """Lightning's WandbLogger; the run id is kept in out_dir so that --resume continues it."""
-    try:
-        import wandb  # noqa: F401  (what WandbLogger needs)
-        from pytorch_lightning.loggers import WandbLogger
-    except ImportError:
-        raise ValueError("loggers: wandb needs the wandb package (pip install "
-                         "'sae-lab[wandb]')") from None
-    id_file = out_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
-    atomic_write_text(id_file, run_id + "\n")
+    need_wandb()
+    from pytorch_lightning.loggers import WandbLogger
+
     w = cfg.wandb
     return WandbLogger(project=w.project, entity=w.entity, group=w.group, tags=list(w.tags),
-                       id=run_id, resume="allow", save_dir=str(out_dir), config=cfg.to_dict())
+                       id=run_id(out_dir), resume="allow", save_dir=str(out_dir),
+                       config=cfg.to_dict())
 
 
 def _end_wandb(trainer: pl.Trainer, metrics: dict[str, float] | None) -> None:

@@ -22,20 +22,20 @@ class Words:
         return [self.decode(ids) for ids in seqs]
 
 
-def one_hot_blocks(n: int = 600, seed: int = 0):
+def one_hot_blocks(n: int = 600, seed: int = 0, v: int = V):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (n,), generator=g)
-    acts = torch.nn.functional.one_hot(ids, V).float() * (1 + torch.rand(n, 1, generator=g))
+    ids = torch.randint(0, v, (n,), generator=g)
+    acts = torch.nn.functional.one_hot(ids, v).float() * (1 + torch.rand(n, 1, generator=g))
     for s in range(0, n, 128):  # doc = row: every context is one token, so answers are exact
         yield {"acts": acts[s:s + 128], "token_ids": ids[s:s + 128].int(),
                "doc": torch.arange(s, min(n, s + 128)), "shard": "fake"}
 
 
-def token_sae():
-    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=V, d_sae=V))
+def token_sae(v: int = V):
+    sae = ARCHITECTURES["relu"](sae_config("relu", d_in=v, d_sae=v))
     with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(V))
-        sae.W_dec.copy_(torch.eye(V))
+        sae.W_enc.copy_(torch.eye(v))
+        sae.W_dec.copy_(torch.eye(v))
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae.eval()

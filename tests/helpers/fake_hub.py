@@ -21,6 +21,8 @@ import base64
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -57,7 +59,9 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: close() (shutdown) waits up to one poll interval
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def answer(self, path: str, body: bytes) -> tuple[int, Any]:
@@ -91,3 +95,23 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+@contextmanager
+def serving(monkeypatch, tmp_path, token: str | None) -> Iterator[FakeHub]:
+    """A FakeHub that huggingface_hub talks to (HF_ENDPOINT), with HF_TOKEN=`token` (None: no
+    token) and no saved login (HF_HOME under tmp_path), online."""
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", token or "")  # undone after the test, whoever sets it later
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 
-def read_run(path: Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{key: value}], "summary": {...}} of a .wandb file."""
-    from wandb.proto import wandb_internal_pb2
-
-    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
-    for data in _records(path.read_bytes()):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
+def read_run(path: Path, wait_s: float = 60) -> dict[str, Any]:
+    """{"config": {...}, "history": [{key: value}], "summary": {...}, "run": {id, group, name,
+    job_type}} of a finished run's .wandb file. wandb's service process writes the file after
+    `finish()` returns: read it again until it holds the run's exit record (at most wait_s)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records = _parsed(path)
+        except Exception:  # a record cut short while it is being written
+            records = []
+        if any(rec.WhichOneof("record_type") == "exit" for rec in records):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no exit record after {wait_s} s")
+        time.sleep(0.05)
+    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "run": {}}
+    for rec in records:
         kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out["run"] = {"id": r.run_id, "group": r.run_group, "name": r.display_name,
+                          "job_type": r.job_type}
         if kind in ("config", "run"):  # the config comes with the run record, updates after
             items = (rec.config if kind == "config" else rec.run.config).update
             out["config"].update({i.key: json.loads(i.value_json) for i in items})
@@ -26,6 +40,17 @@ def read_run(path: Path) -> dict[str, Any]:
             out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                    for i in rec.summary.update})
     return out
+
+
+def _parsed(path: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    for data in _records(path.read_bytes()):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        records.append(rec)
+    return records
 
 
 def _records(raw: bytes, header: int = 7, block: int = 32 * 1024):

@@ -175,23 +175,28 @@ def test_explain_cli_on_tiny_gpt2(tiny_lm, tiny_shards, tmp_path):
     sae.metadata.update(model=str(tiny_lm), layer=1, hook="resid_post")
     sae.save(tmp_path / "sae")
     with ChatServer(fail_first_with_429=False, slow_request=None) as server:
+        # --batch 2: this server never answers JSON, so every latent is asked alone.
         proc = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
                     "0-2", "--url", server.url, "--model", "rule", "--top", "5", "--sampled",
-                    "2", "--held-out", "4")
+                    "2", "--held-out", "4", "--concurrency", "3", "--batch", "2")
     assert proc.returncode == 0, proc.stderr
     recs = json.loads((tmp_path / "sae" / "explanations.json").read_text())
     assert set(recs) == {"0", "1", "2"}
     assert all(r["status"] in ("ok", "dead") for r in recs.values())
     assert "saved:" in proc.stdout and "latent" in proc.stdout
+    assert "asked about 3 latents, 0 more from the cache" in proc.stderr
+    assert len(list((tmp_path / "sae" / "autointerp").glob("*/[0-9].json"))) == 3
     # Bad input: one line each, exit 2.
     bad = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
                "500")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("sae-lab explain: error: latent 500 does not exist: the SAE "
                                   "has 128 latents (0..127)")
-    # A rerun with every latent cached needs no endpoint; a new latent does.
+    # A rerun with every latent cached (same model and settings) needs no endpoint; a new
+    # latent does.
     cached = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents",
-                  "0-2", "--url", "http://127.0.0.1:9/v1")
+                  "0-2", "--url", "http://127.0.0.1:9/v1", "--model", "rule", "--top", "5",
+                  "--sampled", "2", "--held-out", "4")
     assert cached.returncode == 0 and "all 3 latents already in" in cached.stdout
     down = _cli("explain", str(tmp_path / "sae"), "--shards", str(tiny_shards), "--latents", "3",
                 "--url", "http://127.0.0.1:9/v1", "--retries", "0")

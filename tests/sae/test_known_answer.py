@@ -1,7 +1,7 @@
 """Each architecture, trained through the full Lightning path on synthetic activations built from
 known features, must find those features; a deliberately broken SAE must not pass the same bounds.
 Below the single setting, the family: several generator settings, one rule for the
-hyperparameters, every architecture (tests/recovery_family.py).
+hyperparameters, every architecture (tests/helpers/recovery_family.py).
 
 Data: 256 unit directions in d=128, ~4 active per token, magnitudes N(1, 0.25). Random directions
 in d=128 overlap by ~1/11 each (in d=64, by ~1/8, and the interference of the active features
@@ -16,7 +16,7 @@ Matryoshka k=6 prefixes (384, 512) 150k 98 s (matched 0.94, FVU 0.077, L0 6.0); 
 """
 
 import pytest
-from helpers.recovery_family import SETTINGS, run, table
+from helpers.recovery_family import SETTINGS, run_setting, table
 
 from sae_lab.data.synthetic import make_features, recovery
 from sae_lab.sae import ARCHITECTURES
@@ -131,7 +131,8 @@ def test_a_broken_sae_fails_the_same_bounds(tmp_path, monkeypatch):
 
 
 # --- the family: generator settings x every architecture, hyperparameters from one rule --------
-# (tests/recovery_family.py: settings, the rule, the table; `python -m tests.recovery_family`).
+# (tests/helpers/recovery_family.py: settings, the rule, the table;
+# `PYTHONPATH=tests python -m helpers.recovery_family`).
 # The bar is matched >= 0.9 at cos >= 0.9 with <= 5% dead in every cell. Every cell meets
 # it (2026-12-02: the lowest is TopK on skewed+noisy, 0.94; over feature seeds 1-3, ReLU's 0.92
 # there, seed 3). A cell measured short of it goes here as 'matched / dead': strict where far
@@ -147,26 +148,35 @@ def family_params() -> list:
     for setting in SETTINGS:
         for arch in sorted(ARCHITECTURES):
             cell = (arch, setting)
-            marks = ()
+            # a setting's cells train as one pack: all on one xdist worker, trained once
+            marks = [pytest.mark.xdist_group(f"family-{setting}")]
             if cell in FAMILY_SHORT:
-                marks = pytest.mark.xfail(strict=cell not in MARGINAL,
-                                          reason=f"measured {FAMILY_SHORT[cell]}")
+                marks.append(pytest.mark.xfail(strict=cell not in MARGINAL,
+                                               reason=f"measured {FAMILY_SHORT[cell]}"))
             params.append(pytest.param(arch, setting, marks=marks, id=f"{arch}-{setting}"))
     return params
 
 
 @pytest.fixture(scope="module")
-def family_cells():
-    """Every cell trained so far; the table is printed when the module ends (pytest -s)."""
+def family_cells(tmp_path_factory):
+    """Every setting's cells, trained (as one pack per setting) when a test first asks for one;
+    the table is printed when the module ends (pytest -s)."""
     cells: dict = {}
-    yield cells
+
+    def cell(arch: str, setting: str):
+        if (arch, setting) not in cells:
+            out = tmp_path_factory.mktemp(f"family-{setting}")
+            cells.update({(a, setting): c for a, c in run_setting(setting, str(out)).items()})
+        return cells[arch, setting]
+
+    yield cell
     if cells:
         print("\nknown-answer family, matched (cos >= 0.9) / dead fraction:\n" + table(cells))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, setting", family_params())
-def test_family_recovers_known_features(arch, setting, family_cells, tmp_path):
-    family_cells[arch, setting] = cell = run(arch, setting, str(tmp_path))
+def test_family_recovers_known_features(arch, setting, family_cells):
+    cell = family_cells(arch, setting)
     assert cell.ok(), f"{arch} on {setting}: matched / dead {cell}, fvu {cell.fvu:.3f}, " \
                       f"l0 {cell.l0:.2f}"

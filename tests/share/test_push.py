@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.fake_hub import FakeHub
+from helpers.fake_hub import FakeHub, serving
 from helpers.hub import fake_sweep, max_diff
 from helpers.tiny import make_sae
 
@@ -19,18 +19,8 @@ TOKEN = "hf_test_secret_token_123"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    server = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no saved login is read
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    try:
+    with serving(monkeypatch, tmp_path, TOKEN) as server:
         yield server
-    finally:
-        server.close()
 
 
 def arrived(server: FakeHub, path: str, tmp_path):
@@ -92,3 +82,54 @@ def test_push_refusals(hub, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     assert "no Hugging Face token" in run_error(["push", str(tmp_path / "sae"), "me/x"], capsys)
     assert hub.paths == []  # nothing sent
+
+
+# --- sae-lab sweep --push ------------------------------------------------------------------------
+
+SWEEP_YAML = """\
+name: tiny
+base:
+  data: {synthetic: {d: 16, n_features: 32, active: 3, n_tokens: 4096}}
+  max_tokens: 4096
+architectures: [topk]
+space: {topk: {k: {grid: [2, 4]}}}
+search: grid
+"""
+
+
+def test_sweep_push_is_refused_before_the_sweep_runs(hub, tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiny.yaml").write_text(SWEEP_YAML)
+    out = tmp_path / "out"
+    argv = ["sweep", str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-plan-check"]
+    assert "not a Hub repo id" in run_error([*argv, "--push", "bad id!"], capsys)
+    assert "go with --push" in run_error([*argv, "--private"], capsys)
+    monkeypatch.delenv("HF_TOKEN")
+    assert "no Hugging Face token" in run_error([*argv, "--push", "me/x"], capsys)
+    assert "no Hugging Face token" in run_error([*argv, "--push", "me/x", "--check"], capsys)
+    assert not out.exists() and hub.paths == []  # no sweep ran, nothing sent
+
+
+def test_sweep_push_at_the_end_uploads_best_and_the_frontier(hub, tmp_path, capsys):
+    from sae_lab.cli import build_parser
+    from sae_lab.cli.sweep import push_results, resume_command
+
+    saes = {"topk": make_sae(D_IN, 48, "topk"), "frontier_0": make_sae(D_IN, 48, "relu", seed=1),
+            "frontier_1": make_sae(D_IN, 48, "topk", seed=2)}
+    sweep = fake_sweep(tmp_path / "sweep", saes)  # what a finished sweep leaves in --out
+    (sweep / "config.yaml").unlink()
+    (sweep / "sweep.yaml").write_text(SWEEP_YAML)
+    argv = ["sweep", "tiny.yaml", "--out", str(sweep), "--push", "me/tiny-sweep", "--private",
+            "--revision", "v2"]
+    args = build_parser(argv).parse_args(argv)
+    push_results(args, str(sweep), "tiny")
+    assert capsys.readouterr().out.startswith("pushed 3 SAE(s) (topk, frontier_0, frontier_1) to "
+                                              "me/tiny-sweep: ")
+    assert hub.created == [{"name": "tiny-sweep", "organization": "me", "visibility": "private"}]
+    assert hub.commits[0]["summary"] == "sae_lab sweep tiny" and hub.branches == ["v2"]
+    for name in saes:
+        assert max_diff(saes[name], arrived(hub, name, tmp_path), D_IN) <= 1e-6
+    card = hub.files["README.md"].decode()
+    assert "![Pareto plot](pareto.png)" in card and "pareto.png" in hub.files
+    assert "space: {topk: {k: {grid: [2, 4]}}}" in card  # the sweep's YAML
+    assert resume_command(args, str(sweep)).endswith(
+        "--resume --out " + str(sweep) + " --push me/tiny-sweep --private --revision v2")
