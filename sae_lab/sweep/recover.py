@@ -31,6 +31,8 @@ from sae_lab.files import atomic_write_text
 
 STATE_GLOB = "experiment_state-*.json"
 TUNER_FILE = "tuner.pkl"
+SEARCH_STATE_GLOBS = ("basic-variant-state-*.json", "search_gen_state-*.json", "searcher-state-*")
+"""The search algorithm's state beside the experiment state (pickles, whatever their suffix)."""
 EMPTY_IS_BROKEN = (".json", ".yaml", ".csv", ".ckpt", ".safetensors")
 """Files of a trial that are never rightly empty (Tune's error.txt and storage marker may be)."""
 NO_SPACE = ("No space left on device", "Errno 28", "os error 28")
@@ -98,9 +100,31 @@ def remove_partial_files(exp_dir: Path, say: Callable[[str], None] = print) -> l
     return removed
 
 
+def set_aside_search_state(exp_dir: Path, say: Callable[[str], None] = print) -> list[Path]:
+    """Tune copies its driver's files to the sweep folder in the background: a driver killed
+    mid-copy leaves the search algorithm's state cut short, and Tune, failing to unpickle it,
+    would start the whole experiment again. A cut file is set aside (*.partial) so that Tune
+    reads the newest whole one; with none left, say what Tune will do."""
+    moved = []
+    for pattern in SEARCH_STATE_GLOBS:
+        found = sorted(p for p in exp_dir.glob(pattern) if not p.name.endswith(".partial"))
+        cut = [p for p in found if not whole_pickle(p)]
+        for path in cut:
+            path.replace(path.with_name(path.name + ".partial"))
+            moved.append(path)
+            say(f"{path.name} was cut short (the driver was killed while Ray copied it); "
+                "set aside as .partial")
+        if cut and len(cut) == len(found):
+            say(f"warning: no whole {pattern} is left: Tune will start the sweep's trials "
+                "again from the beginning (their earlier folders are kept)")
+    return moved
+
+
 def repair_trials(exp_dir: Path, say: Callable[[str], None] = print) -> list[str]:
-    """Before --resume: remove_partial_files, then repair_checkpoints."""
+    """Before --resume: remove_partial_files, set_aside_search_state, then
+    repair_checkpoints."""
     remove_partial_files(exp_dir, say)
+    set_aside_search_state(exp_dir, say)
     return repair_checkpoints(exp_dir, say)
 
 

@@ -157,21 +157,25 @@ def family_params() -> list:
     return params
 
 
+TRAINED: dict = {}
+"""Cells trained in this process, kept across module setups: xdist may run other tests between
+a setting's cells, and pytest then sets the module up again."""
+
+
 @pytest.fixture(scope="module")
 def family_cells(tmp_path_factory):
-    """Every setting's cells, trained (as one pack per setting) when a test first asks for one;
-    the table is printed when the module ends (pytest -s)."""
-    cells: dict = {}
+    """A setting's cells, trained (as one pack) when a test first asks for one of them; the table
+    is printed when the module ends (pytest -s)."""
 
     def cell(arch: str, setting: str):
-        if (arch, setting) not in cells:
+        if (arch, setting) not in TRAINED:
             out = tmp_path_factory.mktemp(f"family-{setting}")
-            cells.update({(a, setting): c for a, c in run_setting(setting, str(out)).items()})
-        return cells[arch, setting]
+            TRAINED.update({(a, setting): c for a, c in run_setting(setting, str(out)).items()})
+        return TRAINED[arch, setting]
 
     yield cell
-    if cells:
-        print("\nknown-answer family, matched (cos >= 0.9) / dead fraction:\n" + table(cells))
+    if TRAINED:
+        print("\nknown-answer family, matched (cos >= 0.9) / dead fraction:\n" + table(TRAINED))
 
 
 @pytest.mark.slow

@@ -494,13 +494,20 @@ def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_pat
 # A sweep driver that SIGKILLs itself when Tune hands it pack001's second checkpoint: Tune's state
 # on disk names the first one (saved after it was registered); the second is already on storage.
 KILL_AT_SECOND_CHECKPOINT = """
-import os, signal, sys
+import os, pathlib, signal, sys, time
 import yaml
 from ray.tune import Callback
 from sae_lab.sweep import run
+from sae_lab.sweep.recover import whole_pickle
 from sae_lab.sweep.schema import sweep_from_dict
 
 DRIVER = os.getpid()
+
+def search_state_copied(exp_dir):
+    # Ray copies the driver's search state to the sweep folder in the background; a kill
+    # mid-copy is another fault (tests/sweep/test_sweep_faults.py): this one lands after it.
+    found = list(pathlib.Path(exp_dir).glob("basic-variant-state-*.json"))
+    return found and all(whole_pickle(p) for p in found)
 
 class KillAtSecond(Callback):
     # Tune pickles its callbacks into tuner.pkl: the resumed sweep (in the test's own process)
@@ -508,6 +515,9 @@ class KillAtSecond(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if trial.config["pack"]["id"] == "pack001" and checkpoint.path.endswith("_000001") \
                 and os.getpid() == DRIVER:
+            deadline = time.monotonic() + 60
+            while not search_state_copied(sys.argv[2] + "/tune") and time.monotonic() < deadline:
+                time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
 
 make = run._run_config

@@ -359,3 +359,25 @@ def test_a_sweep_whose_trials_span_several_workers_is_refused_before_ray(tmp_pat
                                           r"sweeps run each trial in one process") as e:
         run_sweep(sweep_from_dict(d), tmp_path / "out", verbose=0)
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_a_search_state_cut_short_is_set_aside_for_the_whole_one(tmp_path):
+    """Ray copies the driver's files to the sweep folder in the background: a kill mid-copy
+    leaves the searcher's state cut short, and Tune would restart the experiment from scratch."""
+    from sae_lab.sweep.recover import repair_trials
+
+    exp = tmp_path / "tune"
+    exp.mkdir()
+    older = exp / "basic-variant-state-2026-01-01_00-00-00.json"
+    older.write_bytes(b"\x80\x04K\x01.")
+    newer = exp / "basic-variant-state-2026-01-02_00-00-00.json"
+    newer.write_bytes(b"\x80\x04\x95")  # cut short
+    said: list[str] = []
+    repair_trials(exp, say=said.append)
+    assert sorted(p.name for p in exp.iterdir()) == [older.name, newer.name + ".partial"]
+    assert said == [f"{newer.name} was cut short (the driver was killed while Ray copied it); "
+                    "set aside as .partial"]
+    older.write_bytes(b"")  # the only one left, and empty: said, not hidden
+    repair_trials(exp, say=said.append)
+    assert said[-1].startswith("warning: no whole basic-variant-state-*.json is left: Tune will "
+                               "start the sweep's trials again")
