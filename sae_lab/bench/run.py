@@ -82,6 +82,21 @@ class BenchConfig:
     """Seed of every split and sample."""
 
 
+def metric_names(cfg: BenchConfig) -> list[str]:
+    """Every metric the tasks of `cfg` can add to a row (bench.json, a sweep's bench_<name>)."""
+    from sae_lab.bench.core import LOSS_KEYS, RECON_KEYS
+
+    probes = [f"probe_{w}_{k}" for w in ("sae", "llm")
+              for k in (*(f"top{k}" for k in cfg.ks), "all")]
+    by_task = {
+        "core": [*RECON_KEYS, "dense_frac", "rows", *LOSS_KEYS],
+        "sparse_probing": probes,
+        "absorption": ["absorption_full", "absorption_fraction", "absorption_split_latents"],
+        "autointerp": ["autointerp"],
+    }
+    return [m for t in cfg.tasks for m in by_task[t]]
+
+
 class BenchSAE(NamedTuple):
     label: str
     """Its name in the table."""
