@@ -21,7 +21,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sae_lab.bench.run import BENCH_JSON, BenchConfig, BenchResult, BenchSAE, Row, run_bench
+from sae_lab.bench.run import (
+    BENCH_JSON,
+    BENCH_MD,
+    BenchConfig,
+    BenchResult,
+    BenchSAE,
+    Row,
+    markdown,
+    run_bench,
+)
 from sae_lab.config import to_dict
 from sae_lab.sweep.report import (
     NA,
@@ -83,7 +92,7 @@ def earlier_rows(out: Path, cfg: BenchConfig) -> list[Row]:
 def bench_sweep(result: SweepResult, sweep: SweepConfig, say: Any = print
                 ) -> BenchResult | None:
     """Bench the SAEs of the sweep in result.out that have no row yet; results.csv gains the
-    bench_<metric> columns. None when the sweep has no `evaluate:`."""
+    bench_<metric> columns; ends by saying the table. None when the sweep has no `evaluate:`."""
     if sweep.evaluate is None or result.out is None:
         return None
     cfg = bench_config(sweep)
@@ -103,6 +112,8 @@ def bench_sweep(result: SweepResult, sweep: SweepConfig, say: Any = print
         picks = best_picks(result, sweep.architectures)
         picks.update(select_best(result, sweep, by_trial))
         export_best(result, sweep, result.out / "best", picks)
+    say(markdown(found).rstrip("\n"))
+    say(f"bench: {out / BENCH_MD}, bench_<metric> columns in {result.out / 'results.csv'}")
     return found
 
 

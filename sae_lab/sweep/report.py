@@ -449,15 +449,16 @@ def plot_value(t: TrialRecord, column: str, bench: dict[str, dict[str, float]]) 
 
 
 def write_plots(result: SweepResult, sweep: SweepConfig,
-                bench: dict[str, dict[str, float]] | None = None) -> list[Path]:
+                bench: dict[str, dict[str, float]] | None = None
+                ) -> dict[Path, dict[str, tuple[float, float]]]:
     """Each of the sweep's `plot` pairs under result.out: without `bench` ({trial: bench
-    metrics}) the pairs without bench_ columns, with it the pairs with them."""
+    metrics}) the pairs without bench_ columns, with it the pairs with them. Returns
+    {file: {trial: (x, y)}} of what was drawn."""
     assert result.out is not None
-    done = []
+    done = {}
     for axes, name in sweep.plot_files():
         if any(c.startswith("bench_") for c in (axes.x, axes.y)) == (bench is not None):
-            plot_pair(result, axes.x, axes.y, result.out / name, bench or {})
-            done.append(result.out / name)
+            done[result.out / name] = plot_pair(result, axes.x, axes.y, result.out / name, bench)
     return done
 
 

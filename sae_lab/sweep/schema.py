@@ -224,6 +224,11 @@ class SelectConfig:
     this."""
 
 
+def _yaml_on(v: Any) -> Any:
+    """YAML 1.1 reads an unquoted `on:` key as True: `evaluate: {on: frontier}` means "on"."""
+    return {("on" if k is True else k): x for k, x in v.items()} if isinstance(v, dict) else v
+
+
 def _one_or_list(v: Any) -> Any:
     """`plot: {x: l0, y: fvu}` means a list of that one pair."""
     return [v] if isinstance(v, dict) else v
@@ -285,7 +290,8 @@ class SweepConfig:
     auto: one pack per trial slot (GPU, or resources.cpus cores), split further when the members
     would not fit in memory. 1: a trial per SAE."""
 
-    evaluate: SweepBench | None = None
+    evaluate: Annotated[SweepBench | None, BeforeValidator(
+        _yaml_on, json_schema_input_type=SweepBench | None)] = None
     """Bench tasks run at the end of the sweep (and, on --resume, on the SAEs not yet
     benched), e.g. {tasks: [core, sparse_probing, absorption], on: frontier}."""
 

@@ -76,18 +76,6 @@ def test_bench_on_tiny_gpt2(gpt2_saes, tiny_shards, tmp_path, capsys):
     assert stdout.startswith("| sae | architecture |") and "saved: " in stdout
 
 
-@pytest.fixture(scope="module")
-def minilm_shards(corpus, tmp_path_factory):
-    from sae_lab.data.harvest import HarvestConfig, harvest
-
-    out = tmp_path_factory.mktemp("minilm-acts")
-    cfg = HarvestConfig(model=MINILM, dataset=str(corpus), out=str(out), layers=(3,),
-                        hook="resid_post", ctx_len=64, batch_size=8, max_tokens=600,
-                        dtype="float32", device="cpu", shard_rows=2048, block_rows=1024,
-                        progress=False)
-    return harvest(cfg)[3]
-
-
 def test_bench_on_minilm_without_lm_head(minilm_shards, tmp_path, capsys):
     sae = make_sae(384, 64, "relu")
     sae.metadata.update(model=MINILM, layer=3, hook="resid_post")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sae_lab.config import ConfigError, parse
-from sae_lab.sweep.report import SweepResult, TrialRecord, plot_pair, write_plots
+from sae_lab.sweep.report import SweepResult, TrialRecord, write_plots
 from sae_lab.sweep.schema import SweepConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,17 +39,18 @@ def test_plot_pairs_draw_their_columns_and_bench_pairs_wait_for_the_bench(tmp_pa
                 plot=[{"x": "l0", "y": "fvu"}, {"x": "dead_frac", "y": "fvu"},
                       {"x": "l0", "y": "bench_absorption_full"}])
     res = result(tmp_path)
-    assert write_plots(res, cfg) == [tmp_path / "pareto.png", tmp_path / "pareto_dead_frac_fvu.png"]
+    drawn = write_plots(res, cfg)
+    assert list(drawn) == [tmp_path / "pareto.png", tmp_path / "pareto_dead_frac_fvu.png"]
     assert not (tmp_path / "pareto_l0_bench_absorption_full.png").exists()
+    # the points: measured trials (topk_1 stopped early, relu_3 failed) with both values
+    assert drawn[tmp_path / "pareto_dead_frac_fvu.png"] == {
+        "topk_0": (0.1, 0.3), "topk_1": (0.2, 0.5), "relu_2": (0.0, 0.6)}
     bench = {"topk_0": {"absorption_full": 0.25}, "relu_2": {"absorption_full": 0.5}}
-    assert write_plots(res, cfg, bench) == [tmp_path / "pareto_l0_bench_absorption_full.png"]
+    drawn = write_plots(res, cfg, bench)
+    assert drawn == {tmp_path / "pareto_l0_bench_absorption_full.png": {
+        "topk_0": (8.0, 0.25), "relu_2": (20.0, 0.5)}}  # topk_1 was not benched
     for name in ("pareto.png", "pareto_dead_frac_fvu.png", "pareto_l0_bench_absorption_full.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
-    # the points: measured trials with a value in both columns (topk_1 was not benched)
-    got = plot_pair(res, "dead_frac", "fvu", tmp_path / "a.png")
-    assert got == {"topk_0": (0.1, 0.3), "topk_1": (0.2, 0.5), "relu_2": (0.0, 0.6)}
-    got = plot_pair(res, "l0", "bench_absorption_full", tmp_path / "b.png", bench)
-    assert got == {"topk_0": (8.0, 0.25), "relu_2": (20.0, 0.5)}
 
 
 def test_a_single_pair_is_the_pareto_file_and_the_default_is_l0_fvu(tmp_path):
