@@ -76,6 +76,9 @@ class BenchConfig:
     """The model autointerp asks at the endpoint."""
     autointerp_latents: Annotated[int, Field(ge=1)] = 20
     """Latents autointerp samples per SAE."""
+    llm_retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of a failed request to the endpoint, with exponential backoff from 1 s (0: an
+    endpoint that is down costs one note at once)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:1, ..."""
     seed: int = 0
@@ -329,7 +332,7 @@ def task_autointerp(bench: Bench, sae: SAE, entry: BenchSAE) -> TaskOut:
     out = bench.out / "autointerp" / f"{slug(entry.label)}.json"
     metrics, details = detection_score(entry.directory, str(cfg.shards), cfg.endpoint, cfg.llm,
                                        cfg.autointerp_latents, sae.d_sae, out, cfg.seed,
-                                       device=bench.device)
+                                       device=bench.device, retries=cfg.llm_retries)
     return TaskOut(metrics, details)
 
 

@@ -146,3 +146,28 @@ def test_autointerp_scores_a_sample_through_an_endpoint_and_caches_it(gpt2_saes,
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_autointerp_against_an_endpoint_that_is_down_is_one_note(gpt2_saes, tiny_shards,
+                                                                 tmp_path):
+    """A closed port: autointerp fails at its first request (llm_retries=0, no backoff) and says
+    so in one line; core still scores the SAE."""
+    import socket
+
+    from sae_lab.bench.run import BenchConfig, BenchSAE, run_bench
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, relu = gpt2_saes
+    cfg = BenchConfig(tasks=["autointerp", "core"], shards=str(tiny_shards), max_tokens=500,
+                      n_seqs=2, endpoint=f"http://127.0.0.1:{port}/v1", llm="m",
+                      autointerp_latents=3, llm_retries=0)
+    said: list[str] = []
+    result = run_bench([BenchSAE("relu", str(relu))], cfg, tmp_path, say=said.append)
+    [note] = result.notes
+    assert note.startswith("autointerp: ") and f"127.0.0.1:{port}" in note, note
+    assert "after 1 try" in note and "\n" not in note
+    assert {"fvu", "l0", "ce_score"} <= set(result.rows[0].metrics)
+    assert "autointerp" not in result.rows[0].metrics
+    assert said[0] == note
