@@ -240,7 +240,8 @@ class PlotAxes:
 
     x: str = "l0"
     """A numeric results.csv column: a metric (l0, fvu, dead_frac, objective, tokens, ...), a
-    searched parameter (lr, k, ...) or, with `evaluate:`, bench_<metric> (bench_ce_score, ...)."""
+    searched parameter (lr, k, ...) or, with `evaluate:`, `bench_<metric>` (`bench_ce_score`,
+    ...)."""
     y: str = "fvu"
     """As x."""
 
@@ -302,10 +303,11 @@ class SweepConfig:
     plot: Annotated[list[PlotAxes], Field(min_length=1), BeforeValidator(
         _one_or_list, json_schema_input_type=PlotAxes | list[PlotAxes])] = field(
         default_factory=lambda: [PlotAxes()])
-    """The sweep's scatter plots: the first is pareto.png, the others pareto_<x>_<y>.png. Only
-    the (l0, fvu) pair has the Pareto frontier drawn (lower is better on both); other pairs are
-    points only, as which corner is better depends on the columns. Pairs with a bench_<metric>
-    column are drawn after the bench, e.g. [{x: l0, y: fvu}, {x: l0, y: bench_ce_score}]."""
+    """The sweep's scatter plots: the first is `pareto.png`, the others `pareto_<x>_<y>.png`.
+    Only the (l0, fvu) pair has the Pareto frontier drawn (lower is better on both); other pairs
+    are points only, as which corner is better depends on the columns. Pairs with a
+    `bench_<metric>` column are drawn after the bench, e.g.
+    `[{x: l0, y: fvu}, {x: l0, y: bench_ce_score}]`."""
 
     def plot_files(self) -> list[tuple[PlotAxes, str]]:
         """(axes, file name) of each plot: pareto.png, then pareto_<x>_<y>.png."""
