@@ -1,7 +1,14 @@
-"""Live source tokens/s against harvest tokens/s and shard-fed training tokens/s, in one run.
+"""Live source tokens/s against harvest tokens/s and shard-fed training tokens/s, in one run;
+or (--pack-layers) a pack over several layers against one live run per layer.
 
     python benchmarks/live_throughput.py                     # MiniLM layer 3, 16k tokens, CPU
     python benchmarks/live_throughput.py --tokens 65536 --layer 5 --device cuda
+    python benchmarks/live_throughput.py --pack-layers 3,4,5 --tokens 8192
+
+--pack-layers: SAE-tokens/s (SAEs x tokens each / wall time, start-up included: model load,
+held-out rows, pool fill) of one pack of 2 SAEs (TopK, ReLU) per layer on all the layers, fed
+by one forward pass per batch, against one such pack per layer run one after another (each its
+own model load and forward passes, each stopped after its layer).
 
 On the same model, text, layer and ctx_len, interleaved and repeated (best of --repeats, because
 this machine's other work makes single timings noisy):
@@ -17,6 +24,7 @@ harvest and the live stream are timed whole, with the model already loaded.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -62,7 +70,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--text", type=Path, help="corpus file (default: stdlib docstrings)")
+    ap.add_argument("--pack-layers", help="comma-separated layers: time a pack over them "
+                    "against one live run per layer (nothing else)")
     args = ap.parse_args()
+    if args.pack_layers:
+        return layer_packs(args, [int(v) for v in args.pack_layers.split(",")])
 
     with tempfile.TemporaryDirectory() as tmp:
         text = args.text or write_corpus(Path(tmp) / "corpus.txt", 2 * args.tokens + 8192)
@@ -120,6 +132,47 @@ def main() -> None:
     print(f"  live training / shard training = "
           f"{best['live training'] / best['shard training']:.2f}")
     print(f"  live training / harvest        = {best['live training'] / best['harvest']:.2f}")
+
+
+def layer_packs(args: argparse.Namespace, layers: list[int]) -> None:
+    from sae_lab.training.pack import train_pack
+
+    saes = {"topk": {"architecture": "topk", "k": 32, "expansion_factor": 4},
+            "relu": {"architecture": "relu", "expansion_factor": 4}}
+    with tempfile.TemporaryDirectory() as tmp:
+        text = args.text or write_corpus(Path(tmp) / "corpus.txt", 2 * args.tokens + 8192)
+
+        def cfg(layer: int, arch: str) -> TrainConfig:
+            live = dict(model=args.model, dataset=str(text), layers=[layer],
+                        ctx_len=args.ctx_len, batch_size=args.forward_batch,
+                        device=args.device, val_tokens=args.batch_size)
+            return TrainConfig.from_dict({
+                "sae": saes[arch], "data": {"live": live, "shuffle_buffer": args.shuffle_buffer},
+                "batch_size": args.batch_size, "max_tokens": args.tokens,
+                "val_every_steps": 10**6, "val_batches": 1, "save_checkpoints": False,
+                "device": "cpu" if args.device == "cpu" else "auto",
+                "out_dir": f"{tmp}/{arch}{layer}"})
+
+        def run(group: list[int], i: int) -> float:
+            cfgs = [cfg(layer, a) for layer in group for a in saes]
+            t = time.perf_counter()
+            train_pack(cfgs, [f"{a}{layer}" for layer in group for a in saes],
+                       f"{tmp}/pack{i}", logger=False, save_checkpoints=False)
+            return time.perf_counter() - t
+
+        best = {"one pack, all layers": math.inf, "a pack per layer": math.inf}
+        for i in range(args.repeats):
+            best["one pack, all layers"] = min(best["one pack, all layers"], run(layers, i))
+            best["a pack per layer"] = min(best["a pack per layer"],
+                                           sum(run([layer], i) for layer in layers))
+    n = len(layers) * len(saes) * args.tokens
+    print(f"{args.model} layers {layers}, {len(saes)} SAEs per layer (TopK k 32, ReLU; "
+          f"expansion 4), {args.tokens} tokens each, ctx {args.ctx_len}, batch "
+          f"{args.batch_size}, {torch.get_num_threads()} threads; best of {args.repeats}")
+    for k, wall in best.items():
+        print(f"  {k:21s}: {wall:7.1f} s, {n / wall:9.0f} SAE-tokens/s")
+    print(f"  one pack / a pack per layer = "
+          f"{best['a pack per layer'] / best['one pack, all layers']:.2f}x")
 
 
 if __name__ == "__main__":

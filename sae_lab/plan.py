@@ -28,9 +28,10 @@ The figures:
   (k values and indices per token from each rank) and the partial reconstructions summed by
   all-reduce; each rank its own data source (a live model copy). Its checkpoints on disk hold
   the whole SAE, however split. A device limit crossed names the smallest split that fits.
-- a pack (packed sweeps): the packs `make_packs` makes, each with its data source (one live
-  model) once, every member's parameters, gradients and Adam moments, and the step buffers of
-  its largest member only (members step one after another); packs per GPU as Tune places them.
+- a pack (packed sweeps): the packs `make_packs` makes, each with its data source once (one
+  live model up to its members' deepest layer, and a pool row per layer they read), every
+  member's parameters, gradients and Adam moments, and the step buffers of its largest member
+  only (members step one after another); packs per GPU as Tune places them.
 - a sweep's disk: every trial's checkpoints as Tune keeps them (the last one, plus the next while
   it is written), the final SAEs and best/.
 - every process: the Python runtime with torch, Lightning and transformers imported (RUNTIME).
@@ -411,6 +412,7 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
                  f"parameters, gradients, Adam moments ({share.params:,} of {whole.params:,} "
                  "params)", "device", 4 * share.param_bytes)
     add_step(plan, cfg, d_in)
+    add_autocast(plan, [cfg], share.params)
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
     if data_source:
@@ -428,6 +430,23 @@ def add_trial(plan: Plan, cfg: TrainConfig, d_in: int, data_source: bool = True,
 def rank_rows(cfg: TrainConfig) -> int:
     """Rows of a batch one rank holds: batch_size over the data ranks."""
     return cfg.batch_size // cfg.parallel.data
+
+
+def autocast_precision(cfg: TrainConfig, device: str) -> str | None:
+    """The 16-bit autocast `cfg.precision` runs under on `device`, else None (float32). On CUDA,
+    auto is one of the two (bf16-mixed or 16-mixed by card); on CPU only 16-mixed autocasts."""
+    if cfg.precision == "32" or (not device.startswith("cuda") and cfg.precision != "16-mixed"):
+        return None
+    return "16-bit (by card)" if cfg.precision == "auto" else cfg.precision
+
+
+def add_autocast(plan: Plan, cfgs: list[TrainConfig], n_params: int) -> None:
+    """Autocast keeps a 16-bit copy of each weight it casts for the step (the encoder and decoder
+    matrices). The step's buffers stay counted at float32: the sparse kernels compute in float32."""
+    mixed = {p for c in cfgs if (p := autocast_precision(c, plan.device))}
+    if mixed:
+        plan.add(f"autocast ({', '.join(sorted(mixed))}): 16-bit copies of the weights", "device",
+                 2 * n_params)
 
 
 def step_buffers(cfg: TrainConfig, d_in: int) -> tuple[float, str]:
@@ -473,18 +492,24 @@ def add_step(plan: Plan, cfg: TrainConfig, d_in: int, label: str = "") -> None:
                  "device", 2 * b * d_in * 4)
 
 
-def add_source(plan: Plan, cfg: TrainConfig, d_in: int) -> None:
-    """The data source of a run (a pack shares one; each rank of a parallel run has its own)."""
+def add_source(plan: Plan, cfg: TrainConfig, d_in: int, layers: list[int] | None = None) -> None:
+    """The data source of a run (a pack shares one, a live one reading every member's `layers`;
+    each rank of a parallel run has its own)."""
     data, b = cfg.data, rank_rows(cfg)
     if data.shards is not None:
         dtype = _manifest(data.shards).get("dtype", "float32")
         plan.add(f"shuffle buffer: {data.shuffle_buffer:,} rows x {dtype}", "host",
                  max(data.shuffle_buffer, b) * d_in * _DTYPE_BYTES.get(dtype, 4))
     elif data.live is not None:
-        add_live_model(plan, data.live)
-        # the pool of rows mixed across contexts sits on the model's device
-        plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32", "device",
-                 max(data.shuffle_buffer, b) * d_in * 4)
+        from dataclasses import replace
+
+        live = replace(data.live, layers=tuple(layers)) if layers else data.live
+        add_live_model(plan, live)
+        # the pool of rows mixed across contexts sits on the model's device, a row per layer
+        n = len(live.layers)
+        plan.add(f"live shuffle pool: {data.shuffle_buffer:,} rows float32"
+                 + (f" x {n} layers" if n > 1 else ""), "device",
+                 n * max(data.shuffle_buffer, b) * d_in * 4)
     elif data.synthetic is not None:
         rows = data.synthetic.n_tokens + max(b, int(data.synthetic.n_tokens * data.val_fraction))
         plan.add(f"synthetic activations: {rows:,} rows float32", "host", rows * d_in * 4)
@@ -713,9 +738,11 @@ def add_pack(plan: Plan, cfgs: list[TrainConfig], sizes: list[SAEBytes], d_in: i
              sum(s.training for s in sizes))
     steps = [_step_bytes(c, d_in) for c in cfgs]
     add_step(plan, cfgs[steps.index(max(steps))], d_in, "largest member's step: ")
+    add_autocast(plan, cfgs, sum(s.params for s in sizes))
     if plan.device.startswith("cuda"):
         plan.add("CUDA context", "device", CUDA_CONTEXT)
-    add_source(plan, cfgs[0], d_in)
+    layers = sorted({c.data.live.layers[0] for c in cfgs if c.data.live is not None})
+    add_source(plan, cfgs[0], d_in, layers)
 
 
 def _manifest(source: Any) -> dict[str, Any]:

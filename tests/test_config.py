@@ -153,7 +153,8 @@ def test_bad_sweep_base_is_caught_before_launch(tmp_path, capsys):
 
 def test_precision_32_written_as_a_number():
     assert TrainConfig.from_dict({"precision": 32}).precision == "32"
-    with pytest.raises(ConfigError, match=r"^precision='16': must be '32' or 'bf16-mixed'$"):
+    with pytest.raises(ConfigError, match=r"^precision='16': must be 'auto', '32', '16-mixed' "
+                                          r"or 'bf16-mixed'$"):
         TrainConfig.from_dict({"precision": 16})
 
 

@@ -180,6 +180,23 @@ def test_a_live_train_plan_counts_the_model_and_its_pool(tiny_lm, corpus):
                for n in plan.needs)
 
 
+def test_a_pack_over_layers_counts_the_deepest_layer_and_every_layers_pool(tiny_lm, corpus):
+    from sae_lab.plan import model_bytes, model_config, plan_sweep
+    from sae_lab.sweep.schema import sweep_from_dict
+
+    live = {"model": str(tiny_lm), "dataset": str(corpus), "layers": [0], "ctx_len": 32,
+            "batch_size": 8, "device": "cpu"}
+    sweep = sweep_from_dict({
+        "base": {"data": {"live": live, "shuffle_buffer": 4096}, "batch_size": 256,
+                 "max_tokens": 1024, "device": "cpu"},
+        "architectures": ["topk"], "search": "grid", "pack": 4,
+        "space": {"topk": {"layer": {"grid": [0, 1]}}}})
+    needs = {n.what.split(":")[0]: n.bytes for n in plan_sweep(sweep).needs}
+    config = model_config(str(tiny_lm))
+    assert needs["live model weights"] == model_bytes(config, "float32", "none", 2)
+    assert needs["live shuffle pool"] == 2 * 4096 * config.hidden_size * 4
+
+
 # --- packed sweeps ----------------------------------------------------------------------------
 
 PACKED = {"name": "packed",
@@ -203,7 +220,8 @@ def test_packed_sweep_plan_known_answer():
     member = 4 * weights + counters  # parameters, gradients, two Adam moments
     step = 3.5 * 128 * 64 * 4  # relu's dense path: 3.5 [B, d_sae] float32 buffers
     batch = 8 * 128 * 16 * 4
-    assert plan.total("device") == 2 * (2 * member + step + batch + P.CUDA_CONTEXT)
+    autocast = 2 * 2 * weights // 4  # precision auto on CUDA: 16-bit copies of both members
+    assert plan.total("device") == 2 * (2 * member + step + batch + autocast + P.CUDA_CONTEXT)
     rows = 4096 + 204  # synthetic rows and the held-out 5%
     assert plan.total("host") == 3 * (rows * 16 * 4 + P.RUNTIME)
     # Tune keeps each pack's last checkpoint and writes the next before deleting it: 2 at once,

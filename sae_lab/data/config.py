@@ -19,14 +19,11 @@ PosInt = Annotated[int, Field(ge=1)]
 @config
 class LiveConfig(SourceConfig):
     """A model run inside the data pipeline (no shards on disk): what `sae-lab harvest` would
-    run, for one layer."""
+    run. A training run reads one layer; a pack of SAEs on several layers (a sweep with `layer`
+    in its space) reads them all from one forward pass."""
 
     val_tokens: PosInt = 16_384
     """Rows held out for validation: those of the dataset's first contexts, never trained on."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.layers) == 1, "layers", list(self.layers), "one layer (an SAE reads one)")
 
 
 @config

@@ -113,7 +113,7 @@ def shuffle_batches(blocks: Iterator[Tensor], batch_size: int, buffer: int,
     for block in blocks:
         if cap and filled < cap:
             if pool is None:
-                pool = block.new_empty(cap, block.shape[1])
+                pool = block.new_empty(cap, *block.shape[1:])
             k = min(cap - filled, block.shape[0])
             pool[filled : filled + k] = block[:k]
             filled += k

@@ -1,9 +1,14 @@
 """The live activation source: the model runs inside the data pipeline; nothing goes to disk.
 
     texts -> windows of ctx_len tokens (text.py, as harvest) -> model forward, stopped at the
-      hooked layer (layers.py) -> rows at kept positions (special and prompt tokens excluded, as
-      harvest) -> a row-shuffle pool of data.shuffle_buffer rows mixing many contexts
-      (datamodule.shuffle_batches, as for shards) -> float32 batches [batch_size, d_in]
+      deepest hooked layer (lm/hooks.py) -> rows at kept positions (special and prompt tokens
+      excluded, as harvest) -> a row-shuffle pool of data.shuffle_buffer rows mixing many
+      contexts (datamodule.shuffle_batches, as for shards) -> float32 batches [batch_size, d_in]
+
+Several layers (a pack whose members read different layers) come from the same forward pass:
+rows are [n, n_layers, d_in], one row holding a token's activation at every layer, so the pool
+shuffles all layers with one permutation, the one a single-layer run of the same seed draws:
+each layer's slice of a batch, [batch_size, d_in], is that run's batch (`LayerView`).
 
 The dataset's first contexts, up to live.val_tokens rows, are held out for validation and never
 trained on; training streams the rest, epoch after epoch (each epoch skips the held-out contexts
@@ -45,12 +50,13 @@ class LiveSource:
     """A loaded model over the dataset's windows: `batches` tokenises, `rows` runs the model."""
 
     def __init__(self, cfg: LiveConfig, model: Any = None, tokenizer: Any = None) -> None:
-        self.cfg, self.layer = cfg, cfg.layers[0]
+        self.cfg, self.layers, self.layer = cfg, list(cfg.layers), cfg.layers[0]
         device = resolve_device(cfg.device)
         open_texts(cfg)  # a missing dataset fails here, before the model is loaded
         if model is None:
             model, tokenizer = load_source(cfg, device)
-        L.hook_module(model, self.layer, cfg.hook)  # an out-of-range layer fails here
+        for layer in self.layers:
+            L.hook_module(model, layer, cfg.hook)  # an out-of-range layer fails here
         check_ctx_len(model, cfg.ctx_len)
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
@@ -81,10 +87,18 @@ class LiveSource:
 
     @torch.no_grad()  # not inference_mode: the rows become training inputs
     def rows(self, batch: WindowBatch) -> Tensor:
-        """Activations at the batch's kept positions, [n_rows, d_in] on the model's device."""
-        with L.capture(self.model, [self.layer], self.cfg.hook) as acts:
+        """Activations at the batch's kept positions on the model's device: [n_rows, d_in] for
+        one layer, [n_rows, n_layers, d_in] for several (one forward pass)."""
+        with L.capture(self.model, self.layers, self.cfg.hook) as acts:
             L.run_to_hooks(self.model, input_ids=batch.input_ids.to(self.device))
-        return acts[self.layer][batch.keep.to(self.device)]
+        keep = batch.keep.to(self.device)
+        if len(self.layers) == 1:
+            return acts[self.layer][keep]
+        return torch.stack([acts[layer][keep] for layer in self.layers], dim=1)
+
+    def layer_header(self, layer: int) -> dict[str, Any]:
+        """The header of one of the source's layers (what a harvest's manifest says)."""
+        return {**self.header, "layer": layer, "hook_name": L.hook_name(layer, self.cfg.hook)}
 
 
 def _windows(batch: WindowBatch, start: int) -> WindowBatch:
@@ -219,3 +233,30 @@ class LiveDataModule(StreamPosition, pl.LightningDataModule):
 
     def locate_val_row(self, row: int) -> str:
         return f"held-out live row {row} (of the first contexts of {self.data.live.dataset})"
+
+    def layer_view(self, layer: int) -> LayerView:
+        """What a single-layer datamodule of `layer` shows build_module and evaluate_held_out."""
+        return LayerView(self, layer)
+
+
+class LayerView:
+    """One layer of a several-layer LiveDataModule: its manifest, width and held-out rows, and
+    `pick(batch)`, the layer's [B, d_in] slice of a [B, n_layers, d_in] batch."""
+
+    def __init__(self, dm: LiveDataModule, layer: int) -> None:
+        self.dm, self.layer = dm, layer
+        self.index = dm.source.layers.index(layer)
+        self.manifest = dm.source.layer_header(layer)
+        self.d_in = dm.d_in
+
+    def pick(self, batch: Tensor) -> Tensor:
+        return batch[:, self.index].contiguous() if batch.dim() == 3 else batch
+
+    def val_dataloader(self) -> list[Tensor]:
+        return [self.pick(b) for b in self.dm.val_dataloader()]
+
+    def held_out(self, rows: int) -> str:
+        return self.dm.held_out(rows)
+
+    def locate_val_row(self, row: int) -> str:
+        return f"layer {self.layer}: {self.dm.locate_val_row(row)}"

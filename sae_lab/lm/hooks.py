@@ -4,6 +4,7 @@
                                                      returns a tuple) is the activation
     hook_name(layer, hook)           -> "blocks.{layer}.hook_{hook}"   (TransformerLens / SAELens)
     capture(model, layers, hook)     -> context manager collecting those outputs in one forward
+    capture_points(model, [(layer, hook), ...])  -> the same for several hook points
     unembedding(model)               -> [vocab, d_model] output embedding, or None
 
 resid_post is the block's output; mlp_out and attn_out are what the MLP and the attention add
@@ -19,7 +20,7 @@ edit the activation in a forward hook.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -145,31 +146,47 @@ class StopForward(Exception):
     """Raised from a hook to skip the rest of the forward pass once every hook has fired."""
 
 
-@contextmanager
 def capture(
     model: nn.Module, layers: list[int], hook: str = "resid_post", stop_early: bool = True
-) -> Iterator[dict[int, Tensor]]:
+) -> AbstractContextManager[dict[int, Tensor]]:
     """Collect {layer: activation [B, T, d]} during forward passes run inside the block.
 
     With `stop_early`, the forward pass is cut short (StopForward, caught by `run_to_hooks`)
-    after the last needed block: harvesting layer 3 of a 32-layer model then costs 4 blocks.
+    once every hook has fired: harvesting layer 3 of a 32-layer model then costs 4 blocks.
     """
-    acts: dict[int, Tensor] = {}
     mods = {layer: hook_module(model, layer, hook) for layer in layers}
-    last = max(layers)
+    return _capture(mods, max(layers) if stop_early else None)
+
+
+def capture_points(
+    model: nn.Module, points: list[tuple[int, str]], stop_early: bool = True
+) -> AbstractContextManager[dict[tuple[int, str], Tensor]]:
+    """`capture` for several (layer, hook) points, collected as {(layer, hook): activation}."""
+    mods = {p: hook_module(model, *p) for p in points}
+    last = max(points, key=lambda p: (p[0], HOOKS_IN_ORDER.index(p[1])))
+    return _capture(mods, last if stop_early else None)
+
+
+HOOKS_IN_ORDER = ("attn_out", "mlp_out", "resid_post")
+"""The order in which a block's hook points fire."""
+
+
+@contextmanager
+def _capture(mods: dict[Any, nn.Module], last: Any) -> Iterator[dict[Any, Tensor]]:
+    """`last`: the key whose hook fires last in a forward pass (stop there), None: run on."""
+    acts: dict[Any, Tensor] = {}
     handles = []
 
-    def make(layer: int):
+    def make(key: Any):
         def fn(module: nn.Module, args: Any, output: Any) -> None:
-            acts[layer] = output_tensor(output).detach()
-            if stop_early and layer == last and len(acts) == len(mods):
+            acts[key] = output_tensor(output).detach()
+            if key == last and len(acts) == len(mods):
                 raise StopForward
 
         return fn
 
-    # resid_post of the last layer fires after its attn/mlp, so hooking it last stops safely.
-    for layer, mod in mods.items():
-        handles.append(mod.register_forward_hook(make(layer)))
+    for key, mod in mods.items():
+        handles.append(mod.register_forward_hook(make(key)))
     try:
         yield acts
     finally:

@@ -1,14 +1,16 @@
 """A finished (or interrupted) sweep -> a typed SweepResult -> results.csv, pareto.png and best/.
 
     results.csv          one row per trial (per SAE of a packed sweep, with its pack):
-                         architecture, hyperparameters, final validation metrics, tokens,
-                         wall time, status, error, node
+                         architecture, layer (live sources), hyperparameters, final validation
+                         metrics, tokens, wall time, status, error, node
     pareto.png           L0 against FVU, one colour per architecture, the frontier drawn
+                         (a sweep over layers: one panel per layer)
     pareto_<x>_<y>.png   the sweep's other `plot` pairs (pareto.png is its first; only (l0, fvu)
                          has the frontier drawn; pairs with bench_ columns follow the bench)
     best/<arch>/         the best trial of each architecture by the sweep's metric
     best/frontier_<i>/   the Pareto-optimal trials, i = 0 the sparsest
     best/summary.json    which trial each directory came from, with its metrics
+    A sweep over layers ranks each layer apart: best/layer<L>_<arch>/, best/layer<L>_frontier_<i>/.
 
 The library works on SweepResult (records with typed values); results.csv is written from it for
 people and spreadsheets, never read back. Every directory in best/ is an SAE saved by SAE.save
@@ -30,7 +32,7 @@ from typing import Any
 
 from sae_lab.files import atomic_dir, atomic_file
 from sae_lab.sae import ARCHITECTURES
-from sae_lab.sweep.schema import SweepConfig
+from sae_lab.sweep.schema import LAYER, SweepConfig
 from sae_lab.sweep.space import trial_values
 from sae_lab.training.metrics import OBJECTIVE, VAL_METRICS
 from sae_lab.training.pack import FAILED, RUNNING, STOPPED
@@ -71,6 +73,11 @@ class TrialRecord:
     """The latest checkpoint (a directory holding sae/): a local path or a storage URI."""
     pack: str | None = None
     """The pack (Tune trial) this SAE was trained in; None in an unpacked sweep."""
+
+    @property
+    def layer(self) -> int | None:
+        """The live layer the SAE read (None: not a live source)."""
+        return self.config.get("layer")
 
     @property
     def measured(self) -> bool:
@@ -120,16 +127,27 @@ class SweepResult:
     def measured(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.measured]
 
-    def best(self, architecture: str | None = None) -> TrialRecord | None:
-        """The measured trial (of `architecture`, or of all) that scores best on the metric."""
+    def best(self, architecture: str | None = None, layer: int | None = None
+             ) -> TrialRecord | None:
+        """The measured trial (of `architecture` and `layer`, or of all) that scores best on the
+        metric."""
         sign = 1 if self.mode == "min" else -1
         cands = [t for t in self.measured if architecture in (None, t.architecture)
+                 and layer in (None, t.layer)
                  and math.isfinite(t.metrics.get(self.metric, math.nan))]
         return min(cands, key=lambda t: sign * t.metrics[self.metric]) if cands else None
 
-    def frontier(self) -> list[TrialRecord]:
-        """Trials no other trial beats on both L0 and FVU (lower is better), sparsest first."""
-        return [self.measured[i] for i in pareto_front(self.measured)]
+    def frontier(self, layer: int | None = None) -> list[TrialRecord]:
+        """Trials (of `layer`, or of all) no other beats on both L0 and FVU (lower is better),
+        sparsest first."""
+        trials = [t for t in self.measured if layer in (None, t.layer)]
+        return [trials[i] for i in pareto_front(trials)]
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers the trials read, when they read more than one (else empty)."""
+        layers = sorted({t.layer for t in self.trials if t.layer is not None})
+        return layers if len(layers) > 1 else []
 
     def rows(self) -> list[dict[str, Any]]:
         """The rows of results.csv."""
@@ -267,7 +285,7 @@ def collect(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
     """A SweepResult from a Tune ResultGrid, sorted by architecture then trial."""
     trials = _trials(grid)
     extra = sorted({k for p in sweep.params.values() for k in p}
-                   - {"lr", *(f"sae.{n}" for n in STANDARD_PARAMS)})
+                   - {"lr", LAYER, *(f"sae.{n}" for n in STANDARD_PARAMS)})
     if sweep.pack != 1:
         records = sorted(member_records(grid, sweep, extra),
                          key=lambda r: (r.architecture, r.trial))
@@ -292,7 +310,9 @@ def collect(grid: Any, sweep: SweepConfig, out: Path) -> SweepResult:
 def config_columns(cfg: Any, extra: list[str]) -> dict[str, Any]:
     """The hyperparameter columns of a trial (None where a parameter does not apply)."""
     uses = ARCHITECTURES[cfg.sae.architecture].uses
+    live = cfg.data.live
     return {
+        "layer": live.layers[0] if live is not None else None,
         "lr": cfg.lr,
         "sparsity_coef": cfg.sae.lam if "sparsity_coef" in uses else None,
         "k": cfg.sae.k if "k" in uses else None,
@@ -470,63 +490,80 @@ def plot_pareto(result: SweepResult, path: Path) -> None:
 def plot_pair(result: SweepResult, x: str, y: str, path: Path,
               bench: dict[str, dict[str, float]] | None = None) -> dict[str, tuple[float, float]]:
     """Column x against column y: a colour per architecture, hollow markers for trials ASHA
-    stopped; for (l0, fvu) the Pareto frontier as a staircase. Trials without a finite value in
-    either column are left out. Returns {trial: (x, y)} of the points drawn."""
+    stopped, a panel per layer in a sweep over layers; for (l0, fvu) the Pareto frontier (of the
+    layer) as a staircase. Trials without a finite value in either column are left out. Returns
+    {trial: (x, y)} of the points drawn."""
     # A bare Figure, not pyplot: the caller's backend (a notebook's inline one) stays as it is.
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     bench = bench or {}
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
-    ax = fig.subplots()
     points = {t.trial: (plot_value(t, x, bench), plot_value(t, y, bench))
               for t in result.measured}
     points = {k: v for k, v in points.items() if all(map(math.isfinite, v))}
-    colours = colormaps["tab10"]
-    for c, arch in enumerate(sorted({t.architecture for t in result.trials})):
-        label = arch
-        for status, fill in (("done", True), ("stopped_early", False)):
-            pts = [points[t.trial] for t in result.measured
-                   if t.architecture == arch and t.status == status and t.trial in points]
-            if pts:
-                ax.scatter(*zip(*pts, strict=True), s=36, label=label,
-                           facecolors=colours(c) if fill else "none", edgecolors=colours(c))
-                label = None
-    front = [t.metrics for t in result.frontier()] if (x, y) == ("l0", "fvu") else []
-    if front:
-        ax.plot([m["l0"] for m in front], [m["fvu"] for m in front], drawstyle="steps-post",
-                color="black", lw=1, marker="o", ms=11, mfc="none", label="Pareto frontier")
-    xs = [p[0] for p in points.values() if p[0] > 0]
-    if xs and max(xs) / min(xs) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(LABELS.get(y, y))
-    what = ("sparsity against reconstruction" if (x, y) == ("l0", "fvu") else f"{x} against {y}")
-    ax.set_title(f"Sweep: {what} (hollow: stopped early)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize="small")
+    layers = result.layers or [None]
+    fig = Figure(figsize=(6.4 * len(layers), 4.4), dpi=120)
+    axes = fig.subplots(1, len(layers), squeeze=False)[0]
+    archs = sorted({t.architecture for t in result.trials})
+    what = "sparsity against reconstruction" if (x, y) == ("l0", "fvu") else f"{x} against {y}"
+    for ax, layer in zip(axes, layers, strict=True):
+        _plot_layer(ax, result, layer, archs, x, y, points)
+        where = "Sweep" if layer is None else f"Layer {layer}"
+        ax.set_title(f"{where}: {what} (hollow: stopped early)",
+                     fontsize="medium" if layer is not None else None)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
     return points
 
 
+def _plot_layer(ax: Any, result: SweepResult, layer: int | None, archs: list[str], x: str,
+                y: str, points: dict[str, tuple[float, float]]) -> None:
+    from matplotlib import colormaps
+
+    measured = [t for t in result.measured if layer in (None, t.layer) and t.trial in points]
+    colours = colormaps["tab10"]
+    for c, arch in enumerate(archs):
+        label = arch
+        for status, fill in (("done", True), ("stopped_early", False)):
+            pts = [points[t.trial] for t in measured
+                   if t.architecture == arch and t.status == status]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=36, label=label,
+                           facecolors=colours(c) if fill else "none", edgecolors=colours(c))
+                label = None
+    front = [t.metrics for t in result.frontier(layer)] if (x, y) == ("l0", "fvu") else []
+    if front:
+        ax.plot([m["l0"] for m in front], [m["fvu"] for m in front], drawstyle="steps-post",
+                color="black", lw=1, marker="o", ms=11, mfc="none", label="Pareto frontier")
+    xs = [points[t.trial][0] for t in measured if points[t.trial][0] > 0]
+    if xs and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize="small")
+
+
 def best_picks(result: SweepResult, architectures: list[str]) -> dict[str, TrialRecord]:
     """best/'s directories: <arch> (best by the metric) and frontier_<i>, each with a
-    checkpoint."""
-    picks = {arch: result.best(arch) for arch in architectures}
-    picks.update({f"frontier_{n}": t for n, t in enumerate(result.frontier())})
+    checkpoint; a sweep over layers: layer<L>_<arch> and layer<L>_frontier_<i> per layer."""
+    picks: dict[str, TrialRecord | None] = {}
+    for layer in result.layers or [None]:
+        prefix = "" if layer is None else f"layer{layer}_"
+        picks.update({prefix + arch: result.best(arch, layer) for arch in architectures})
+        picks.update({f"{prefix}frontier_{n}": t
+                      for n, t in enumerate(result.frontier(layer))})
     return {name: t for name, t in picks.items() if t is not None and t.checkpoint}
 
 
 def export_best(result: SweepResult, sweep: SweepConfig, target: Path,
                 picks: dict[str, TrialRecord] | None = None) -> None:
-    """best/<arch>/ by the sweep's metric (or as `picks` says) and best/frontier_<i>/, built
-    aside then swapped in."""
+    """best/<arch>/ by the sweep's metric (or as `picks` says) and best/frontier_<i>/ (a sweep
+    over layers: best/layer<L>_...), built aside then swapped in."""
     picks = best_picks(result, sweep.architectures) if picks is None else picks
-    with atomic_dir(target, "sweep best", known=("summary.json", "frontier_*", *ARCHITECTURES)
-                    ) as tmp:
+    with atomic_dir(target, "sweep best",
+                    known=("summary.json", "frontier_*", "layer*", *ARCHITECTURES)) as tmp:
         for name, t in picks.items():
             ckpt = result.checkpoints.get(t.trial)
             if ckpt is None:  # a result rebuilt from a plain path

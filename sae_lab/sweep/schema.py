@@ -56,6 +56,9 @@ METRICS = SWEEP_METRICS
 """What a trial reports at every validation (besides tokens) and a sweep may rank on."""
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
 _SAE_FIELDS = frozenset().union(*(searchable(cls) for cls in CONFIGS.values()))
+LAYER = "layer"
+"""The search key of the live source's layer (base.data.live.layers holds one layer per trial;
+a pack trains members on several layers from one forward pass)."""
 _OWNED_BY_SWEEP = frozenset({"sae.architecture", "sae.d_in", "out_dir", "progress_bar"})
 _MAX_CORNERS = 256
 NO_OPTUNA = "search: optuna needs the optional extra: pip install 'sae-lab[optuna]'"
@@ -363,6 +366,8 @@ class SweepConfig:
             raise ConfigError(f"base.sae: expected a mapping, got {sae!r}")
         sae["architecture"] = architecture
         for key, value in values.items():
+            if key == LAYER:
+                key, value = "data.live.layers", [value]
             _set_path(d, key, value)
         d["progress_bar"] = False
         self._group_wandb(d)
@@ -490,13 +495,18 @@ def _parse_param(spec: Any, integer: bool) -> Param:
 
 
 def canonical_key(key: str) -> str:
-    """`k` -> `sae.k`; TrainConfig keys and dotted paths are kept."""
+    """`k` -> `sae.k`; TrainConfig keys, dotted paths and `layer` are kept."""
     if not isinstance(key, str) or not key:
         raise ConfigError(f"space: parameter names must be strings, got {key!r}")
     return f"sae.{key}" if key in _SAE_FIELDS else key
 
 
 def _is_int_field(base: TrainConfig, canon: str, where: str, key: str) -> bool:
+    if canon == LAYER:
+        if base.data.live is None:
+            raise ConfigError(f"{where}.layer: searching layers needs base.data.live (one "
+                              "model feeds every layer of a pack)")
+        return True
     node: Any = base
     for part in canon.split("."):
         known = getattr(node, "__dataclass_fields__", {})

@@ -120,9 +120,12 @@ class TrainConfig:
     nan_policy: Literal["error", "skip"] = "error"
     """On a NaN or inf batch (or held-out row): stop with an error naming the step (the shard),
     or skip and count it."""
-    precision: Annotated[Literal["32", "bf16-mixed"], BeforeValidator(
-        _int_as_str, json_schema_input_type=Literal["32", "bf16-mixed", 32])] = "32"
-    """Lightning precision; bf16-mixed only applies on CUDA (CPU falls back to 32)."""
+    precision: Annotated[Literal["auto", "32", "16-mixed", "bf16-mixed"], BeforeValidator(
+        _int_as_str, json_schema_input_type=Literal["auto", "32", "16-mixed", "bf16-mixed", 32]
+    )] = "auto"
+    """auto: 32 on CPU; on CUDA bf16-mixed where the card has bfloat16 (compute capability 8+),
+    16-mixed on older cards (T4, V100). 16-mixed: float16 autocast with a gradient scaler (on CPU
+    too); bf16-mixed applies on CUDA only (CPU trains in float32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto picks CUDA when present."""
     seed: int = 0
@@ -143,6 +146,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require(self.max_tokens >= self.batch_size, "max_tokens", self.max_tokens,
                 f">= batch_size={self.batch_size}")
+        live = self.data.live
+        require(live is None or len(live.layers) == 1, "data.live.layers",
+                list(live.layers) if live else None,
+                "one layer (an SAE reads one; several layers train as a pack: `layer` in a "
+                "sweep's space)")
         require(self.batch_size % self.parallel.data == 0, "batch_size", self.batch_size,
                 f"a multiple of parallel.data={self.parallel.data}")
         if self.sae.d_sae:  # else checked once d_in is known (check_parallel)

@@ -16,6 +16,7 @@ from sae_lab.sae.base import SAE
 from sae_lab.training.config import TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats
 from sae_lab.training.optim import optimizer
+from sae_lab.training.precision import fused_adam
 from sae_lab.training.schedules import warmup_factor
 
 
@@ -157,7 +158,7 @@ class SAEModule(pl.LightningModule):
     # --- optimiser ---------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        opt, sched = optimizer(self.sae, self.cfg)
+        opt, sched = optimizer(self.sae, self.cfg, fused=fused_adam(self._trainer))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- the trained SAE, on raw activations -------------------------------------------------

@@ -31,12 +31,16 @@ from sae_lab.training.checkpoint_io import AtomicCheckpointIO
 from sae_lab.training.config import ConfigError, TrainConfig
 from sae_lab.training.metrics import DEAD_FRAC, ReconStats, stream_stats
 from sae_lab.training.module import SAEModule, finite_rows
+from sae_lab.training.precision import trainer_precision
 from sae_lab.training.wandb_runs import need_wandb, run_id
 
 # Lightning's advice on dataloader workers and logging intervals is noise for streaming batches.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
 warnings.filterwarnings("ignore", ".*IterableDataset.*has `__len__` defined.*")
+# 16-mixed: the gradient scaler skips the first steps while it lowers its scale to fit float16;
+# the learning-rate schedule still advances, as it would for a run without a scaler.
+warnings.filterwarnings("ignore", ".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`.*")
 # --resume continues in the run's own checkpoint directory, which is therefore not empty.
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
@@ -242,7 +246,6 @@ def stdout_is_terminal() -> bool:
 def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[pl.Callback],
              logger: bool, progress_lines: bool | None) -> pl.Trainer:
     """The Lightning Trainer of one run: checkpoints, progress output, logger, then `callbacks`."""
-    precision = cfg.precision if accelerator == "gpu" else "32-true"
     checkpoints = [
         ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val/fvu", mode="min",
                         save_last=True, filename="best-{step}")
@@ -258,7 +261,6 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
     return pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=precision,
         max_steps=cfg.max_steps,
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
         check_val_every_n_epoch=None,
@@ -272,8 +274,14 @@ def _trainer(cfg: TrainConfig, out_dir: Path, accelerator: str, callbacks: list[
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_steps,
         default_root_dir=out_dir,
-        plugins=[AtomicCheckpointIO()],
+        **_precision(cfg, accelerator),
     )
+
+
+def _precision(cfg: TrainConfig, accelerator: str) -> dict[str, Any]:
+    """Trainer keyword arguments: precision and plugins (atomic checkpoints, a CPU scaler)."""
+    kw = trainer_precision(cfg.precision, accelerator)
+    return {**kw, "plugins": [AtomicCheckpointIO(), *kw["plugins"]]}
 
 
 def train(

@@ -77,3 +77,16 @@ def identity_sae(d: int):
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae
+
+
+def deeper_lm(lm_dir: Path, out: Path, n_layer: int) -> Path:
+    """The tiny model's tokenizer over a random GPT-2 of `n_layer` layers (for several layers)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    fast = AutoTokenizer.from_pretrained(lm_dir)
+    cfg = GPT2Config.from_pretrained(lm_dir)
+    cfg.n_layer = n_layer
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out

@@ -431,19 +431,23 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cluster, tm
 
 
 @pytest.mark.slow
-def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_path):
-    """Two packs on the two nodes; ASHA stops members across them; NaN members fail alone."""
+def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_path, tiny_lm,
+                                                               corpus):
+    """Two packs on the two nodes, fed live by a tiny GPT-2; `layer` is a search dimension (both
+    layers in one stream); ASHA stops members across packs; NaN members fail alone."""
     from sae_lab import load
     from sae_lab.sweep.run import run_sweep
 
     sweep = sweep_from_dict({
-        "base": {"data": {"synthetic": {"d": 16, "n_features": 32, "active": 3,
-                                        "n_tokens": 4096}},
+        "base": {"data": {"live": {"model": str(tiny_lm), "dataset": str(corpus), "layers": [0],
+                                   "ctx_len": 32, "batch_size": 16, "val_tokens": 256,
+                                   "device": "cpu"},
+                          "shuffle_buffer": 1024},
                  "batch_size": 128, "max_tokens": 128 * 16, "lr_warmup_steps": 3,
                  "val_every_steps": 4, "lr": 3e-3, "sae": {"expansion_factor": 2}},
         "architectures": ["relu", "topk"],
         # lr=1e30 overflows to inf at step 1 (nan_policy: error): those members fail alone
-        "space": {"relu": {"sparsity_coef": {"grid": [0.5, 1.0, 8.0]}},
+        "space": {"relu": {"sparsity_coef": {"grid": [0.5, 8.0]}, "layer": {"grid": [0, 1]}},
                   "topk": {"k": {"grid": [2, 6]}, "lr": {"grid": [3e-3, 1e30]}}},
         "scheduler": {"type": "asha", "grace_tokens": 512},
         "search": "grid", "pack": 4, "resources": {"cpus": 1},
@@ -451,29 +455,40 @@ def test_packed_sweep_one_row_per_member_nan_member_fails_alone(cluster, tmp_pat
     out = tmp_path / "sweep"
     result = run_sweep(sweep, out, verbose=0)
     rows = read_rows(out)
-    assert sorted(r["trial"] for r in rows) == sorted(
-        ["relu_000", "relu_001", "relu_002", "topk_003", "topk_004", "topk_005", "topk_006"])
+    assert sorted(r["trial"] for r in rows) == [f"relu_{i:03d}" for i in range(4)] + \
+        [f"topk_{i:03d}" for i in range(4, 8)]
     assert {r["pack"] for r in rows} == {"pack000", "pack001"}
+    relu = [r for r in rows if r["architecture"] == "relu"]
+    assert sorted(r["layer"] for r in relu) == ["0", "0", "1", "1"]
+    assert any(len({r["layer"] for r in relu if r["pack"] == p}) == 2 for p in ("pack000",
+                                                                                 "pack001"))
     failed = [r for r in rows if r["status"] == "failed"]
-    assert sorted(r["trial"] for r in failed) == ["topk_004", "topk_006"]  # lr=1e30
-    assert {r["pack"] for r in failed} == {"pack000", "pack001"}  # and their packs went on
+    assert sorted(float(r["lr"]) for r in failed) == [1e30, 1e30]
+    assert {r["architecture"] for r in failed} == {"topk"}
     for r in failed:
         assert r["error"].startswith("NonFiniteBatchError: step 1: non-finite loss"), r["error"]
+        assert any(o["pack"] == r["pack"] and o["status"] != "failed" for o in rows)  # went on
     ok = [r for r in rows if r["status"] != "failed"]
-    assert {r["status"] for r in ok} <= {"done", "stopped_early"} and len(ok) == 5
+    assert {r["status"] for r in ok} <= {"done", "stopped_early"} and len(ok) == 6
     stopped = [r for r in ok if r["status"] == "stopped_early"]
     assert stopped, "ASHA stopped no member"
     for r in ok:
-        assert float(r["objective"]) == pytest.approx(float(r["fvu"]) + float(r["l0"]) / 16)
+        assert float(r["objective"]) == pytest.approx(float(r["fvu"]) + float(r["l0"]) / 64)
         want = 2048.0 if r["status"] == "done" else None
         assert float(r["tokens"]) == want or 512 <= float(r["tokens"]) < 2048
         tb = out / "tune" / r["pack"] / "members" / r["trial"] / "tensorboard"
         assert list(tb.glob("events.out.tfevents*")), r["trial"]  # one TB run per member
         sae = out / r["checkpoint"] / "sae" / "sae_weights.safetensors"
         assert sae.is_file() and not (tb.parent / "final").exists()  # each SAE saved once
-    best = result.best("relu")
-    assert best is not None and load(out / "best" / "relu").d_in == 16
-    assert json.loads((out / "best" / "summary.json").read_text())["relu"]["trial"] == best.trial
+    # best/ per layer and architecture
+    for layer in (0, 1):
+        sae = load(out / "best" / f"layer{layer}_relu")
+        assert sae.d_in == 64 and sae.metadata["layer"] == layer
+    assert (out / "best" / "layer0_topk").is_dir() and not (out / "best" / "relu").exists()
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "best" / "summary.json").read_text())
+    assert summary["layer0_relu"]["trial"] in {r["trial"] for r in relu if r["layer"] == "0"}
+    assert result.best("relu") is not None
 
 
 # A sweep driver that SIGKILLs itself when Tune hands it pack001's second checkpoint: Tune's state

@@ -152,3 +152,64 @@ def test_resume_help_warns_that_it_unpickles(capsys):
     assert "unpickled only if its sha256 is the one this sweep recorded" in help_text
     assert "--trust-state" in help_text and "Unpickling runs code" in help_text
     assert "sha256" in RESUME_HELP
+
+
+def test_a_sweep_over_layers_ranks_each_layer_apart(tmp_path):
+    """`layer` in the search space: best/ and the frontier per layer and architecture, a
+    `layer` column, a Pareto panel per layer (built from records: no Ray)."""
+    from helpers.tiny import make_sae
+
+    from sae_lab.sweep.report import best_picks, export_best, plot_pareto
+
+    trials = [rec("topk_0", "topk", 0.2, 4.0, layer=0),    # objective 0.45
+              rec("topk_1", "topk", 0.3, 4.0, layer=0),    # 0.55
+              rec("relu_2", "relu", 0.1, 12.0, layer=0),   # 0.85
+              rec("topk_3", "topk", 0.5, 4.0, layer=1),    # 0.75: beaten by every layer-0 topk
+              rec("relu_4", "relu", 0.4, 16.0, layer=1)]   # 1.4
+    for t in trials:
+        t.checkpoint = str(tmp_path / "tune" / t.trial)
+        make_sae(d_in=8, d_sae=16).save(Path(t.checkpoint) / "sae")
+    result = SweepResult(trials, out=tmp_path)
+    assert result.layers == [0, 1] and result.best().trial == "topk_0"
+    assert result.best("topk", layer=1).trial == "topk_3"
+    assert [t.trial for t in result.frontier()] == ["topk_0", "relu_2"]
+    assert [t.trial for t in result.frontier(1)] == ["topk_3", "relu_4"]
+    picks = {name: t.trial for name, t in best_picks(result, ["topk", "relu"]).items()}
+    assert picks == {"layer0_topk": "topk_0", "layer0_relu": "relu_2",
+                     "layer0_frontier_0": "topk_0", "layer0_frontier_1": "relu_2",
+                     "layer1_topk": "topk_3", "layer1_relu": "relu_4",
+                     "layer1_frontier_0": "topk_3", "layer1_frontier_1": "relu_4"}
+    export_best(result, SimpleNamespace(architectures=["topk", "relu"]), tmp_path / "best")
+    summary = json.loads((tmp_path / "best" / "summary.json").read_text())
+    assert summary["layer1_topk"]["layer"] == 1 and (tmp_path / "best" / "layer1_relu").is_dir()
+    assert [r["layer"] for r in result.rows()] == [0, 0, 0, 1, 1]
+    plot_pareto(result, tmp_path / "pareto.png")
+    one = SweepResult(trials[:3], out=tmp_path)
+    plot_pareto(one, tmp_path / "one.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "pareto.png").width == 2 * Image.open(tmp_path / "one.png").width
+
+
+def test_layer_is_a_search_dimension_of_one_stream(tiny_lm, corpus):
+    from sae_lab.config import ConfigError
+    from sae_lab.sweep.packs import expand, make_packs
+    from sae_lab.sweep.report import config_columns
+    from sae_lab.sweep.schema import sweep_from_dict
+
+    live = {"model": str(tiny_lm), "dataset": str(corpus), "layers": [0], "device": "cpu"}
+    d = {"base": {"data": {"live": live}, "batch_size": 64, "max_tokens": 640},
+         "architectures": ["topk", "relu"], "search": "grid", "pack": 4,
+         "space": {"all": {"layer": {"grid": [0, 1]}}, "topk": {"k": {"grid": [2, 4]}}}}
+    sweep = sweep_from_dict(d)
+    members = expand(sweep)
+    assert sorted((m.architecture, m.values["layer"]) for m in members) == [
+        ("relu", 0), ("relu", 1), ("topk", 0), ("topk", 0), ("topk", 1), ("topk", 1)]
+    cfgs = {m.name: sweep.train_config(m.architecture, m.values) for m in members}
+    assert all(c.data.live.layers == (m.values["layer"],)
+               for m, c in zip(members, cfgs.values(), strict=True))
+    assert [len(p) for p in make_packs(sweep)] == [4, 2]  # grouped by stream, not by layer
+    assert config_columns(cfgs[members[-1].name], [])["layer"] == members[-1].values["layer"]
+    shards = {**d, "base": {**d["base"], "data": {"synthetic": {"d": 16}}}}
+    with pytest.raises(ConfigError, match="space.all.layer: searching layers needs base.data"):
+        sweep_from_dict(shards)

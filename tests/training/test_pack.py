@@ -63,8 +63,11 @@ def assert_same_runs(alone, packed, tol):
 def test_pack_of_three_architectures_equals_each_run_alone(tmp_path, dtype, tol):
     cfgs = member_cfgs(tmp_path, dtype)
     alone = [train(c, logger=False, progress_lines=False) for c in cfgs]
+    # float32: members placed by device string (the path that puts them on several GPUs; here
+    # all on the CPU, so it must change nothing)
+    devices = ["cpu", "cpu", None] if dtype == "float32" else None
     packed = train_pack(cfgs, list(MEMBERS), tmp_path / "pack", logger=False,
-                        save_checkpoints=False)
+                        save_checkpoints=False, devices=devices)
     assert_same_runs(alone, packed, tol)
     # the members really trained (and differ): not three copies of the initial weights
     assert packed[0].metrics["fvu"] < 1 and packed[1].metrics["l0"] <= 4
@@ -133,6 +136,10 @@ def test_packs_group_configs_by_data_stream():
     assert sorted(len(p) for p in packs) == [1, 3, 4, 4]  # 9 at batch 128 (4+4+1), 3 at 64
     for p in packs:
         assert len({sweep.train_config(m.architecture, m.values).batch_size for m in p}) == 1
+    from sae_lab.training.pack import spread
+
+    assert spread(5, 2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert spread(3, 1) == [None] * 3
     auto = sweep_from_dict({**d, "pack": "auto"})
     assert sorted(len(p) for p in make_packs(auto, slots=2)) == [1, 2, 4, 5]
 
