@@ -19,18 +19,22 @@ NEEDS_ENDPOINT = "autointerp needs an endpoint (--endpoint)"
 
 def detection_score(sae_dir: str, shards: str, endpoint: str | None, llm: str, n: int,
                     d_sae: int, out: Path, seed: int = 0, api_key: str | None = None,
-                    device: str = "cpu", concurrency: int = 16
+                    device: str = "cpu", concurrency: int = 16, retries: int = 3
                     ) -> tuple[dict[str, float], dict[str, Any]]:
-    """(metrics, details) of the autointerp task; a ValueError naming the missing endpoint.
-    `out` is the explanations file; its cache sits beside it."""
+    """(metrics, details) of the autointerp task; a ValueError naming the missing endpoint, an
+    EndpointError (an OSError) once a request failed `retries` + 1 times. `out` is the
+    explanations file; its cache sits beside it."""
     if not endpoint:
         raise ValueError(NEEDS_ENDPOINT)
     from sae_lab.reading.autointerp import explain_dir
     from sae_lab.reading.explain import HTTPChat
 
-    found = explain_dir(sae_dir, shards, lambda _device: HTTPChat(endpoint, llm, api_key),
-                        sample=min(n, d_sae), out=out, cache_dir=out.with_suffix(""),
-                        seed=seed, device=device, concurrency=concurrency,
+    def chat(_device: str) -> HTTPChat:
+        return HTTPChat(endpoint, llm, api_key, retries=retries)
+
+    found = explain_dir(sae_dir, shards, chat, sample=min(n, d_sae), out=out,
+                        cache_dir=out.with_suffix(""), seed=seed, device=device,
+                        concurrency=concurrency,
                         say=lambda _s: None)
     latents = found.latents
     scores = [found.records[str(i)]["score"] for i in latents

@@ -76,10 +76,28 @@ class BenchConfig:
     """The model autointerp asks at the endpoint."""
     autointerp_latents: Annotated[int, Field(ge=1)] = 20
     """Latents autointerp samples per SAE."""
+    llm_retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of a failed request to the endpoint, with exponential backoff from 1 s (0: an
+    endpoint that is down costs one note at once)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:1, ..."""
     seed: int = 0
     """Seed of every split and sample."""
+
+
+def metric_names(cfg: BenchConfig) -> list[str]:
+    """Every metric the tasks of `cfg` can add to a row (bench.json, a sweep's bench_<name>)."""
+    from sae_lab.bench.core import LOSS_KEYS, RECON_KEYS
+
+    probes = [f"probe_{w}_{k}" for w in ("sae", "llm")
+              for k in (*(f"top{k}" for k in cfg.ks), "all")]
+    by_task = {
+        "core": [*RECON_KEYS, "dense_frac", "rows", *LOSS_KEYS],
+        "sparse_probing": probes,
+        "absorption": ["absorption_full", "absorption_fraction", "absorption_split_latents"],
+        "autointerp": ["autointerp"],
+    }
+    return [m for t in cfg.tasks for m in by_task[t]]
 
 
 class BenchSAE(NamedTuple):
@@ -314,7 +332,7 @@ def task_autointerp(bench: Bench, sae: SAE, entry: BenchSAE) -> TaskOut:
     out = bench.out / "autointerp" / f"{slug(entry.label)}.json"
     metrics, details = detection_score(entry.directory, str(cfg.shards), cfg.endpoint, cfg.llm,
                                        cfg.autointerp_latents, sae.d_sae, out, cfg.seed,
-                                       device=bench.device)
+                                       device=bench.device, retries=cfg.llm_retries)
     return TaskOut(metrics, details)
 
 

@@ -141,5 +141,8 @@ def run(args: argparse.Namespace) -> None:
     if not result.measured:
         print(f"sae-lab sweep: error: {result.failure_summary()}", file=sys.stderr)
         raise SystemExit(1)
+    from sae_lab.sweep.bench import bench_sweep
+
+    bench_sweep(result, sweep)  # with `evaluate:`: the bench's table ends the output
     if args.push:
         push_results(args, out, sweep.name)

@@ -6,7 +6,8 @@
       resume    rows already in OUT/bench/bench.json, benched with the same config, are kept:
                 only the trials missing run
       outputs   OUT/bench/ (bench.json, bench.md, bench.png, density.png, as `sae-lab bench`
-                writes them) and results.csv again, with a bench_<metric> column per metric
+                writes them) and results.csv again, with a bench_<metric> column per metric;
+                the sweep's `plot` pairs that name a bench_ column
       select    with the sweep's `select: {metric, mode, within_fvu}`, best/<architecture> is
                 then rebuilt: among the architecture's trials whose FVU is within `within_fvu`
                 of its best, the one best by `metric` (a results.csv or a bench metric)
@@ -20,9 +21,26 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sae_lab.bench.run import BENCH_JSON, BenchConfig, BenchResult, BenchSAE, Row, run_bench
+from sae_lab.bench.run import (
+    BENCH_JSON,
+    BENCH_MD,
+    BenchConfig,
+    BenchResult,
+    BenchSAE,
+    Row,
+    markdown,
+    run_bench,
+)
 from sae_lab.config import to_dict
-from sae_lab.sweep.report import NA, SweepResult, TrialRecord, best_picks, export_best, write_csv
+from sae_lab.sweep.report import (
+    NA,
+    SweepResult,
+    TrialRecord,
+    best_picks,
+    export_best,
+    write_csv,
+    write_plots,
+)
 from sae_lab.sweep.schema import SweepConfig
 
 BENCH_DIR = "bench"
@@ -74,7 +92,7 @@ def earlier_rows(out: Path, cfg: BenchConfig) -> list[Row]:
 def bench_sweep(result: SweepResult, sweep: SweepConfig, say: Any = print
                 ) -> BenchResult | None:
     """Bench the SAEs of the sweep in result.out that have no row yet; results.csv gains the
-    bench_<metric> columns. None when the sweep has no `evaluate:`."""
+    bench_<metric> columns; ends by saying the table. None when the sweep has no `evaluate:`."""
     if sweep.evaluate is None or result.out is None:
         return None
     cfg = bench_config(sweep)
@@ -89,10 +107,13 @@ def bench_sweep(result: SweepResult, sweep: SweepConfig, say: Any = print
     rows = [{**row, **{PREFIX + c: by_trial.get(row["trial"], {}).get(c, NA) for c in columns}}
             for row in result.rows()]
     write_csv(rows, result.out / "results.csv")
+    write_plots(result, sweep, by_trial)
     if sweep.select is not None:
         picks = best_picks(result, sweep.architectures)
         picks.update(select_best(result, sweep, by_trial))
         export_best(result, sweep, result.out / "best", picks)
+    say(markdown(found).rstrip("\n"))
+    say(f"bench: {out / BENCH_MD}, bench_<metric> columns in {result.out / 'results.csv'}")
     return found
 
 

@@ -29,8 +29,8 @@ COMMAND = "sweep"
 SPEC_FILE = "sweep.yaml"
 TUNER_PKL = "tune/tuner.pkl"
 # What a sweep writes under its output directory (atomic writes' temporaries start with ".").
-WRITTEN = (SPEC_FILE, MARKER, "tune", "results.csv", "pareto.png", "best", "events.jsonl",
-           "rungs.jsonl", "wandb", "wandb_run_id", ".*")
+WRITTEN = (SPEC_FILE, MARKER, "tune", "results.csv", "pareto.png", "pareto_*.png", "best",
+           "bench", "events.jsonl", "rungs.jsonl", "wandb", "wandb_run_id", ".*")
 TRUST_FLAG = "trust_state=True (sae-lab sweep --trust-state)"
 
 

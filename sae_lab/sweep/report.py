@@ -5,6 +5,8 @@
                          metrics, tokens, wall time, status, error, node
     pareto.png           L0 against FVU, one colour per architecture, the frontier drawn
                          (a sweep over layers: one panel per layer)
+    pareto_<x>_<y>.png   the sweep's other `plot` pairs (pareto.png is its first; only (l0, fvu)
+                         has the frontier drawn; pairs with bench_ columns follow the bench)
     best/<arch>/         the best trial of each architecture by the sweep's metric
     best/frontier_<i>/   the Pareto-optimal trials, i = 0 the sparsest
     best/summary.json    which trial each directory came from, with its metrics
@@ -263,7 +265,7 @@ def write_report(grid: Any, sweep: SweepConfig, out: str | Path) -> SweepResult:
     """Write results.csv, pareto.png and best/ under `out` from a Tune ResultGrid."""
     result = collect(grid, sweep, Path(out))
     write_csv(result.rows(), result.out / "results.csv")
-    plot_pareto(result, result.out / "pareto.png")
+    write_plots(result, sweep)
     export_best(result, sweep, result.out / "best")
     return result
 
@@ -453,49 +455,91 @@ def pareto_front(trials: list[TrialRecord]) -> list[int]:
                        for i, t in enumerate(trials) if t.measured})
 
 
+LABELS = {"l0": "L0 (active latents per token)", "fvu": "FVU (fraction of variance unexplained)"}
+
+
+def plot_value(t: TrialRecord, column: str, bench: dict[str, dict[str, float]]) -> float:
+    """The trial's value in a results.csv column (a metric, a parameter or bench_<metric>);
+    NaN when it has none."""
+    if column.startswith("bench_") and column not in t.metrics:
+        v = bench.get(t.trial, {}).get(column.removeprefix("bench_"))
+    else:
+        v = t.metrics.get(column, t.config.get(column))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def write_plots(result: SweepResult, sweep: SweepConfig,
+                bench: dict[str, dict[str, float]] | None = None
+                ) -> dict[Path, dict[str, tuple[float, float]]]:
+    """Each of the sweep's `plot` pairs under result.out: without `bench` ({trial: bench
+    metrics}) the pairs without bench_ columns, with it the pairs with them. Returns
+    {file: {trial: (x, y)}} of what was drawn."""
+    assert result.out is not None
+    done = {}
+    for axes, name in sweep.plot_files():
+        if any(c.startswith("bench_") for c in (axes.x, axes.y)) == (bench is not None):
+            done[result.out / name] = plot_pair(result, axes.x, axes.y, result.out / name, bench)
+    return done
+
+
 def plot_pareto(result: SweepResult, path: Path) -> None:
-    """L0 (x) against FVU (y): a colour per architecture, hollow markers for trials ASHA stopped,
-    the frontier as a staircase."""
+    """L0 (x) against FVU (y), the frontier drawn as a staircase."""
+    plot_pair(result, "l0", "fvu", path)
+
+
+def plot_pair(result: SweepResult, x: str, y: str, path: Path,
+              bench: dict[str, dict[str, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """Column x against column y: a colour per architecture, hollow markers for trials ASHA
+    stopped, a panel per layer in a sweep over layers; for (l0, fvu) the Pareto frontier (of the
+    layer) as a staircase. Trials without a finite value in either column are left out. Returns
+    {trial: (x, y)} of the points drawn."""
     # A bare Figure, not pyplot: the caller's backend (a notebook's inline one) stays as it is.
     from matplotlib.figure import Figure
 
+    bench = bench or {}
+    points = {t.trial: (plot_value(t, x, bench), plot_value(t, y, bench))
+              for t in result.measured}
+    points = {k: v for k, v in points.items() if all(map(math.isfinite, v))}
     layers = result.layers or [None]
     fig = Figure(figsize=(6.4 * len(layers), 4.4), dpi=120)
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     archs = sorted({t.architecture for t in result.trials})
+    what = "sparsity against reconstruction" if (x, y) == ("l0", "fvu") else f"{x} against {y}"
     for ax, layer in zip(axes, layers, strict=True):
-        _plot_layer(ax, result, layer, archs)
-        if layer is not None:
-            ax.set_title(f"Layer {layer}: sparsity against reconstruction (hollow: stopped "
-                         "early)", fontsize="medium")
+        _plot_layer(ax, result, layer, archs, x, y, points)
+        where = "Sweep" if layer is None else f"Layer {layer}"
+        ax.set_title(f"{where}: {what} (hollow: stopped early)",
+                     fontsize="medium" if layer is not None else None)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
+    return points
 
 
-def _plot_layer(ax: Any, result: SweepResult, layer: int | None, archs: list[str]) -> None:
+def _plot_layer(ax: Any, result: SweepResult, layer: int | None, archs: list[str], x: str,
+                y: str, points: dict[str, tuple[float, float]]) -> None:
     from matplotlib import colormaps
 
-    measured = [t for t in result.measured if layer in (None, t.layer)]
+    measured = [t for t in result.measured if layer in (None, t.layer) and t.trial in points]
     colours = colormaps["tab10"]
     for c, arch in enumerate(archs):
         label = arch
         for status, fill in (("done", True), ("stopped_early", False)):
-            pts = [t.metrics for t in measured if t.architecture == arch and t.status == status]
+            pts = [points[t.trial] for t in measured
+                   if t.architecture == arch and t.status == status]
             if pts:
-                ax.scatter([m["l0"] for m in pts], [m["fvu"] for m in pts], s=36, label=label,
+                ax.scatter(*zip(*pts, strict=True), s=36, label=label,
                            facecolors=colours(c) if fill else "none", edgecolors=colours(c))
                 label = None
-    front = [t.metrics for t in result.frontier(layer)]
+    front = [t.metrics for t in result.frontier(layer)] if (x, y) == ("l0", "fvu") else []
     if front:
         ax.plot([m["l0"] for m in front], [m["fvu"] for m in front], drawstyle="steps-post",
                 color="black", lw=1, marker="o", ms=11, mfc="none", label="Pareto frontier")
-    l0s = [t.metrics["l0"] for t in measured if t.metrics["l0"] > 0]
-    if l0s and max(l0s) / min(l0s) > 20:
+    xs = [points[t.trial][0] for t in measured if points[t.trial][0] > 0]
+    if xs and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel("FVU (fraction of variance unexplained)")
-    ax.set_title("Sweep: sparsity against reconstruction (hollow: stopped early)")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize="small")

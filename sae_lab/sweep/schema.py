@@ -24,6 +24,7 @@ corner of its space (range ends, every listed value) against the data's d_in.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import itertools
 import math
@@ -33,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
-from sae_lab.bench.run import BenchConfig
+from sae_lab.bench.run import BenchConfig, metric_names
 from sae_lab.config import (
     ConfigError,
     TypeName,
@@ -226,6 +227,28 @@ class SelectConfig:
     this."""
 
 
+def _yaml_on(v: Any) -> Any:
+    """YAML 1.1 reads an unquoted `on:` key as True: `evaluate: {on: frontier}` means "on"."""
+    return {("on" if k is True else k): x for k, x in v.items()} if isinstance(v, dict) else v
+
+
+def _one_or_list(v: Any) -> Any:
+    """`plot: {x: l0, y: fvu}` means a list of that one pair."""
+    return [v] if isinstance(v, dict) else v
+
+
+@config
+class PlotAxes:
+    """One scatter plot of results.csv: a column on each axis."""
+
+    x: str = "l0"
+    """A numeric results.csv column: a metric (l0, fvu, dead_frac, objective, tokens, ...), a
+    searched parameter (lr, k, ...) or, with `evaluate:`, `bench_<metric>` (`bench_ce_score`,
+    ...)."""
+    y: str = "fvu"
+    """As x."""
+
+
 @config
 class SweepConfig:
     """A set of SAE trainings to run with Ray Tune and compare."""
@@ -271,13 +294,28 @@ class SweepConfig:
     auto: one pack per trial slot (GPU, or resources.cpus cores), split further when the members
     would not fit in memory. 1: a trial per SAE."""
 
-    evaluate: SweepBench | None = None
+    evaluate: Annotated[SweepBench | None, BeforeValidator(
+        _yaml_on, json_schema_input_type=SweepBench | None)] = None
     """Bench tasks run at the end of the sweep (and, on --resume, on the SAEs not yet
     benched), e.g. {tasks: [core, sparse_probing, absorption], on: frontier}."""
 
     select: SelectConfig | None = None
     """Choose best/<architecture> by another metric among the trials close to the best FVU,
     e.g. {metric: absorption_full, mode: min, within_fvu: 0.02}."""
+
+    plot: Annotated[list[PlotAxes], Field(min_length=1), BeforeValidator(
+        _one_or_list, json_schema_input_type=PlotAxes | list[PlotAxes])] = field(
+        default_factory=lambda: [PlotAxes()])
+    """The sweep's scatter plots: the first is `pareto.png`, the others `pareto_<x>_<y>.png`.
+    Only the (l0, fvu) pair has the Pareto frontier drawn (lower is better on both); other pairs
+    are points only, as which corner is better depends on the columns. Pairs with a
+    `bench_<metric>` column are drawn after the bench, e.g.
+    `[{x: l0, y: fvu}, {x: l0, y: bench_ce_score}]`."""
+
+    def plot_files(self) -> list[tuple[PlotAxes, str]]:
+        """(axes, file name) of each plot: pareto.png, then pareto_<x>_<y>.png."""
+        return [(a, "pareto.png" if n == 0 else f"pareto_{a.x}_{a.y}.png".replace("/", "_"))
+                for n, a in enumerate(self.plot)]
 
     def __post_init__(self) -> None:
         require(self.pack == 1 or self.search != "optuna", "pack", self.pack,
@@ -295,6 +333,27 @@ class SweepConfig:
                     "trial)")
         self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
+        columns = self.plot_columns()
+        for n, axes in enumerate(self.plot):
+            for axis in ("x", "y"):
+                name = getattr(axes, axis)
+                close = difflib.get_close_matches(name, columns, 1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                if name.startswith("bench_") and self.evaluate is None:
+                    hint = " (bench_ columns need `evaluate:`)"
+                require(name in columns, f"plot[{n}].{axis}", name,
+                        "a numeric results.csv column" + (
+                            hint or f" ({', '.join(columns)})"))
+
+    def plot_columns(self) -> list[str]:
+        """The results.csv columns a plot may name: metrics, searched parameters, and
+        bench_<metric> for the metrics of `evaluate`'s tasks."""
+        standard = ("lr", "sparsity_coef", "k", "expansion_factor")
+        params = dict.fromkeys((*standard, *(k for p in self.params.values() for k in p
+                                             if k.removeprefix("sae.") not in standard)))
+        bench = [] if self.evaluate is None else metric_names(self.evaluate)
+        return [*SWEEP_METRICS, "tokens", "wall_time_s", *params,
+                *(f"bench_{m}" for m in bench)]
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

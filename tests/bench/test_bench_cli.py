@@ -76,18 +76,6 @@ def test_bench_on_tiny_gpt2(gpt2_saes, tiny_shards, tmp_path, capsys):
     assert stdout.startswith("| sae | architecture |") and "saved: " in stdout
 
 
-@pytest.fixture(scope="module")
-def minilm_shards(corpus, tmp_path_factory):
-    from sae_lab.data.harvest import HarvestConfig, harvest
-
-    out = tmp_path_factory.mktemp("minilm-acts")
-    cfg = HarvestConfig(model=MINILM, dataset=str(corpus), out=str(out), layers=(3,),
-                        hook="resid_post", ctx_len=64, batch_size=8, max_tokens=600,
-                        dtype="float32", device="cpu", shard_rows=2048, block_rows=1024,
-                        progress=False)
-    return harvest(cfg)[3]
-
-
 def test_bench_on_minilm_without_lm_head(minilm_shards, tmp_path, capsys):
     sae = make_sae(384, 64, "relu")
     sae.metadata.update(model=MINILM, layer=3, hook="resid_post")
@@ -158,3 +146,28 @@ def test_autointerp_scores_a_sample_through_an_endpoint_and_caches_it(gpt2_saes,
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_autointerp_against_an_endpoint_that_is_down_is_one_note(gpt2_saes, tiny_shards,
+                                                                 tmp_path):
+    """A closed port: autointerp fails at its first request (llm_retries=0, no backoff) and says
+    so in one line; core still scores the SAE."""
+    import socket
+
+    from sae_lab.bench.run import BenchConfig, BenchSAE, run_bench
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, relu = gpt2_saes
+    cfg = BenchConfig(tasks=["autointerp", "core"], shards=str(tiny_shards), max_tokens=500,
+                      n_seqs=2, endpoint=f"http://127.0.0.1:{port}/v1", llm="m",
+                      autointerp_latents=3, llm_retries=0)
+    said: list[str] = []
+    result = run_bench([BenchSAE("relu", str(relu))], cfg, tmp_path, say=said.append)
+    [note] = result.notes
+    assert note.startswith("autointerp: ") and f"127.0.0.1:{port}" in note, note
+    assert "after 1 try" in note and "\n" not in note
+    assert {"fvu", "l0", "ce_score"} <= set(result.rows[0].metrics)
+    assert "autointerp" not in result.rows[0].metrics
+    assert said[0] == note

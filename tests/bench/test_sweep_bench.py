@@ -14,6 +14,8 @@ from sae_lab.sweep.bench import bench_sweep
 from sae_lab.sweep.report import SweepResult, TrialRecord, export_best, write_csv
 from sae_lab.sweep.schema import SweepConfig
 
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
 
 def sweep_output(tmp_path, tiny_lm):
     out = tmp_path / "sweep"
@@ -88,3 +90,47 @@ def test_select_by_a_bench_metric_needs_every_trial_benched(tiny_shards):
     with pytest.raises(ConfigError, match="sweep.evaluate.on='frontier': must be all with "
                        "select.metric: absorption_full"):
         sweep_config(tiny_shards, "frontier", select={"metric": "absorption_full"})
+
+
+def test_compare_archs_yaml_benches_its_frontier_offline_and_ends_with_the_table(
+        tmp_path, minilm_shards):
+    """The shipped compare_archs.yaml at tiny size: it validates against MiniLM shards, and its
+    end-of-sweep step on a prebuilt output (one SAE per trial, as its config builds them) runs
+    core, sparse probing and absorption offline and ends with the table."""
+    import torch
+
+    from sae_lab.sae import ARCHITECTURES
+    from sae_lab.sweep.schema import load_sweep, validate
+
+    sweep = load_sweep("compare_archs.yaml", [
+        "base.sae.expansion_factor=1", "evaluate.max_tokens=600", "evaluate.probe_texts=4",
+        "evaluate.probe_sets=[prose_or_code]", "evaluate.ks=[1]",
+        "evaluate.absorption_min_tokens=20"], shards=minilm_shards)
+    assert sweep.evaluate.tasks == ["core", "sparse_probing", "absorption"]
+    assert validate(sweep, d_in=384).d_in["topk"] == 384  # (one shard here: none to train on)
+    out = tmp_path / "sweep"
+    trials = []
+    for i, (arch, fvu, l0) in enumerate([("topk", 0.4, 32.0), ("relu", 0.5, 50.0)]):
+        # relu is beaten on both: the frontier is topk alone
+        ckpt = out / "tune" / f"{arch}_{i}" / "checkpoint_000001"
+        torch.manual_seed(i)
+        sae = ARCHITECTURES[arch](sweep.train_config(arch, {}).sae.with_d_in(384))
+        sae.metadata.update(model=MINILM, layer=3, hook="resid_post", ctx_len=64)
+        sae.save(ckpt / "sae")
+        trials.append(TrialRecord(f"{arch}_{i}", arch, {"lr": 4e-4}, {
+            "fvu": fvu, "l0": l0, "objective": fvu + l0 / 384}, "done", checkpoint=str(ckpt)))
+    result = SweepResult(trials, out=out)
+    export_best(result, sweep, out / "best")
+    said: list[str] = []
+    found = bench_sweep(result, sweep, say=said.append)
+    assert [r.label for r in found.rows] == ["topk_0"]
+    for r in found.rows:
+        assert {"fvu", "probe_sae_top1", "absorption_full"} <= set(r.metrics), r.metrics
+    assert f"core: CE/KL skipped: model {MINILM} has no LM head (not a causal LM)" in said
+    table = (out / "bench" / "bench.md").read_text()
+    assert table.startswith("| sae | architecture | d_sae | fvu |")
+    assert "| topk_0 | topk | 384 |" in table
+    assert said[-2] == table.rstrip("\n")  # the table (and its notes), then where it is
+    assert said[-1].startswith(f"bench: {out}/bench/bench.md")
+    for name in ("pareto_l0_bench_probe_sae_top1.png", "pareto_l0_bench_absorption_full.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

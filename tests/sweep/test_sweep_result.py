@@ -113,9 +113,16 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(monkeypatch, tmp_path, 
     assert captured.err.strip().splitlines() == [
         f"sae-lab sweep: error: all 3 trials failed (3x ValueError: x); each trial's log: "
         f"{tmp_path}/tune/<trial>/error.txt, the table: {tmp_path}/results.csv"]
+    import sae_lab.sweep.bench as bench
+
+    benched = []
+    monkeypatch.setattr(bench, "bench_sweep", lambda result, sweep: benched.append(result))
+    assert sweep_cli(["demo.yaml", "--out", str(tmp_path)]) == 1
+    assert benched == []  # nothing measured: nothing to bench
     one_ok = [*failed[:2], rec("topk_c", "topk", 0.2, 4.0)]
     monkeypatch.setattr(run, "run_sweep", lambda *a, **k: SweepResult(one_ok, out=tmp_path))
     assert sweep_cli(["demo.yaml", "--out", str(tmp_path)]) == 0
+    assert [r.trials for r in benched] == [one_ok]  # the sweep's `evaluate:` step ran at the end
 
 
 def test_check_catches_val_shards_beyond_the_shard_count(tmp_path, capsys):
