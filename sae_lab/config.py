@@ -262,7 +262,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader reading floats as YAML 1.2 does: `1e-3` and `1e6` are numbers, not strings."""
+    """SafeLoader reading floats and booleans as YAML 1.2 does: `1e-3` and `1e6` are numbers,
+    not strings, and only true/false are booleans (`on:`, a key of the sweep's `evaluate:`,
+    stays "on", not True)."""
 
 
 _Loader.add_implicit_resolver(
@@ -274,6 +276,12 @@ _Loader.add_implicit_resolver(
     |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def load_yaml(text: str, source: str) -> Any:
