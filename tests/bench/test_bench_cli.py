@@ -7,23 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.cli import run_cli
 from helpers.tiny import CTX, HOOK, LAYER, make_sae
 
-from sae_lab.cli import main
 from sae_lab.evaluate import evaluate_sae, shard_activations
 from sae_lab.sae.base import load
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

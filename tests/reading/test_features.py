@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from helpers.cli import run_cli
 from helpers.tiny import make_sae
 
-from sae_lab.cli import main
 from sae_lab.lm.attach import load_lm
 from sae_lab.reading.features import features_json, format_features, text_features
 
@@ -64,16 +64,6 @@ def minilm_sae(tmp_path_factory):
                         hook="resid_post")
     sae.save(path)
     return path
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_features_cli_on_minilm(minilm_sae, tmp_path, capsys):
