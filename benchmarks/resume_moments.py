@@ -59,7 +59,7 @@ def main() -> None:
         snap = out / f"{arch}-straight" / "step10.ckpt"
         straight = train(config(out, f"{arch}-straight", arch), callbacks=[KeepCheckpoint(snap)],
                          logger=False)
-        ckpt = torch.load(snap, weights_only=False)  # our own file, just written
+        ckpt = torch.load(snap, weights_only=True)
         for state in ckpt["optimizer_states"][0]["state"].values():
             for key in ("exp_avg", "exp_avg_sq"):
                 state[key] = state[key].to(torch.bfloat16).float()
