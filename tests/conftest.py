@@ -20,6 +20,20 @@ RAY_FILES = {"test_sweep.py", "test_sweep_faults.py", "test_cluster_recipe.py", 
              "test_kaggle.py", "test_notebook.py"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's loadgroup groups by a suffix it writes into each item's `_nodeid`. A pytest that keeps
+    # the id elsewhere (9.2) loses the write, and every group is spread over the workers without a
+    # word: Ray tests run two at a time and each family pack is trained once per worker. Stop.
+    import inspect
+
+    from _pytest.nodes import Node
+
+    if config.getvalue("dist") == "loadgroup" and \
+            "_nodeid" not in inspect.getsource(Node.nodeid.fget):
+        raise pytest.UsageError(f"pytest-xdist's --dist loadgroup has no effect under pytest "
+                                f"{pytest.__version__}: install pytest<9.2 (pyproject's dev extra)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in RAY_FILES:
