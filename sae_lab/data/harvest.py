@@ -27,6 +27,7 @@ from sae_lab.lm.load import (
     load_tokenizer,
     resolve_device,
 )
+from sae_lab.progress import bar_wanted
 
 if TYPE_CHECKING:
     import torch
@@ -217,7 +218,7 @@ def _store(cfg: HarvestConfig, model: Any, tokenizer: Any, writers: dict[int, Sh
     start = min(w.rows for w in writers.values())
     limit = cfg.max_tokens or None
     bar = tqdm(total=limit, initial=start, unit="tok", unit_scale=True, dynamic_ncols=True,
-               disable=not cfg.progress, desc="harvest", file=sys.stderr)
+               disable=not (cfg.progress and bar_wanted()), desc="harvest", file=sys.stderr)
     row = 0  # index of the next row in the corpus-order stream
     if texts is None:
         texts = iter_texts(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_name,

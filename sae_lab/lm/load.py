@@ -147,7 +147,12 @@ def load_model(name: str, device: str | torch.device = "cpu", revision: str | No
     are never read)."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    from sae_lab.progress import bar_wanted
+
+    if not bar_wanted():  # its "Loading weights" bar, in a log
+        hf_logging.disable_progress_bar()
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r}: choose one of {list(QUANTIZE)}")
     if device_map not in DEVICE_MAPS:

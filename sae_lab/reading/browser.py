@@ -179,8 +179,10 @@ def _counted(blocks: Iterator[dict[str, Any]], total: int | None, show: bool
     """The blocks unchanged, with a progress bar over their rows on stderr."""
     from tqdm.auto import tqdm
 
+    from sae_lab.progress import bar_wanted
+
     with tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True, desc="inspect",
-              file=sys.stderr, disable=not show) as bar:
+              file=sys.stderr, disable=not (show and bar_wanted())) as bar:
         for block in blocks:
             n = block["acts"].shape[0]
             bar.update(n if total is None else min(n, total - bar.n))

@@ -239,6 +239,8 @@ def _end_wandb(trainer: pl.Trainer, metrics: dict[str, float] | None) -> None:
             if metrics:
                 lg.experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
             lg.experiment.finish()
+
+
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
