@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> None:
         run_bench,
     )
     from sae_lab.share.hub import resolve_sae_dir
-    from sae_lab.share.sources import sources
+    from sae_lab.share.sources import distinct, sources
 
     cfg = config_from_args(BenchConfig, args, "bench")
     saes = []
     for path in args.sources:
-        for src in sources(path).saes:
+        for src in distinct(sources(path).saes):
             label = f"{path}:{src.name}" if src.name else path
             saes.append(BenchSAE(label, str(resolve_sae_dir(src.directory))))
     result = run_bench(saes, cfg, args.out)

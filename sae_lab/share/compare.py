@@ -14,7 +14,7 @@ from sae_lab.evaluate import evaluate_sae, shard_activations
 from sae_lab.files import atomic_file
 from sae_lab.lm.attach import load_sae_dir
 from sae_lab.share.hub import resolve_sae_dir
-from sae_lab.share.sources import sources
+from sae_lab.share.sources import distinct, sources
 from sae_lab.sweep.report import lower_left
 
 COLUMNS = ("l0", "fvu", "cos", "dead_frac", "tokens")
@@ -36,7 +36,7 @@ def compare(paths: list[str], shards: str, max_tokens: int = 20_000,
     d_in = rows_x[0].shape[1]
     rows = []
     for path in paths:
-        for src in sources(path).saes:
+        for src in distinct(sources(path).saes):
             sae = load_sae_dir(resolve_sae_dir(src.directory))
             if sae.d_in != d_in:
                 raise ValueError(f"{src.directory}: d_in={sae.d_in}, shards {shards} have "

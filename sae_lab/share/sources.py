@@ -54,6 +54,23 @@ def sources(path: str) -> Sources:
     return Sources(saes, pareto if pareto.is_file() else None, True)
 
 
+def distinct(saes: list[SAESource]) -> list[SAESource]:
+    """Each SAE once: a sweep's frontier SAE that is also an architecture's best (the same trial)
+    is kept under both names, e.g. "topk=frontier_1", so a table does not score it twice."""
+    out: list[SAESource] = []
+    seen: dict[str, int] = {}
+    for src in saes:
+        trial = src.metrics.get("trial")
+        if trial is not None and trial in seen:
+            i = seen[trial]
+            out[i] = out[i]._replace(name=f"{out[i].name}={src.name}")
+            continue
+        if trial is not None:
+            seen[trial] = len(out)
+        out.append(src)
+    return out
+
+
 def _eval_metrics(sae_dir: Path) -> dict[str, Any]:
     path = sae_dir / "eval" / "eval.json"
     try:

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers.hub import max_diff, sparsify_folder
+from helpers.hub import fake_sweep, max_diff, sparsify_folder
 from helpers.tiny import make_sae
 
 from sae_lab.export import export_saelens
 from sae_lab.share.layouts import layout_of, load_folder, pick_sae_folder
+from sae_lab.share.sources import distinct, sources
 
 D_IN = 16
 
@@ -63,3 +64,16 @@ def test_release_needs_a_path_and_unknown_layout_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="unknown SAE layout") as e:
         pick_sae_folder(tmp_path / "junk", "hf://o/junk")
     assert "\n" not in str(e.value)
+
+
+def test_a_frontier_sae_that_is_also_a_best_is_listed_once(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweep", {"topk": make_sae(16, 32, "topk"),
+                                            "frontier_0": make_sae(16, 32, "relu", 1),
+                                            "frontier_1": make_sae(16, 32, "topk")})
+    summary = sweep / "best" / "summary.json"
+    rows = json.loads(summary.read_text())
+    rows["frontier_1"]["trial"] = rows["topk"]["trial"]  # as a sweep writes a best on the frontier
+    summary.write_text(json.dumps(rows))
+    listed = sources(str(sweep)).saes
+    assert [s.name for s in listed] == ["topk", "frontier_0", "frontier_1"]
+    assert [s.name for s in distinct(listed)] == ["topk=frontier_1", "frontier_0"]
