@@ -124,6 +124,19 @@ def test_tiny_demo_end_to_end_then_resumes(tmp_path, capsys):
     assert "trial " in log and "finished" in log  # a line per trial event during the sweep
     assert str(out / "browser" / "index.html") in log
 
+    # bench on the demo's sweep: its best/ and frontier SAEs, each once, on the held-out shard
+    bench = tmp_path / "bench"
+    main(["bench", str(out / "sweep"), "--shards", str(out / "shards" / "layer_3"),
+          "--last-shards", "1", "--out", str(bench), "--tasks", "core,sparse_probing",
+          "--probe-set", "prose_or_code", "--probe-texts", "8", "--k", "1"])
+    table = capsys.readouterr().out
+    benched = json.loads((bench / "bench.json").read_text())["rows"]
+    assert {r["architecture"] for r in benched} == set(archs)
+    assert len({r["directory"] for r in benched}) == len(benched)
+    assert all(0 < r["metrics"]["fvu"] < 1 and "probe_sae_top1" in r["metrics"] for r in benched)
+    assert table.startswith("| sae | architecture |")
+    assert (bench / "bench.png").read_bytes()[:8] == PNG_MAGIC
+
     # re-run: harvest and sweep are reused (no trial runs again), outputs rebuilt
     events = (out / "sweep" / "events.jsonl").read_text()
     main(["demo", "--tiny", "--out", str(out)])
