@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -117,11 +118,17 @@ def test_inspect_and_export_refuse_a_foreign_out_before_any_work(tmp_path, capsy
     assert (foreign / "src" / "thesis.tex").read_text() == "hi\n"
 
 
-def test_inspect_shows_a_progress_bar_over_the_rows(capsys):
+def test_inspect_shows_a_progress_bar_over_the_rows(capsys, monkeypatch):
+    import sae_lab.progress
     from sae_lab.reading.browser import _counted
 
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     blocks = [{"acts": torch.zeros(n, 2)} for n in (1024, 1024, 500)]
+    # captured stderr is no terminal: no bar (tests/test_progress.py), unless it were one
     assert list(_counted(iter(blocks), 2000, True)) == blocks  # unchanged, all passed on
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sae_lab.progress, "bar_wanted", lambda stream=None: True)
+    assert list(_counted(iter(blocks), 2000, True)) == blocks
     err = capsys.readouterr().err
     assert "inspect" in err and "2.00k/2.00k" in err
     list(_counted(iter(blocks), 2000, False))
