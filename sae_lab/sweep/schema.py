@@ -331,6 +331,11 @@ class SweepConfig:
                     None if self.evaluate is None else self.evaluate.on,
                     f"all with select.metric: {self.select.metric} (a bench metric of every "
                     "trial)")
+            known = [*SWEEP_METRICS, *metric_names(self.evaluate)]
+            close = difflib.get_close_matches(self.select.metric, known, 1)
+            require(self.select.metric in known, "select.metric", self.select.metric,
+                    "a results.csv metric or one of evaluate's tasks' metrics" + (
+                        f"; did you mean {close[0]!r}?" if close else f" ({', '.join(known)})"))
         self.base = _absolute_data_paths(self.base)
         self.params: dict[str, dict[str, Param]] = parse_space(self)
         columns = self.plot_columns()

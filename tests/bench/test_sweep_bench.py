@@ -134,3 +134,12 @@ def test_compare_archs_yaml_benches_its_frontier_offline_and_ends_with_the_table
     assert said[-1].startswith(f"bench: {out}/bench/bench.md")
     for name in ("pareto_l0_bench_probe_sae_top1.png", "pareto_l0_bench_absorption_full.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_select_metric_no_task_writes_is_refused_with_a_suggestion(tiny_shards):
+    # core writes cos; absorption is not among evaluate's tasks here, and "coss" is a typo
+    sweep_config(tiny_shards, "all", select={"metric": "cos", "mode": "max"})
+    with pytest.raises(ConfigError, match="select.metric='coss'.*did you mean 'cos'"):
+        sweep_config(tiny_shards, "all", select={"metric": "coss", "mode": "max"})
+    with pytest.raises(ConfigError, match="select.metric='absorption_full'"):
+        sweep_config(tiny_shards, "all", select={"metric": "absorption_full"})
