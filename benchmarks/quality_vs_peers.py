@@ -2,6 +2,8 @@
 
     python benchmarks/quality_vs_peers.py                      # MiniLM layer 3, 300 steps
     python benchmarks/quality_vs_peers.py --archs relu,gated --steps 100
+    python benchmarks/quality_vs_peers.py --keep-shards /tmp/shards   # harvest once, reuse after
+    python benchmarks/quality_vs_peers.py --libs sae_lab --init-near-data --sparsity-warmup 50
 
 The demo's corpus (docstrings of this Python's standard library) through all-MiniLM-L6-v2 (the
 bundled weights: offline), layer 3, is harvested once. Every library then trains an SAE of each
@@ -28,6 +30,7 @@ import inspect
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +56,7 @@ SETTINGS = {
     "sae_lens": {"relu": [2.0, 5.0, 12.0], "topk": [32, 64, 128], "batchtopk": [32, 64, 128],
                  "jumprelu": [0.5, 2.0, 8.0], "gated": [2.0, 5.0, 12.0]},
     "dictionary_learning": {"relu": [0.02, 0.05, 0.12], "topk": [32, 64, 128],
-                            "batchtopk": [32, 64, 128], "jumprelu": [0.05, 0.2, 0.8],
+                            "batchtopk": [32, 64, 128], "jumprelu": [32, 64, 128],
                             "gated": [0.02, 0.05, 0.12]},
 }
 
@@ -95,7 +98,8 @@ def run_sae_lab(arch: str, s: float, npy: Path, n_val: int, n_rows: int, a: argp
         "sae": sae, "data": {"npy": str(npy), "val_fraction": n_val / n_rows + 1e-9},
         "batch_size": a.batch, "max_tokens": a.steps * a.batch, "lr": a.lr, "seed": a.seed,
         "val_every_steps": 10 * a.steps, "save_checkpoints": False, "progress_bar": False,
-        "out_dir": tempfile.mkdtemp(),
+        "out_dir": tempfile.mkdtemp(), "init_near_data": a.init_near_data,
+        "sparsity_warmup_steps": a.sparsity_warmup,
     })
     return train(cfg, logger=False).sae
 
@@ -167,14 +171,19 @@ def run_sae_lens(arch: str, s: float, batches, d_in: int, a: argparse.Namespace)
 def run_dictionary_learning(arch: str, s: float, batches, d_in: int, a: argparse.Namespace):
     from dictionary_learning import trainers as T
 
+    # JumpReLU's knob is its target L0 (its loss is sparsity_penalty * (L0 / target_l0 - 1)^2).
     cls, knob = {"relu": (T.StandardTrainer, "l1_penalty"), "gated": (T.GatedSAETrainer,
-                 "l1_penalty"), "jumprelu": (T.JumpReluTrainer, "sparsity_penalty"),
+                 "l1_penalty"), "jumprelu": (T.JumpReluTrainer, "target_l0"),
                  "topk": (T.TopKTrainer, "k"), "batchtopk": (T.BatchTopKTrainer, "k")}[arch]
+    decay_start = int(0.8 * a.steps)
+    # Its defaults are sized for runs of 10^4-10^5 steps: a 2,000-step sparsity warm-up (which
+    # it refuses past decay_start; the other libraries default to none, so none here either)
+    # and a BatchTopK inference threshold first set at step 1,000 (here at 10% of the run).
     kwargs = {"steps": a.steps, "activation_dim": d_in, "dict_size": a.d_sae, "layer": 0,
               "lm_name": "minilm", "lr": a.lr, "seed": a.seed, "device": "cpu",
-              "warmup_steps": min(50, a.steps // 10), "decay_start": int(0.8 * a.steps),
-              knob: int(s) if
-              knob == "k" else s}
+              "warmup_steps": min(50, decay_start - 1), "decay_start": decay_start,
+              "sparsity_warmup_steps": None, "threshold_start_step": a.steps // 10,
+              knob: int(s) if knob == "k" else s}
     accepted = inspect.signature(cls.__init__).parameters
     trainer = cls(**{k: v for k, v in kwargs.items() if k in accepted})
     for step, x in zip(range(a.steps), batches, strict=False):
@@ -207,6 +216,13 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--held-out", type=int, default=32_768)
     ap.add_argument("--shards", help="harvested MiniLM shards to reuse (default: harvest)")
+    ap.add_argument("--keep-shards", metavar="DIR",
+                    help="harvest into DIR/shards/layer_<layer> unless it is there already, "
+                         "then reuse it (instead of a temporary harvest)")
+    ap.add_argument("--init-near-data", action="store_true",
+                    help="sae_lab runs with init_near_data: true (the peers are unchanged)")
+    ap.add_argument("--sparsity-warmup", type=int, default=0, metavar="STEPS",
+                    help="sae_lab runs with sparsity_warmup_steps STEPS (default 0)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -230,10 +246,22 @@ def main() -> None:
     print(f"torch {torch.__version__}; MiniLM layer {a.layer}, d_sae {a.d_sae}, batch {a.batch}, "
           f"{a.steps} steps, lr {a.lr}")
 
+    label = {"sae_lab": "sae_lab" + "".join(
+        f" ({t})" for t, on in (("init_near_data", a.init_near_data),
+                                (f"sparsity warm-up {a.sparsity_warmup}", a.sparsity_warmup))
+        if on)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shards = Path(a.shards) if a.shards else harvest(
-            tmp, a.steps * a.batch + a.held_out + a.batch, a.layer)
+        tokens = a.steps * a.batch + a.held_out + a.batch
+        if a.shards:
+            shards = Path(a.shards)
+        elif a.keep_shards:
+            shards = Path(a.keep_shards) / "shards" / f"layer_{a.layer}"
+            if not shards.is_dir():
+                shards = harvest(Path(a.keep_shards), tokens, a.layer)
+            print(f"shards: {shards}")
+        else:
+            shards = harvest(tmp, tokens, a.layer)
         train_rows, held = load_rows(shards, a.held_out)
         train_rows = train_rows[: max(a.steps * a.batch, a.batch)]
         npy = tmp / "rows.npy"
@@ -245,6 +273,7 @@ def main() -> None:
         for arch in a.archs.split(","):
             for lib in libs:
                 for s in SETTINGS[lib][arch]:
+                    t0 = time.perf_counter()
                     if lib == "sae_lab":
                         sae = run_sae_lab(arch, s, npy, len(held), len(train_rows) + len(held),
                                           a)
@@ -259,9 +288,10 @@ def main() -> None:
                             continue
                         m = metrics(enc, dec, held * scale)
                     m["setting"] = s
-                    results.setdefault((lib, arch), []).append(m)
+                    results.setdefault((label.get(lib, lib), arch), []).append(m)
                     print(f"  {lib:20s} {arch:9s} {s:>7g}  FVU {m['fvu']:.3f}  L0 "
-                          f"{m['l0']:7.1f}  dead {m['dead']:.1%}", flush=True)
+                          f"{m['l0']:7.1f}  dead {m['dead']:.1%}  "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
     print()
     print("| architecture | library | " + " | ".join(f"FVU @ L0 {t}" for t in TARGET_L0)
